@@ -1,0 +1,197 @@
+"""The ``famr-jax`` command line: demo, train, unlearn, evaluate, verify-theory.
+
+Every flag comes from a typed config (``famr_jax.runs``, ``TrainConfig``,
+the methods' configs), so the CLI and the Python API share one set of
+defaults. A user's mistake prints ``famr-jax: error: <one line>`` and exits
+with status 2; nothing on disk is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Sequence
+
+from famr_jax.errors import FamrError
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (no usage dump) and exit status 2."""
+
+  def error(self, message):  # noqa: D401 - argparse API
+    raise FamrError(message)
+
+
+def _method_config_classes():
+  from famr_jax.methods import get_method, method_names
+  return [get_method(n).config_cls for n in method_names()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The ``famr-jax`` argument parser."""
+  from famr_jax import config_flags as cf
+  from famr_jax.methods import method_names
+  from famr_jax.runs import DataConfig, DemoRun, TrainRun, UnlearnRun
+  from famr_jax.training import TrainConfig
+  from famr_jax.unlearning import FAMRConfig
+
+  parser = _Parser(prog="famr-jax", description="Machine unlearning for JAX image classifiers.")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+  sub.required = True
+
+  demo = sub.add_parser("demo", help="train on digits, unlearn a class with FAMR, retrain, compare")
+  cf.add_config_flags(demo, DemoRun, exclude=("data", "train", "famr"))
+  cf.add_config_flags(demo, DataConfig, dest_prefix="data__")
+  cf.add_config_flags(demo, TrainConfig, prefix="train-", dest_prefix="train__")
+  cf.add_config_flags(demo, FAMRConfig, prefix="famr-", dest_prefix="famr__")
+
+  train = sub.add_parser("train", help="train a classifier from scratch and save a checkpoint")
+  cf.add_config_flags(train, TrainRun, exclude=("data", "train"))
+  cf.add_config_flags(train, DataConfig, dest_prefix="data__")
+  cf.add_config_flags(train, TrainConfig, dest_prefix="train__")
+
+  unlearn = sub.add_parser("unlearn", help="unlearn classes or samples from a checkpoint")
+  cf.add_config_flags(unlearn, UnlearnRun, exclude=("method_config",))
+  seen: set[str] = set()
+  for cls in _method_config_classes():
+    cf.add_config_flags(unlearn, cls, dest_prefix="method__", seen=seen)
+  unlearn.epilog = "methods: " + ", ".join(method_names())
+
+  evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on its data set")
+  evaluate.add_argument("--checkpoint", required=True)
+  evaluate.add_argument("--forget-classes", type=cf._Deferred(cf._parser_for(tuple[int, ...], "--forget-classes")),
+                        default=())
+  evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+  theory = _theory_config()
+  if theory is not None:
+    verify = sub.add_parser("verify-theory", help="check FAMR's influence-function claims numerically")
+    verify.add_argument("--out", required=True)
+    verify.add_argument("--overwrite", action="store_true")
+    cf.add_config_flags(verify, theory, dest_prefix="theory__")
+  return parser
+
+
+def _theory_config():
+  try:
+    from famr_jax.theory import TheoryConfig
+  except ImportError:
+    return None
+  return TheoryConfig
+
+
+def _cmd_demo(args) -> int:
+  from famr_jax import config_flags as cf, report
+  from famr_jax.runs import DataConfig, DemoRun, run_demo
+  from famr_jax.training import TrainConfig
+  from famr_jax.unlearning import FAMRConfig, famr_defaults
+
+  base = cf.build_config(DemoRun, args, exclude=("data", "train", "famr"))
+  model = base.model
+  run = dataclasses.replace(
+      base, data=cf.build_config(DataConfig, args, dest_prefix="data__"),
+      train=cf.build_config(TrainConfig, args, dest_prefix="train__"),
+      famr=cf.build_config(FAMRConfig, args, base=famr_defaults(model), dest_prefix="famr__"))
+  rep = run_demo(run)
+  _print_summary(rep, run.out)
+  return 0
+
+
+def _cmd_train(args) -> int:
+  from famr_jax import config_flags as cf
+  from famr_jax.runs import DataConfig, TrainRun, train_model
+  from famr_jax.training import TrainConfig
+
+  run = dataclasses.replace(cf.build_config(TrainRun, args, exclude=("data", "train")),
+                            data=cf.build_config(DataConfig, args, dest_prefix="data__"),
+                            train=cf.build_config(TrainConfig, args, dest_prefix="train__"))
+  meta = train_model(run)
+  print(f"trained {meta['model']} on {run.data.dataset}: test accuracy {100 * meta['test_acc']:.2f}% "
+        f"in {meta['timings_s']['train']:.1f} s (+{meta['timings_s']['compile']:.1f} s compile)")
+  print(f"checkpoint: {os.path.abspath(run.out)}")
+  return 0
+
+
+def _cmd_unlearn(args) -> int:
+  from famr_jax import checkpoints, config_flags as cf
+  from famr_jax.methods import get_method
+  from famr_jax.runs import UnlearnRun, unlearn_model
+
+  run = cf.build_config(UnlearnRun, args, exclude=("method_config",))
+  spec = get_method(run.method)
+  meta = checkpoints.read_metadata(run.checkpoint)
+  fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+  given = {k[len("method__"):]: v for k, v in vars(args).items() if k.startswith("method__")}
+  foreign = sorted(set(given) - fields)
+  if foreign:
+    raise FamrError(f"method {run.method!r} has no option "
+                    + ", ".join("--" + f.replace("_", "-") for f in foreign))
+  config = dataclasses.replace(spec.defaults(meta.get("model", "")), **given)
+  rep = unlearn_model(dataclasses.replace(run, method_config=config))
+  _print_summary(rep, run.out)
+  return 0
+
+
+def _cmd_evaluate(args) -> int:
+  from famr_jax.runs import evaluate_checkpoint
+  result = evaluate_checkpoint(args.checkpoint, tuple(args.forget_classes))
+  if args.json:
+    print(json.dumps(result, indent=2))
+    return 0
+  m = result["metrics"]
+  print(f"{result['model']} on {result['dataset']}: test accuracy {100 * m['test_acc']:.2f}%")
+  for key in ("retain_acc", "forget_acc", "forget_train_acc", "mia_efficacy"):
+    if key in m:
+      print(f"  {key}: {100 * m[key]:.2f}%")
+  print("  per-class accuracy: " + " ".join(f"{c}:{100 * a:.1f}" for c, a in enumerate(m["per_class_acc"])))
+  return 0
+
+
+def _cmd_verify_theory(args) -> int:
+  import jax
+  from famr_jax import config_flags as cf
+  from famr_jax.runs import staged_directory
+  from famr_jax.theory import TheoryConfig, format_theory_table, run_theory_verification
+
+  config = cf.build_config(TheoryConfig, args, dest_prefix="theory__")
+  with staged_directory(args.out, args.overwrite) as staging:
+    result = run_theory_verification(config, str(staging), jax.random.key(getattr(config, "seed", 0)))
+  print(format_theory_table(result))
+  print(f"wrote {os.path.abspath(args.out)}/theory.json")
+  return 0
+
+
+def _print_summary(rep: dict, out: str) -> None:
+  from famr_jax.report import format_table
+  print(f"{rep['method']} on {rep['dataset']} / {rep['model']}, forgetting {rep['forget']}")
+  print(format_table(rep["metrics"]))
+  t = rep["timings_s"]
+  line = ", ".join(f"{k} {v:.1f} s" for k, v in t.items() if not isinstance(v, dict))
+  print(f"wall time (compile excluded): {line}")
+  if "retrain" in t and t.get("unlearn"):
+    print(f"unlearning was {t['retrain'] / t['unlearn']:.1f}x faster than retraining")
+  print(f"wrote {os.path.abspath(out)}/report.json, forgetting.png, class_accuracy.png")
+
+
+_COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "unlearn": _cmd_unlearn,
+             "evaluate": _cmd_evaluate, "verify-theory": _cmd_verify_theory}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point of the ``famr-jax`` console script; returns the exit status."""
+  try:
+    args = build_parser().parse_args(argv)
+    return _COMMANDS[args.command](args)
+  except FamrError as e:
+    print(f"famr-jax: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("famr-jax: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,840 @@
+"""Exact curvature of a loss on any params pytree: HVPs, Gauss-Newton, Lanczos, CG.
+
+Everything here takes plain functions and pytrees, never a model class:
+
+* :func:`hvp`: exact Hessian-vector product by forward-over-reverse
+  (``jax.jvp`` of ``jax.grad``), about the cost of two to three gradients.
+* :func:`gauss_newton_hvp`: ``J^T H_out J v`` with ``J`` the Jacobian of the
+  model output and ``H_out`` the Hessian of the loss w.r.t. the logits
+  (softmax cross-entropy: ``diag(p) - p p^T``). Always positive semi-definite.
+* :func:`dataset_loss`, :func:`dataset_grad`, :func:`dataset_hvp`,
+  :func:`dataset_gauss_newton_hvp`: sums over a data set, accumulated batch by
+  batch in a ``lax.scan`` so memory does not grow with the data set.
+* Operators (:func:`loss_hvp_operator`, :func:`dataset_hvp_operator`,
+  :func:`gauss_newton_operator`, :func:`damped_operator`) are
+  ``jax.tree_util.Partial`` objects: pytrees, so the params and data they close
+  over go *through* ``jit`` as arguments instead of being baked into the
+  compiled program as constants.
+* :func:`dense_operator` / :func:`dense_hessian`: the dense matrix of an
+  operator by mapping it over the standard basis; refused (with the size it
+  would take) above ``max_params``. No dense Hessian is built unless asked for.
+* :func:`lanczos_extreme_eigenvalues`: ``lambda_min`` and ``lambda_max`` with
+  HVPs only (Lanczos with full re-orthogonalization).
+* :func:`conjugate_gradient` (jit-compiled core with typed diagnostics) and
+  :func:`cg_solve` (the user-facing wrapper that raises :class:`FamrError`
+  when CG meets non-positive curvature or does not converge);
+  :func:`dense_solve` for small models.
+
+Precision: all functions follow the dtype of the params. For float64 enable
+x64 in the *caller's* scope (``with jax.enable_x64(True): ...``); this module
+never flips it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jax.tree_util import Partial
+import numpy as np
+
+from famr_jax.errors import FamrError
+
+Params = Any
+Batch = Any
+LossFn = Callable[[Params], jax.Array]
+ExampleLoss = Callable[[Params, Batch], jax.Array]
+ApplyFn = Callable[[Params, jax.Array], jax.Array]
+OutputHVP = Callable[[jax.Array, jax.Array], jax.Array]
+Operator = Callable[[Params], Params]
+
+DEFAULT_MAX_DENSE_PARAMS = 20_000
+
+__all__ = [
+    'CGInfo',
+    'DEFAULT_MAX_DENSE_PARAMS',
+    'LanczosResult',
+    'as_operator',
+    'cg_solve',
+    'conjugate_gradient',
+    'damped_operator',
+    'dataset_gauss_newton_hvp',
+    'dataset_grad',
+    'dataset_hvp',
+    'dataset_hvp_operator',
+    'dataset_loss',
+    'dense_hessian',
+    'dense_operator',
+    'dense_solve',
+    'gauss_newton_hvp',
+    'gauss_newton_operator',
+    'hvp',
+    'lanczos_extreme_eigenvalues',
+    'loss_hvp_operator',
+    'output_hvp_from_loss',
+    'softmax_output_hvp',
+    'tree_norm',
+    'tree_vdot',
+]
+
+
+# ----------------------------------------------------------------------------
+# Pytree arithmetic.
+
+
+def tree_vdot(a: Params, b: Params) -> jax.Array:
+  """Inner product ``<a, b>`` of two pytrees of the same structure.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(tree_vdot({'w': jnp.array([1., 2.])}, {'w': jnp.array([3., 4.])}))
+    11.0
+  """
+  parts = [jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+  return functools.reduce(jnp.add, parts)
+
+
+def tree_norm(a: Params) -> jax.Array:
+  """Euclidean norm of a pytree, as if it were one flat vector.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(tree_norm({'w': jnp.array([3., 4.])}))
+    5.0
+  """
+  return jnp.sqrt(tree_vdot(a, a))
+
+
+def _axpy(alpha: jax.Array, x: Params, y: Params) -> Params:
+  """``alpha * x + y`` leaf by leaf."""
+  return jax.tree.map(lambda xi, yi: (alpha * xi + yi).astype(yi.dtype), x, y)
+
+
+def _scale(alpha: jax.Array, x: Params) -> Params:
+  return jax.tree.map(lambda xi: (alpha * xi).astype(xi.dtype), x)
+
+
+def _where(pred: jax.Array, a: Params, b: Params) -> Params:
+  return jax.tree.map(lambda ai, bi: jnp.where(pred, ai, bi), a, b)
+
+
+def _float_dtype(tree: Params) -> jnp.dtype:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    raise FamrError('params pytree has no array leaves')
+  return jnp.result_type(*[jnp.asarray(x).dtype for x in leaves])
+
+
+def _num_params(tree: Params) -> int:
+  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+# ----------------------------------------------------------------------------
+# Hessian-vector products.
+
+
+def hvp(loss_fn: LossFn, params: Params, v: Params) -> Params:
+  """Exact Hessian-vector product ``H v`` of ``loss_fn`` at ``params``.
+
+  Forward-over-reverse: ``jax.jvp(jax.grad(loss_fn), (params,), (v,))``. Works
+  on any params pytree; ``v`` has the structure of ``params``.
+
+  Args:
+    loss_fn: ``loss_fn(params) -> scalar``.
+    params: the point where the Hessian is taken.
+    v: the direction.
+
+  Returns:
+    ``H v`` with the structure of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loss = lambda p: jnp.sum(p['w'] ** 3)
+    >>> hvp(loss, {'w': jnp.array([1., 2.])}, {'w': jnp.array([1., 1.])})['w'].tolist()
+    [6.0, 12.0]
+  """
+  return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
+
+
+def softmax_output_hvp(logits: jax.Array, u: jax.Array) -> jax.Array:
+  """``(diag(p) - p p^T) u`` per example: the logit Hessian of softmax cross-entropy.
+
+  It does not depend on the label, and it is positive semi-definite.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> softmax_output_hvp(jnp.zeros((1, 2)), jnp.array([[1., 0.]])).tolist()
+    [[0.25, -0.25]]
+  """
+  p = jax.nn.softmax(logits, axis=-1)
+  return p * u - p * jnp.sum(p * u, axis=-1, keepdims=True)
+
+
+def output_hvp_from_loss(logit_loss: Callable[[jax.Array], jax.Array]) -> OutputHVP:
+  """Builds ``output_hvp(logits, u)`` from any loss of the logits.
+
+  Args:
+    logit_loss: ``logit_loss(logits) -> [B]`` per-example losses (close over
+      the labels if the loss needs them).
+
+  Returns:
+    ``output_hvp(logits, u) = d^2 sum(logit_loss) / d logits^2 . u``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> sq = output_hvp_from_loss(lambda z: 0.5 * jnp.sum(z ** 2, axis=-1))
+    >>> sq(jnp.zeros((1, 2)), jnp.array([[1., 2.]])).tolist()
+    [[1.0, 2.0]]
+  """
+  def output_hvp(logits: jax.Array, u: jax.Array) -> jax.Array:
+    return hvp(lambda z: jnp.sum(logit_loss(z)), logits, u)
+  return output_hvp
+
+
+def gauss_newton_hvp(apply_fn: ApplyFn, params: Params, x: jax.Array, v: Params,
+                     output_hvp: OutputHVP = softmax_output_hvp) -> Params:
+  """Gauss-Newton product ``J^T H_out J v`` for the summed loss over a batch.
+
+  ``J`` is the Jacobian of ``apply_fn(params, x)`` w.r.t. params, ``H_out`` the
+  Hessian of the loss w.r.t. the model output (default: softmax cross-entropy,
+  ``diag(p) - p p^T``). One linearization of the model gives both ``J v``
+  (forward) and ``J^T`` (its transpose).
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits``.
+    params: the point.
+    x: a batch of inputs.
+    v: the direction (structure of ``params``).
+    output_hvp: ``output_hvp(logits, u) -> H_out u``.
+
+  Returns:
+    ``sum_i J_i^T H_out,i J_i v`` with the structure of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda p, x: x @ p['w']
+    >>> p = {'w': jnp.zeros((1, 2))}
+    >>> gauss_newton_hvp(apply_fn, p, jnp.ones((1, 1)), {'w': jnp.array([[1., 0.]])})['w'].tolist()
+    [[0.25, -0.25]]
+  """
+  logits, forward = jax.linearize(lambda p: apply_fn(p, x), params)
+  transpose = jax.linear_transpose(forward, params)
+  return transpose(output_hvp(logits, forward(v)).astype(logits.dtype))[0]
+
+
+# ----------------------------------------------------------------------------
+# Sums over a data set, batch by batch.
+
+
+def _stack_batches(data: Batch, batch_size: int) -> tuple[Batch, jax.Array]:
+  """Reshapes ``[N, ...]`` leaves to ``[num_batches, batch_size, ...]`` plus a mask.
+
+  The last batch is padded by repeating the last example (edge padding keeps
+  every padded loss finite); the boolean mask excludes the padding.
+  """
+  leaves = jax.tree.leaves(data)
+  if not leaves:
+    raise FamrError('data pytree has no array leaves')
+  sizes = {int(jnp.shape(a)[0]) if jnp.ndim(a) else -1 for a in leaves}
+  if len(sizes) != 1 or -1 in sizes:
+    raise FamrError(f'every data leaf needs the same leading (example) axis, got sizes {sorted(sizes)}')
+  n = sizes.pop()
+  if n == 0:
+    raise FamrError('data set is empty')
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise FamrError(f'batch_size must be a positive integer, got {batch_size!r}')
+  bs = min(batch_size, n)
+  num_batches = -(-n // bs)
+  pad = num_batches * bs - n
+
+  def stack(a):
+    a = jnp.asarray(a)
+    if pad:
+      a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
+    return a.reshape((num_batches, bs) + a.shape[1:])
+
+  mask = (jnp.arange(num_batches * bs) < n).reshape(num_batches, bs)
+  return jax.tree.map(stack, data), mask
+
+
+def _masked_batch_loss(example_loss: ExampleLoss, params: Params, batch: Batch,
+                       mask: jax.Array, dtype) -> jax.Array:
+  losses = example_loss(params, batch)
+  if losses.shape != mask.shape:
+    raise FamrError(
+        f'example_loss must return one loss per example, shape {mask.shape}, got {losses.shape}')
+  return jnp.sum(jnp.where(mask, losses, 0)).astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnames=('example_loss', 'batch_size'))
+def dataset_loss(example_loss: ExampleLoss, params: Params, data: Batch, *,
+                 batch_size: int = 256) -> jax.Array:
+  """``sum_i l(params, z_i)`` over a data set, accumulated batch by batch.
+
+  Args:
+    example_loss: ``example_loss(params, batch) -> [B]`` per-example losses;
+      ``batch`` has the structure of ``data`` with a leading axis of ``B``.
+    params: the point.
+    data: pytree of arrays with a common leading axis ``N`` (e.g. ``(x, y)``).
+    batch_size: examples per scan step (memory does not grow with ``N``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loss = lambda p, b: (b * p['a']) ** 2
+    >>> float(dataset_loss(loss, {'a': jnp.array(2.)}, jnp.arange(5.), batch_size=2))
+    120.0
+  """
+  batches, mask = _stack_batches(data, batch_size)
+  dtype = _float_dtype(params)
+
+  def step(total, xs):
+    batch, m = xs
+    return total + _masked_batch_loss(example_loss, params, batch, m, dtype), None
+
+  total, _ = lax.scan(step, jnp.zeros((), dtype), (batches, mask))
+  return total
+
+
+@functools.partial(jax.jit, static_argnames=('example_loss', 'batch_size'))
+def dataset_grad(example_loss: ExampleLoss, params: Params, data: Batch, *,
+                 batch_size: int = 256) -> Params:
+  """Gradient of ``sum_i l(params, z_i)``, accumulated batch by batch.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loss = lambda p, b: (b * p['a']) ** 2
+    >>> float(dataset_grad(loss, {'a': jnp.array(2.)}, jnp.arange(5.), batch_size=2)['a'])
+    120.0
+  """
+  batches, mask = _stack_batches(data, batch_size)
+  dtype = _float_dtype(params)
+
+  def step(total, xs):
+    batch, m = xs
+    g = jax.grad(lambda p: _masked_batch_loss(example_loss, p, batch, m, dtype))(params)
+    return jax.tree.map(jnp.add, total, g), None
+
+  total, _ = lax.scan(step, jax.tree.map(jnp.zeros_like, params), (batches, mask))
+  return total
+
+
+@functools.partial(jax.jit, static_argnames=('example_loss', 'batch_size'))
+def dataset_hvp(example_loss: ExampleLoss, params: Params, v: Params, data: Batch, *,
+                batch_size: int = 256) -> Params:
+  """Exact ``H v`` of ``sum_i l(params, z_i)``, accumulated batch by batch.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loss = lambda p, b: (b * p['a']) ** 2
+    >>> p, v = {'a': jnp.array(2.)}, {'a': jnp.array(1.)}
+    >>> float(dataset_hvp(loss, p, v, jnp.arange(5.), batch_size=2)['a'])  # 2 * sum b^2
+    60.0
+  """
+  batches, mask = _stack_batches(data, batch_size)
+  dtype = _float_dtype(params)
+
+  def step(total, xs):
+    batch, m = xs
+    hv = hvp(lambda p: _masked_batch_loss(example_loss, p, batch, m, dtype), params, v)
+    return jax.tree.map(jnp.add, total, hv), None
+
+  total, _ = lax.scan(step, jax.tree.map(jnp.zeros_like, params), (batches, mask))
+  return total
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'batch_size', 'output_hvp'))
+def dataset_gauss_newton_hvp(apply_fn: ApplyFn, params: Params, v: Params, x: jax.Array, *,
+                             batch_size: int = 256,
+                             output_hvp: OutputHVP = softmax_output_hvp) -> Params:
+  """``sum_i J_i^T H_out,i J_i v`` over a data set, batch by batch.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda p, x: x @ p['w']
+    >>> p, v = {'w': jnp.zeros((1, 2))}, {'w': jnp.array([[1., 0.]])}
+    >>> dataset_gauss_newton_hvp(apply_fn, p, v, jnp.ones((3, 1)), batch_size=2)['w'].tolist()
+    [[0.75, -0.75]]
+  """
+  batches, mask = _stack_batches(x, batch_size)
+
+  def step(total, xs):
+    batch, m = xs
+    def masked_hvp(logits, u):
+      hu = output_hvp(logits, u)
+      return jnp.where(m.reshape(m.shape + (1,) * (hu.ndim - 1)), hu, 0)
+    gv = gauss_newton_hvp(apply_fn, params, batch, v, masked_hvp)
+    return jax.tree.map(jnp.add, total, gv), None
+
+  total, _ = lax.scan(step, jax.tree.map(jnp.zeros_like, params), (batches, mask))
+  return total
+
+
+# ----------------------------------------------------------------------------
+# Operators: pytree-valued linear maps that can be passed through jit.
+
+
+def as_operator(matvec: Operator) -> Partial:
+  """Wraps a plain ``v -> A v`` function as a ``jax.tree_util.Partial``.
+
+  Arrays a plain closure captures become compile-time constants; prefer the
+  ``*_operator`` builders, which carry params and data as pytree leaves.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> op = as_operator(lambda v: 2 * v)
+    >>> op(jnp.ones(2)).tolist()
+    [2.0, 2.0]
+  """
+  return matvec if isinstance(matvec, Partial) else Partial(matvec)
+
+
+@functools.lru_cache(maxsize=None)
+def _loss_hvp_kernel(loss_fn: LossFn):
+  return functools.partial(hvp, loss_fn)
+
+
+def loss_hvp_operator(loss_fn: LossFn, params: Params) -> Partial:
+  """The operator ``v -> H v`` of ``loss_fn`` at ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> op = loss_hvp_operator(lambda p: jnp.sum(p ** 2), jnp.ones(2))
+    >>> op(jnp.array([1., 0.])).tolist()
+    [2.0, 0.0]
+  """
+  return Partial(_loss_hvp_kernel(loss_fn), params)
+
+
+@functools.lru_cache(maxsize=None)
+def _dataset_hvp_kernel(example_loss: ExampleLoss, batch_size: int):
+  def kernel(params, data, weight_decay, v):
+    hv = dataset_hvp(example_loss, params, v, data, batch_size=batch_size)
+    return _axpy(weight_decay, v, hv)
+  return kernel
+
+
+def dataset_hvp_operator(example_loss: ExampleLoss, params: Params, data: Batch, *,
+                         batch_size: int = 256, weight_decay: float = 0.0) -> Partial:
+  """``v -> (sum_i Hess l(params, z_i) + weight_decay I) v`` over a data set.
+
+  ``weight_decay`` is the curvature of an L2 term ``weight_decay/2 ||params||^2``
+  in the training objective.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loss = lambda p, b: (b * p['a']) ** 2
+    >>> op = dataset_hvp_operator(loss, {'a': jnp.array(2.)}, jnp.arange(5.), weight_decay=1.)
+    >>> float(op({'a': jnp.array(1.)})['a'])
+    61.0
+  """
+  _stack_batches(data, batch_size)  # validate eagerly: a one-line error, not a trace
+  return Partial(_dataset_hvp_kernel(example_loss, batch_size), params, data,
+                 jnp.asarray(weight_decay, _float_dtype(params)))
+
+
+@functools.lru_cache(maxsize=None)
+def _gauss_newton_kernel(apply_fn: ApplyFn, batch_size: int, output_hvp: OutputHVP):
+  def kernel(params, x, weight_decay, v):
+    gv = dataset_gauss_newton_hvp(apply_fn, params, v, x, batch_size=batch_size,
+                                  output_hvp=output_hvp)
+    return _axpy(weight_decay, v, gv)
+  return kernel
+
+
+def gauss_newton_operator(apply_fn: ApplyFn, params: Params, x: jax.Array, *,
+                          batch_size: int = 256, weight_decay: float = 0.0,
+                          output_hvp: OutputHVP = softmax_output_hvp) -> Partial:
+  """``v -> (sum_i J_i^T H_out,i J_i + weight_decay I) v`` over inputs ``x``.
+
+  Positive semi-definite (definite with ``weight_decay > 0``), so CG always
+  converges on it, unlike on an indefinite exact Hessian.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> op = gauss_newton_operator(lambda p, x: x @ p, jnp.zeros((1, 2)), jnp.ones((3, 1)))
+    >>> op(jnp.array([[1., 0.]])).tolist()
+    [[0.75, -0.75]]
+  """
+  _stack_batches(x, batch_size)
+  return Partial(_gauss_newton_kernel(apply_fn, batch_size, output_hvp), params, x,
+                 jnp.asarray(weight_decay, _float_dtype(params)))
+
+
+def _damped_kernel(operator, damping, v):
+  return _axpy(damping, v, operator(v))
+
+
+def damped_operator(operator: Operator, damping: float) -> Partial:
+  """``v -> A v + damping * v``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> damped_operator(lambda v: 2 * v, 0.5)(jnp.ones(1)).tolist()
+    [2.5]
+  """
+  return Partial(_damped_kernel, as_operator(operator), jnp.asarray(damping))
+
+
+# ----------------------------------------------------------------------------
+# Dense matrices (small models only).
+
+
+def _check_dense_size(num_params: int, max_params: int, dtype, what: str = 'Hessian') -> None:
+  if num_params > max_params:
+    nbytes = num_params * num_params * jnp.dtype(dtype).itemsize
+    raise FamrError(
+        f'refusing a dense {num_params}x{num_params} {what}: it would take {nbytes:,} bytes '
+        f'({nbytes / 2**30:.2f} GiB), above max_params={max_params}; use '
+        'lanczos_extreme_eigenvalues or cg_solve, which need only HVPs')
+
+
+@functools.partial(jax.jit, static_argnames=('chunk_size',))
+def _dense_operator_jit(operator: Partial, like: Params, chunk_size: int) -> jax.Array:
+  flat, unravel = ravel_pytree(like)
+  def column(e):
+    return ravel_pytree(operator(unravel(e)))[0].astype(flat.dtype)
+  # Row i of `rows` is A e_i, i.e. column i of A.
+  rows = lax.map(column, jnp.eye(flat.size, dtype=flat.dtype), batch_size=chunk_size)
+  return rows.T
+
+
+def dense_operator(operator: Operator, like: Params, *,
+                   max_params: int = DEFAULT_MAX_DENSE_PARAMS,
+                   chunk_size: int = 64) -> jax.Array:
+  """The dense ``[P, P]`` matrix of a linear operator on pytrees like ``like``.
+
+  Built by mapping the operator over the standard basis (``chunk_size``
+  columns at a time, vmapped), in the dtype of ``like``. Coordinates are
+  those of ``jax.flatten_util.ravel_pytree(like)``.
+
+  Args:
+    operator: ``v -> A v`` on pytrees (a plain function or a ``Partial``).
+    like: a pytree with the structure, shapes and dtype of ``v``.
+    max_params: refuse (FamrError, with the size in bytes) above this ``P``.
+    chunk_size: basis vectors per vmapped chunk.
+
+  Raises:
+    FamrError: if ``P > max_params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> dense_operator(lambda v: {'w': 3 * v['w']}, {'w': jnp.zeros(2)}).tolist()
+    [[3.0, 0.0], [0.0, 3.0]]
+  """
+  flat, _ = ravel_pytree(like)
+  _check_dense_size(int(flat.size), max_params, flat.dtype, 'matrix')
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise FamrError(f'chunk_size must be a positive integer, got {chunk_size!r}')
+  return _dense_operator_jit(as_operator(operator), like, min(chunk_size, int(flat.size)))
+
+
+def dense_hessian(loss_fn: LossFn, params: Params, *,
+                  max_params: int = DEFAULT_MAX_DENSE_PARAMS,
+                  chunk_size: int = 64) -> jax.Array:
+  """Dense Hessian of ``loss_fn`` at ``params`` by HVPs over a basis.
+
+  Coordinates are those of ``ravel_pytree(params)``. In float64 when x64 is
+  enabled and params are float64.
+
+  Raises:
+    FamrError: above ``max_params`` parameters, stating the size in bytes.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> dense_hessian(lambda p: p[0] * p[1], jnp.ones(2)).tolist()
+    [[0.0, 1.0], [1.0, 0.0]]
+  """
+  flat, _ = ravel_pytree(params)
+  _check_dense_size(int(flat.size), max_params, flat.dtype)
+  return dense_operator(loss_hvp_operator(loss_fn, params), params,
+                        max_params=max_params, chunk_size=chunk_size)
+
+
+def dense_solve(matrix: jax.Array, b: Params, *, damping: float = 0.0,
+                rtol: float | None = None) -> Params:
+  """Solves ``(A + damping I) x = b`` for a symmetric positive definite dense ``A``.
+
+  Uses ``eigh`` (of the symmetric part) so an indefinite or singular matrix
+  is detected and reported instead of returning garbage.
+
+  Args:
+    matrix: ``[P, P]`` symmetric matrix (e.g. from :func:`dense_hessian`).
+    b: right-hand side, a flat vector or a pytree of ``P`` numbers in
+      ``ravel_pytree`` order; the result has the same structure.
+    damping: ``>= 0`` added to the diagonal.
+    rtol: the smallest eigenvalue of ``A + damping I`` must exceed
+      ``rtol * largest |eigenvalue|`` (default ``P * eps`` of the dtype).
+
+  Raises:
+    FamrError: negative damping, a shape mismatch, or a matrix that is not
+      positive definite.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> dense_solve(jnp.array([[2., 0.], [0., 4.]]), jnp.array([2., 2.])).tolist()
+    [1.0, 0.5]
+  """
+  _check_damping(damping, allow_zero=True)
+  flat_b, unravel = ravel_pytree(b)
+  matrix = jnp.asarray(matrix)
+  p = int(flat_b.size)
+  if matrix.shape != (p, p):
+    raise FamrError(f'matrix shape {matrix.shape} does not match a right-hand side of {p} numbers')
+  dtype = jnp.result_type(matrix.dtype, flat_b.dtype)
+  evals, evecs = jnp.linalg.eigh(0.5 * (matrix + matrix.T).astype(dtype))
+  shifted = evals + damping
+  scale = float(jnp.max(jnp.abs(shifted)))
+  tol = (p * float(jnp.finfo(dtype).eps)) if rtol is None else rtol
+  lowest = float(shifted[0])
+  if not lowest > tol * scale:
+    raise FamrError(
+        f'(H + {damping:g} I) is not positive definite: smallest eigenvalue {lowest:.3e}, '
+        f'largest {float(shifted[-1]):.3e}; add damping or use a Gauss-Newton matrix')
+  x = evecs @ ((evecs.T @ flat_b.astype(dtype)) / shifted)
+  return unravel(x)
+
+
+# ----------------------------------------------------------------------------
+# Lanczos.
+
+
+class LanczosResult(NamedTuple):
+  """Extreme eigenvalues of a symmetric operator from a Lanczos run."""
+  lambda_min: jax.Array     # smallest Ritz value (an upper bound on the true lambda_min)
+  lambda_max: jax.Array     # largest Ritz value (a lower bound on the true lambda_max)
+  ritz_values: jax.Array    # all Ritz values, ascending
+  num_iters: int            # Krylov dimension used
+
+
+def _random_like(key: jax.Array, like: Params) -> Params:
+  leaves, treedef = jax.tree.flatten(like)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [
+      jax.random.normal(k, jnp.shape(x), jnp.asarray(x).dtype) for k, x in zip(keys, leaves)])
+
+
+@functools.partial(jax.jit, static_argnames=('num_iters',))
+def _lanczos_jit(operator: Partial, like: Params, key: jax.Array, num_iters: int):
+  k = num_iters
+  dtype = _float_dtype(like)
+  eps = jnp.finfo(dtype).eps
+
+  def normalize(v):
+    return _scale(1.0 / tree_norm(v), v)
+
+  def project_out(basis, w):
+    # Classical Gram-Schmidt against every stored vector, twice ("twice is
+    # enough"): full re-orthogonalization keeps the Ritz values free of ghosts.
+    for _ in range(2):
+      coeffs = functools.reduce(jnp.add, [
+          jnp.tensordot(b.reshape(b.shape[0], -1), wl.reshape(-1), axes=1)
+          for b, wl in zip(jax.tree.leaves(basis), jax.tree.leaves(w))])
+      w = jax.tree.map(lambda b, wl: wl - jnp.tensordot(coeffs, b, axes=1).astype(wl.dtype),
+                       basis, w)
+    return w
+
+  key_start, key_restart = jax.random.split(key)
+  v0 = normalize(_random_like(key_start, like))
+  restart = _random_like(key_restart, like)
+  basis = jax.tree.map(lambda a: jnp.zeros((k + 1,) + a.shape, a.dtype).at[0].set(a), v0)
+  alphas = jnp.zeros((k,), dtype)
+  betas = jnp.zeros((k,), dtype)
+
+  def body(i, state):
+    basis, alphas, betas = state
+    v = jax.tree.map(lambda b: b[i], basis)
+    w = operator(v)
+    alpha = tree_vdot(w, v)
+    w = project_out(basis, w)
+    beta = tree_norm(w)
+    scale = jnp.abs(alpha) + jnp.where(i > 0, betas[jnp.maximum(i - 1, 0)], 0) + 1e-30
+    # Breakdown: the Krylov space is invariant. Continue with a fresh random
+    # vector orthogonal to the basis, coupled by beta = 0 (exact).
+    breakdown = beta <= 100 * eps * scale
+    # Cheap pseudo-random restart vector (a PRNG call inside the loop costs
+    # seconds of compile time): a fixed random vector scrambled by sin.
+    scrambled = jax.tree.map(lambda r: jnp.sin((i + 1) * 997.0 * r + i), restart)
+    fresh = normalize(project_out(basis, scrambled))
+    nxt = _where(breakdown, fresh, _scale(1.0 / jnp.where(breakdown, 1.0, beta), w))
+    basis = jax.tree.map(lambda b, n: b.at[i + 1].set(n), basis, nxt)
+    return basis, alphas.at[i].set(alpha), betas.at[i].set(jnp.where(breakdown, 0.0, beta))
+
+  basis, alphas, betas = lax.fori_loop(0, k, body, (basis, alphas, betas))
+  off = betas[:-1]
+  tridiag = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
+  return jnp.linalg.eigvalsh(tridiag)
+
+
+def lanczos_extreme_eigenvalues(operator: Operator, like: Params, key: jax.Array, *,
+                                num_iters: int = 40) -> LanczosResult:
+  """Extreme eigenvalues of a symmetric operator by Lanczos (HVPs only).
+
+  Full re-orthogonalization (memory ``num_iters`` vectors of size ``P``),
+  fixed iteration count, jit-compiled. ``num_iters`` is capped at ``P``,
+  where the Ritz values are the exact eigenvalues. The smallest Ritz value
+  approaches ``lambda_min`` from above, the largest ``lambda_max`` from below;
+  both converge fastest for well separated extremes.
+
+  Args:
+    operator: ``v -> A v`` (e.g. :func:`dataset_hvp_operator`).
+    like: pytree with the structure, shapes and dtype of ``v``.
+    key: PRNG key of the random start vector.
+    num_iters: Krylov dimension.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> op = lambda v: jnp.array([1., 2., 5.]) * v
+    >>> r = lanczos_extreme_eigenvalues(op, jnp.zeros(3), jax.random.key(0), num_iters=3)
+    >>> round(float(r.lambda_min), 4), round(float(r.lambda_max), 4)
+    (1.0, 5.0)
+  """
+  if not isinstance(num_iters, int) or num_iters < 1:
+    raise FamrError(f'num_iters must be a positive integer, got {num_iters!r}')
+  k = min(num_iters, _num_params(like))
+  ritz = _lanczos_jit(as_operator(operator), like, key, k)
+  return LanczosResult(ritz[0], ritz[-1], ritz, k)
+
+
+# ----------------------------------------------------------------------------
+# Conjugate gradients.
+
+
+class CGInfo(NamedTuple):
+  """Diagnostics of a conjugate-gradient solve."""
+  iterations: jax.Array          # CG steps taken
+  residual_norm: jax.Array       # ||b - A x|| recomputed at the end (not the recursion's)
+  converged: jax.Array           # the recursive residual reached the tolerance
+  negative_curvature: jax.Array  # some direction had p^T A p <= 0: A is not positive definite
+  min_curvature: jax.Array       # smallest p^T A p / p^T p seen (a Rayleigh quotient)
+
+
+@functools.partial(jax.jit, static_argnames=('maxiter',))
+def _cg_jit(operator: Partial, b: Params, x0: Params, tol: jax.Array, atol: jax.Array,
+            maxiter: int):
+  dtype = _float_dtype(b)
+  threshold = jnp.maximum(tol * tree_norm(b), atol)
+  r0 = jax.tree.map(jnp.subtract, b, operator(x0))
+  rs0 = tree_vdot(r0, r0)
+
+  def cond(state):
+    _, _, _, rs, it, neg, _ = state
+    return (it < maxiter) & (jnp.sqrt(rs) > threshold) & ~neg
+
+  def body(state):
+    x, r, p, rs, it, neg, min_curv = state
+    ap = operator(p)
+    pap = tree_vdot(p, ap)
+    bad = pap <= 0
+    min_curv = jnp.minimum(min_curv, pap / tree_vdot(p, p))
+    alpha = rs / jnp.where(bad, 1.0, pap)
+    x_new = _axpy(alpha, p, x)
+    r_new = _axpy(-alpha, ap, r)
+    rs_new = tree_vdot(r_new, r_new)
+    p_new = _axpy(rs_new / rs, p, r_new)
+    # On non-positive curvature keep the last good iterate and stop.
+    return (_where(bad, x, x_new), _where(bad, r, r_new), _where(bad, p, p_new),
+            jnp.where(bad, rs, rs_new), it + jnp.where(bad, 0, 1), bad, min_curv)
+
+  state = (x0, r0, r0, rs0, jnp.zeros((), jnp.int32), jnp.zeros((), bool),
+           jnp.asarray(jnp.inf, dtype))
+  x, _, _, rs, it, neg, min_curv = lax.while_loop(cond, body, state)
+  true_res = tree_norm(jax.tree.map(jnp.subtract, b, operator(x)))
+  converged = (jnp.sqrt(rs) <= threshold) & ~neg
+  return x, CGInfo(it, true_res, converged, neg, min_curv)
+
+
+def conjugate_gradient(operator: Operator, b: Params, *, x0: Params | None = None,
+                       tol: float = 1e-10, atol: float = 0.0,
+                       maxiter: int | None = None) -> tuple[Params, CGInfo]:
+  """Matrix-free conjugate gradients for ``A x = b``; never raises on the result.
+
+  The jit-compiled core (``lax.while_loop``). It stops when the recursive
+  residual is ``<= max(tol ||b||, atol)``, after ``maxiter`` steps, or at the
+  first direction with ``p^T A p <= 0`` (``A`` not positive definite), and
+  reports which in :class:`CGInfo`. Use :func:`cg_solve` to have failures
+  raised instead.
+
+  Args:
+    operator: symmetric ``v -> A v`` on pytrees like ``b``.
+    b: right-hand side pytree.
+    x0: start (default zeros).
+    tol: relative tolerance on the residual.
+    atol: absolute tolerance on the residual.
+    maxiter: step limit (default ``min(2 P + 10, 10000)``).
+
+  Returns:
+    ``(x, info)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> x, info = conjugate_gradient(lambda v: jnp.array([2., 4.]) * v, jnp.array([2., 2.]))
+    >>> x.tolist(), bool(info.converged)
+    ([1.0, 0.5], True)
+  """
+  if maxiter is None:
+    maxiter = min(2 * _num_params(b) + 10, 10_000)
+  if not isinstance(maxiter, int) or maxiter < 1:
+    raise FamrError(f'maxiter must be a positive integer, got {maxiter!r}')
+  if not (tol >= 0 and atol >= 0 and math.isfinite(tol) and math.isfinite(atol)):
+    raise FamrError(f'tol and atol must be finite and >= 0, got tol={tol!r}, atol={atol!r}')
+  if x0 is None:
+    x0 = jax.tree.map(jnp.zeros_like, b)
+  dtype = _float_dtype(b)
+  return _cg_jit(as_operator(operator), b, x0, jnp.asarray(tol, dtype),
+                 jnp.asarray(atol, dtype), maxiter)
+
+
+def _check_damping(damping: float, *, allow_zero: bool) -> None:
+  try:
+    value = float(damping)
+  except (TypeError, ValueError):
+    raise FamrError(f'damping lambda must be a number, got {damping!r}') from None
+  if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    need = '>= 0' if allow_zero else '> 0'
+    raise FamrError(f'damping lambda must be finite and {need}, got {damping!r}')
+
+
+def cg_solve(operator: Operator, b: Params, *, damping: float = 0.0, tol: float = 1e-10,
+             atol: float = 0.0, maxiter: int | None = None,
+             x0: Params | None = None) -> tuple[Params, CGInfo]:
+  """Solves ``(A + damping I) x = b`` by CG, raising instead of returning garbage.
+
+  Args:
+    operator: symmetric ``v -> A v`` (e.g. a Hessian operator).
+    b: right-hand side pytree.
+    damping: ``>= 0`` added to the diagonal.
+    tol, atol, maxiter, x0: as in :func:`conjugate_gradient`.
+
+  Returns:
+    ``(x, info)`` of a converged solve.
+
+  Raises:
+    FamrError: negative damping; CG met a direction with ``p^T A p <= 0``
+      (the damped operator is not positive definite: indefinite or singular);
+      or CG did not reach the tolerance in ``maxiter`` steps.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> x, _ = cg_solve(lambda v: jnp.array([1., 3.]) * v, jnp.array([2., 2.]), damping=1.)
+    >>> x.tolist()
+    [1.0, 0.5]
+  """
+  _check_damping(damping, allow_zero=True)
+  op = damped_operator(operator, damping) if damping else as_operator(operator)
+  x, info = conjugate_gradient(op, b, x0=x0, tol=tol, atol=atol, maxiter=maxiter)
+  if bool(info.negative_curvature):
+    raise FamrError(
+        f'conjugate gradients met non-positive curvature p^T A p / p^T p = '
+        f'{float(info.min_curvature):.3e} after {int(info.iterations)} steps: (H + {damping:g} I) '
+        'is not positive definite; add damping or use a Gauss-Newton operator')
+  if not bool(info.converged):
+    raise FamrError(
+        f'conjugate gradients did not converge in {int(info.iterations)} steps: residual '
+        f'{float(info.residual_norm):.3e} > tol {tol:g} * ||b|| {float(tree_norm(b)):.3e} '
+        '(ill-conditioned or singular system; raise maxiter or add damping)')
+  return x, info

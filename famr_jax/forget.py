@@ -1,0 +1,126 @@
+"""Forget requests: which training examples an unlearning method must remove.
+
+A :class:`ForgetSet` is data-set independent bookkeeping (indices into the
+training set plus, for class forgetting, the class ids); it is validated once
+here so every method and metric can trust it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from famr_jax.errors import FamrError
+
+
+class ForgetSet(NamedTuple):
+  """A validated forget request.
+
+  Attributes:
+    kind: ``"classes"`` (whole classes) or ``"samples"`` (arbitrary training examples).
+    classes: the forgotten class ids (empty for ``"samples"``).
+    indices: sorted int64 indices of the forgotten training examples.
+    num_classes: number of classes of the model.
+  """
+  kind: Literal["classes", "samples"]
+  classes: tuple[int, ...]
+  indices: np.ndarray
+  num_classes: int
+
+  def retain_mask(self, num_train: int) -> np.ndarray:
+    """Boolean mask of the retained training examples."""
+    mask = np.ones(num_train, bool)
+    mask[self.indices] = False
+    return mask
+
+  def describe(self) -> dict:
+    """The ``forget`` entry of report.json."""
+    return {"kind": self.kind, "classes": list(self.classes),
+            "num_forget_train": int(self.indices.size)}
+
+
+def parse_class_list(text: str) -> tuple[int, ...]:
+  """Parses ``"3,5"`` into ``(3, 5)``; a non-integer item is a :class:`FamrError`.
+
+  Example:
+    >>> parse_class_list("3, 5")
+    (3, 5)
+  """
+  items = [t.strip() for t in str(text).split(",") if t.strip()]
+  try:
+    return tuple(int(t) for t in items)
+  except ValueError:
+    raise FamrError(f"forget classes must be comma-separated integers, got {text!r}") from None
+
+
+def validate_classes(classes: Sequence[int], num_classes: int) -> tuple[int, ...]:
+  """Checks a list of forget classes: non-empty, in range, unique, not every class.
+
+  Example:
+    >>> validate_classes([3], 10)
+    (3,)
+  """
+  classes = tuple(int(c) for c in classes)
+  if not classes:
+    raise FamrError("the forget set is empty: name at least one class to forget")
+  bad = [c for c in classes if not 0 <= c < num_classes]
+  if bad:
+    raise FamrError(f"forget classes {bad} are out of range: the model has classes 0..{num_classes - 1}")
+  if len(set(classes)) != len(classes):
+    dup = sorted({c for c in classes if classes.count(c) > 1})
+    raise FamrError(f"forget classes {dup} are listed more than once")
+  if len(classes) >= num_classes:
+    raise FamrError(f"cannot forget every class ({num_classes} of {num_classes}): at least one must be retained")
+  return tuple(sorted(classes))
+
+
+def forget_classes(y_train: np.ndarray, classes: Sequence[int], num_classes: int) -> ForgetSet:
+  """Forget every training example of the given classes.
+
+  Example:
+    >>> import numpy as np
+    >>> fs = forget_classes(np.array([0, 1, 2, 1]), [1], 3)
+    >>> fs.indices.tolist(), fs.describe()["num_forget_train"]
+    ([1, 3], 2)
+  """
+  classes = validate_classes(classes, num_classes)
+  indices = np.flatnonzero(np.isin(np.asarray(y_train), classes)).astype(np.int64)
+  if indices.size == 0:
+    raise FamrError(f"no training example belongs to forget classes {list(classes)}")
+  return ForgetSet("classes", classes, indices, num_classes)
+
+
+def forget_samples(indices: Sequence[int], num_train: int, num_classes: int) -> ForgetSet:
+  """Forget arbitrary training examples by index.
+
+  Example:
+    >>> forget_samples([4, 1], 10, 3).indices.tolist()
+    [1, 4]
+  """
+  idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+  if idx.size == 0:
+    raise FamrError("the forget set is empty: name at least one sample index")
+  if idx.min() < 0 or idx.max() >= num_train:
+    raise FamrError(f"forget sample indices must lie in 0..{num_train - 1}")
+  if np.unique(idx).size != idx.size:
+    raise FamrError("forget sample indices contain duplicates")
+  if idx.size >= num_train:
+    raise FamrError("cannot forget every training sample")
+  return ForgetSet("samples", (), np.sort(idx), num_classes)
+
+
+def forget_random(key: jax.Array, fraction: float, num_train: int, num_classes: int) -> ForgetSet:
+  """Forget a uniformly random ``fraction`` of the training set (drawn with ``key``).
+
+  Example:
+    >>> import jax
+    >>> forget_random(jax.random.key(0), 0.1, 100, 10).indices.size
+    10
+  """
+  if not 0.0 < float(fraction) < 1.0:
+    raise FamrError(f"--forget-random must lie strictly between 0 and 1, got {fraction}")
+  count = max(1, int(round(fraction * num_train)))
+  idx = np.asarray(jax.random.choice(key, num_train, (count,), replace=False))
+  return forget_samples(idx, num_train, num_classes)

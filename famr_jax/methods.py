@@ -1,0 +1,71 @@
+"""The registry of unlearning methods, so the CLI and ``compare`` can run any by name.
+
+A method is a function ``run(task, config) -> DescentResult`` plus its
+typed config class and per-model defaults. The functions behind each entry
+(e.g. :func:`famr_jax.unlearning.famr_unlearn`) are the Python API; the
+registry only adapts an :class:`UnlearnTask` to their arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+from famr_jax.errors import FamrError
+from famr_jax.forget import ForgetSet
+from famr_jax.optimization import DescentResult
+
+Params = Any
+
+
+class UnlearnTask(NamedTuple):
+  """Everything a method may use. Data-free methods must not read ``data``."""
+  apply_fn: Callable[[Params, jax.Array], jax.Array]
+  params: Params
+  model: Any               # the Flax module (for layer splits); None for plain functions
+  data: Any                # a famr_jax.data.Dataset
+  forget: ForgetSet
+  key: jax.Array
+  show_progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  """One registered method."""
+  name: str
+  config_cls: type
+  run: Callable[[UnlearnTask, Any], DescentResult]
+  defaults: Callable[[str], Any]   # model name -> default config
+  description: str
+  uses_data: bool = True
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+  """Adds a method to the registry (a later registration under the same name replaces it)."""
+  _METHODS[spec.name] = spec
+  return spec
+
+
+def method_names() -> tuple[str, ...]:
+  """Names of every registered method."""
+  _load_builtin_methods()
+  return tuple(sorted(_METHODS))
+
+
+def get_method(name: str) -> MethodSpec:
+  """The method registered as ``name``, or a one-line :class:`FamrError` listing the others."""
+  _load_builtin_methods()
+  if name not in _METHODS:
+    raise FamrError(f"unknown method {name!r}; valid methods: {', '.join(sorted(_METHODS))}")
+  return _METHODS[name]
+
+
+def _load_builtin_methods() -> None:
+  # Importing the modules registers their methods; done lazily to keep
+  # `import famr_jax.methods` free of import cycles.
+  import famr_jax.unlearning  # noqa: F401

@@ -1,0 +1,185 @@
+"""Unlearning metrics: accuracies, forget-set statistics and MIA-efficacy.
+
+The per-example quantities are pure, jit-compiled JAX functions. The one
+non-JAX piece is the membership-inference attack, an RBF support-vector
+classifier from scikit-learn, exactly as the SalUn benchmark defines it.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from famr_jax import objectives
+from famr_jax.forget import ForgetSet
+
+Params = Any
+ApplyFn = Callable[[Params, jax.Array], jax.Array]
+
+
+def batched_apply(apply_fn: ApplyFn, params: Params, x: jax.Array,
+                  batch_size: int = 1024) -> jax.Array:
+  """``apply_fn(params, x)`` evaluated in chunks with ``lax.map`` (bounded memory).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> batched_apply(lambda p, x: x * p, 2.0, jnp.arange(5.0)[:, None], 2)[:, 0].tolist()
+    [0.0, 2.0, 4.0, 6.0, 8.0]
+  """
+  n = x.shape[0]
+  if n <= batch_size:
+    return apply_fn(params, x)
+  num_batches = -(-n // batch_size)
+  pad = num_batches * batch_size - n
+  xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+  out = jax.lax.map(lambda xb: apply_fn(params, xb), xp.reshape((num_batches, batch_size) + x.shape[1:]))
+  return out.reshape((num_batches * batch_size,) + out.shape[2:])[:n]
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Fraction of rows whose argmax equals the label (NaN for an empty set).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(accuracy(jnp.array([[0.0, 1.0], [1.0, 0.0]]), jnp.array([1, 1])))
+    0.5
+  """
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def per_class_accuracy(logits: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+  """``[C]`` accuracy of each true class (NaN for a class absent from ``labels``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> per_class_accuracy(jnp.array([[0.0, 1.0], [1.0, 0.0]]), jnp.array([1, 1]), 2).tolist()[1]
+    0.5
+  """
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  onehot = jax.nn.one_hot(labels, num_classes)
+  return (correct @ onehot) / jnp.sum(onehot, axis=0)
+
+
+def true_class_confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Softmax probability of the true label: the MIA feature of SalUn."""
+  probs = jax.nn.softmax(logits, -1)
+  return jnp.take_along_axis(probs, labels[:, None].astype(jnp.int32), -1)[:, 0]
+
+
+def param_distance(params: Params, params0: Params) -> jax.Array:
+  """``||theta - theta0||_2`` over the whole pytree."""
+  return jnp.sqrt(objectives.tree_sq_distance(params, params0))
+
+
+def mia_efficacy(conf_retain_train: np.ndarray, conf_test: np.ndarray,
+                 conf_forget: np.ndarray, *, seed: int = 0,
+                 max_per_side: int = 2000) -> float:
+  """SalUn's MIA-efficacy: the fraction of forget samples an attack calls non-members.
+
+  The attack is an RBF SVC (C=3, gamma='auto') on one feature, the softmax
+  confidence of the true label, trained on retained training samples (members,
+  label 1) against test samples (non-members, label 0), as many of each
+  (``min`` of the two sizes, at most ``max_per_side``, drawn with ``seed``).
+  Higher means the forget set looks less like training data.
+
+  Example:
+    >>> import numpy as np
+    >>> r = np.full(50, 0.99); t = np.full(50, 0.5)
+    >>> mia_efficacy(r, t, np.full(10, 0.5))
+    1.0
+  """
+  from sklearn.svm import SVC
+
+  rng = np.random.default_rng(seed)
+  n = int(min(len(conf_retain_train), len(conf_test), max_per_side))
+  members = rng.choice(np.asarray(conf_retain_train), n, replace=False)
+  non_members = rng.choice(np.asarray(conf_test), n, replace=False)
+  features = np.concatenate([members, non_members])[:, None].astype(np.float64)
+  labels = np.concatenate([np.ones(n), np.zeros(n)])
+  attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, labels)
+  predicted = attack.predict(np.asarray(conf_forget, np.float64)[:, None])
+  return float(np.mean(predicted == 0))
+
+
+@partial(jax.jit, static_argnums=(0, 5))
+def _forward_stats(apply_fn, params, x, y, logits_ref, num_classes):
+  logits = batched_apply(apply_fn, params, x)
+  stats = {
+      "correct": jnp.argmax(logits, -1) == y,
+      "confidence": true_class_confidence(logits, y),
+      "ce": objectives.cross_entropy(logits, y),
+      "entropy": objectives.entropy(logits),
+  }
+  if logits_ref is not None:
+    stats["kl_from_original"] = objectives.kl_divergence(logits_ref, logits)
+  return stats
+
+
+def evaluate_unlearning(apply_fn: ApplyFn, params: Params, data, forget: ForgetSet, *,
+                        params0: Params | None = None, mia_seed: int = 0) -> dict[str, Any]:
+  """Every metric of report.json for one model.
+
+  Class forgetting: ``retain_acc`` / ``forget_acc`` are test accuracies on the
+  retained / forgotten classes. Sample forgetting: ``forget_acc`` is the
+  accuracy on the forgotten training samples themselves and ``retain_acc``
+  the accuracy on the retained training samples (the SalUn RA/UA convention),
+  as the test set holds no forgotten samples.
+
+  ``forget_ce``, ``forget_entropy`` and ``kl_from_original`` are means over
+  the forget set (training examples). ``kl_from_original`` is
+  ``KL(p_original || p_new)`` between softmax outputs, and with
+  ``param_distance`` it is reported only when ``params0`` (the original
+  model) is given.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits``.
+    params: the model to evaluate.
+    data: a :class:`famr_jax.data.Dataset` (or anything with ``x_train``,
+      ``y_train``, ``x_test``, ``y_test``, ``num_classes``).
+    forget: the forget request.
+    params0: the original model's params, for the "from original" metrics.
+    mia_seed: seed of the MIA's member/non-member subsampling.
+
+  Returns:
+    A dict of floats plus ``per_class_acc`` (a list, test set).
+  """
+  x_forget = data.x_train[forget.indices]
+  y_forget = data.y_train[forget.indices]
+  retain_mask = forget.retain_mask(len(data.y_train))
+  logits0 = None
+  if params0 is not None:
+    logits0 = batched_apply(apply_fn, params0, jnp.asarray(x_forget))
+  fs = jax.device_get(_forward_stats(apply_fn, params, jnp.asarray(x_forget), jnp.asarray(y_forget),
+                                     logits0, data.num_classes))
+  ts = jax.device_get(_forward_stats(apply_fn, params, jnp.asarray(data.x_test), jnp.asarray(data.y_test),
+                                     None, data.num_classes))
+  rs = jax.device_get(_forward_stats(apply_fn, params, jnp.asarray(data.x_train[retain_mask]),
+                                     jnp.asarray(data.y_train[retain_mask]), None, data.num_classes))
+  y_test = np.asarray(data.y_test)
+  per_class = [float(np.mean(ts["correct"][y_test == c])) if np.any(y_test == c) else float("nan")
+               for c in range(data.num_classes)]
+  if forget.kind == "classes":
+    forgotten_test = np.isin(y_test, forget.classes)
+    retain_acc = float(np.mean(ts["correct"][~forgotten_test]))
+    forget_acc = float(np.mean(ts["correct"][forgotten_test]))
+  else:
+    retain_acc = float(np.mean(rs["correct"]))
+    forget_acc = float(np.mean(fs["correct"]))
+  result = {
+      "retain_acc": retain_acc,
+      "forget_acc": forget_acc,
+      "test_acc": float(np.mean(ts["correct"])),
+      "forget_train_acc": float(np.mean(fs["correct"])),
+      "forget_ce": float(np.mean(fs["ce"])),
+      "forget_entropy": float(np.mean(fs["entropy"])),
+      "mia_efficacy": mia_efficacy(rs["confidence"], ts["confidence"], fs["confidence"], seed=mia_seed),
+  }
+  if params0 is not None:
+    result["kl_from_original"] = float(np.mean(fs["kl_from_original"]))
+    result["param_distance"] = float(param_distance(params, params0))
+  result["per_class_acc"] = per_class
+  return result

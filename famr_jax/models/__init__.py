@@ -1,0 +1,372 @@
+"""Flax models and the functional interface the unlearning code uses.
+
+Every model is a sequence of named *stages* (see ``famr_jax.models.base``):
+``layer_names(model)`` lists them, their params live under top-level keys equal
+to their names, and the model can be run from any stage on that stage's input.
+The algorithms never import a model class: they take the functions built here
+(``apply_fn(params, x) -> logits``, feature, layer-input and tail functions) and
+plain params dicts.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> model = create_model('lenet5', num_classes=10, image_shape=(28, 28, 1))
+  >>> params = init_params(model, jax.random.key(0), (28, 28, 1))
+  >>> count_params(params)
+  61706
+  >>> x = jnp.ones((2, 28, 28, 1))
+  >>> h = make_layer_input_fn(model, 'fc3')(params, x)
+  >>> h.shape
+  (2, 84)
+  >>> logits = make_tail_apply_fn(model, 'fc3')(params, h)
+  >>> bool(jnp.allclose(logits, make_apply_fn(model)(params, x)))
+  True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+import dataclasses
+import math
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from famr_jax.errors import FamrError
+from famr_jax.models.base import STAGE_OUTPUTS, stage_index
+from famr_jax.models.karpathynet import KarpathyNet
+from famr_jax.models.lenet5 import LeNet5
+from famr_jax.models.logistic import LogisticRegression
+from famr_jax.models.mlp import MLP
+from famr_jax.models.vit import VIT_PRESETS, ViT, ViTConfig, auto_patch_size, vit_config, vit_from_preset
+
+__all__ = [
+    'MODEL_NAMES',
+    'KarpathyNet',
+    'LeNet5',
+    'LogisticRegression',
+    'MLP',
+    'ViT',
+    'ViTConfig',
+    'VIT_PRESETS',
+    'auto_patch_size',
+    'count_params',
+    'create_model',
+    'init_params',
+    'layer_names',
+    'make_apply_fn',
+    'make_feature_fn',
+    'make_layer_input_fn',
+    'make_tail_apply_fn',
+    'merge_params',
+    'split_params',
+    'tail_param_mask',
+    'vit_config',
+]
+
+Params = dict[str, Any]
+ApplyFn = Callable[[Params, jax.Array], jax.Array]
+
+MODEL_NAMES: tuple[str, ...] = (
+    'logistic', 'mlp', 'lenet5', 'karpathynet',
+    'vit_nano', 'vit_micro', 'vit_ti', 'vit_s', 'vit_b', 'vit_l',
+)
+
+_CLASSES: dict[str, type[nn.Module]] = {
+    'logistic': LogisticRegression,
+    'mlp': MLP,
+    'lenet5': LeNet5,
+    'karpathynet': KarpathyNet,
+}
+
+
+def _check_image_shape(image_shape: Any) -> tuple[int, int, int]:
+  try:
+    shape = tuple(int(s) for s in image_shape)
+    ok = len(shape) == 3 and all(s > 0 for s in shape) and shape == tuple(image_shape)
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise FamrError(f'image_shape must be three positive integers (H, W, C), got {image_shape!r}')
+  return shape
+
+
+def create_model(
+    name: str, num_classes: int, image_shape: tuple[int, int, int], **overrides: Any
+) -> nn.Module:
+  """Builds a model by name.
+
+  Args:
+    name: one of ``MODEL_NAMES``.
+    num_classes: number of output logits (>= 2).
+    image_shape: ``(H, W, C)`` of the inputs (ViT presets derive the patch
+      size from it).
+    **overrides: constructor fields to change, e.g. ``hidden=(256,)`` for
+      ``mlp`` or ``depth=2, patch_size=4`` for a ViT preset.
+
+  Returns:
+    An unbound Flax module; use ``init_params`` and ``make_apply_fn``.
+
+  Raises:
+    FamrError: unknown name, bad class count or image shape, or an override the
+      model does not have or cannot use.
+
+  Example:
+    >>> create_model('mlp', 10, (8, 8, 1), hidden=(32,)).layer_names
+    ('fc1', 'head')
+  """
+  if name not in MODEL_NAMES:
+    raise FamrError(f'unknown model {name!r}; valid models: {", ".join(MODEL_NAMES)}')
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    raise FamrError(f'num_classes must be an integer >= 2, got {num_classes!r}')
+  height, width, _ = _check_image_shape(image_shape)
+
+  if name in _CLASSES:
+    cls = _CLASSES[name]
+    base: dict[str, Any] = {'num_classes': num_classes}
+  else:
+    cls = ViT
+    preset = vit_from_preset(name, num_classes, (height, width, 1))
+    base = {k: getattr(preset, k) for k in
+            ('num_classes', 'patch_size', 'hidden_dim', 'depth', 'num_heads', 'mlp_dim')}
+
+  fields = [f.name for f in dataclasses.fields(cls) if f.name not in ('parent', 'name')]
+  for key in overrides:
+    if key not in fields or key == 'num_classes':
+      raise FamrError(
+          f'model {name!r} has no override {key!r}; valid overrides: '
+          f'{", ".join(f for f in fields if f != "num_classes")}'
+      )
+  kwargs = {**base, **overrides}
+  _check_fields(name, kwargs, height, width)
+  if 'hidden' in kwargs:
+    kwargs['hidden'] = tuple(kwargs['hidden'])  # modules must be hashable
+  return cls(**kwargs)
+
+
+def _check_fields(name: str, kwargs: Mapping[str, Any], height: int, width: int) -> None:
+  """One-line FamrError for an override value the model cannot use."""
+  def positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+  if 'hidden' in kwargs:
+    hidden = kwargs['hidden']
+    if not isinstance(hidden, (tuple, list)) or not all(positive_int(h) for h in hidden):
+      raise FamrError(f'{name}: hidden must be a tuple of positive integers, got {hidden!r}')
+  for key in ('patch_size', 'hidden_dim', 'depth', 'num_heads', 'mlp_dim'):
+    if key in kwargs and not positive_int(kwargs[key]):
+      raise FamrError(f'{name}: {key} must be a positive integer, got {kwargs[key]!r}')
+  if 'hidden_dim' in kwargs and kwargs['hidden_dim'] % kwargs['num_heads']:
+    raise FamrError(
+        f'{name}: hidden_dim {kwargs["hidden_dim"]} is not a multiple of num_heads {kwargs["num_heads"]}'
+    )
+  if 'patch_size' in kwargs and (height % kwargs['patch_size'] or width % kwargs['patch_size']):
+    raise FamrError(
+        f'{name}: patch_size {kwargs["patch_size"]} does not tile a {height}x{width} image'
+    )
+
+
+def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, int]) -> Params:
+  """Initial float32 params of ``model`` for images of ``image_shape``.
+
+  Args:
+    model: a module from ``create_model``.
+    key: a ``jax.random`` key.
+    image_shape: ``(H, W, C)``.
+
+  Returns:
+    The plain ``params`` dict (top-level keys = stage names).
+
+  Example:
+    >>> import jax
+    >>> model = create_model('logistic', 10, (8, 8, 1))
+    >>> init_params(model, jax.random.key(0), (8, 8, 1))['fc']['kernel'].shape
+    (64, 10)
+  """
+  shape = _check_image_shape(image_shape)
+  variables = model.init(key, jnp.zeros((1, *shape), jnp.float32))
+  return flax.core.unfreeze(variables['params'])
+
+
+def make_apply_fn(model: nn.Module) -> ApplyFn:
+  """``apply_fn(params, x) -> logits`` for an NHWC float batch ``x``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = create_model('logistic', 10, (8, 8, 1))
+    >>> params = init_params(model, jax.random.key(0), (8, 8, 1))
+    >>> make_apply_fn(model)(params, jnp.ones((4, 8, 8, 1))).shape
+    (4, 10)
+  """
+  def apply_fn(params: Params, x: jax.Array) -> jax.Array:
+    return model.apply({'params': params}, x)
+  return apply_fn
+
+
+def layer_names(model: nn.Module) -> tuple[str, ...]:
+  """The model's stage names, in order (the valid split points).
+
+  Example:
+    >>> layer_names(create_model('karpathynet', 10, (32, 32, 3)))
+    ('conv1', 'conv2', 'conv3', 'fc')
+  """
+  return tuple(model.layer_names)
+
+
+def make_feature_fn(model: nn.Module, layer: str) -> ApplyFn:
+  """``fn(params, x) -> output of stage layer`` (works under jit and grad).
+
+  The output is read from the sown ``intermediates``; under ``jit`` the stages
+  after ``layer`` are dead code and XLA drops them.
+
+  Raises:
+    FamrError: unknown layer.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = create_model('lenet5', 10, (28, 28, 1))
+    >>> params = init_params(model, jax.random.key(0), (28, 28, 1))
+    >>> make_feature_fn(model, 'conv2')(params, jnp.ones((2, 28, 28, 1))).shape
+    (2, 5, 5, 16)
+  """
+  stage_index(layer_names(model), layer)
+
+  def feature_fn(params: Params, x: jax.Array) -> jax.Array:
+    _, state = model.apply({'params': params}, x, mutable=['intermediates'])
+    return state['intermediates'][STAGE_OUTPUTS][layer]
+  return feature_fn
+
+
+def make_layer_input_fn(model: nn.Module, layer: str) -> ApplyFn:
+  """``fn(params, x) -> the activation that enters stage layer`` (x for the first).
+
+  Raises:
+    FamrError: unknown layer.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = create_model('lenet5', 10, (28, 28, 1))
+    >>> params = init_params(model, jax.random.key(0), (28, 28, 1))
+    >>> make_layer_input_fn(model, 'fc1')(params, jnp.ones((2, 28, 28, 1))).shape
+    (2, 5, 5, 16)
+  """
+  names = layer_names(model)
+  i = stage_index(names, layer)
+  if i == 0:
+    return lambda params, x: x
+  return make_feature_fn(model, names[i - 1])
+
+
+def make_tail_apply_fn(model: nn.Module, layer: str) -> ApplyFn:
+  """``fn(params, h) -> logits``: the model's own stages from ``layer`` on, applied to ``h``.
+
+  ``h`` is the input of stage ``layer`` (see ``make_layer_input_fn``);
+  ``params`` may be the full dict or only the tail (``split_params``).
+
+  Raises:
+    FamrError: unknown layer.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = create_model('mlp', 10, (8, 8, 1))
+    >>> params = init_params(model, jax.random.key(0), (8, 8, 1))
+    >>> make_tail_apply_fn(model, 'head')(params, jnp.ones((5, 64))).shape
+    (5, 10)
+  """
+  stage_index(layer_names(model), layer)
+
+  def tail_apply_fn(params: Params, h: jax.Array) -> jax.Array:
+    return model.apply({'params': params}, h, start=layer)
+  return tail_apply_fn
+
+
+def _tail_keys(model: nn.Module, params: Mapping[str, Any], layer: str) -> frozenset[str]:
+  names = layer_names(model)
+  i = stage_index(names, layer)
+  foreign = [k for k in params if k not in names]
+  if foreign:
+    raise FamrError(
+        f'params have keys {foreign} that are not layers of {type(model).__name__} '
+        f'(layers: {", ".join(names)})'
+    )
+  tail = frozenset(names[i:]) & frozenset(params)
+  if not tail or all(not jax.tree.leaves(params[k]) for k in tail):
+    raise FamrError(
+        f'splitting at {layer!r} leaves an empty tail; valid layers: {", ".join(names)}'
+    )
+  return tail
+
+
+def tail_param_mask(model: nn.Module, params: Mapping[str, Any], layer: str) -> Params:
+  """Pytree of bools like ``params``: True on the params of stages at/after ``layer``.
+
+  Suitable for ``optax.masked`` (train only the tail) or to zero head gradients.
+
+  Raises:
+    FamrError: unknown layer, params of another model, or an empty tail.
+
+  Example:
+    >>> import jax
+    >>> model = create_model('lenet5', 10, (28, 28, 1))
+    >>> params = init_params(model, jax.random.key(0), (28, 28, 1))
+    >>> mask = tail_param_mask(model, params, 'fc2')
+    >>> mask['fc1']['kernel'], mask['fc2']['kernel']
+    (False, True)
+  """
+  tail = _tail_keys(model, params, layer)
+  return {k: jax.tree.map(lambda _, t=(k in tail): t, v) for k, v in params.items()}
+
+
+def split_params(
+    model: nn.Module, params: Mapping[str, Any], layer: str
+) -> tuple[Params, Params]:
+  """Splits params by top-level key into ``(head, tail)`` at stage ``layer``.
+
+  The tail holds the stages at/after ``layer``; the head the stages before it
+  (empty when ``layer`` is the first stage).
+
+  Raises:
+    FamrError: unknown layer, params of another model, or an empty tail.
+
+  Example:
+    >>> import jax
+    >>> model = create_model('karpathynet', 10, (32, 32, 3))
+    >>> params = init_params(model, jax.random.key(0), (32, 32, 3))
+    >>> head, tail = split_params(model, params, 'conv3')
+    >>> sorted(head), sorted(tail)
+    (['conv1', 'conv2'], ['conv3', 'fc'])
+  """
+  tail = _tail_keys(model, params, layer)
+  return (
+      {k: v for k, v in params.items() if k not in tail},
+      {k: v for k, v in params.items() if k in tail},
+  )
+
+
+def merge_params(head: Mapping[str, Any], tail: Mapping[str, Any]) -> Params:
+  """Inverse of ``split_params``: the union of two disjoint top-level dicts.
+
+  Raises:
+    FamrError: the two share a key.
+
+  Example:
+    >>> merge_params({'a': 1}, {'b': 2})
+    {'a': 1, 'b': 2}
+  """
+  shared = sorted(set(head) & set(tail))
+  if shared:
+    raise FamrError(f'head and tail params share layers {shared}')
+  return {**head, **tail}
+
+
+def count_params(params: Any) -> int:
+  """Total number of scalars in a params pytree (arrays or ``jax.ShapeDtypeStruct``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> count_params({'w': jnp.zeros((3, 4)), 'b': jnp.zeros(4)})
+    16
+  """
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))

@@ -1,0 +1,367 @@
+"""End-to-end runs: train, unlearn (with the gold-standard retrain), evaluate, demo.
+
+Each run is one typed config object and one function; the CLI builds the
+config from its flags and calls the function, and a notebook can do the same.
+A run validates everything it can before it writes anything, writes its
+outputs into a staging directory, and moves that into place only at the end,
+so a failed run leaves nothing behind and an existing directory is never
+replaced unless ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+
+import famr_jax
+from famr_jax import checkpoints, models, report
+from famr_jax.data import Dataset, load_dataset
+from famr_jax.errors import FamrError
+from famr_jax.forget import ForgetSet, forget_classes, forget_random, forget_samples
+from famr_jax.methods import UnlearnTask, get_method
+from famr_jax.metrics import evaluate_unlearning
+from famr_jax.training import TrainConfig, check_finite, train_classifier
+
+
+# ----------------------------------------------------------------------------- configs
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which data set a run uses.
+
+  Attributes:
+    dataset: ``digits``, ``fashion_mnist``, ``idx:DIR`` or ``tfds:NAME``.
+    data_dir: where to look for the data set's files.
+    max_train: optional stratified subsample of the training set (quick runs).
+    max_test: optional stratified subsample of the test set.
+  """
+  dataset: str = "digits"
+  data_dir: str | None = None
+  max_train: int | None = None
+  max_test: int | None = None
+
+  def load(self, seed: int = 0) -> Dataset:
+    """Loads the data set and refuses NaN/inf inputs."""
+    data = load_dataset(self.dataset, data_dir=self.data_dir, max_train=self.max_train,
+                        max_test=self.max_test, seed=seed)
+    check_finite(f"data set {self.dataset}", data.x_train)
+    check_finite(f"data set {self.dataset}", data.x_test)
+    return data
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRun:
+  """``famr-jax train``: train a classifier from scratch and save it."""
+  out: str
+  model: str = "mlp"
+  seed: int = 0
+  overwrite: bool = False
+  data: DataConfig = DataConfig()
+  train: TrainConfig = TrainConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlearnRun:
+  """``famr-jax unlearn``: unlearn a forget set from a saved model.
+
+  Attributes:
+    checkpoint: the trained model (its metadata names data set and model).
+    out: output directory (report.json, plots, the unlearned checkpoint).
+    method: a registered method name (``famr``, ...).
+    forget_classes: classes to forget.
+    forget_samples: training-set indices to forget (instead of classes).
+    forget_random: fraction of the training set to forget at random.
+    seed: seed of the method's randomness (and the forget draw).
+    retrain: also retrain the gold standard on the retained data and report it.
+    overwrite: replace ``out`` if it exists.
+    method_config: the method's config; None takes its per-model defaults.
+  """
+  checkpoint: str
+  out: str
+  method: str = "famr"
+  forget_classes: tuple[int, ...] = ()
+  forget_samples: tuple[int, ...] = ()
+  forget_random: float | None = None
+  seed: int = 0
+  retrain: bool = False
+  overwrite: bool = False
+  method_config: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRun:
+  """``famr-jax demo``: train, unlearn one class with FAMR, retrain, compare."""
+  out: str = "famr-demo"
+  model: str = "mlp"
+  forget_classes: tuple[int, ...] = (3,)
+  seed: int = 0
+  overwrite: bool = False
+  data: DataConfig = DataConfig()
+  train: TrainConfig = TrainConfig()
+  famr: Any = None   # a FAMRConfig; None takes the model's defaults
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@contextlib.contextmanager
+def staged_directory(out: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+  """Yields a fresh staging directory that replaces ``out`` only on success."""
+  target = Path(out).expanduser().resolve()
+  if target.exists() and not overwrite:
+    raise FamrError(f"output directory {target} already exists: choose another or pass --overwrite")
+  target.parent.mkdir(parents=True, exist_ok=True)
+  staging = target.parent / f".{target.name}.staging-{uuid.uuid4().hex[:8]}"
+  staging.mkdir()
+  try:
+    yield staging
+    if target.exists():
+      shutil.rmtree(target)
+    staging.rename(target)
+  finally:
+    if staging.exists():
+      shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_output_free(out: str | os.PathLike, overwrite: bool) -> None:
+  """Refuses an existing output directory before any work is done."""
+  target = Path(out).expanduser().resolve()
+  if target.exists() and not overwrite:
+    raise FamrError(f"output directory {target} already exists: choose another or pass --overwrite")
+
+
+def build_model(name: str, data: Dataset, overrides: dict | None = None):
+  """Model, apply_fn for a data set (one place that knows the models package)."""
+  model = models.create_model(name, data.num_classes, data.image_shape, **(overrides or {}))
+  return model, models.make_apply_fn(model)
+
+
+def config_dict(config: Any) -> dict:
+  """A dataclass config as a JSON-ready dict."""
+  return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {})
+
+
+def _model_metadata(model_name: str, data_config: DataConfig, data: Dataset, train: TrainConfig,
+                    seed: int, train_s: float, compile_s: float, test_acc: float) -> dict:
+  return {
+      "famr_jax_version": famr_jax.__version__,
+      "model": model_name,
+      "model_overrides": {},
+      "num_classes": data.num_classes,
+      "image_shape": list(data.image_shape),
+      "data": config_dict(data_config),
+      "train_config": config_dict(train),
+      "seed": seed,
+      "timings_s": {"train": train_s, "compile": compile_s},
+      "test_acc": test_acc,
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """A checkpoint restored with its model and data set."""
+  model: Any
+  apply_fn: Any
+  params: Any
+  metadata: dict
+  data: Dataset
+
+
+def load_model(checkpoint: str | os.PathLike) -> LoadedModel:
+  """Restores a ``famr-jax train`` checkpoint, its model and its data set.
+
+  A checkpoint whose params do not match the architecture its metadata
+  names is refused with a one-line :class:`FamrError`.
+  """
+  metadata = checkpoints.read_metadata(checkpoint)
+  for key in ("model", "data", "num_classes", "image_shape"):
+    if key not in metadata:
+      raise FamrError(f"{checkpoint} is not a famr-jax model checkpoint (its metadata has no {key!r})")
+  data_config = DataConfig(**metadata["data"])
+  data = data_config.load(seed=int(metadata.get("seed", 0)))
+  if data.num_classes != metadata["num_classes"] or list(data.image_shape) != list(metadata["image_shape"]):
+    raise FamrError(f"data set {data_config.dataset} no longer matches the checkpoint "
+                    f"({data.num_classes} classes {data.image_shape} vs {metadata['num_classes']} "
+                    f"{tuple(metadata['image_shape'])})")
+  model, apply_fn = build_model(metadata["model"], data, metadata.get("model_overrides"))
+  template = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), data.image_shape))
+  restored = checkpoints.load_checkpoint(checkpoint, template=template)
+  return LoadedModel(model, apply_fn, restored.params, metadata, data)
+
+
+def make_forget_set(run: UnlearnRun | DemoRun, data: Dataset) -> ForgetSet:
+  """The validated forget set of a run (exactly one of classes / samples / random)."""
+  given = [bool(run.forget_classes), bool(getattr(run, "forget_samples", ())),
+           getattr(run, "forget_random", None) is not None]
+  if sum(given) != 1:
+    raise FamrError("name exactly one forget set: --forget-classes, --forget-samples or --forget-random")
+  if run.forget_classes:
+    return forget_classes(data.y_train, run.forget_classes, data.num_classes)
+  if run.forget_samples:
+    return forget_samples(run.forget_samples, len(data.y_train), data.num_classes)
+  return forget_random(jax.random.fold_in(jax.random.key(run.seed), 1), run.forget_random,
+                       len(data.y_train), data.num_classes)
+
+
+def retrain_gold_standard(model, apply_fn, data: Dataset, forget: ForgetSet, train: TrainConfig,
+                          seed: int, show_progress: bool = True):
+  """The gold standard: the original recipe on the retained data, from a fresh init."""
+  keep = forget.retain_mask(len(data.y_train))
+  init = models.init_params(model, jax.random.key(seed), data.image_shape)
+  return train_classifier(apply_fn, init, data.x_train[keep], data.y_train[keep], train,
+                          jax.random.fold_in(jax.random.key(seed), 7), show_progress=show_progress,
+                          desc="retrain (gold standard)")
+
+
+def _write_checkpoint(path: Path, params, metadata: dict) -> None:
+  checkpoints.save_checkpoint(path, params, metadata)
+
+
+# ----------------------------------------------------------------------------- runs
+
+def train_model(run: TrainRun, *, show_progress: bool = True) -> dict:
+  """Trains a classifier from scratch and saves it as a checkpoint at ``run.out``.
+
+  Returns:
+    The checkpoint's metadata (with ``test_acc`` and timings).
+  """
+  run.train.validate()
+  check_output_free(run.out, run.overwrite)
+  data = run.data.load(run.seed)
+  model, apply_fn = build_model(run.model, data)
+  params = models.init_params(model, jax.random.key(run.seed), data.image_shape)
+  result = train_classifier(apply_fn, params, data.x_train, data.y_train, run.train,
+                            jax.random.fold_in(jax.random.key(run.seed), 1),
+                            show_progress=show_progress, desc=f"train {run.model}")
+  test_acc = float(np.mean(np.argmax(np.asarray(jax.jit(apply_fn)(result.params, data.x_test)), -1)
+                           == data.y_test))
+  metadata = _model_metadata(run.model, run.data, data, run.train, run.seed, result.run_s,
+                             result.compile_s, test_acc)
+  metadata["history"] = result.history
+  checkpoints.save_checkpoint(run.out, result.params, metadata, overwrite=run.overwrite)
+  return metadata
+
+
+def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, params, data: Dataset,
+                        data_config: DataConfig, train_config: TrainConfig, forget: ForgetSet,
+                        method: str, method_config, seed: int, retrain: bool,
+                        timings: dict, compile_times: dict, show_progress: bool,
+                        base_metadata: dict) -> dict:
+  """Shared tail of ``unlearn`` and ``demo``: unlearn, retrain, evaluate, write."""
+  spec = get_method(method)
+  task = UnlearnTask(apply_fn, params, model, data, forget, jax.random.key(seed), show_progress)
+  result = spec.run(task, method_config)
+  timings["unlearn"] = result.run_s
+  compile_times["unlearn"] = result.compile_s
+  metrics = {"original": evaluate_unlearning(apply_fn, params, data, forget, mia_seed=seed),
+             "unlearned": evaluate_unlearning(apply_fn, result.params, data, forget, params0=params,
+                                              mia_seed=seed)}
+  if retrain:
+    gold = retrain_gold_standard(model, apply_fn, data, forget, train_config, seed, show_progress)
+    timings["retrain"] = gold.run_s
+    compile_times["retrain"] = gold.compile_s
+    metrics["retrained"] = evaluate_unlearning(apply_fn, gold.params, data, forget, params0=params,
+                                               mia_seed=seed)
+    _write_checkpoint(staging / "retrained", gold.params, {**base_metadata, "retrained_without": forget.describe()})
+  _write_checkpoint(staging / "unlearned", result.params,
+                    {**base_metadata, "unlearned": {"method": method, "forget": forget.describe(),
+                                                    "config": config_dict(method_config)}})
+  rep = report.build_report(
+      version=famr_jax.__version__, dataset=data.name, model=model_name, method=method,
+      forget=forget.describe(),
+      config={"method": config_dict(method_config), "seed": seed, "retrain": retrain,
+              "train": config_dict(train_config), "data": config_dict(data_config)},
+      metrics=metrics, timings_s={**timings, "compile": compile_times}, history=result.history)
+  report.write_json(staging / "report.json", rep)
+  report.plot_forgetting(result.history, staging / "forgetting.png",
+                         title=f"{method} on {data.name} / {model_name}: forgetting {list(forget.classes) or 'samples'}")
+  report.plot_class_accuracy({role: m["per_class_acc"] for role, m in metrics.items()}, forget.classes,
+                             staging / "class_accuracy.png", class_names=data.class_names)
+  (staging / "table.md").write_text(report.format_table(rep["metrics"], markdown=True) + "\n")
+  return rep
+
+
+def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
+  """Unlearns a forget set from a checkpoint; writes report.json, plots and checkpoints.
+
+  Returns:
+    The report (as written to ``run.out/report.json``).
+  """
+  spec = get_method(run.method)
+  check_output_free(run.out, run.overwrite)
+  loaded = load_model(run.checkpoint)
+  if "unlearned" in loaded.metadata:
+    raise FamrError(f"{run.checkpoint} is already an unlearned model; unlearn from the original checkpoint")
+  forget = make_forget_set(run, loaded.data)
+  config = run.method_config or spec.defaults(loaded.metadata["model"])
+  if hasattr(config, "validate"):
+    config.validate()
+  train_config = TrainConfig(**loaded.metadata["train_config"])
+  timings = {"train": float(loaded.metadata["timings_s"]["train"])}
+  compile_times = {"train": float(loaded.metadata["timings_s"].get("compile", 0.0))}
+  with staged_directory(run.out, run.overwrite) as staging:
+    return _unlearn_and_report(
+        staging=staging, model_name=loaded.metadata["model"], model=loaded.model,
+        apply_fn=loaded.apply_fn, params=loaded.params, data=loaded.data,
+        data_config=DataConfig(**loaded.metadata["data"]), train_config=train_config, forget=forget,
+        method=run.method, method_config=config, seed=run.seed, retrain=run.retrain, timings=timings,
+        compile_times=compile_times, show_progress=show_progress,
+        base_metadata={k: v for k, v in loaded.metadata.items()
+                       if k not in ("param_shapes", "extras", "format", "history")})
+
+
+def run_demo(run: DemoRun, *, show_progress: bool = True) -> dict:
+  """Trains on the embedded data set, unlearns with FAMR, retrains, and reports.
+
+  Returns:
+    The report (as written to ``run.out/report.json``).
+  """
+  from famr_jax.unlearning import famr_defaults
+
+  run.train.validate()
+  famr_config = (run.famr or famr_defaults(run.model)).validate()
+  check_output_free(run.out, run.overwrite)
+  data = run.data.load(run.seed)
+  forget = make_forget_set(run, data)
+  model, apply_fn = build_model(run.model, data)
+  params = models.init_params(model, jax.random.key(run.seed), data.image_shape)
+  trained = train_classifier(apply_fn, params, data.x_train, data.y_train, run.train,
+                             jax.random.fold_in(jax.random.key(run.seed), 1),
+                             show_progress=show_progress, desc=f"train {run.model}")
+  test_acc = float(np.mean(np.argmax(np.asarray(jax.jit(apply_fn)(trained.params, data.x_test)), -1)
+                           == data.y_test))
+  metadata = _model_metadata(run.model, run.data, data, run.train, run.seed, trained.run_s,
+                             trained.compile_s, test_acc)
+  with staged_directory(run.out, run.overwrite) as staging:
+    _write_checkpoint(staging / "original", trained.params, metadata)
+    return _unlearn_and_report(
+        staging=staging, model_name=run.model, model=model, apply_fn=apply_fn, params=trained.params,
+        data=data, data_config=run.data, train_config=run.train, forget=forget, method="famr",
+        method_config=famr_config, seed=run.seed, retrain=True,
+        timings={"train": trained.run_s}, compile_times={"train": trained.compile_s},
+        show_progress=show_progress, base_metadata=metadata)
+
+
+def evaluate_checkpoint(checkpoint: str, forget_classes_: tuple[int, ...] = ()) -> dict:
+  """Test accuracy and per-class accuracy of a checkpoint; with forget classes, every report metric."""
+  loaded = load_model(checkpoint)
+  data = loaded.data
+  classes = forget_classes_ or tuple(loaded.metadata.get("unlearned", {}).get("forget", {}).get("classes", ()))
+  if classes:
+    forget = forget_classes(data.y_train, classes, data.num_classes)
+    metrics = evaluate_unlearning(loaded.apply_fn, loaded.params, data, forget)
+  else:
+    from famr_jax.metrics import batched_apply, per_class_accuracy
+    logits = jax.jit(batched_apply, static_argnums=0)(loaded.apply_fn, loaded.params, data.x_test)
+    metrics = {"test_acc": float(np.mean(np.argmax(np.asarray(logits), -1) == data.y_test)),
+               "per_class_acc": [float(v) for v in per_class_accuracy(logits, data.y_test, data.num_classes)]}
+  return {"checkpoint": str(Path(checkpoint).resolve()), "model": loaded.metadata["model"],
+          "dataset": data.name, "forget_classes": list(classes), "metrics": metrics}

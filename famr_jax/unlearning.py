@@ -1,0 +1,209 @@
+"""FAMR: Forget-Aligned Model Reconstruction (FAMR paper, Algorithm 1).
+
+``famr_unlearn`` minimizes the FAMR objective (Eq. 1)
+``J(theta) = L_forget(theta) + lam/2 ||theta - theta0||^2`` over minibatches
+of the forget set. With the default ``optimizer="sgd"`` every step is exactly
+Algorithm 1, line 7: ``theta <- theta - lr * (g_forget + lam (theta - theta0))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from famr_jax import objectives
+from famr_jax.errors import FamrError
+from famr_jax.metrics import accuracy, batched_apply, param_distance
+from famr_jax.optimization import DescentResult, freeze_outside, minibatch_descent
+
+Params = Any
+ApplyFn = Callable[[Params, jax.Array], jax.Array]
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class FAMRConfig:
+  """Hyperparameters of FAMR (Algorithm 1).
+
+  The paper's settings are ``epochs=10, lr=1e-4, lam=0.1`` (its "rho"); on
+  small models they barely move the weights. The defaults here are the
+  setting measured to forget on the library's small models (see
+  BUILD_NOTES.md, "FAMR defaults"); :meth:`paper` gives the paper's.
+
+  Attributes:
+    epochs: passes over the forget set.
+    lr: step size eta.
+    lam: anchor strength lambda of Eq. 1 (``>= 0``).
+    batch_size: forget-set minibatch size.
+    alpha: weight of the uniform-KL forget loss (Eq. 5).
+    beta: weight of the Gram style loss (Eq. 5); needs a style layer.
+    optimizer: ``"sgd"`` (exactly Algorithm 1), ``"momentum"`` (SGD, 0.9) or ``"adam"``.
+  """
+  epochs: int = 10
+  lr: float = 0.1
+  lam: float = 0.1
+  batch_size: int = 32
+  alpha: float = 1.0
+  beta: float = 0.0
+  optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
+
+  @classmethod
+  def paper(cls) -> "FAMRConfig":
+    """The FAMR paper's experimental setting (10 epochs, lr 1e-4, lambda 0.1)."""
+    return cls(epochs=10, lr=1e-4, lam=0.1)
+
+  def validate(self) -> "FAMRConfig":
+    """Raises :class:`FamrError` on an invalid setting."""
+    if self.epochs <= 0:
+      raise FamrError(f"epochs must be positive, got {self.epochs}")
+    if not self.lr > 0:
+      raise FamrError(f"learning rate must be positive, got {self.lr}")
+    if self.lam < 0:
+      raise FamrError(f"the anchor strength lambda must be non-negative, got {self.lam}")
+    if self.batch_size <= 0:
+      raise FamrError(f"batch size must be positive, got {self.batch_size}")
+    if self.alpha < 0 or self.beta < 0:
+      raise FamrError("alpha and beta must be non-negative")
+    if self.optimizer not in OPTIMIZERS:
+      raise FamrError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    return self
+
+  def make_optimizer(self) -> optax.GradientTransformation:
+    """The optax transformation named by ``optimizer``."""
+    if self.optimizer == "sgd":
+      return optax.sgd(self.lr)
+    if self.optimizer == "momentum":
+      return optax.sgd(self.lr, momentum=0.9)
+    return optax.adam(self.lr)
+
+
+class ForgetContext(NamedTuple):
+  """What FAMR's jitted epoch needs besides the minibatch (a jit argument)."""
+  params0: Params            # the anchor theta0
+  x_forget: jax.Array        # the whole forget set, for the per-epoch history
+  y_forget: jax.Array | None
+  logits0: jax.Array         # the original model's logits on x_forget
+
+
+def forget_history(apply_fn: ApplyFn, params: Params, ctx: ForgetContext) -> dict[str, jax.Array]:
+  """Forget-set statistics for FAMR Figure 1-style curves.
+
+  Forget accuracy (when labels are known), mean ``KL(p_0 || p)`` from the
+  original model, mean entropy, mean uniform KL and ``||theta - theta0||``.
+  """
+  params0, x_forget, y_forget, logits0 = ctx
+  logits = batched_apply(apply_fn, params, x_forget)
+  out = {
+      "forget_kl_from_original": jnp.mean(objectives.kl_divergence(logits0, logits)),
+      "forget_entropy": jnp.mean(objectives.entropy(logits)),
+      "forget_uniform_kl": jnp.mean(objectives.uniform_kl(logits)),
+      "param_distance": param_distance(params, params0),
+  }
+  if y_forget is not None:
+    out["forget_acc"] = accuracy(logits, y_forget)
+  return out
+
+
+def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
+                 config: FAMRConfig, key: jax.Array, *,
+                 y_forget: np.ndarray | None = None,
+                 feature_fn: Callable[[Params, jax.Array], jax.Array] | None = None,
+                 target_gram: jax.Array | None = None,
+                 trainable_mask: Params | None = None,
+                 optimizer: optax.GradientTransformation | None = None,
+                 show_progress: bool = True) -> DescentResult:
+  """Forgets ``x_forget`` by FAMR (Algorithm 1), anchored at ``params``.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits``.
+    params: the trained model's params; also the anchor ``theta0``.
+    x_forget: the forget set's inputs (whole classes or any samples).
+    config: a :class:`FAMRConfig`.
+    key: PRNG key for the minibatch order.
+    y_forget: optional labels of the forget set, only for the history's
+      forget accuracy (the objective itself needs no labels).
+    feature_fn: style-layer features ``feature_fn(params, x)`` (for ``beta > 0``).
+    target_gram: target Gram matrix of the style loss (for ``beta > 0``).
+    trainable_mask: optional pytree of bools: only True leaves are updated and
+      anchored (e.g. a tail-only variant).
+    optimizer: any optax transformation, overriding ``config.optimizer``.
+    show_progress: draw a progress bar over epochs.
+
+  Returns:
+    A :class:`famr_jax.optimization.DescentResult`: the unlearned params and a
+    per-epoch history (epoch 0 is the original model) with ``forget_acc``,
+    ``forget_kl_from_original``, ``forget_entropy``, ``forget_uniform_kl``,
+    ``param_distance`` and the mean objective ``loss``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> apply_fn = lambda p, x: x @ p["w"]
+    >>> params = {"w": jnp.eye(3) * 5.0}
+    >>> x = np.eye(3, dtype=np.float32)[:1].repeat(8, 0)   # class 0, confidently
+    >>> r = famr_unlearn(apply_fn, params, x, FAMRConfig(epochs=50, lr=0.5, lam=0.01),
+    ...                  jax.random.key(0), show_progress=False)
+    >>> r.history[0]["forget_entropy"] < r.history[-1]["forget_entropy"]
+    True
+  """
+  config.validate()
+  x_forget = np.asarray(x_forget, np.float32)
+  if x_forget.shape[0] == 0:
+    raise FamrError("the forget set is empty")
+  if not np.all(np.isfinite(x_forget)):
+    raise FamrError("forget-set inputs contain NaN or inf values")
+  if config.beta > 0 and (feature_fn is None or target_gram is None):
+    raise FamrError("beta > 0 (style forgetting) needs a style layer and a target Gram matrix")
+  if optimizer is None:
+    optimizer = config.make_optimizer()
+  optimizer = freeze_outside(optimizer, trainable_mask)
+
+  def loss_fn(p, batch, weights, ctx):
+    return objectives.famr_objective(
+        apply_fn, p, ctx.params0, batch[0], lam=config.lam, anchor_mask=trainable_mask,
+        alpha=config.alpha, beta=config.beta, feature_fn=feature_fn,
+        target_gram=target_gram, weights=weights, reduction="mean")
+
+  xf = jnp.asarray(x_forget)
+  ctx = ForgetContext(params, xf, None if y_forget is None else jnp.asarray(y_forget, jnp.int32),
+                      jax.jit(batched_apply, static_argnums=0)(apply_fn, params, xf))
+  return minibatch_descent(loss_fn, params, (x_forget,), optimizer, epochs=config.epochs,
+                           batch_size=config.batch_size, key=key, context=ctx,
+                           metrics_fn=functools.partial(forget_history, apply_fn),
+                           initial_metrics=True, desc="FAMR", show_progress=show_progress)
+
+
+# Per-model defaults measured to forget (BUILD_NOTES.md, "FAMR defaults").
+_FAMR_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def famr_defaults(model_name: str) -> FAMRConfig:
+  """The default :class:`FAMRConfig` for a model of the library (by name).
+
+  Example:
+    >>> famr_defaults("mlp").optimizer
+    'sgd'
+  """
+  return FAMRConfig(**_FAMR_MODEL_DEFAULTS.get(model_name, {}))
+
+
+def _run_famr(task, config: FAMRConfig) -> DescentResult:
+  idx = task.forget.indices
+  return famr_unlearn(task.apply_fn, task.params, task.data.x_train[idx], config, task.key,
+                      y_forget=task.data.y_train[idx], show_progress=task.show_progress)
+
+
+def _register() -> None:
+  from famr_jax.methods import MethodSpec, register_method
+  register_method(MethodSpec(
+      name="famr", config_cls=FAMRConfig, run=_run_famr, defaults=famr_defaults,
+      description="FAMR (Algorithm 1): uniform-KL forget loss + L2 anchor, on the forget set"))
+
+
+_register()
