@@ -1,3 +1,35 @@
-"""famr-jax: machine unlearning for JAX image classifiers."""
+"""famr-jax: machine unlearning for JAX image classifiers.
+
+Public names are re-exported here, optax-style::
+
+  import famr_jax as fj
+  result = fj.famr_unlearn(apply_fn, params, x_forget, fj.FAMRConfig(), key)
+"""
 
 __version__ = "0.1.0"
+
+from famr_jax import models
+from famr_jax.checkpoints import Checkpoint, load_checkpoint, read_metadata, save_checkpoint
+from famr_jax.data import Dataset, load_dataset
+from famr_jax.errors import FamrError
+from famr_jax.forget import ForgetSet, forget_classes, forget_random, forget_samples
+from famr_jax.methods import MethodSpec, UnlearnTask, get_method, method_names, register_method
+from famr_jax.metrics import (accuracy, batched_apply, evaluate_unlearning, mia_efficacy,
+                              param_distance, per_class_accuracy, true_class_confidence)
+from famr_jax.objectives import (cross_entropy, entropy, famr_objective, forget_loss, gram_matrix,
+                                 kl_divergence, l2_anchor, mean_gram, style_loss, tree_sq_distance,
+                                 uniform_kl)
+from famr_jax.optimization import DescentResult, epoch_batches, freeze_outside, minibatch_descent
+from famr_jax.training import TrainConfig, train_classifier
+from famr_jax.unlearning import FAMRConfig, famr_defaults, famr_unlearn
+
+__all__ = [
+    "Checkpoint", "Dataset", "DescentResult", "FAMRConfig", "FamrError", "ForgetSet", "MethodSpec",
+    "TrainConfig", "UnlearnTask", "accuracy", "batched_apply", "cross_entropy", "entropy",
+    "epoch_batches", "evaluate_unlearning", "famr_defaults", "famr_objective", "famr_unlearn",
+    "forget_classes", "forget_loss", "forget_random", "forget_samples", "freeze_outside",
+    "get_method", "gram_matrix", "kl_divergence", "l2_anchor", "load_checkpoint", "load_dataset",
+    "mean_gram", "method_names", "mia_efficacy", "minibatch_descent", "models", "param_distance",
+    "per_class_accuracy", "read_metadata", "register_method", "save_checkpoint", "style_loss",
+    "train_classifier", "tree_sq_distance", "true_class_confidence", "uniform_kl",
+]

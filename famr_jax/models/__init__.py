@@ -177,7 +177,7 @@ def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, i
     image_shape: ``(H, W, C)``.
 
   Returns:
-    The plain ``params`` dict (top-level keys = stage names).
+    The plain ``params`` dict (top-level keys = stage names), float32.
 
   Example:
     >>> import jax
@@ -186,8 +186,17 @@ def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, i
     (64, 10)
   """
   shape = _check_image_shape(image_shape)
-  variables = model.init(key, jnp.zeros((1, *shape), jnp.float32))
-  return flax.core.unfreeze(variables['params'])
+  x = jnp.zeros((1, *shape), jnp.float32)
+  # Init is a one-shot program whose cost is XLA compile time (mostly the
+  # threefry bits of every param shape): compiling it without backend
+  # optimizations is ~30% faster on CPU and the params are just as random
+  # (still deterministic in `key`, but not bit-equal to `model.init`).
+  if isinstance(key, jax.core.Tracer):  # under jit / vmap / eval_shape
+    return flax.core.unfreeze(model.init(key, x)['params'])
+  init = jax.jit(model.init).lower(key, x).compile(
+      compiler_options={'xla_backend_optimization_level': 0}
+  )
+  return flax.core.unfreeze(init(key, x)['params'])
 
 
 def make_apply_fn(model: nn.Module) -> ApplyFn:
