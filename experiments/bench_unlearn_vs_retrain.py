@@ -7,6 +7,7 @@ compilation measured apart, the speed-up ratio, and both models' metrics.
 
   python experiments/bench_unlearn_vs_retrain.py                      # digits + fashion_mnist
   python experiments/bench_unlearn_vs_retrain.py --datasets digits --train-epochs 30
+  python experiments/bench_unlearn_vs_retrain.py --checkpoints fashion_mnist=runs/fmnist_lenet5
 """
 
 from __future__ import annotations
@@ -20,29 +21,36 @@ from famr_jax import models
 from famr_jax.errors import FamrError
 from famr_jax.forget import forget_classes
 from famr_jax.metrics import evaluate_unlearning
-from famr_jax.runs import DataConfig, retrain_gold_standard
+from famr_jax.runs import DataConfig, load_model, retrain_gold_standard
 from famr_jax.training import TrainConfig, train_classifier
 from famr_jax.unlearning import famr_defaults, famr_unlearn
 
 DEFAULT_EPOCHS = {"digits": 30, "fashion_mnist": 10}
 
 
-def bench(dataset: str, model_name: str, forget_class: int, train_epochs: int, seed: int) -> dict:
-  data = DataConfig(dataset).load(seed)
-  model = models.create_model(model_name, data.num_classes, data.image_shape)
-  apply_fn = models.make_apply_fn(model)
-  train_cfg = TrainConfig(epochs=train_epochs, batch_size=128)
-  init = models.init_params(model, jax.random.key(seed), data.image_shape)
-  original = train_classifier(apply_fn, init, data.x_train, data.y_train, train_cfg,
-                              jax.random.fold_in(jax.random.key(seed), 1), desc=f"train {dataset}")
+def bench(dataset: str, model_name: str, forget_class: int, train_epochs: int, seed: int,
+          checkpoint: str | None = None) -> dict:
+  if checkpoint:   # reuse a `famr-jax train` checkpoint: its model, data set and recipe
+    loaded = load_model(checkpoint)
+    data, model, apply_fn, params = loaded.data, loaded.model, loaded.apply_fn, loaded.params
+    model_name = loaded.metadata["model"]
+    train_cfg = TrainConfig(**loaded.metadata["train_config"])
+  else:
+    data = DataConfig(dataset).load(seed)
+    model = models.create_model(model_name, data.num_classes, data.image_shape)
+    apply_fn = models.make_apply_fn(model)
+    train_cfg = TrainConfig(epochs=train_epochs, batch_size=128)
+    init = models.init_params(model, jax.random.key(seed), data.image_shape)
+    params = train_classifier(apply_fn, init, data.x_train, data.y_train, train_cfg,
+                              jax.random.fold_in(jax.random.key(seed), 1), desc=f"train {dataset}").params
   forget = forget_classes(data.y_train, [forget_class], data.num_classes)
   cfg = famr_defaults(model_name)
-  famr = famr_unlearn(apply_fn, original.params, data.x_train[forget.indices], cfg, jax.random.key(seed),
+  famr = famr_unlearn(apply_fn, params, data.x_train[forget.indices], cfg, jax.random.key(seed),
                       y_forget=data.y_train[forget.indices])
   gold = retrain_gold_standard(model, apply_fn, data, forget, train_cfg, seed)
-  m_orig = evaluate_unlearning(apply_fn, original.params, data, forget)
-  m_famr = evaluate_unlearning(apply_fn, famr.params, data, forget, params0=original.params)
-  m_gold = evaluate_unlearning(apply_fn, gold.params, data, forget, params0=original.params)
+  m_orig = evaluate_unlearning(apply_fn, params, data, forget)
+  m_famr = evaluate_unlearning(apply_fn, famr.params, data, forget, params0=params)
+  m_gold = evaluate_unlearning(apply_fn, gold.params, data, forget, params0=params)
   return {"dataset": dataset, "famr_config": cfg, "train_cfg": train_cfg,
           "famr_s": famr.run_s, "famr_compile_s": famr.compile_s,
           "retrain_s": gold.run_s, "retrain_compile_s": gold.compile_s,
@@ -57,12 +65,15 @@ def main(argv=None) -> int:
   parser.add_argument("--train-epochs", type=int, default=None,
                       help="epochs of the original and of the retrain (default: 30 digits, 10 fashion_mnist)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--checkpoints", default="",
+                      help="reuse trained originals: DATASET=DIR[,DATASET=DIR] (their recipe is the retrain's)")
   args = parser.parse_args(argv)
+  reuse = dict(item.split("=", 1) for item in args.checkpoints.split(",") if item)
   print(f"devices: {jax.devices()}")
   for dataset in args.datasets.split(","):
     try:
       r = bench(dataset, args.model, args.forget_class,
-                args.train_epochs or DEFAULT_EPOCHS.get(dataset, 10), args.seed)
+                args.train_epochs or DEFAULT_EPOCHS.get(dataset, 10), args.seed, reuse.get(dataset))
     except FamrError as e:
       print(f"bench: error: {e}", file=sys.stderr)
       return 2

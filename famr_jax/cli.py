@@ -35,27 +35,36 @@ def build_parser() -> argparse.ArgumentParser:
   from famr_jax import config_flags as cf
   from famr_jax.methods import method_names
   from famr_jax.runs import DataConfig, DemoRun, TrainRun, UnlearnRun
+  from famr_jax.parallel import ScaleConfig
+  from famr_jax.resume import ResumeConfig
   from famr_jax.training import TrainConfig
   from famr_jax.unlearning import FAMRConfig
+
+  def add_scale_flags(p, seen=None):
+    cf.add_config_flags(p, ScaleConfig, dest_prefix="scale__", seen=seen)
+    cf.add_config_flags(p, ResumeConfig, dest_prefix="resume__", seen=seen)
 
   parser = _Parser(prog="famr-jax", description="Machine unlearning for JAX image classifiers.")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
   sub.required = True
 
   demo = sub.add_parser("demo", help="train on digits, unlearn a class with FAMR, retrain, compare")
-  cf.add_config_flags(demo, DemoRun, exclude=("data", "train", "famr"))
+  cf.add_config_flags(demo, DemoRun, exclude=("data", "train", "famr", "scale", "resume"))
   cf.add_config_flags(demo, DataConfig, dest_prefix="data__")
   cf.add_config_flags(demo, TrainConfig, prefix="train-", dest_prefix="train__")
   cf.add_config_flags(demo, FAMRConfig, prefix="famr-", dest_prefix="famr__")
+  add_scale_flags(demo)
 
   train = sub.add_parser("train", help="train a classifier from scratch and save a checkpoint")
-  cf.add_config_flags(train, TrainRun, exclude=("data", "train"))
+  cf.add_config_flags(train, TrainRun, exclude=("data", "train", "scale", "resume"))
   cf.add_config_flags(train, DataConfig, dest_prefix="data__")
   cf.add_config_flags(train, TrainConfig, dest_prefix="train__")
+  add_scale_flags(train)
 
   unlearn = sub.add_parser("unlearn", help="unlearn classes or samples from a checkpoint")
-  cf.add_config_flags(unlearn, UnlearnRun, exclude=("method_config",))
+  cf.add_config_flags(unlearn, UnlearnRun, exclude=("method_config", "scale", "resume"))
   seen: set[str] = set()
+  add_scale_flags(unlearn, seen)
   for cls in _method_config_classes():
     cf.add_config_flags(unlearn, cls, dest_prefix="method__", seen=seen)
   unlearn.epilog = "methods: " + ", ".join(method_names())
@@ -89,10 +98,10 @@ def _cmd_demo(args) -> int:
   from famr_jax.training import TrainConfig
   from famr_jax.unlearning import FAMRConfig, famr_defaults
 
-  base = cf.build_config(DemoRun, args, exclude=("data", "train", "famr"))
+  base = cf.build_config(DemoRun, args, exclude=("data", "train", "famr", "scale", "resume"))
   model = base.model
   run = dataclasses.replace(
-      base, data=cf.build_config(DataConfig, args, dest_prefix="data__"),
+      base, **_scale_configs(args), data=cf.build_config(DataConfig, args, dest_prefix="data__"),
       train=cf.build_config(TrainConfig, args, dest_prefix="train__"),
       famr=cf.build_config(FAMRConfig, args, base=famr_defaults(model), dest_prefix="famr__"))
   rep = run_demo(run)
@@ -105,13 +114,15 @@ def _cmd_train(args) -> int:
   from famr_jax.runs import DataConfig, TrainRun, train_model
   from famr_jax.training import TrainConfig
 
-  run = dataclasses.replace(cf.build_config(TrainRun, args, exclude=("data", "train")),
+  run = dataclasses.replace(cf.build_config(TrainRun, args, exclude=("data", "train", "scale", "resume")),
+                            **_scale_configs(args),
                             data=cf.build_config(DataConfig, args, dest_prefix="data__"),
                             train=cf.build_config(TrainConfig, args, dest_prefix="train__"))
   meta = train_model(run)
   print(f"trained {meta['model']} on {run.data.dataset}: test accuracy {100 * meta['test_acc']:.2f}% "
         f"in {meta['timings_s']['train']:.1f} s (+{meta['timings_s']['compile']:.1f} s compile)")
   print(f"checkpoint: {os.path.abspath(run.out)}")
+  _print_resources(meta.get("scale"))
   return 0
 
 
@@ -120,7 +131,8 @@ def _cmd_unlearn(args) -> int:
   from famr_jax.methods import get_method
   from famr_jax.runs import UnlearnRun, unlearn_model
 
-  run = cf.build_config(UnlearnRun, args, exclude=("method_config",))
+  run = dataclasses.replace(cf.build_config(UnlearnRun, args, exclude=("method_config", "scale", "resume")),
+                            **_scale_configs(args))
   spec = get_method(run.method)
   meta = checkpoints.read_metadata(run.checkpoint)
   fields = {f.name for f in dataclasses.fields(spec.config_cls)}
@@ -164,6 +176,28 @@ def _cmd_verify_theory(args) -> int:
   return 0
 
 
+def _scale_configs(args) -> dict:
+  """``scale`` and ``resume`` of a run from the --data-parallel ... --checkpoint-every flags."""
+  from famr_jax import config_flags as cf
+  from famr_jax.parallel import ScaleConfig
+  from famr_jax.resume import ResumeConfig
+  return {"scale": cf.build_config(ScaleConfig, args, dest_prefix="scale__"),
+          "resume": cf.build_config(ResumeConfig, args, dest_prefix="resume__")}
+
+
+def _print_resources(info: dict | None) -> None:
+  if not info:
+    return
+  scale, res = info["scale"], info["resources"]
+  where = f"{scale['devices']} {scale['platform']} device(s)"
+  if res["per_device_bytes"]:
+    peak = max(res["per_device_bytes"].values()) / 2 ** 20
+    print(f"ran on {where}; peak memory per device {peak:.0f} MiB (device memory stats)")
+  else:
+    print(f"ran on {where}; peak process memory {res['process_peak_rss_bytes'] / 2 ** 20:.0f} MiB "
+          "(process RSS: the devices report no memory stats)")
+
+
 def _print_summary(rep: dict, out: str) -> None:
   from famr_jax.report import format_table
   print(f"{rep['method']} on {rep['dataset']} / {rep['model']}, forgetting {rep['forget']}")
@@ -174,20 +208,40 @@ def _print_summary(rep: dict, out: str) -> None:
   if "retrain" in t and t.get("unlearn"):
     print(f"unlearning was {t['retrain'] / t['unlearn']:.1f}x faster than retraining")
   print(f"wrote {os.path.abspath(out)}/report.json, forgetting.png, class_accuracy.png")
+  _print_resources(rep.get("config"))
 
 
 _COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "unlearn": _cmd_unlearn,
              "evaluate": _cmd_evaluate, "verify-theory": _cmd_verify_theory}
 
 
+def _log_to_stderr() -> None:
+  """Shows the library's INFO messages (e.g. "resuming ... from step N") as famr-jax: lines."""
+  import logging
+  logger = logging.getLogger("famr_jax")
+  if not any(getattr(h, "_famr_cli", False) for h in logger.handlers):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("famr-jax: %(message)s"))
+    handler._famr_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``famr-jax`` console script; returns the exit status."""
+  _log_to_stderr()
   try:
     args = build_parser().parse_args(argv)
     return _COMMANDS[args.command](args)
   except FamrError as e:
     print(f"famr-jax: error: {e}", file=sys.stderr)
     return 2
+  except Exception as e:  # noqa: BLE001 - only RunStopped is handled, the rest re-raised
+    from famr_jax.resume import RunStopped
+    if not isinstance(e, RunStopped):
+      raise
+    print(f"famr-jax: {e}", file=sys.stderr)
+    return 3
   except KeyboardInterrupt:
     print("famr-jax: interrupted", file=sys.stderr)
     return 130

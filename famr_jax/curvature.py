@@ -262,6 +262,17 @@ def _stack_batches(data: Batch, batch_size: int) -> tuple[Batch, jax.Array]:
   return jax.tree.map(stack, data), mask
 
 
+def _accumulate(step, init, xs):
+  """``lax.scan`` over batches; a single batch is called directly.
+
+  A one-step scan still compiles to a while loop, which costs XLA noticeably
+  more compile time inside the nested loops of CG, Lanczos and L-BFGS.
+  """
+  if jax.tree.leaves(xs)[0].shape[0] == 1:
+    return step(init, jax.tree.map(lambda a: a[0], xs))
+  return lax.scan(step, init, xs)
+
+
 def _masked_batch_loss(example_loss: ExampleLoss, params: Params, batch: Batch,
                        mask: jax.Array, dtype) -> jax.Array:
   losses = example_loss(params, batch)
@@ -296,7 +307,7 @@ def dataset_loss(example_loss: ExampleLoss, params: Params, data: Batch, *,
     batch, m = xs
     return total + _masked_batch_loss(example_loss, params, batch, m, dtype), None
 
-  total, _ = lax.scan(step, jnp.zeros((), dtype), (batches, mask))
+  total, _ = _accumulate(step, jnp.zeros((), dtype), (batches, mask))
   return total
 
 
@@ -319,7 +330,7 @@ def dataset_grad(example_loss: ExampleLoss, params: Params, data: Batch, *,
     g = jax.grad(lambda p: _masked_batch_loss(example_loss, p, batch, m, dtype))(params)
     return jax.tree.map(jnp.add, total, g), None
 
-  total, _ = lax.scan(step, jax.tree.map(jnp.zeros_like, params), (batches, mask))
+  total, _ = _accumulate(step, jax.tree.map(jnp.zeros_like, params), (batches, mask))
   return total
 
 
@@ -343,7 +354,7 @@ def dataset_hvp(example_loss: ExampleLoss, params: Params, v: Params, data: Batc
     hv = hvp(lambda p: _masked_batch_loss(example_loss, p, batch, m, dtype), params, v)
     return jax.tree.map(jnp.add, total, hv), None
 
-  total, _ = lax.scan(step, jax.tree.map(jnp.zeros_like, params), (batches, mask))
+  total, _ = _accumulate(step, jax.tree.map(jnp.zeros_like, params), (batches, mask))
   return total
 
 
@@ -370,7 +381,7 @@ def dataset_gauss_newton_hvp(apply_fn: ApplyFn, params: Params, v: Params, x: ja
     gv = gauss_newton_hvp(apply_fn, params, batch, v, masked_hvp)
     return jax.tree.map(jnp.add, total, gv), None
 
-  total, _ = lax.scan(step, jax.tree.map(jnp.zeros_like, params), (batches, mask))
+  total, _ = _accumulate(step, jax.tree.map(jnp.zeros_like, params), (batches, mask))
   return total
 
 
@@ -559,8 +570,9 @@ def dense_solve(matrix: jax.Array, b: Params, *, damping: float = 0.0,
                 rtol: float | None = None) -> Params:
   """Solves ``(A + damping I) x = b`` for a symmetric positive definite dense ``A``.
 
-  Uses ``eigh`` (of the symmetric part) so an indefinite or singular matrix
-  is detected and reported instead of returning garbage.
+  Uses ``eigh`` (of the symmetric part, NumPy, float64, on the host) so an
+  indefinite or singular matrix is detected and reported instead of
+  returning garbage. Not traceable (it raises on the host).
 
   Args:
     matrix: ``[P, P]`` symmetric matrix (e.g. from :func:`dense_hessian`).
@@ -586,17 +598,20 @@ def dense_solve(matrix: jax.Array, b: Params, *, damping: float = 0.0,
   if matrix.shape != (p, p):
     raise FamrError(f'matrix shape {matrix.shape} does not match a right-hand side of {p} numbers')
   dtype = jnp.result_type(matrix.dtype, flat_b.dtype)
-  evals, evecs = jnp.linalg.eigh(0.5 * (matrix + matrix.T).astype(dtype))
-  shifted = evals + damping
-  scale = float(jnp.max(jnp.abs(shifted)))
+  # Host LAPACK in float64: XLA's CPU eigh is several times slower, and the
+  # solve is a one-off that has to be checked on the host anyway.
+  m = np.asarray(matrix, np.float64)
+  evals, evecs = np.linalg.eigh(0.5 * (m + m.T))
+  shifted = evals + float(damping)
+  scale = float(np.max(np.abs(shifted)))
   tol = (p * float(jnp.finfo(dtype).eps)) if rtol is None else rtol
   lowest = float(shifted[0])
   if not lowest > tol * scale:
     raise FamrError(
         f'(H + {damping:g} I) is not positive definite: smallest eigenvalue {lowest:.3e}, '
         f'largest {float(shifted[-1]):.3e}; add damping or use a Gauss-Newton matrix')
-  x = evecs @ ((evecs.T @ flat_b.astype(dtype)) / shifted)
-  return unravel(x)
+  x = evecs @ ((evecs.T @ np.asarray(flat_b, np.float64)) / shifted)
+  return unravel(jnp.asarray(x, dtype))
 
 
 # ----------------------------------------------------------------------------

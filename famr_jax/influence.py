@@ -23,6 +23,7 @@ pytree; sums over data go batch by batch (see :mod:`famr_jax.curvature`).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -239,8 +240,8 @@ def predicted_loss_change(example_loss: ExampleLoss, params: Params, delta: Para
     >>> predicted_loss_change(loss, jnp.array(1.), jnp.array(0.5), jnp.array([1., 2.])).tolist()
     [0.5, 1.0]
   """
-  return _map_batches(lambda batch: jax.jvp(lambda p: example_loss(p, batch), (params,),
-                                            (delta,))[1], points, batch_size)
+  batches, _ = curvature._stack_batches(points, batch_size)  # pylint: disable=protected-access
+  return _first_n(_directional_losses(example_loss, params, delta, batches), points)
 
 
 def actual_loss_change(example_loss: ExampleLoss, params: Params, new_params: Params,
@@ -253,12 +254,20 @@ def actual_loss_change(example_loss: ExampleLoss, params: Params, new_params: Pa
     >>> actual_loss_change(loss, jnp.array(1.), jnp.array(1.5), jnp.array([1., 2.])).tolist()
     [0.5, 1.0]
   """
-  return _map_batches(lambda batch: example_loss(new_params, batch) - example_loss(params, batch),
-                      points, batch_size)
-
-
-def _map_batches(fn: Callable[[Batch], jax.Array], points: Batch, batch_size: int) -> jax.Array:
   batches, _ = curvature._stack_batches(points, batch_size)  # pylint: disable=protected-access
-  out = jax.jit(lambda b: lax.map(fn, b))(batches)
-  n = int(jax.tree.leaves(points)[0].shape[0])
-  return out.reshape(-1)[:n]
+  return _first_n(_loss_differences(example_loss, params, new_params, batches), points)
+
+
+@functools.partial(jax.jit, static_argnames=('example_loss',))
+def _directional_losses(example_loss, params, delta, batches):
+  return lax.map(lambda b: jax.jvp(lambda p: example_loss(p, b), (params,), (delta,))[1], batches)
+
+
+@functools.partial(jax.jit, static_argnames=('example_loss',))
+def _loss_differences(example_loss, params, new_params, batches):
+  return lax.map(lambda b: example_loss(new_params, b) - example_loss(params, b), batches)
+
+
+def _first_n(stacked: jax.Array, points: Batch) -> jax.Array:
+  """Drops the padding of the last batch."""
+  return stacked.reshape(-1)[:int(jax.tree.leaves(points)[0].shape[0])]

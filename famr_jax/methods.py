@@ -29,6 +29,9 @@ class UnlearnTask(NamedTuple):
   forget: ForgetSet
   key: jax.Array
   show_progress: bool = True
+  scale: Any = None        # a famr_jax.parallel.ScaleConfig for methods that use the minibatch engine
+  resume: Any = None       # a famr_jax.resume.ResumeConfig (resumable checkpoints), likewise
+  checkpoint: str | None = None   # the original checkpoint's directory (stored extras, e.g. a Fisher)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,3 +72,6 @@ def _load_builtin_methods() -> None:
   # Importing the modules registers their methods; done lazily to keep
   # `import famr_jax.methods` free of import cycles.
   import famr_jax.unlearning  # noqa: F401
+  import famr_jax.zero_shot  # noqa: F401
+  import famr_jax.variants  # noqa: F401
+  import famr_jax.baselines  # noqa: F401

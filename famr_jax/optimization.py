@@ -4,18 +4,30 @@ One epoch is one jit-compiled call: a ``lax.scan`` over the epoch's
 minibatches, then an optional evaluation of the new params, all on device.
 The only host synchronization is one scalar per epoch, so that progress bars
 report work done rather than work dispatched.
+
+Options (all off by default, which keeps the engine bit-identical to its
+first version): a :class:`famr_jax.parallel.ScaleConfig` shards every
+minibatch over all devices (``jax.jit`` + ``NamedSharding`` on a ``"data"``
+mesh; params replicated or FSDP-sharded), accumulates gradients over
+microbatches, and a :class:`famr_jax.resume.ResumeConfig` saves resumable
+Orbax checkpoints every N steps. Both run the epoch as one or more compiled
+*segments* of a fixed number of steps (see :func:`make_segment_fn`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+import logging
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from famr_jax.errors import FamrError
+from famr_jax.parallel import ScaleConfig, ShardedData
 from famr_jax.progress import progress
+from famr_jax.resume import ResumeConfig
 
 Params = Any
 Batch = tuple[jax.Array, ...]
@@ -107,6 +119,142 @@ def make_epoch_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation,
   return epoch
 
 
+class SegmentPlan(NamedTuple):
+  """Static shape of a sharded / accumulated / checkpointed epoch (see :func:`plan_segments`)."""
+  num_examples: int     # real examples (rows beyond are padding, never sampled)
+  batch_size: int       # real examples per minibatch (the user's batch size)
+  padded_batch: int     # minibatch columns, zero-weight padding included
+  num_batches: int      # optimizer steps per epoch
+  segment_steps: int    # steps per compiled call
+  num_segments: int     # compiled calls per epoch
+  grad_accum: int       # microbatches per minibatch
+
+
+def plan_segments(num_examples: int, batch_size: int, *, num_devices: int = 1, grad_accum: int = 1,
+                  segment_steps: int | None = None) -> SegmentPlan:
+  """How an epoch is cut into minibatches, microbatches and compiled segments.
+
+  A minibatch keeps exactly the examples it has on one device; when
+  ``batch_size`` is not a multiple of ``grad_accum * num_devices`` it is padded
+  with zero-weight examples (the loss is a weighted mean, so the update is the
+  same), never refused. An epoch's steps run in calls of ``segment_steps``
+  (default: the whole epoch); the last call of an epoch skips the steps past
+  its end.
+
+  Example:
+    >>> p = plan_segments(100, 10, num_devices=8, segment_steps=4)
+    >>> p.padded_batch, p.num_batches, p.num_segments
+    (16, 10, 3)
+  """
+  if num_examples <= 0:
+    raise FamrError("the data set is empty")
+  if batch_size <= 0:
+    raise FamrError(f"batch size must be positive, got {batch_size}")
+  unit = grad_accum * num_devices
+  padded = -(-batch_size // unit) * unit
+  num_batches = -(-num_examples // batch_size)
+  seg = num_batches if segment_steps is None else max(1, min(int(segment_steps), num_batches))
+  return SegmentPlan(num_examples, batch_size, padded, num_batches, seg, -(-num_batches // seg), grad_accum)
+
+
+def make_segment_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, plan: SegmentPlan, *,
+                    key_impl: Any = None, metrics_fn: MetricsFn | None = None, mesh: Any = None):
+  """Builds ``segment(params, opt_state, data, context, key_data, epoch, start, loss_acc)``.
+
+  One call runs steps ``start .. start + plan.segment_steps`` of epoch
+  ``epoch`` (the minibatches of :func:`epoch_batches` with key
+  ``fold_in(wrap_key_data(key_data), epoch)``, as in :func:`minibatch_descent`),
+  and returns ``(params, opt_state, loss_acc, metrics)``: ``loss_acc`` is the
+  epoch's running ``(sum of weighted losses, number of examples)``;
+  ``metrics`` holds the running mean ``loss`` and, when one call is the whole
+  epoch, ``metrics_fn(params, context)``. With a ``mesh`` every (micro)batch is constrained to be
+  sharded over its ``"data"`` axis; XLA inserts the gradient reduction.
+  Unjitted: the caller jits it with its shardings.
+  """
+  from famr_jax.parallel import batch_sharding
+
+  rows = plan.num_segments * plan.segment_steps
+  extra_cols = plan.padded_batch - plan.batch_size
+  micro = plan.padded_batch // plan.grad_accum
+  masked = rows > plan.num_batches
+
+  def constrain(a):
+    return a if mesh is None else jax.lax.with_sharding_constraint(a, batch_sharding(mesh))
+
+  def epoch_plan(key_data, epoch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=key_impl), epoch)
+    b = epoch_batches(key, plan.num_examples, plan.batch_size)
+    indices, weights = b.indices, b.weights
+    if extra_cols:
+      indices = jnp.pad(indices, ((0, 0), (0, extra_cols)))
+      weights = jnp.pad(weights, ((0, 0), (0, extra_cols)))
+    if rows > plan.num_batches:
+      indices = jnp.pad(indices, ((0, rows - plan.num_batches), (0, 0)))
+      weights = jnp.pad(weights, ((0, rows - plan.num_batches), (0, 0)))
+    return indices, weights, jnp.arange(rows) < plan.num_batches
+
+  def value_and_grads(params, data, context, indices, weights):
+    if plan.grad_accum == 1:
+      batch = tuple(constrain(a[indices]) for a in data)
+      return jax.value_and_grad(loss_fn)(params, batch, constrain(weights), context)
+    total = jnp.sum(weights)
+
+    def microbatch(acc, spec):
+      # The loss is a weighted mean over its batch plus batch-free terms, so
+      # weighting each microbatch's gradient by its share of the examples
+      # gives exactly the gradient of the whole minibatch.
+      idx, w = spec
+      batch = tuple(constrain(a[idx]) for a in data)
+      loss, grads = jax.value_and_grad(loss_fn)(params, batch, constrain(w), context)
+      count = jnp.sum(w)
+      share = count / jnp.maximum(total, 1.0)
+      keep = count > 0
+      grads = jax.tree.map(lambda g: jnp.where(keep, g * share.astype(g.dtype), jnp.zeros_like(g)), grads)
+      acc_loss, acc_grads = acc
+      return (acc_loss + jnp.where(keep, loss * share, 0.0), jax.tree.map(jnp.add, acc_grads, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (loss, grads), _ = jax.lax.scan(
+        microbatch, (jnp.zeros((), jnp.float32), zeros),
+        (indices.reshape(plan.grad_accum, micro), weights.reshape(plan.grad_accum, micro)))
+    return loss, grads
+
+  def segment(params, opt_state, data, context, key_data, epoch, start, loss_acc):
+    indices, weights, active = epoch_plan(key_data, epoch)
+    if plan.num_segments > 1:
+      indices = jax.lax.dynamic_slice_in_dim(indices, start, plan.segment_steps)
+      weights = jax.lax.dynamic_slice_in_dim(weights, start, plan.segment_steps)
+      active = jax.lax.dynamic_slice_in_dim(active, start, plan.segment_steps)
+
+    def step(carry, spec):
+      params, opt_state, loss_sum, count = carry
+      idx, w, is_active = spec
+
+      def update(operands):
+        p, s = operands
+        loss, grads = value_and_grads(p, data, context, idx, w)
+        updates, s = optimizer.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, jnp.asarray(loss, jnp.float32)
+
+      if masked:   # steps past the epoch's end (last segment) change nothing
+        params, opt_state, loss = jax.lax.cond(
+            is_active, update, lambda ops: (*ops, jnp.zeros((), jnp.float32)), (params, opt_state))
+      else:
+        params, opt_state, loss = update((params, opt_state))
+      n = jnp.sum(w)
+      return (params, opt_state, loss_sum + loss * n, count + n), None
+
+    (params, opt_state, loss_sum, count), _ = jax.lax.scan(
+        step, (params, opt_state, loss_acc[0], loss_acc[1]), (indices, weights, active))
+    metrics = {}
+    if metrics_fn is not None and plan.num_segments == 1:
+      metrics = dict(metrics_fn(params, context))
+    metrics["loss"] = loss_sum / jnp.maximum(count, 1.0)   # the epoch's mean loss after its last segment
+    return params, opt_state, (loss_sum, count), metrics
+
+  return segment
+
+
 class DescentResult(NamedTuple):
   """Output of :func:`minibatch_descent`."""
   params: Params
@@ -115,12 +263,15 @@ class DescentResult(NamedTuple):
   run_s: float                      # time of all epochs, compile excluded
 
 
-def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any],
+def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | ShardedData,
                       optimizer: optax.GradientTransformation, *, epochs: int,
                       batch_size: int, key: jax.Array, context: Any = None,
                       metrics_fn: MetricsFn | None = None,
                       initial_metrics: bool = False,
-                      desc: str = "epochs", show_progress: bool = True) -> DescentResult:
+                      desc: str = "epochs", show_progress: bool = True,
+                      scale: ScaleConfig | None = None,
+                      resume: ResumeConfig | None = None,
+                      resume_meta: Mapping[str, Any] | None = None) -> DescentResult:
   """Minimizes ``loss_fn`` over ``data`` by minibatch steps of ``optimizer``.
 
   Args:
@@ -137,9 +288,23 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any],
       (recorded as epoch 0 of the history).
     desc: progress-bar label.
     show_progress: draw a progress bar.
+    scale: devices, gradient accumulation (a :class:`famr_jax.parallel.ScaleConfig`;
+      its ``compute_dtype`` is applied by the callers that build the loss from
+      an ``apply_fn``, see :func:`famr_jax.parallel.compute_dtype_apply_fn`).
+      With ``data_parallel`` the results equal the single-device ones up to
+      float reduction order; params come back as ordinary
+      single-device arrays (global replicated arrays in a multi-process run).
+    resume: resumable checkpoints (a :class:`famr_jax.resume.ResumeConfig`):
+      a rerun with the same arguments continues from the newest checkpoint.
+    resume_meta: JSON-able description of the caller's settings; a resume
+      whose description (or the engine's own settings, data shapes or key)
+      differs is refused, naming the keys.
 
   Returns:
     A :class:`DescentResult`.
+
+  Raises:
+    famr_jax.resume.RunStopped: ``resume.stop_after_steps`` was reached.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -152,6 +317,12 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any],
   """
   import time  # local: keeps module import light
 
+  if ((scale is not None and not scale.is_default) or (resume is not None and resume.enabled)
+      or isinstance(data, ShardedData)):
+    return _scaled_descent(loss_fn, params, data, optimizer, epochs=epochs, batch_size=batch_size,
+                           key=key, context=context, metrics_fn=metrics_fn,
+                           initial_metrics=initial_metrics, desc=desc, show_progress=show_progress,
+                           scale=scale or ScaleConfig(), resume=resume, resume_meta=resume_meta)
   data = tuple(jnp.asarray(a) for a in data)
   opt_state = optimizer.init(params)
   epoch_fn = make_epoch_fn(loss_fn, optimizer, batch_size, metrics_fn)
@@ -175,4 +346,187 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any],
   run_s = time.perf_counter() - t0
   for epoch, metrics in enumerate(jax.device_get(device_metrics), start=1):
     history.append({"epoch": epoch, **{k: float(v) for k, v in metrics.items()}})
+  return DescentResult(params, history, compile_s, run_s)
+
+
+def _typed_key(key: jax.Array) -> jax.Array:
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key
+  return jax.random.wrap_key_data(key)   # a legacy uint32 key: the same bits
+
+
+def _tree_spec(tree: Any) -> dict[str, list]:
+  from famr_jax.checkpoints import tree_shapes
+  return tree_shapes(jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), tree))
+
+
+def _data_digest(arrays: Sequence[np.ndarray], max_bytes: int = 1 << 26) -> str:
+  """A BLAKE2 digest of the data (every row up to 64 MiB per array, evenly spaced rows beyond)."""
+  import hashlib
+  h = hashlib.blake2b(digest_size=16)
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.shape, a.dtype.str)).encode())
+    stride = max(1, -(-a.nbytes // max_bytes)) if a.nbytes > max_bytes else 1
+    h.update(np.ascontiguousarray(a[::stride]).tobytes())
+  return h.hexdigest()
+
+
+def _scaled_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | ShardedData,
+                    optimizer: optax.GradientTransformation, *, epochs: int, batch_size: int,
+                    key: jax.Array, context: Any, metrics_fn: MetricsFn | None, initial_metrics: bool,
+                    desc: str, show_progress: bool, scale: ScaleConfig,
+                    resume: ResumeConfig | None, resume_meta: Mapping[str, Any] | None) -> DescentResult:
+  """:func:`minibatch_descent` on a device mesh and/or with checkpoints (segmented epochs)."""
+  import time
+
+  from famr_jax import parallel
+  from famr_jax.resume import Resumer, RunStopped
+
+  scale = scale.validate()
+  if epochs <= 0:
+    raise FamrError(f"epochs must be positive, got {epochs}")
+  resume = resume.validate() if resume is not None and resume.enabled else None
+  mesh = parallel.make_data_mesh(scale.num_devices) if scale.sharded else None
+  num_devices = 1 if mesh is None else mesh.size
+
+  # Data: rows sharded over the mesh (padding rows at the end are never sampled).
+  if isinstance(data, ShardedData):
+    if mesh is None:
+      raise FamrError("ShardedData needs a device mesh: pass ScaleConfig(data_parallel=True)")
+    arrays, n = tuple(data.arrays), int(data.num_examples)
+    digest = None   # each process holds only its rows: the shapes are checked instead
+  else:
+    host = tuple(np.asarray(a) for a in data)
+    digest = _data_digest(host) if resume is not None and resume.enabled else None
+    n = int(host[0].shape[0])
+    if any(a.shape[0] != n for a in host):
+      raise FamrError("data arrays must share their first axis")
+    arrays = parallel.shard_rows(host, mesh).arrays if mesh is not None else tuple(jnp.asarray(a) for a in host)
+  plan = plan_segments(n, batch_size, num_devices=num_devices, grad_accum=scale.grad_accum,
+                       segment_steps=resume.checkpoint_every if resume is not None else None)
+
+  key = _typed_key(key)
+  key_impl = jax.random.key_impl(key)
+  key_data = np.asarray(jax.random.key_data(key))
+
+  # Placement: params, optimizer state and context replicated (or FSDP-sharded).
+  if mesh is not None:
+    rep = parallel.replicated(mesh)
+    shard = lambda tree: parallel.tree_shardings(tree, mesh, fsdp=scale.fsdp, min_size=scale.fsdp_min_size)
+    param_sh = shard(params)
+    params = parallel.put_tree(params, param_sh)
+    opt_sh = shard(jax.eval_shape(optimizer.init, params))
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(params)
+    ctx_sh = shard(context)
+    context = parallel.put_tree(context, ctx_sh)
+    data_sh = tuple(parallel.batch_sharding(mesh) for _ in arrays)
+    in_sh = (param_sh, opt_sh, data_sh, ctx_sh, rep, rep, rep, (rep, rep))
+    out_sh = (param_sh, opt_sh, (rep, rep), rep)
+    put_rep = lambda x: parallel.put_tree(x, jax.tree.map(lambda _: rep, x))
+    jit = lambda f: jax.jit(f, in_shardings=in_sh, out_shardings=out_sh)
+    jit_metrics = lambda f: jax.jit(f, in_shardings=(param_sh, ctx_sh), out_shardings=rep)
+  else:
+    params = jax.tree.map(jnp.asarray, params)
+    opt_state = optimizer.init(params)
+    put_rep = lambda x: jax.tree.map(jnp.asarray, x)
+    jit = jax.jit
+    jit_metrics = jax.jit
+
+  segment_fn = make_segment_fn(loss_fn, optimizer, plan, key_impl=key_impl, metrics_fn=metrics_fn, mesh=mesh)
+  zero_acc = put_rep((np.zeros((), np.float32), np.zeros((), np.float32)))
+  key_data_dev = put_rep(key_data)
+  scalar = lambda v: put_rep(np.asarray(v, np.int32))
+
+  t0 = time.perf_counter()
+  compiled = jit(segment_fn).lower(params, opt_state, arrays, context, key_data_dev, scalar(0), scalar(0),
+                                   zero_acc).compile()
+  metrics_compiled = None
+  if metrics_fn is not None and (plan.num_segments > 1 or initial_metrics):
+    metrics_compiled = jit_metrics(metrics_fn).lower(params, context).compile()
+  compile_s = time.perf_counter() - t0
+
+  history: list[dict[str, float]] = []
+  if initial_metrics and metrics_fn is not None:
+    m0 = jax.device_get(metrics_compiled(params, context))
+    history.append({"epoch": 0, **{k: float(v) for k, v in m0.items()}})
+
+  # Resume: the newest checkpoint of a run with the same fingerprint.
+  epoch, seg, loss_acc, step = 0, 0, zero_acc, 0
+  resumer = None
+  if resume is not None:
+    fingerprint = {
+        "engine": {"epochs": epochs, "batch_size": batch_size, "num_examples": n,
+                   "example_shapes": [[list(a.shape[1:]), str(a.dtype)] for a in arrays],
+                   "params": _tree_spec(params), "optimizer_state": _tree_spec(opt_state),
+                   "key": key_data.tolist(), "compute_dtype": scale.compute_dtype,
+                   "checkpoint_every": resume.checkpoint_every, "initial_metrics": initial_metrics,
+                   "data_digest": digest},
+        "run": dict(resume_meta or {})}
+    resumer = Resumer(resume, fingerprint)
+    restored = resumer.restore({"params": params, "opt_state": opt_state, "loss_acc": loss_acc})
+    if restored is not None:
+      state, meta = restored
+      params, opt_state, loss_acc = state["params"], state["opt_state"], tuple(state["loss_acc"])
+      epoch, seg, step = int(meta["epoch"]), int(meta["segment"]), int(meta["step"])
+      history = [dict(h) for h in meta["history"]]
+      logging.getLogger("famr_jax").info("resuming %s from step %d of %d (%s)", desc, step,
+                                         epochs * plan.num_batches, resumer.directory)
+
+  pending: list[tuple[int, Any]] = []   # (epoch, device metrics) not yet fetched
+
+  def flush():
+    for e, m in jax.device_get(pending):
+      history.append({"epoch": e, **{k: float(v) for k, v in m.items()}})
+    pending.clear()
+
+  def save():
+    flush()
+    resumer.save(step, {"params": params, "opt_state": opt_state, "loss_acc": loss_acc},
+                 {"epoch": epoch, "segment": seg, "step": step, "history": history})
+
+  done_here = 0
+  last_saved = step
+  t0 = time.perf_counter()
+  try:
+    bar = progress(range(epoch, epochs), desc=desc, enabled=show_progress, total=epochs - epoch)
+    for _ in bar:
+      while seg < plan.num_segments:
+        params, opt_state, loss_acc, metrics = compiled(
+            params, opt_state, arrays, context, key_data_dev, scalar(epoch), scalar(seg * plan.segment_steps),
+            loss_acc)
+        steps = min(plan.segment_steps, plan.num_batches - seg * plan.segment_steps)
+        step += steps
+        done_here += steps
+        seg += 1
+        if seg == plan.num_segments:   # the epoch is complete
+          metrics = dict(metrics)
+          if metrics_compiled is not None and plan.num_segments > 1:
+            metrics = {**metrics_compiled(params, context), "loss": metrics["loss"]}
+          metrics["loss"].block_until_ready()   # one scalar per epoch: honest progress
+          pending.append((epoch + 1, metrics))
+          epoch, seg, loss_acc = epoch + 1, 0, zero_acc
+        if resumer is not None:
+          due = step // resume.checkpoint_every > last_saved // resume.checkpoint_every
+          stop = resume.stop_after_steps is not None and done_here >= resume.stop_after_steps
+          if due or stop or (epoch == epochs and seg == 0):
+            save()
+            last_saved = step
+          if stop and not (epoch == epochs and seg == 0):
+            raise RunStopped(step, str(resumer.directory))
+        if seg == 0:
+          break
+    jax.block_until_ready(params)
+    run_s = time.perf_counter() - t0
+    flush()
+  finally:
+    if resumer is not None:
+      resumer.close()
+  if mesh is not None:
+    if scale.fsdp:
+      params = parallel.gather_replicated(params, mesh)
+    if jax.process_count() == 1:
+      # Hand back ordinary (uncommitted, default-device) arrays, so callers can
+      # mix them with any other array; multi-process runs keep global arrays.
+      params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), params)
   return DescentResult(params, history, compile_s, run_s)

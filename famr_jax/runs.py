@@ -29,6 +29,8 @@ from famr_jax.errors import FamrError
 from famr_jax.forget import ForgetSet, forget_classes, forget_random, forget_samples
 from famr_jax.methods import UnlearnTask, get_method
 from famr_jax.metrics import evaluate_unlearning
+from famr_jax.parallel import ScaleConfig, peak_memory, scale_description
+from famr_jax.resume import ResumeConfig
 from famr_jax.training import TrainConfig, check_finite, train_classifier
 
 
@@ -67,6 +69,8 @@ class TrainRun:
   overwrite: bool = False
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
+  scale: ScaleConfig = ScaleConfig()
+  resume: ResumeConfig = ResumeConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +88,8 @@ class UnlearnRun:
     retrain: also retrain the gold standard on the retained data and report it.
     overwrite: replace ``out`` if it exists.
     method_config: the method's config; None takes its per-model defaults.
+    scale: devices, precision and gradient accumulation of the method and the retrain.
+    resume: resumable checkpoints (default directory ``OUT.resume``).
   """
   checkpoint: str
   out: str
@@ -95,6 +101,8 @@ class UnlearnRun:
   retrain: bool = False
   overwrite: bool = False
   method_config: Any = None
+  scale: ScaleConfig = ScaleConfig()
+  resume: ResumeConfig = ResumeConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +116,8 @@ class DemoRun:
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   famr: Any = None   # a FAMRConfig; None takes the model's defaults
+  scale: ScaleConfig = ScaleConfig()
+  resume: ResumeConfig = ResumeConfig()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -212,17 +222,46 @@ def make_forget_set(run: UnlearnRun | DemoRun, data: Dataset) -> ForgetSet:
 
 
 def retrain_gold_standard(model, apply_fn, data: Dataset, forget: ForgetSet, train: TrainConfig,
-                          seed: int, show_progress: bool = True):
+                          seed: int, show_progress: bool = True, *, scale: ScaleConfig | None = None,
+                          resume: ResumeConfig | None = None):
   """The gold standard: the original recipe on the retained data, from a fresh init."""
   keep = forget.retain_mask(len(data.y_train))
   init = models.init_params(model, jax.random.key(seed), data.image_shape)
   return train_classifier(apply_fn, init, data.x_train[keep], data.y_train[keep], train,
                           jax.random.fold_in(jax.random.key(seed), 7), show_progress=show_progress,
-                          desc="retrain (gold standard)")
+                          desc="retrain (gold standard)", scale=scale, resume=resume)
 
 
-def _write_checkpoint(path: Path, params, metadata: dict) -> None:
-  checkpoints.save_checkpoint(path, params, metadata)
+def resume_directory(out: str | os.PathLike) -> Path:
+  """Where a run writing ``out`` keeps its resumable checkpoints: ``OUT.resume`` beside it."""
+  target = Path(out).expanduser().resolve()
+  return target.parent / f"{target.name}.resume"
+
+
+def _stage_resume(resume: ResumeConfig, out: str | os.PathLike, stage: str) -> ResumeConfig | None:
+  """The ResumeConfig of one stage (train / unlearn / retrain) of a run, or None."""
+  if not resume.enabled:
+    return None
+  root = Path(resume.checkpoint_dir).expanduser().resolve() if resume.checkpoint_dir else resume_directory(out)
+  return dataclasses.replace(resume, checkpoint_dir=str(root / stage)).validate()
+
+
+def _finish_resume(resume: ResumeConfig, out: str | os.PathLike) -> None:
+  """Deletes a finished run's resumable checkpoints (its outputs are in place)."""
+  if resume.enabled:
+    root = Path(resume.checkpoint_dir).expanduser().resolve() if resume.checkpoint_dir else resume_directory(out)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _check_scale(run) -> None:
+  """Validates a run's scale and resume settings before any work."""
+  run.scale.validate()
+  dataclasses.replace(run.resume, checkpoint_dir=run.resume.checkpoint_dir or "OUT.resume").validate()
+
+
+def resources_report(scale: ScaleConfig | None) -> dict:
+  """``config.scale`` and ``config.resources`` of report.json: devices used and peak memory."""
+  return {"scale": scale_description(scale), "resources": peak_memory()}
 
 
 # ----------------------------------------------------------------------------- runs
@@ -234,19 +273,23 @@ def train_model(run: TrainRun, *, show_progress: bool = True) -> dict:
     The checkpoint's metadata (with ``test_acc`` and timings).
   """
   run.train.validate()
+  _check_scale(run)
   check_output_free(run.out, run.overwrite)
   data = run.data.load(run.seed)
   model, apply_fn = build_model(run.model, data)
   params = models.init_params(model, jax.random.key(run.seed), data.image_shape)
   result = train_classifier(apply_fn, params, data.x_train, data.y_train, run.train,
                             jax.random.fold_in(jax.random.key(run.seed), 1),
-                            show_progress=show_progress, desc=f"train {run.model}")
+                            show_progress=show_progress, desc=f"train {run.model}",
+                            scale=run.scale, resume=_stage_resume(run.resume, run.out, "train"))
   test_acc = float(np.mean(np.argmax(np.asarray(jax.jit(apply_fn)(result.params, data.x_test)), -1)
                            == data.y_test))
   metadata = _model_metadata(run.model, run.data, data, run.train, run.seed, result.run_s,
                              result.compile_s, test_acc)
   metadata["history"] = result.history
   checkpoints.save_checkpoint(run.out, result.params, metadata, overwrite=run.overwrite)
+  _finish_resume(run.resume, run.out)
+  metadata["scale"] = resources_report(run.scale)   # returned (printed), not stored
   return metadata
 
 
@@ -254,10 +297,13 @@ def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, para
                         data_config: DataConfig, train_config: TrainConfig, forget: ForgetSet,
                         method: str, method_config, seed: int, retrain: bool,
                         timings: dict, compile_times: dict, show_progress: bool,
-                        base_metadata: dict) -> dict:
+                        base_metadata: dict, scale: ScaleConfig | None = None,
+                        resume: ResumeConfig | None = None, out: str | None = None) -> dict:
   """Shared tail of ``unlearn`` and ``demo``: unlearn, retrain, evaluate, write."""
   spec = get_method(method)
-  task = UnlearnTask(apply_fn, params, model, data, forget, jax.random.key(seed), show_progress)
+  resume = resume or ResumeConfig()
+  task = UnlearnTask(apply_fn, params, model, data, forget, jax.random.key(seed), show_progress,
+                     scale=scale, resume=_stage_resume(resume, out, "unlearn") if out else None)
   result = spec.run(task, method_config)
   timings["unlearn"] = result.run_s
   compile_times["unlearn"] = result.compile_s
@@ -265,20 +311,22 @@ def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, para
              "unlearned": evaluate_unlearning(apply_fn, result.params, data, forget, params0=params,
                                               mia_seed=seed)}
   if retrain:
-    gold = retrain_gold_standard(model, apply_fn, data, forget, train_config, seed, show_progress)
+    gold = retrain_gold_standard(model, apply_fn, data, forget, train_config, seed, show_progress,
+                                 scale=scale, resume=_stage_resume(resume, out, "retrain") if out else None)
     timings["retrain"] = gold.run_s
     compile_times["retrain"] = gold.compile_s
     metrics["retrained"] = evaluate_unlearning(apply_fn, gold.params, data, forget, params0=params,
                                                mia_seed=seed)
-    _write_checkpoint(staging / "retrained", gold.params, {**base_metadata, "retrained_without": forget.describe()})
-  _write_checkpoint(staging / "unlearned", result.params,
+    checkpoints.save_checkpoint(staging / "retrained", gold.params, {**base_metadata, "retrained_without": forget.describe()})
+  checkpoints.save_checkpoint(staging / "unlearned", result.params,
                     {**base_metadata, "unlearned": {"method": method, "forget": forget.describe(),
                                                     "config": config_dict(method_config)}})
   rep = report.build_report(
       version=famr_jax.__version__, dataset=data.name, model=model_name, method=method,
       forget=forget.describe(),
       config={"method": config_dict(method_config), "seed": seed, "retrain": retrain,
-              "train": config_dict(train_config), "data": config_dict(data_config)},
+              "train": config_dict(train_config), "data": config_dict(data_config),
+              **resources_report(scale)},
       metrics=metrics, timings_s={**timings, "compile": compile_times}, history=result.history)
   report.write_json(staging / "report.json", rep)
   report.plot_forgetting(result.history, staging / "forgetting.png",
@@ -296,6 +344,7 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
     The report (as written to ``run.out/report.json``).
   """
   spec = get_method(run.method)
+  _check_scale(run)
   check_output_free(run.out, run.overwrite)
   loaded = load_model(run.checkpoint)
   if "unlearned" in loaded.metadata:
@@ -308,14 +357,17 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
   timings = {"train": float(loaded.metadata["timings_s"]["train"])}
   compile_times = {"train": float(loaded.metadata["timings_s"].get("compile", 0.0))}
   with staged_directory(run.out, run.overwrite) as staging:
-    return _unlearn_and_report(
+    rep = _unlearn_and_report(
         staging=staging, model_name=loaded.metadata["model"], model=loaded.model,
         apply_fn=loaded.apply_fn, params=loaded.params, data=loaded.data,
         data_config=DataConfig(**loaded.metadata["data"]), train_config=train_config, forget=forget,
         method=run.method, method_config=config, seed=run.seed, retrain=run.retrain, timings=timings,
         compile_times=compile_times, show_progress=show_progress,
         base_metadata={k: v for k, v in loaded.metadata.items()
-                       if k not in ("param_shapes", "extras", "format", "history")})
+                       if k not in ("param_shapes", "extras", "format", "history")},
+        scale=run.scale, resume=run.resume, out=run.out)
+  _finish_resume(run.resume, run.out)
+  return rep
 
 
 def run_demo(run: DemoRun, *, show_progress: bool = True) -> dict:
@@ -327,6 +379,7 @@ def run_demo(run: DemoRun, *, show_progress: bool = True) -> dict:
   from famr_jax.unlearning import famr_defaults
 
   run.train.validate()
+  _check_scale(run)
   famr_config = (run.famr or famr_defaults(run.model)).validate()
   check_output_free(run.out, run.overwrite)
   data = run.data.load(run.seed)
@@ -335,19 +388,23 @@ def run_demo(run: DemoRun, *, show_progress: bool = True) -> dict:
   params = models.init_params(model, jax.random.key(run.seed), data.image_shape)
   trained = train_classifier(apply_fn, params, data.x_train, data.y_train, run.train,
                              jax.random.fold_in(jax.random.key(run.seed), 1),
-                             show_progress=show_progress, desc=f"train {run.model}")
+                             show_progress=show_progress, desc=f"train {run.model}",
+                             scale=run.scale, resume=_stage_resume(run.resume, run.out, "train"))
   test_acc = float(np.mean(np.argmax(np.asarray(jax.jit(apply_fn)(trained.params, data.x_test)), -1)
                            == data.y_test))
   metadata = _model_metadata(run.model, run.data, data, run.train, run.seed, trained.run_s,
                              trained.compile_s, test_acc)
   with staged_directory(run.out, run.overwrite) as staging:
-    _write_checkpoint(staging / "original", trained.params, metadata)
-    return _unlearn_and_report(
+    checkpoints.save_checkpoint(staging / "original", trained.params, metadata)
+    rep = _unlearn_and_report(
         staging=staging, model_name=run.model, model=model, apply_fn=apply_fn, params=trained.params,
         data=data, data_config=run.data, train_config=run.train, forget=forget, method="famr",
         method_config=famr_config, seed=run.seed, retrain=True,
         timings={"train": trained.run_s}, compile_times={"train": trained.compile_s},
-        show_progress=show_progress, base_metadata=metadata)
+        show_progress=show_progress, base_metadata=metadata, scale=run.scale, resume=run.resume,
+        out=run.out)
+  _finish_resume(run.resume, run.out)
+  return rep
 
 
 def evaluate_checkpoint(checkpoint: str, forget_classes_: tuple[int, ...] = ()) -> dict:

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 import numpy as np
 import optax
+import threadpoolctl
 
 from famr_jax import curvature
 from famr_jax import influence
@@ -90,9 +91,13 @@ class TheoryConfig:
     lambdas: lambda sweep (damped influence and FAMR anchor) for the convex model.
     contraction_lambda: lambda of the Theorem .1 gradient-descent run (convex).
     contraction_steps: gradient-descent steps of the Theorem .1 runs.
-    nonconvex_model: ``'mlp'`` (one ReLU hidden layer, from
-      :mod:`famr_jax.models`) or ``'none'`` to skip the non-convex section.
+    nonconvex_model: ``'mlp'`` (one hidden layer) or ``'none'`` to skip the
+      non-convex section.
     mlp_hidden: hidden width of that MLP.
+    mlp_activation: ``'tanh'`` (default: a smooth loss, so L-BFGS reaches the
+      gradient-norm target and the Hessian exists everywhere) or ``'relu'``
+      (the :mod:`famr_jax.models` MLP; its kinks stall L-BFGS at a gradient
+      norm of about 3 on digits, so its "ground truth" is not converged).
     nonconvex_weight_decay: ``mu`` of the MLP's training objective.
     nonconvex_lambdas: lambda sweep for the MLP.
     nonconvex_contraction_lambda: lambda of the Theorem .1 run on the MLP.
@@ -116,9 +121,10 @@ class TheoryConfig:
   contraction_lambda: float = 1.0
   contraction_steps: int = 2000
   nonconvex_model: Literal['mlp', 'none'] = 'mlp'
-  mlp_hidden: int = 32
+  mlp_hidden: int = 16
+  mlp_activation: Literal['tanh', 'relu'] = 'tanh'
   nonconvex_weight_decay: float = 1.0
-  nonconvex_lambdas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+  nonconvex_lambdas: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
   nonconvex_contraction_lambda: float = 0.1
   convex_grad_tol: float = 1e-8
   nonconvex_grad_tol: float = 1e-6
@@ -149,6 +155,8 @@ class TheoryConfig:
       raise FamrError(f'forget_sets has duplicates: {self.forget_sets!r}')
     if self.nonconvex_model not in ('mlp', 'none'):
       raise FamrError(f"nonconvex_model must be 'mlp' or 'none', got {self.nonconvex_model!r}")
+    if self.mlp_activation not in ('tanh', 'relu'):
+      raise FamrError(f"mlp_activation must be 'tanh' or 'relu', got {self.mlp_activation!r}")
     for name in ('lambdas', 'nonconvex_lambdas'):
       values = getattr(self, name)
       if len(values) < 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
@@ -411,10 +419,11 @@ class _Setting(NamedTuple):
   ce_loss: Callable
   kl_loss: Callable
   weight_decay: float
-  full: tuple
-  retain: tuple
-  forget_data: tuple
-  test: tuple
+  full: tuple          # (x, y, w): weights 1
+  retain: tuple        # (x, y, w): weights 1 off T, 0 on T (same shapes as full: one compile)
+  forget_data: tuple   # (x, y, w): weights 1 on T
+  forget_x: jax.Array  # the inputs of T (the FAMR objective's data)
+  test: tuple          # (x, y, w)
   theta0: Params
   w_star: Params
   lambdas: tuple[float, ...]
@@ -427,8 +436,14 @@ def _forget_probs_l1(apply_fn, params, x) -> np.ndarray:
 
 
 def _influence_rows(s: _Setting, curvature_name: str, hessian: np.ndarray, g: np.ndarray,
-                    *, exact_label: str) -> tuple[list[dict], dict]:
-  """Eq. 9 sweep and influence-vs-retrain rows for one choice of H_R."""
+                    *, exact_label: str, w_local: Params | None = None
+                    ) -> tuple[list[dict], dict]:
+  """Eq. 9 sweep and influence-vs-retrain rows for one choice of H_R.
+
+  ``w_local`` (non-convex models): the retained objective's minimizer reached
+  from theta0 instead of from the initialization, the minimum an influence
+  function can describe at all.
+  """
   rows = []
   th0, ws = _flat(s.theta0), _flat(s.w_star)
   _, unravel = ravel_pytree(s.theta0)
@@ -494,6 +509,19 @@ def _influence_rows(s: _Setting, curvature_name: str, hessian: np.ndarray, g: np
       'a first-order approximation; "few percent" taken as relative error <= 0.05',
       f'relative error {_fmt(rel)}, cosine {_fmt(cos)} (||w* - theta0|| = {_fmt(_norm(upd_true))})',
       _status(rel <= 0.05), relative_error=rel, cosine=cos, update_norm=_norm(upd_true)))
+  if w_local is not None:
+    wl = _flat(w_local)
+    upd_local = wl - th0
+    rel_l = _norm(theta_if - wl) / _norm(upd_local)
+    cos_l = _cosine(upd_if, upd_local)
+    rows.append(_row(
+        s.section, s.forget, 'Eq. 7 vs the nearby retrained minimum' + tag,
+        '||theta_IF - w*_local|| / ||w*_local - theta0||, cosine; w*_local = L-BFGS on D \\ T '
+        'started at theta0',
+        'relative error <= 0.05',
+        f'relative error {_fmt(rel_l)}, cosine {_fmt(cos_l)} (||w*_local - theta0|| = '
+        f'{_fmt(_norm(upd_local))}, ||w*_local - w*|| = {_fmt(_norm(wl - ws))})',
+        _status(rel_l <= 0.05), relative_error=rel_l, cosine=cos_l))
   pred = np.asarray(influence.predicted_loss_change(
       s.ce_loss, s.theta0, unravel(jnp.asarray(upd_if)), s.test, batch_size=s.batch_size), np.float64)
   actual = np.asarray(influence.actual_loss_change(
@@ -511,17 +539,29 @@ def _influence_rows(s: _Setting, curvature_name: str, hessian: np.ndarray, g: np
   return rows, curve
 
 
-def _famr_sweep(s: _Setting, minimize: Callable[[float], tuple[Params, _MinimizeInfo]]) -> dict:
-  """Minimizers of the FAMR objective for every lambda, with the measured quantities."""
+def _famr_sweep(s: _Setting, minimize: Callable[[float, Params], tuple[Params, _MinimizeInfo]],
+                *, continuation: bool) -> dict:
+  """Minimizers of the FAMR objective for every lambda, with the measured quantities.
+
+  ``continuation``: solve from the largest lambda down, each start at the
+  previous solution (for a strictly convex J the minimizer does not depend on
+  the start, and Newton at lambda = 1e-6 from theta0 stalls in its damped
+  phase). Otherwise every lambda starts at theta0, as FAMR's Algorithm 1 does.
+  """
   th0, ws = _flat(s.theta0), _flat(s.w_star)
-  x_t = s.forget_data[0]
+  x_t = s.forget_x
   forget0 = float(curvature.dataset_loss(s.kl_loss, s.theta0, x_t, batch_size=s.batch_size))
   out = dict(lambdas=list(s.lambdas), dist_to_w_star=[], dist_to_theta0=[], max_l1_to_uniform=[],
              forget_loss=[], grad_norm=[], iterations=[], forget_loss_theta0=forget0,
              l1_theta0=float(_forget_probs_l1(s.apply_fn, s.theta0, x_t).max()),
              dist_theta0_to_w_star=_norm(th0 - ws), params=[])
+  solutions = {}
+  start = s.theta0
+  for lam in sorted(s.lambdas, reverse=True):
+    solutions[lam] = minimize(lam, start if continuation else s.theta0)
+    start = solutions[lam][0]
   for lam in s.lambdas:
-    theta, info = minimize(lam)
+    theta, info = solutions[lam]
     flat = _flat(theta)
     out['params'].append(theta)
     out['dist_to_w_star'].append(_norm(flat - ws))
@@ -563,7 +603,8 @@ def _famr_rows(s: _Setting, sweep: dict, grad_tol: float) -> list[dict]:
   rows.append(_row(
       s.section, s.forget, 'Proposition .2',
       '||theta* - theta0|| vs lambda, and L_forget(theta*) <= L_forget(theta0)',
-      '||theta* - theta0|| -> 0 as lambda grows (~1/lambda), L_forget never above L_forget(theta0)',
+      '||theta* - theta0|| -> 0 as lambda grows (slope -> -1 once lambda >> the KL curvature), '
+      'L_forget never above L_forget(theta0)',
       f'{_fmt(d0[0])} at lambda={_fmt(lams[0])} -> {_fmt(d0[-1])} at lambda={_fmt(lams[-1])} '
       f'(monotone: {monotone_d0}; large-lambda slope {_fmt(slope_big)}); L_forget(theta*) <= '
       f'L_forget(theta0) = {_fmt(sweep["forget_loss_theta0"])} at every lambda: {no_worse}',
@@ -625,7 +666,7 @@ def _eq10_rows(s: _Setting, candidates: dict[str, np.ndarray], lipschitz: Callab
 
 
 def _contraction(s: _Setting, lam: float, eta: float, theta_star: Params, steps: int) -> dict:
-  _, dists = _gd_distances(s.kl_loss, s.theta0, s.forget_data[0], lam, s.theta0, eta,
+  _, dists = _gd_distances(s.kl_loss, s.theta0, s.forget_x, lam, s.theta0, eta,
                            theta_star, steps, s.batch_size)
   d = np.asarray(dists, np.float64)
   t = np.arange(len(d))
@@ -676,10 +717,37 @@ def _kl_loss_for(apply_fn):
 
 
 def _split(data: dict, mask: np.ndarray):
+  """Full, retained and forget sets as 0/1-weighted copies of the training set."""
   x, y = data['x_train'], data['y_train']
-  keep = np.flatnonzero(~mask)
-  drop = np.flatnonzero(mask)
-  return (x, y), (x[keep], y[keep]), (x[drop], y[drop]), (data['x_test'], data['y_test'])
+  ones = jnp.ones(len(y), jnp.float64)
+  keep = jnp.asarray(~mask, jnp.float64)
+  drop = jnp.asarray(mask, jnp.float64)
+  test = (data['x_test'], data['y_test'], jnp.ones(len(data['y_test']), jnp.float64))
+  return (x, y, ones), (x, y, keep), (x, y, drop), x[np.flatnonzero(mask)], x[np.flatnonzero(~mask)], test
+
+
+def _weighted_ce_for(apply_fn):
+  ce = influence.cross_entropy_example_loss(apply_fn)
+
+  def weighted_ce(params, batch):
+    x, y, w = batch
+    return w * ce(params, (x, y))
+  return weighted_ce
+
+
+def _tanh_mlp_apply(params, x):
+  """A smooth one-hidden-layer MLP (same parameter layout as famr_jax.models' MLP)."""
+  h = jnp.tanh(x.reshape(x.shape[0], -1) @ params['fc1']['kernel'] + params['fc1']['bias'])
+  return h @ params['head']['kernel'] + params['head']['bias']
+
+
+def _tanh_mlp_init(key, d, hidden, c):
+  """LeCun-normal kernels, zero biases (one PRNG call: each compiles for a second)."""
+  z = jax.random.normal(key, (d * hidden + hidden * c,), jnp.float64)
+  return {'fc1': {'kernel': z[:d * hidden].reshape(d, hidden) / math.sqrt(d),
+                  'bias': jnp.zeros((hidden,), jnp.float64)},
+          'head': {'kernel': z[d * hidden:].reshape(hidden, c) / math.sqrt(hidden),
+                   'bias': jnp.zeros((c,), jnp.float64)}}
 
 
 # ----------------------------------------------------------------------------
@@ -690,11 +758,11 @@ def _convex_section(config: TheoryConfig, data: dict, masks: dict, key: jax.Arra
   rows, curves, summary = [], {}, {}
   c = data['num_classes']
   d = data['x_train'].shape[1]
-  ce_loss = influence.cross_entropy_example_loss(_logistic_apply)
+  ce_loss = _weighted_ce_for(_logistic_apply)
   kl_loss = _kl_loss_for(_logistic_apply)
   mu, bs = config.convex_weight_decay, config.batch_size
   zeros = {'w': jnp.zeros((d, c), jnp.float64), 'b': jnp.zeros((c,), jnp.float64)}
-  full = (data['x_train'], data['y_train'])
+  full = _split(data, np.zeros(len(data['y_train']), bool))[0]
   theta0, info0 = _newton_minimize(_Objective(ce_loss, full, mu, zeros, bs), zeros,
                                    grad_tol=config.convex_grad_tol)
   num_params = int(_flat(zeros).size)
@@ -702,16 +770,16 @@ def _convex_section(config: TheoryConfig, data: dict, masks: dict, key: jax.Arra
   lf_exact = float(np.sqrt((x_all ** 2).sum(1) + 1).max())
   for which, mask in masks.items():
     t0 = time.perf_counter()
-    full, retain, forget, test = _split(data, mask)
+    full, retain, forget, forget_x, _, test = _split(data, mask)
     w_star, info_w = _newton_minimize(_Objective(ce_loss, retain, mu, zeros, bs), zeros,
                                       grad_tol=config.convex_grad_tol)
-    s = _Setting(CONVEX, which, _logistic_apply, ce_loss, kl_loss, mu, full, retain, forget, test,
-                 theta0, w_star, tuple(config.lambdas), bs)
+    s = _Setting(CONVEX, which, _logistic_apply, ce_loss, kl_loss, mu, full, retain, forget,
+                 forget_x, test, theta0, w_star, tuple(config.lambdas), bs)
     rows.append(_row(
         CONVEX, which, 'ground truth', '||grad L_D(theta0)||, ||grad L_R(w*)|| (Newton, float64)',
         f'<= {_fmt(config.convex_grad_tol)}',
         f'{_fmt(info0.grad_norm)} ({info0.iterations} steps), {_fmt(info_w.grad_norm)} '
-        f'({info_w.iterations} steps); P = {num_params}, |D| = {len(full[1])}, |T| = {len(forget[1])}',
+        f'({info_w.iterations} steps); P = {num_params}, |D| = {len(mask)}, |T| = {int(mask.sum())}',
         _status(max(info0.grad_norm, info_w.grad_norm) <= config.convex_grad_tol),
         grad_norm_theta0=info0.grad_norm, grad_norm_w_star=info_w.grad_norm))
     g_tree = influence.forget_gradient(ce_loss, theta0, forget, batch_size=bs)
@@ -740,11 +808,11 @@ def _convex_section(config: TheoryConfig, data: dict, masks: dict, key: jax.Arra
     rows += inf_rows
     theta_if = _flat(est_dense.params)
 
-    def famr_minimizer(lam):
-      obj = _Objective(kl_loss, forget[0], lam, theta0, bs)
-      return _newton_minimize(obj, theta0, grad_tol=config.convex_grad_tol)
+    def famr_minimizer(lam, start):
+      obj = _Objective(kl_loss, forget_x, lam, theta0, bs)
+      return _newton_minimize(obj, start, grad_tol=config.convex_grad_tol, max_iters=200)
 
-    sweep = _famr_sweep(s, famr_minimizer)
+    sweep = _famr_sweep(s, famr_minimizer, continuation=True)
     rows += _famr_rows(s, sweep, config.convex_grad_tol)
     spec = _Spectral.of(h_r)
     th0 = _flat(theta0)
@@ -756,10 +824,10 @@ def _convex_section(config: TheoryConfig, data: dict, masks: dict, key: jax.Arra
                        num_points=config.lipschitz_points)
     # Theorem .1: gradient descent on J, strongly convex with modulus lambda.
     lam_c = config.contraction_lambda
-    x_t = np.asarray(forget[0])
+    x_t = np.asarray(forget_x)
     xt1 = np.hstack([x_t, np.ones((len(x_t), 1))])
     lip = 0.5 * float(np.linalg.eigvalsh(xt1.T @ xt1)[-1])  # Boehning: diag(p) - pp^T <= I/2
-    theta_star_c, _ = famr_minimizer(lam_c)
+    theta_star_c, _ = famr_minimizer(lam_c, theta0)
     con = _contraction(s, lam_c, 1.0 / (lip + lam_c), theta_star_c, config.contraction_steps)
     rows.append(_row(
         CONVEX, which, 'Theorem .1 (J strongly convex: linear model, convex KL)',
@@ -774,56 +842,69 @@ def _convex_section(config: TheoryConfig, data: dict, masks: dict, key: jax.Arra
     curves[f'{CONVEX}/{which}'] = dict(influence=curve, famr=sweep,
                                        contraction=dict(con, dists=con['dists'][::max(1, len(con['dists']) // 400)],
                                                         bound=con['bound'][::max(1, len(con['bound']) // 400)]))
-    summary[f'{CONVEX}/{which}'] = dict(num_params=num_params, num_forget=int(len(forget[1])),
+    summary[f'{CONVEX}/{which}'] = dict(num_params=num_params, num_forget=int(mask.sum()),
                                         seconds=time.perf_counter() - t0)
     log(f'convex/{which}: {time.perf_counter() - t0:.1f} s')
   return rows, curves, summary
 
 
 def _nonconvex_section(config: TheoryConfig, data: dict, masks: dict, key: jax.Array, log) -> tuple:
-  from famr_jax.models import create_model, init_params, make_apply_fn  # pylint: disable=import-outside-toplevel
   rows, curves, summary = [], {}, {}
   c = data['num_classes']
-  model = create_model('mlp', c, tuple(data['image_shape']), hidden=(config.mlp_hidden,))
-  apply_fn = make_apply_fn(model)
-  init = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
-                      init_params(model, jax.random.fold_in(key, 2), tuple(data['image_shape'])))
+  d = int(data['x_train'].shape[1])
+  init_key = jax.random.fold_in(key, 2)
+  if config.mlp_activation == 'relu':
+    from famr_jax.models import create_model, init_params, make_apply_fn  # pylint: disable=import-outside-toplevel
+    model = create_model('mlp', c, tuple(data['image_shape']), hidden=(config.mlp_hidden,))
+    apply_fn = make_apply_fn(model)
+    init = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                        init_params(model, init_key, tuple(data['image_shape'])))
+  else:
+    apply_fn = _tanh_mlp_apply
+    init = _tanh_mlp_init(init_key, d, config.mlp_hidden, c)
   num_params = int(_flat(init).size)
-  section = f'{NONCONVEX}'
-  ce_loss = influence.cross_entropy_example_loss(apply_fn)
+  section = NONCONVEX
+  ce_loss = _weighted_ce_for(apply_fn)
   kl_loss = _kl_loss_for(apply_fn)
   mu, bs = config.nonconvex_weight_decay, config.batch_size
   zeros = jax.tree.map(jnp.zeros_like, init)
-  full = (data['x_train'], data['y_train'])
+  full = _split(data, np.zeros(len(data['y_train']), bool))[0]
   tol = config.nonconvex_grad_tol
   theta0, info0 = _lbfgs_minimize(_Objective(ce_loss, full, mu, zeros, bs), init, grad_tol=tol,
                                   max_steps=config.max_lbfgs_steps)
   for which, mask in masks.items():
     t0 = time.perf_counter()
-    full, retain, forget, test = _split(data, mask)
+    full, retain, forget, forget_x, retain_x, test = _split(data, mask)
     # Retrain from scratch: the same initialization, D \ T only.
     w_star, info_w = _lbfgs_minimize(_Objective(ce_loss, retain, mu, zeros, bs), init,
                                      grad_tol=tol, max_steps=config.max_lbfgs_steps)
-    s = _Setting(section, which, apply_fn, ce_loss, kl_loss, mu, full, retain, forget, test,
-                 theta0, w_star, tuple(config.nonconvex_lambdas), bs)
+    # The minimum of the same objective next to theta0 (what a Newton step targets).
+    w_local, info_l = _lbfgs_minimize(_Objective(ce_loss, retain, mu, zeros, bs), theta0,
+                                      grad_tol=tol, max_steps=config.max_lbfgs_steps)
+    s = _Setting(section, which, apply_fn, ce_loss, kl_loss, mu, full, retain, forget, forget_x,
+                 test, theta0, w_star, tuple(config.nonconvex_lambdas), bs)
     rows.append(_row(
         section, which, 'ground truth',
-        '||grad L_D(theta0)||, ||grad L_R(w*)|| (L-BFGS from the same init, float64)',
+        '||grad L_D(theta0)||, ||grad L_R(w*)|| (L-BFGS from the same init), '
+        '||grad L_R(w*_local)|| (L-BFGS from theta0); float64',
         f'<= {_fmt(tol)}',
         f'{_fmt(info0.grad_norm)} ({info0.iterations} steps), {_fmt(info_w.grad_norm)} '
-        f'({info_w.iterations} steps); MLP {data["x_train"].shape[1]}-{config.mlp_hidden}-{c} ReLU, '
-        f'P = {num_params}, |T| = {len(forget[1])}',
-        _status(max(info0.grad_norm, info_w.grad_norm) <= tol),
-        grad_norm_theta0=info0.grad_norm, grad_norm_w_star=info_w.grad_norm))
+        f'({info_w.iterations} steps), {_fmt(info_l.grad_norm)} ({info_l.iterations} steps); MLP {d}-{config.mlp_hidden}-{c} {config.mlp_activation}, '
+        f'P = {num_params}, |T| = {int(mask.sum())}',
+        _status(max(info0.grad_norm, info_w.grad_norm, info_l.grad_norm) <= tol),
+        grad_norm_theta0=info0.grad_norm, grad_norm_w_star=info_w.grad_norm,
+        grad_norm_w_local=info_l.grad_norm))
     g_tree = influence.forget_gradient(ce_loss, theta0, forget, batch_size=bs)
     g = _flat(g_tree)
     op = curvature.dataset_hvp_operator(ce_loss, theta0, retain, batch_size=bs, weight_decay=mu)
     h_exact = np.asarray(curvature.dense_operator(op, theta0), np.float64)
-    gn_op = curvature.gauss_newton_operator(apply_fn, theta0, retain[0], batch_size=bs,
+    gn_op = curvature.gauss_newton_operator(apply_fn, theta0, retain_x, batch_size=bs,
                                             weight_decay=mu)
     h_gn = np.asarray(curvature.dense_operator(gn_op, theta0), np.float64)
-    exact_rows, curve_exact = _influence_rows(s, 'exact', h_exact, g, exact_label='exact Hessian')
-    gn_rows, curve_gn = _influence_rows(s, 'Gauss-Newton', h_gn, g, exact_label='Gauss-Newton')
+    exact_rows, curve_exact = _influence_rows(s, 'exact', h_exact, g, exact_label='exact Hessian',
+                                              w_local=w_local)
+    gn_rows, curve_gn = _influence_rows(s, 'Gauss-Newton', h_gn, g, exact_label='Gauss-Newton',
+                                        w_local=w_local)
     rows += exact_rows + gn_rows
     # CG on the exact Hessian: must report, not return garbage, when it is indefinite.
     try:
@@ -838,11 +919,11 @@ def _nonconvex_section(config: TheoryConfig, data: dict, masks: dict, key: jax.A
         'a solution when H_R is positive definite, a FamrError otherwise', cg_note,
         _status(cg_ok)))
 
-    def famr_minimizer(lam):
-      obj = _Objective(kl_loss, forget[0], lam, theta0, bs)
-      return _lbfgs_minimize(obj, theta0, grad_tol=tol, max_steps=config.max_lbfgs_steps)
+    def famr_minimizer(lam, start):
+      obj = _Objective(kl_loss, forget_x, lam, theta0, bs)
+      return _lbfgs_minimize(obj, start, grad_tol=tol, max_steps=config.max_lbfgs_steps)
 
-    sweep = _famr_sweep(s, famr_minimizer)
+    sweep = _famr_sweep(s, famr_minimizer, continuation=False)
     rows += _famr_rows(s, sweep, tol)
     th0 = _flat(theta0)
     candidates = {}
@@ -863,18 +944,18 @@ def _nonconvex_section(config: TheoryConfig, data: dict, masks: dict, key: jax.A
                        num_points=config.lipschitz_points)
     # Theorem .1 where J need not be strongly convex.
     lam_c = config.nonconvex_contraction_lambda
-    kl_op = curvature.dataset_hvp_operator(kl_loss, theta0, forget[0], batch_size=bs)
+    kl_op = curvature.dataset_hvp_operator(kl_loss, theta0, forget_x, batch_size=bs)
     lz0 = curvature.lanczos_extreme_eigenvalues(kl_op, theta0, jax.random.fold_in(key, 3),
                                                 num_iters=config.lanczos_iters)
     lip = 2.0 * lz0.lambda_max
     eta = 1.0 / (lip + lam_c)
-    obj_c = _Objective(kl_loss, forget[0], lam_c, theta0, bs)
-    theta_t, _ = _gd_distances(kl_loss, theta0, forget[0], lam_c, theta0, eta, theta0,
+    obj_c = _Objective(kl_loss, forget_x, lam_c, theta0, bs)
+    theta_t, _ = _gd_distances(kl_loss, theta0, forget_x, lam_c, theta0, eta, theta0,
                                config.contraction_steps, bs)
     theta_star_c, info_c = _lbfgs_minimize(obj_c, theta_t, grad_tol=min(tol, 1e-9),
                                            max_steps=config.max_lbfgs_steps)
     con = _contraction(s, lam_c, eta, theta_star_c, config.contraction_steps)
-    kl_op_star = curvature.dataset_hvp_operator(kl_loss, theta_star_c, forget[0], batch_size=bs)
+    kl_op_star = curvature.dataset_hvp_operator(kl_loss, theta_star_c, forget_x, batch_size=bs)
     lz_star = curvature.lanczos_extreme_eigenvalues(kl_op_star, theta_star_c,
                                                     jax.random.fold_in(key, 4),
                                                     num_iters=config.lanczos_iters)
@@ -901,7 +982,7 @@ def _nonconvex_section(config: TheoryConfig, data: dict, masks: dict, key: jax.A
         influence=curve_exact, influence_gauss_newton=curve_gn, famr=sweep,
         contraction=dict(con, dists=con['dists'][::max(1, len(con['dists']) // 400)],
                          bound=con['bound'][::max(1, len(con['bound']) // 400)]))
-    summary[f'{NONCONVEX}/{which}'] = dict(num_params=num_params, num_forget=int(len(forget[1])),
+    summary[f'{NONCONVEX}/{which}'] = dict(num_params=num_params, num_forget=int(mask.sum()),
                                            seconds=time.perf_counter() - t0)
     log(f'non-convex/{which}: {time.perf_counter() - t0:.1f} s')
   return rows, curves, summary
@@ -959,7 +1040,9 @@ def run_theory_verification(config: TheoryConfig | None = None, out_dir: str | N
     except OSError as err:
       raise FamrError(f'cannot create output folder {out_dir!r}: {err.strerror}') from None
   start = time.perf_counter()
-  with jax.enable_x64(True):
+  # One BLAS thread for the host eigendecompositions: on a loaded 2-core
+  # machine OpenBLAS's spinning threads made a 650x650 eigh take 10 s, not 0.2 s.
+  with jax.enable_x64(True), threadpoolctl.threadpool_limits(limits=1, user_api='blas'):
     data = _load(config)
     y = np.asarray(data['y_train'])
     masks = {which: _forget_mask(config, which, y, jax.random.fold_in(key, 100 + i))

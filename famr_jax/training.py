@@ -19,6 +19,8 @@ from famr_jax import objectives
 from famr_jax.errors import FamrError
 from famr_jax.metrics import accuracy, batched_apply
 from famr_jax.optimization import DescentResult, freeze_outside, minibatch_descent
+from famr_jax.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
+from famr_jax.resume import ResumeConfig
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -63,7 +65,9 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
                      optimizer: optax.GradientTransformation | None = None,
                      trainable_mask: Params | None = None,
                      eval_data: tuple[np.ndarray, np.ndarray] | None = None,
-                     show_progress: bool = True, desc: str = "train") -> DescentResult:
+                     show_progress: bool = True, desc: str = "train",
+                     scale: ScaleConfig | None = None,
+                     resume: ResumeConfig | None = None) -> DescentResult:
   """Trains ``params`` by minibatch cross-entropy descent.
 
   Args:
@@ -79,6 +83,12 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
     eval_data: optional ``(x, y)``; its accuracy is recorded every epoch.
     show_progress: draw a progress bar over epochs.
     desc: progress-bar label.
+    scale: optional :class:`famr_jax.parallel.ScaleConfig` (data parallel over
+      devices, FSDP, bfloat16 forward pass, gradient accumulation). With it,
+      ``x`` may be a :class:`famr_jax.parallel.ShardedData` holding ``(x, y)``
+      (each process's own rows in a multi-process run) and ``y`` None.
+    resume: optional :class:`famr_jax.resume.ResumeConfig`: save resumable
+      checkpoints; rerunning the same call continues where it stopped.
 
   Returns:
     A :class:`famr_jax.optimization.DescentResult` (params, per-epoch
@@ -96,14 +106,22 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
     True
   """
   config.validate()
-  check_finite("training inputs", np.asarray(x))
+  sharded = isinstance(x, ShardedData)
+  if sharded:
+    if y is not None or len(x.arrays) != 2:
+      raise FamrError("pass ShardedData holding (x, y) as x, and y=None")
+    for shard in x.arrays[0].addressable_shards:
+      check_finite("training inputs", np.asarray(shard.data))
+  else:
+    check_finite("training inputs", np.asarray(x))
   if optimizer is None:
     optimizer = optax.adamw(config.lr, weight_decay=config.weight_decay)
   optimizer = freeze_outside(optimizer, trainable_mask)
+  forward = compute_dtype_apply_fn(apply_fn, scale.compute_dtype) if scale is not None else apply_fn
 
   def loss_fn(p, batch, weights, context):
     xb, yb = batch
-    return jnp.sum(weights * objectives.cross_entropy(apply_fn(p, xb), yb)) / jnp.maximum(jnp.sum(weights), 1.0)
+    return jnp.sum(weights * objectives.cross_entropy(forward(p, xb), yb)) / jnp.maximum(jnp.sum(weights), 1.0)
 
   metrics_fn, context = None, None
   if eval_data is not None:
@@ -112,6 +130,11 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
     def metrics_fn(p, eval_xy):
       return {"eval_acc": accuracy(batched_apply(apply_fn, p, eval_xy[0]), eval_xy[1])}
 
-  return minibatch_descent(loss_fn, params, (np.asarray(x, np.float32), np.asarray(y, np.int32)),
+  data = x if sharded else (np.asarray(x, np.float32), np.asarray(y, np.int32))
+  return minibatch_descent(loss_fn, params, data,
                            optimizer, epochs=config.epochs, batch_size=config.batch_size, key=key,
-                           context=context, metrics_fn=metrics_fn, desc=desc, show_progress=show_progress)
+                           context=context, metrics_fn=metrics_fn, desc=desc, show_progress=show_progress,
+                           scale=scale, resume=resume,
+                           resume_meta={"train": dataclasses.asdict(config),
+                                        "eval_data": eval_data is not None,
+                                        "frozen_leaves": trainable_mask is not None})

@@ -21,6 +21,8 @@ from famr_jax import objectives
 from famr_jax.errors import FamrError
 from famr_jax.metrics import accuracy, batched_apply, param_distance
 from famr_jax.optimization import DescentResult, freeze_outside, minibatch_descent
+from famr_jax.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
+from famr_jax.resume import ResumeConfig
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -45,6 +47,8 @@ class FAMRConfig:
     alpha: weight of the uniform-KL forget loss (Eq. 5).
     beta: weight of the Gram style loss (Eq. 5); needs a style layer.
     optimizer: ``"sgd"`` (exactly Algorithm 1), ``"momentum"`` (SGD, 0.9) or ``"adam"``.
+    style_layer: model stage whose output feeds the Gram style loss (``beta > 0``);
+      the target Gram is the mean over the retained training data.
   """
   epochs: int = 10
   lr: float = 0.1
@@ -53,6 +57,7 @@ class FAMRConfig:
   alpha: float = 1.0
   beta: float = 0.0
   optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
+  style_layer: str | None = None
 
   @classmethod
   def paper(cls) -> "FAMRConfig":
@@ -90,15 +95,17 @@ class ForgetContext(NamedTuple):
   x_forget: jax.Array        # the whole forget set, for the per-epoch history
   y_forget: jax.Array | None
   logits0: jax.Array         # the original model's logits on x_forget
+  eval_xy: tuple[jax.Array, jax.Array] | None = None   # optional monitor set
 
 
 def forget_history(apply_fn: ApplyFn, params: Params, ctx: ForgetContext) -> dict[str, jax.Array]:
   """Forget-set statistics for FAMR Figure 1-style curves.
 
   Forget accuracy (when labels are known), mean ``KL(p_0 || p)`` from the
-  original model, mean entropy, mean uniform KL and ``||theta - theta0||``.
+  original model, mean entropy, mean uniform KL, ``||theta - theta0||``, and
+  the accuracy on the optional monitor set (``eval_acc``).
   """
-  params0, x_forget, y_forget, logits0 = ctx
+  params0, x_forget, y_forget, logits0, eval_xy = ctx
   logits = batched_apply(apply_fn, params, x_forget)
   out = {
       "forget_kl_from_original": jnp.mean(objectives.kl_divergence(logits0, logits)),
@@ -108,6 +115,8 @@ def forget_history(apply_fn: ApplyFn, params: Params, ctx: ForgetContext) -> dic
   }
   if y_forget is not None:
     out["forget_acc"] = accuracy(logits, y_forget)
+  if eval_xy is not None:
+    out["eval_acc"] = accuracy(batched_apply(apply_fn, params, eval_xy[0]), eval_xy[1])
   return out
 
 
@@ -118,7 +127,10 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
                  target_gram: jax.Array | None = None,
                  trainable_mask: Params | None = None,
                  optimizer: optax.GradientTransformation | None = None,
-                 show_progress: bool = True) -> DescentResult:
+                 eval_data: tuple[np.ndarray, np.ndarray] | None = None,
+                 show_progress: bool = True,
+                 scale: ScaleConfig | None = None,
+                 resume: ResumeConfig | None = None) -> DescentResult:
   """Forgets ``x_forget`` by FAMR (Algorithm 1), anchored at ``params``.
 
   Args:
@@ -134,7 +146,15 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
     trainable_mask: optional pytree of bools: only True leaves are updated and
       anchored (e.g. a tail-only variant).
     optimizer: any optax transformation, overriding ``config.optimizer``.
+    eval_data: optional ``(x, y)`` monitor set (e.g. test images of the
+      retained classes) whose accuracy the history records as ``eval_acc``.
     show_progress: draw a progress bar over epochs.
+    scale: optional :class:`famr_jax.parallel.ScaleConfig` (data parallel over
+      devices, FSDP, bfloat16 forward pass, gradient accumulation). With it,
+      ``x_forget`` may be a :class:`famr_jax.parallel.ShardedData` holding
+      ``(x,)`` or ``(x, y)`` (each process's own rows in a multi-process run).
+    resume: optional :class:`famr_jax.resume.ResumeConfig`: save resumable
+      checkpoints; rerunning the same call continues where it stopped.
 
   Returns:
     A :class:`famr_jax.optimization.DescentResult`: the unlearned params and a
@@ -153,6 +173,11 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
     True
   """
   config.validate()
+  if isinstance(x_forget, ShardedData):
+    return _famr_unlearn_sharded(apply_fn, params, x_forget, config, key, y_forget=y_forget,
+                                 feature_fn=feature_fn, target_gram=target_gram,
+                                 trainable_mask=trainable_mask, optimizer=optimizer,
+                                 show_progress=show_progress, scale=scale, resume=resume)
   x_forget = np.asarray(x_forget, np.float32)
   if x_forget.shape[0] == 0:
     raise FamrError("the forget set is empty")
@@ -160,23 +185,70 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
     raise FamrError("forget-set inputs contain NaN or inf values")
   if config.beta > 0 and (feature_fn is None or target_gram is None):
     raise FamrError("beta > 0 (style forgetting) needs a style layer and a target Gram matrix")
-  if optimizer is None:
-    optimizer = config.make_optimizer()
-  optimizer = freeze_outside(optimizer, trainable_mask)
-
-  def loss_fn(p, batch, weights, ctx):
-    return objectives.famr_objective(
-        apply_fn, p, ctx.params0, batch[0], lam=config.lam, anchor_mask=trainable_mask,
-        alpha=config.alpha, beta=config.beta, feature_fn=feature_fn,
-        target_gram=target_gram, weights=weights, reduction="mean")
-
+  optimizer, loss_fn = _famr_loss(apply_fn, config, feature_fn, target_gram, trainable_mask, optimizer, scale)
   xf = jnp.asarray(x_forget)
   ctx = ForgetContext(params, xf, None if y_forget is None else jnp.asarray(y_forget, jnp.int32),
-                      jax.jit(batched_apply, static_argnums=0)(apply_fn, params, xf))
+                      jax.jit(batched_apply, static_argnums=0)(apply_fn, params, xf),
+                      None if eval_data is None else (jnp.asarray(eval_data[0], jnp.float32),
+                                                      jnp.asarray(eval_data[1], jnp.int32)))
   return minibatch_descent(loss_fn, params, (x_forget,), optimizer, epochs=config.epochs,
                            batch_size=config.batch_size, key=key, context=ctx,
                            metrics_fn=functools.partial(forget_history, apply_fn),
-                           initial_metrics=True, desc="FAMR", show_progress=show_progress)
+                           initial_metrics=True, desc="FAMR", show_progress=show_progress,
+                           scale=scale, resume=resume, resume_meta=_famr_resume_meta(config, trainable_mask))
+
+
+def _famr_loss(apply_fn, config: FAMRConfig, feature_fn, target_gram, trainable_mask, optimizer, scale):
+  """The optimizer and the minibatch loss of FAMR (Eq. 1 with the mean forget loss)."""
+  if optimizer is None:
+    optimizer = config.make_optimizer()
+  optimizer = freeze_outside(optimizer, trainable_mask)
+  # bfloat16 runs the forward pass only; the anchor term stays float32.
+  forward = compute_dtype_apply_fn(apply_fn, scale.compute_dtype) if scale is not None else apply_fn
+
+  def loss_fn(p, batch, weights, ctx):
+    return objectives.famr_objective(
+        forward, p, ctx.params0, batch[0], lam=config.lam, anchor_mask=trainable_mask,
+        alpha=config.alpha, beta=config.beta, feature_fn=feature_fn,
+        target_gram=target_gram, weights=weights, reduction="mean")
+  return optimizer, loss_fn
+
+
+def _famr_resume_meta(config: FAMRConfig, trainable_mask) -> dict:
+  return {"famr": dataclasses.asdict(config), "frozen_leaves": trainable_mask is not None}
+
+
+def _famr_unlearn_sharded(apply_fn, params, x_forget: ShardedData, config: FAMRConfig, key, *,
+                          y_forget, feature_fn, target_gram, trainable_mask, optimizer, show_progress,
+                          scale, resume) -> DescentResult:
+  """``famr_unlearn`` on rows already sharded over the devices (multi-process runs)."""
+  if scale is None or not scale.sharded:
+    raise FamrError("a ShardedData forget set needs ScaleConfig(data_parallel=True)")
+  if y_forget is not None:
+    raise FamrError("with ShardedData, pass the forget labels as its second array, not y_forget")
+  if not 1 <= len(x_forget.arrays) <= 2:
+    raise FamrError("ShardedData for FAMR holds (x,) or (x, y)")
+  n = x_forget.num_examples
+  if n == 0:
+    raise FamrError("the forget set is empty")
+  for shard in x_forget.arrays[0].addressable_shards:
+    if not np.all(np.isfinite(np.asarray(shard.data))):
+      raise FamrError("forget-set inputs contain NaN or inf values")
+  if config.beta > 0 and (feature_fn is None or target_gram is None):
+    raise FamrError("beta > 0 (style forgetting) needs a style layer and a target Gram matrix")
+  optimizer, loss_fn = _famr_loss(apply_fn, config, feature_fn, target_gram, trainable_mask, optimizer, scale)
+  # The history's forget set: the real rows of the global arrays (padding dropped).
+  real_rows = jax.jit(lambda a: a[:n])
+  xf = real_rows(x_forget.arrays[0])
+  yf = real_rows(x_forget.arrays[1]).astype(jnp.int32) if len(x_forget.arrays) == 2 else None
+  host_params = jax.tree.map(np.asarray, params)   # the same values on every process
+  logits0 = jax.jit(batched_apply, static_argnums=0)(apply_fn, host_params, xf)
+  ctx = ForgetContext(host_params, xf, yf, logits0)
+  return minibatch_descent(loss_fn, host_params, ShardedData(x_forget.arrays[:1], n), optimizer,
+                           epochs=config.epochs, batch_size=config.batch_size, key=key, context=ctx,
+                           metrics_fn=functools.partial(forget_history, apply_fn),
+                           initial_metrics=True, desc="FAMR", show_progress=show_progress,
+                           scale=scale, resume=resume, resume_meta=_famr_resume_meta(config, trainable_mask))
 
 
 # Per-model defaults measured to forget (BUILD_NOTES.md, "FAMR defaults").
@@ -195,8 +267,18 @@ def famr_defaults(model_name: str) -> FAMRConfig:
 
 def _run_famr(task, config: FAMRConfig) -> DescentResult:
   idx = task.forget.indices
+  feature_fn = target_gram = None
+  if config.beta > 0:
+    if config.style_layer is None or task.model is None:
+      raise FamrError("style forgetting (beta > 0) needs --style-layer naming a layer of the model")
+    from famr_jax import models
+    feature_fn = models.make_feature_fn(task.model, config.style_layer)
+    retained = task.data.x_train[task.forget.retain_mask(len(task.data.y_train))]
+    target_gram = objectives.mean_gram(jax.jit(feature_fn), task.params, jnp.asarray(retained))
   return famr_unlearn(task.apply_fn, task.params, task.data.x_train[idx], config, task.key,
-                      y_forget=task.data.y_train[idx], show_progress=task.show_progress)
+                      y_forget=task.data.y_train[idx], feature_fn=feature_fn, target_gram=target_gram,
+                      show_progress=task.show_progress, scale=getattr(task, "scale", None),
+                      resume=getattr(task, "resume", None))
 
 
 def _register() -> None:

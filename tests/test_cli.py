@@ -70,6 +70,14 @@ def test_sample_forgetting(trained_checkpoint, tmp_path):
   assert set(report["metrics"]) == {"original", "unlearned"}
 
 
+def test_style_forgetting_through_the_cli(trained_checkpoint, tmp_path):
+  out = tmp_path / "style"
+  assert main(["unlearn", "--checkpoint", str(trained_checkpoint), "--forget-classes", "2", "--epochs", "2",
+               "--beta", "0.5", "--style-layer", "fc1", "--out", str(out)]) == 0
+  report = json.loads((out / "report.json").read_text())
+  assert report["config"]["method"]["beta"] == 0.5 and report["config"]["method"]["style_layer"] == "fc1"
+
+
 def _write_nan_idx(directory):
   directory.mkdir()
   images = np.zeros((4, 8, 8), np.float32)
@@ -102,6 +110,8 @@ BAD_UNLEARN = [
     (["--forget-classes", "3", "--method", "magic"], "unknown method"),
     (["--forget-classes", "x"], "comma-separated"),
     (["--forget-random", "1.5"], "between 0 and 1"),
+    (["--forget-classes", "3", "--beta", "1"], "--style-layer"),
+    (["--forget-classes", "3", "--beta", "1", "--style-layer", "conv9"], "unknown layer"),
 ]
 
 

@@ -30,17 +30,25 @@ def param_shapes(model, image_shape):
   return jax.eval_shape(model.init, jax.random.key(0), x)['params']
 
 
-def random_params(model, image_shape, seed=0):
+def random_params(model, image_shape, seed=0, scale=1.0):
   """NumPy-random float32 params with the model's shapes (fan-in scaled)."""
   rng = np.random.default_rng(seed)
 
   def fill(s):
     if len(s.shape) >= 2:
       fan_in = math.prod(s.shape) // s.shape[-1]
-      return jnp.asarray(rng.normal(size=s.shape) / math.sqrt(fan_in), jnp.float32)
-    return jnp.asarray(0.1 * rng.normal(size=s.shape), jnp.float32)
+      return jnp.asarray(scale * rng.normal(size=s.shape) / math.sqrt(fan_in), jnp.float32)
+    return jnp.asarray(0.1 * scale * rng.normal(size=s.shape), jnp.float32)
 
   return jax.tree.map(fill, param_shapes(model, image_shape))
+
+
+def run_jitted(fn, *args):
+  """jit + run, compiled without XLA backend optimizations: these tests are
+  dominated by compile time, and the numbers are checked to 1e-5 anyway."""
+  compiled = jax.jit(fn).lower(*args).compile(
+      compiler_options={'xla_backend_optimization_level': 0})
+  return compiled(*args)
 
 
 def np_tree(params):
@@ -143,13 +151,16 @@ def assert_close(actual, expected, tol=2e-5):
 
 @pytest.mark.parametrize('image_shape', SHAPES)
 def test_output_shape_of_every_model(image_shape):
+  x = jax.ShapeDtypeStruct((3, *image_shape), jnp.float32)
   for name in models.MODEL_NAMES:
-    model = models.create_model(name, 7, image_shape)
-    params = param_shapes(model, image_shape)
-    x = jax.ShapeDtypeStruct((3, *image_shape), jnp.float32)
-    out = jax.eval_shape(models.make_apply_fn(model), params, x)
+    # Depth changes no shape; Ti/S/B/L are traced at full depth (224x224) in
+    # test_vit_presets_match_published_counts, here with one block to save time.
+    overrides = {'depth': 1} if name in ('vit_ti', 'vit_s', 'vit_b', 'vit_l') else {}
+    model = models.create_model(name, 7, image_shape, **overrides)
+    # One abstract trace gives the logits and the params (no FLOPs, no memory).
+    out, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), x)
     assert out.shape == (3, 7) and out.dtype == jnp.float32, name
-    assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(params)), name
+    assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(variables['params'])), name
 
 
 def test_lenet5_dense_inputs_on_28x28():
@@ -238,17 +249,18 @@ def test_convnets_match_numpy(image_shape):
   for name, reference in (('lenet5', np_lenet5), ('karpathynet', np_karpathynet)):
     model = models.create_model(name, 10, image_shape)
     params = random_params(model, image_shape)
-    got = jax.jit(models.make_apply_fn(model))(params, x)
+    got = run_jitted(models.make_apply_fn(model), params, x)
     assert_close(got, reference(np_tree(params), x.astype(np.float64)))
 
 
 def test_vit_nano_matches_numpy():
   model = models.create_model('vit_nano', 10, (8, 8, 1))
-  params = random_params(model, (8, 8, 1))
+  params = random_params(model, (8, 8, 1), scale=3.0)  # large enough to reach GELU's tails
   x = images(3, (8, 8, 1))
-  got = jax.jit(models.make_apply_fn(model))(params, x)
+  got = run_jitted(models.make_apply_fn(model), params, x)
   expected = np_vit(np_tree(params), x.astype(np.float64), patch=2, heads=model.num_heads)
-  assert_close(got, expected, tol=1e-4)
+  # float32 error is ~3e-7 here; the tanh-approximate GELU would be off by ~9e-5.
+  assert_close(got, expected, tol=5e-6)
 
 
 # ---------------------------------------------------------------- stages, features, tails
@@ -260,14 +272,22 @@ def test_tail_from_every_layer_equals_full_forward(name):
   model = models.create_model(name, 10, image_shape)
   params = random_params(model, image_shape)
   x = images(4, image_shape)
-  full = np.asarray(models.make_apply_fn(model)(params, x))
-  assert np.abs(full).max() > 1e-3  # not a degenerate all-zero network
-  for layer in models.layer_names(model):
-    h = models.make_layer_input_fn(model, layer)(params, x)
-    tail_fn = models.make_tail_apply_fn(model, layer)
-    np.testing.assert_allclose(tail_fn(params, h), full, rtol=1e-5, atol=1e-5, err_msg=layer)
-    _, tail_params = models.split_params(model, params, layer)
-    np.testing.assert_allclose(tail_fn(tail_params, h), full, rtol=1e-5, atol=1e-5, err_msg=layer)
+  names = models.layer_names(model)
+
+  def tails(params, x):  # one compile for all layers
+    outs = []
+    for layer in names:
+      h = models.make_layer_input_fn(model, layer)(params, x)
+      _, tail_params = models.split_params(model, params, layer)
+      tail_fn = models.make_tail_apply_fn(model, layer)
+      outs.append((tail_fn(params, h), tail_fn(tail_params, h)))
+    return models.make_apply_fn(model)(params, x), outs
+
+  full, outs = run_jitted(tails, params, x)
+  assert np.abs(np.asarray(full)).max() > 1e-3  # not a degenerate all-zero network
+  for layer, (with_all, with_tail) in zip(names, outs):
+    np.testing.assert_allclose(with_all, full, rtol=1e-5, atol=1e-5, err_msg=layer)
+    np.testing.assert_allclose(with_tail, full, rtol=1e-5, atol=1e-5, err_msg=layer)
 
 
 def test_layer_inputs_and_features_chain():
@@ -282,6 +302,13 @@ def test_layer_inputs_and_features_chain():
   assert_close(models.make_feature_fn(model, 'conv1')(params, x), conv1)
   assert_close(models.make_layer_input_fn(model, 'conv2')(params, x), conv1)
   assert_close(models.make_feature_fn(model, 'fc3')(params, x), np_lenet5(p, x.astype(np.float64)))
+  logits, feats = models.make_apply_with_features_fn(model, ['conv1', 'fc3'])(params, x)
+  assert sorted(feats) == ['conv1', 'fc3']
+  assert_close(feats['conv1'], conv1)
+  # stop= is a partial run: a stage's output is the next stage's input.
+  assert_close(model.apply({'params': params}, conv1, start='conv2', stop='fc1'),
+               models.make_layer_input_fn(model, 'fc2')(params, x))
+  assert_close(logits, np_lenet5(p, x.astype(np.float64)))
 
 
 def test_feature_fn_under_jit_and_grad():
@@ -289,8 +316,11 @@ def test_feature_fn_under_jit_and_grad():
   params = random_params(model, (8, 8, 1))
   x = images(2, (8, 8, 1))
   feature = models.make_feature_fn(model, 'conv2')
-  np.testing.assert_allclose(jax.jit(feature)(params, x), feature(params, x), rtol=1e-6, atol=1e-6)
-  grads = jax.jit(jax.grad(lambda p: jnp.sum(feature(p, x) ** 2)))(params)
+  p = np_tree(params)
+  expected = np_pool(np_relu(np_conv(x.astype(np.float64), p['conv1'], ((2, 2), (2, 2)))))
+  expected = np_pool(np_relu(np_conv(expected, p['conv2'], ((2, 2), (2, 2)))))  # 4x4 input: SAME
+  assert_close(run_jitted(feature, params, x), expected)
+  grads = run_jitted(jax.grad(lambda p: jnp.sum(feature(p, x) ** 2)), params)
   for key in ('conv1', 'conv2'):
     assert float(jnp.abs(grads[key]['kernel']).max()) > 0.0, key
   for key in ('fc1', 'fc2', 'fc3'):  # later stages cannot influence conv2's output
@@ -339,7 +369,7 @@ def test_bad_names_and_overrides_raise_famr_error():
   with pytest.raises(FamrError, match='no override'):
     models.create_model('lenet5', 10, (8, 8, 1), width=3)
   with pytest.raises(FamrError, match='no override'):
-    models.create_model('vit_nano', 10, (8, 8, 1), num_classes=3)
+    models.create_model('vit_nano', 10, (8, 8, 1), mlp_dims=3)
   with pytest.raises(FamrError, match='multiple of num_heads'):
     models.create_model('vit_nano', 10, (8, 8, 1), hidden_dim=33)
   with pytest.raises(FamrError, match='does not tile'):
@@ -357,7 +387,8 @@ def test_bad_names_and_overrides_raise_famr_error():
 def test_bad_layers_raise_famr_error():
   model = models.create_model('lenet5', 10, (8, 8, 1))
   params = random_params(model, (8, 8, 1))
-  makers = (models.make_feature_fn, models.make_layer_input_fn, models.make_tail_apply_fn)
+  makers = (models.make_feature_fn, models.make_layer_input_fn, models.make_tail_apply_fn,
+            lambda m, layer: models.make_apply_with_features_fn(m, ['conv1', layer]))
   for make in makers:
     with pytest.raises(FamrError, match='valid layers: conv1, conv2, fc1, fc2, fc3'):
       make(model, 'fc4')
@@ -365,6 +396,8 @@ def test_bad_layers_raise_famr_error():
     models.tail_param_mask(model, params, 'pool')
   with pytest.raises(FamrError, match='valid layers'):
     model.apply({'params': params}, jnp.zeros((1, 84)), start='fc9')
+  with pytest.raises(FamrError, match='comes before'):
+    model.apply({'params': params}, jnp.zeros((1, 84)), start='fc3', stop='fc2')
   head, _ = models.split_params(model, params, 'fc2')
   with pytest.raises(FamrError, match='empty tail'):
     models.split_params(model, head, 'fc2')  # params without the tail's stages

@@ -2,31 +2,36 @@
 
 Every model is a sequence of named *stages* (see ``famr_jax.models.base``):
 ``layer_names(model)`` lists them, their params live under top-level keys equal
-to their names, and the model can be run from any stage on that stage's input.
+to their names, and ``model.apply(variables, h, start=a, stop=b)`` runs stages
+``a`` to ``b`` (defaults: first and last) on the input of stage ``a``. Stage
+outputs are also sown as ``intermediates['stage_outputs'][name]``.
 The algorithms never import a model class: they take the functions built here
 (``apply_fn(params, x) -> logits``, feature, layer-input and tail functions) and
 plain params dicts.
 
 Example:
   >>> import jax, jax.numpy as jnp
-  >>> model = create_model('lenet5', num_classes=10, image_shape=(28, 28, 1))
-  >>> params = init_params(model, jax.random.key(0), (28, 28, 1))
+  >>> model = create_model('mlp', num_classes=10, image_shape=(8, 8, 1))
+  >>> layer_names(model)
+  ('fc1', 'fc2', 'head')
+  >>> params = init_params(model, jax.random.key(0), (8, 8, 1))
   >>> count_params(params)
-  61706
-  >>> x = jnp.ones((2, 28, 28, 1))
-  >>> h = make_layer_input_fn(model, 'fc3')(params, x)
+  17226
+  >>> x = jnp.ones((2, 8, 8, 1))
+  >>> h = make_layer_input_fn(model, 'head')(params, x)
   >>> h.shape
-  (2, 84)
-  >>> logits = make_tail_apply_fn(model, 'fc3')(params, h)
+  (2, 64)
+  >>> logits = make_tail_apply_fn(model, 'head')(params, h)
   >>> bool(jnp.allclose(logits, make_apply_fn(model)(params, x)))
   True
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import math
+import operator
 from typing import Any
 
 import flax
@@ -57,6 +62,7 @@ __all__ = [
     'init_params',
     'layer_names',
     'make_apply_fn',
+    'make_apply_with_features_fn',
     'make_feature_fn',
     'make_layer_input_fn',
     'make_tail_apply_fn',
@@ -119,8 +125,13 @@ def create_model(
   """
   if name not in MODEL_NAMES:
     raise FamrError(f'unknown model {name!r}; valid models: {", ".join(MODEL_NAMES)}')
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+  try:  # Python or NumPy integer (data loaders may hand over np.int64)
+    n_classes = None if isinstance(num_classes, bool) else operator.index(num_classes)
+  except TypeError:
+    n_classes = None
+  if n_classes is None or n_classes < 2:
     raise FamrError(f'num_classes must be an integer >= 2, got {num_classes!r}')
+  num_classes = n_classes
   height, width, _ = _check_image_shape(image_shape)
 
   if name in _CLASSES:
@@ -227,25 +238,56 @@ def layer_names(model: nn.Module) -> tuple[str, ...]:
 def make_feature_fn(model: nn.Module, layer: str) -> ApplyFn:
   """``fn(params, x) -> output of stage layer`` (works under jit and grad).
 
-  The output is read from the sown ``intermediates``; under ``jit`` the stages
-  after ``layer`` are dead code and XLA drops them.
+  Runs the model with ``stop=layer``, so the later stages are neither traced
+  nor computed (for several features plus the logits in one pass, use
+  ``make_apply_with_features_fn``, which reads the sown ``intermediates``).
 
   Raises:
     FamrError: unknown layer.
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> model = create_model('lenet5', 10, (28, 28, 1))
-    >>> params = init_params(model, jax.random.key(0), (28, 28, 1))
-    >>> make_feature_fn(model, 'conv2')(params, jnp.ones((2, 28, 28, 1))).shape
-    (2, 5, 5, 16)
+    >>> model = create_model('mlp', 10, (8, 8, 1))
+    >>> params = init_params(model, jax.random.key(0), (8, 8, 1))
+    >>> make_feature_fn(model, 'fc1')(params, jnp.ones((2, 8, 8, 1))).shape
+    (2, 128)
   """
   stage_index(layer_names(model), layer)
 
   def feature_fn(params: Params, x: jax.Array) -> jax.Array:
-    _, state = model.apply({'params': params}, x, mutable=['intermediates'])
-    return state['intermediates'][STAGE_OUTPUTS][layer]
+    return model.apply({'params': params}, x, stop=layer)
   return feature_fn
+
+
+def make_apply_with_features_fn(
+    model: nn.Module, layers: Sequence[str]
+) -> Callable[[Params, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
+  """``fn(params, x) -> (logits, {layer: output of stage layer})`` in one forward pass.
+
+  For objectives that need the logits and several features at once (FAMR's
+  uniform-KL + Gram style loss).
+
+  Raises:
+    FamrError: an unknown layer.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = create_model('mlp', 10, (8, 8, 1))
+    >>> params = init_params(model, jax.random.key(0), (8, 8, 1))
+    >>> logits, feats = make_apply_with_features_fn(model, ['fc1', 'fc2'])(
+    ...     params, jnp.ones((2, 8, 8, 1)))
+    >>> logits.shape, feats['fc1'].shape, feats['fc2'].shape
+    ((2, 10), (2, 128), (2, 64))
+  """
+  layers = tuple(layers)
+  for layer in layers:
+    stage_index(layer_names(model), layer)
+
+  def apply_with_features_fn(params: Params, x: jax.Array):
+    logits, state = model.apply({'params': params}, x, mutable=['intermediates'])
+    outputs = state['intermediates'][STAGE_OUTPUTS]
+    return logits, {layer: outputs[layer] for layer in layers}
+  return apply_with_features_fn
 
 
 def make_layer_input_fn(model: nn.Module, layer: str) -> ApplyFn:
@@ -256,10 +298,10 @@ def make_layer_input_fn(model: nn.Module, layer: str) -> ApplyFn:
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> model = create_model('lenet5', 10, (28, 28, 1))
-    >>> params = init_params(model, jax.random.key(0), (28, 28, 1))
-    >>> make_layer_input_fn(model, 'fc1')(params, jnp.ones((2, 28, 28, 1))).shape
-    (2, 5, 5, 16)
+    >>> model = create_model('mlp', 10, (8, 8, 1))
+    >>> params = init_params(model, jax.random.key(0), (8, 8, 1))
+    >>> make_layer_input_fn(model, 'fc2')(params, jnp.ones((2, 8, 8, 1))).shape
+    (2, 128)
   """
   names = layer_names(model)
   i = stage_index(names, layer)
@@ -318,11 +360,11 @@ def tail_param_mask(model: nn.Module, params: Mapping[str, Any], layer: str) -> 
 
   Example:
     >>> import jax
-    >>> model = create_model('lenet5', 10, (28, 28, 1))
-    >>> params = init_params(model, jax.random.key(0), (28, 28, 1))
+    >>> model = create_model('mlp', 10, (8, 8, 1))
+    >>> params = init_params(model, jax.random.key(0), (8, 8, 1))
     >>> mask = tail_param_mask(model, params, 'fc2')
-    >>> mask['fc1']['kernel'], mask['fc2']['kernel']
-    (False, True)
+    >>> mask['fc1']['kernel'], mask['fc2']['kernel'], mask['head']['bias']
+    (False, True, True)
   """
   tail = _tail_keys(model, params, layer)
   return {k: jax.tree.map(lambda _, t=(k in tail): t, v) for k, v in params.items()}
@@ -341,11 +383,11 @@ def split_params(
 
   Example:
     >>> import jax
-    >>> model = create_model('karpathynet', 10, (32, 32, 3))
-    >>> params = init_params(model, jax.random.key(0), (32, 32, 3))
-    >>> head, tail = split_params(model, params, 'conv3')
+    >>> model = create_model('mlp', 10, (8, 8, 1))
+    >>> params = init_params(model, jax.random.key(0), (8, 8, 1))
+    >>> head, tail = split_params(model, params, 'fc2')
     >>> sorted(head), sorted(tail)
-    (['conv1', 'conv2'], ['conv3', 'fc'])
+    (['fc1'], ['fc2', 'head'])
   """
   tail = _tail_keys(model, params, layer)
   return (

@@ -8,7 +8,8 @@ code relies on:
 
 * ``model.apply({'params': p}, h, start=name)`` runs the model's *own* tail from
   stage ``name`` on that stage's input ``h`` (unlike the class-impressions
-  authors' tail, which dropped the ReLUs; ERRATA item 3);
+  authors' tail, which dropped the ReLUs; ERRATA item 3), and ``stop=name``
+  ends the run at that stage and returns its output;
 * every stage output is sown into the ``'intermediates'`` collection as
   ``intermediates['stage_outputs'][name]`` (a dict in stage order), so features
   for the style loss come from one forward pass. (The stage name itself cannot
@@ -41,8 +42,9 @@ def run_stages(
     stages: Sequence[Stage],
     x: jax.Array,
     start: str | None = None,
+    stop: str | None = None,
 ) -> jax.Array:
-  """Runs ``stages`` in order from ``start`` (default: the first), sowing each output.
+  """Runs ``stages`` in order from ``start`` to ``stop``, sowing each output.
 
   Each output is sown as ``intermediates['stage_outputs'][name]``; sowing is a
   no-op unless ``apply`` is called with ``mutable=['intermediates']``.
@@ -56,24 +58,27 @@ def run_stages(
       stage names in order.
     stages: the ``(name, fn)`` pairs, in order.
     x: the model input, or the input of stage ``start``.
-    start: name of the first stage to run; ``None`` runs all of them.
+    start: name of the first stage to run; ``None``: the first stage.
+    stop: name of the last stage to run; ``None``: the last stage (logits).
+      Feature extractors use it so that they neither trace nor run the rest.
 
   Returns:
-    The output of the last stage (the logits).
+    The output of stage ``stop`` (by default the logits).
 
   Raises:
-    FamrError: ``start`` is not a stage name.
+    FamrError: ``start`` or ``stop`` is not a stage name, or ``stop`` comes
+      before ``start``.
 
   Example:
     >>> import flax.linen as nn, jax, jax.numpy as jnp
     >>> class Two(nn.Module):
     ...   layer_names = property(lambda self: ('a', 'b'))
     ...   @nn.compact
-    ...   def __call__(self, x, *, start=None):
+    ...   def __call__(self, x, *, start=None, stop=None):
     ...     return run_stages(self, (('a', nn.Dense(3, name='a')),
-    ...                              ('b', nn.Dense(2, name='b'))), x, start)
-    >>> p = Two().init(jax.random.key(0), jnp.ones((1, 4)))['params']
-    >>> sorted(p)
+    ...                              ('b', nn.Dense(2, name='b'))), x, start, stop)
+    >>> v = jax.eval_shape(Two().init, jax.random.key(0), jnp.ones((1, 4)))
+    >>> sorted(v['params'])
     ['a', 'b']
   """
   names = tuple(name for name, _ in stages)
@@ -84,7 +89,10 @@ def run_stages(
         f'{tuple(module.layer_names)}'
     )
   first = 0 if start is None else stage_index(names, start)
-  for name, fn in stages[first:]:
+  last = len(names) - 1 if stop is None else stage_index(names, stop)
+  if last < first:
+    raise FamrError(f'stop layer {stop!r} comes before start layer {start!r}')
+  for name, fn in stages[first:last + 1]:
     x = fn(x)
     module.sow(
         'intermediates', STAGE_OUTPUTS, {name: x},

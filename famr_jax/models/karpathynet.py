@@ -27,8 +27,8 @@ class KarpathyNet(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> model = KarpathyNet(num_classes=10)
-    >>> params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
-    >>> params['fc']['kernel'].shape
+    >>> v = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    >>> v['params']['fc']['kernel'].shape
     (320, 10)
   """
 
@@ -39,7 +39,9 @@ class KarpathyNet(nn.Module):
     return ('conv1', 'conv2', 'conv3', 'fc')
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, start: str | None = None) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, *, start: str | None = None, stop: str | None = None
+  ) -> jax.Array:
     def conv_stage(name: str, features: int):
       def fn(h):
         h = nn.Conv(features, (5, 5), padding=((2, 2), (2, 2)), name=name)(h)
@@ -52,4 +54,4 @@ class KarpathyNet(nn.Module):
         conv_stage('conv3', 20),
         ('fc', lambda h: nn.Dense(self.num_classes, name='fc')(flatten(h))),
     )
-    return run_stages(self, stages, x, start)
+    return run_stages(self, stages, x, start, stop)

@@ -36,8 +36,8 @@ class LeNet5(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> model = LeNet5(num_classes=10)
-    >>> params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))['params']
-    >>> params['fc1']['kernel'].shape
+    >>> v = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    >>> v['params']['fc1']['kernel'].shape
     (400, 120)
   """
 
@@ -48,7 +48,9 @@ class LeNet5(nn.Module):
     return ('conv1', 'conv2', 'fc1', 'fc2', 'fc3')
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, start: str | None = None) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, *, start: str | None = None, stop: str | None = None
+  ) -> jax.Array:
     def conv1(h):
       h = nn.Conv(6, (5, 5), padding=((2, 2), (2, 2)), name='conv1')(h)
       return max_pool2(nn.relu(h))
@@ -65,4 +67,4 @@ class LeNet5(nn.Module):
         ('fc2', lambda h: nn.relu(nn.Dense(84, name='fc2')(h))),
         ('fc3', lambda h: nn.Dense(self.num_classes, name='fc3')(h)),
     )
-    return run_stages(self, stages, x, start)
+    return run_stages(self, stages, x, start, stop)

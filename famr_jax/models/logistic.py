@@ -21,9 +21,10 @@ class LogisticRegression(nn.Module):
   Example:
     >>> import jax, jax.numpy as jnp
     >>> model = LogisticRegression(num_classes=10)
-    >>> params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))['params']
-    >>> model.apply({'params': params}, jnp.ones((2, 8, 8, 1))).shape
-    (2, 10)
+    >>> logits, v = jax.eval_shape(model.init_with_output, jax.random.key(0),
+    ...                            jnp.zeros((2, 8, 8, 1)))
+    >>> logits.shape, v['params']['fc']['kernel'].shape
+    ((2, 10), (64, 10))
   """
 
   num_classes: int
@@ -33,6 +34,8 @@ class LogisticRegression(nn.Module):
     return ('fc',)
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, start: str | None = None) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, *, start: str | None = None, stop: str | None = None
+  ) -> jax.Array:
     stages = (('fc', lambda h: nn.Dense(self.num_classes, name='fc')(flatten(h))),)
-    return run_stages(self, stages, x, start)
+    return run_stages(self, stages, x, start, stop)

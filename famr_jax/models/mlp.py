@@ -24,9 +24,10 @@ class MLP(nn.Module):
     >>> model = MLP(num_classes=10, hidden=(32,))
     >>> model.layer_names
     ('fc1', 'head')
-    >>> params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))['params']
-    >>> model.apply({'params': params}, jnp.ones((2, 8, 8, 1))).shape
-    (2, 10)
+    >>> logits, v = jax.eval_shape(model.init_with_output, jax.random.key(0),
+    ...                            jnp.zeros((2, 8, 8, 1)))
+    >>> logits.shape, v['params']['fc1']['kernel'].shape
+    ((2, 10), (64, 32))
   """
 
   num_classes: int
@@ -37,7 +38,9 @@ class MLP(nn.Module):
     return tuple(f'fc{i + 1}' for i in range(len(self.hidden))) + ('head',)
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, start: str | None = None) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, *, start: str | None = None, stop: str | None = None
+  ) -> jax.Array:
     def hidden_stage(name: str, width: int):
       return name, lambda h: nn.relu(nn.Dense(width, name=name)(flatten(h)))
 
@@ -45,4 +48,4 @@ class MLP(nn.Module):
         hidden_stage(name, width)
         for name, width in zip(self.layer_names[:-1], self.hidden)
     ) + (('head', lambda h: nn.Dense(self.num_classes, name='head')(flatten(h))),)
-    return run_stages(self, stages, x, start)
+    return run_stages(self, stages, x, start, stop)

@@ -205,9 +205,10 @@ class ViT(nn.Module):
     ...             num_heads=2, mlp_dim=32)
     >>> model.layer_names
     ('embed', 'block_0', 'norm', 'head')
-    >>> params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))['params']
-    >>> model.apply({'params': params}, jnp.ones((3, 8, 8, 1))).shape
-    (3, 10)
+    >>> logits, v = jax.eval_shape(model.init_with_output, jax.random.key(0),
+    ...                            jnp.zeros((3, 8, 8, 1)))
+    >>> logits.shape, v['params']['embed']['pos_embedding'].shape
+    ((3, 10), (1, 17, 16))
   """
 
   num_classes: int
@@ -222,7 +223,9 @@ class ViT(nn.Module):
     return ('embed', *(f'block_{i}' for i in range(self.depth)), 'norm', 'head')
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, start: str | None = None) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, *, start: str | None = None, stop: str | None = None
+  ) -> jax.Array:
     def block(i: int):
       name = f'block_{i}'
       return name, lambda h: EncoderBlock(self.num_heads, self.mlp_dim, name=name)(h)
@@ -235,7 +238,7 @@ class ViT(nn.Module):
         ('norm', lambda h: nn.LayerNorm(epsilon=_LN_EPSILON, name='norm')(h[:, 0])),
         ('head', lambda h: nn.Dense(self.num_classes, name='head')(h)),
     )
-    return run_stages(self, stages, x, start)
+    return run_stages(self, stages, x, start, stop)
 
 
 def vit_from_preset(

@@ -1,0 +1,413 @@
+"""Standard unlearning baselines in the registry's interface, so one table compares them with FAMR.
+
+* ``retrain``: the gold standard, the training recipe on the retained data from
+  a fresh initialization (:func:`famr_jax.training.train_classifier`).
+* ``ft``: fine-tune on retained data (cross-entropy), relying on catastrophic
+  forgetting.
+* ``ga``: gradient ascent on the forget set's cross-entropy.
+* ``neggrad+``: ``w_r CE(retain) - w_f CE(forget)`` (Kurmanji et al. 2023).
+* ``rl``: random labels on the forget set plus cross-entropy on retained data
+  (as in SalUn's RL).
+* ``salun``: a weight-saliency mask (the top ``saliency`` fraction of weights by
+  ``|grad CE(forget)|`` at theta0), then RL updating only the salient weights
+  (Fan et al. 2024).
+
+Every descent baseline runs on the shared minibatch engine with the same data
+stream as the FAMR variants: one epoch is one pass over the forget set, each
+forget minibatch paired with ``retain_ratio`` random retained samples per
+forget sample (:func:`famr_jax.variants.pair_retained`), so their costs are
+comparable epoch for epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from famr_jax import objectives
+from famr_jax.errors import FamrError
+from famr_jax.metrics import accuracy
+from famr_jax.optimization import DescentResult, minibatch_descent
+from famr_jax.training import TrainConfig, train_classifier
+from famr_jax.variants import OPTIMIZERS, make_optimizer, pair_retained
+
+Params = Any
+ApplyFn = Callable[[Params, jax.Array], jax.Array]
+BASELINES = ("ft", "ga", "neggrad+", "rl", "salun")
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclasses.dataclass(frozen=True)
+class GAConfig:
+  """Gradient ascent on the forget set (method ``ga``).
+
+  Attributes:
+    epochs: passes over the forget set.
+    lr: step size.
+    batch_size: forget samples per step.
+    optimizer: ``sgd``, ``momentum`` (SGD, 0.9) or ``adam``.
+  """
+  epochs: int = 1
+  lr: float = 0.01
+  batch_size: int = 32
+  optimizer: Literal["sgd", "momentum", "adam"] = "momentum"
+
+  def validate(self):
+    """Raises :class:`FamrError` on an invalid setting."""
+    if self.epochs <= 0:
+      raise FamrError(f"epochs must be positive, got {self.epochs}")
+    if not self.lr > 0:
+      raise FamrError(f"learning rate must be positive, got {self.lr}")
+    if self.batch_size <= 0:
+      raise FamrError(f"batch size must be positive, got {self.batch_size}")
+    if self.optimizer not in OPTIMIZERS:
+      raise FamrError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    for name in ("retain_ratio",):
+      if getattr(self, name, 1) <= 0:
+        raise FamrError(f"{name} must be positive")
+    for name in ("w_f", "w_r"):
+      if getattr(self, name, 0.0) < 0:
+        raise FamrError(f"{name} must be non-negative")
+    if not 0.0 < getattr(self, "saliency", 0.5) <= 1.0:
+      raise FamrError(f"saliency must lie in (0, 1], got {self.saliency}")
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class FTConfig(GAConfig):
+  """Fine-tuning on retained data (method ``ft``).
+
+  Attributes:
+    epochs: passes over the forget set (each forget sample brings ``retain_ratio`` retained ones).
+    lr: step size.
+    batch_size: forget samples per step.
+    optimizer: ``sgd``, ``momentum`` (SGD, 0.9) or ``adam``.
+    retain_ratio: retained samples per forget sample in each step.
+  """
+  retain_ratio: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class NegGradPlusConfig(FTConfig):
+  """NegGrad+ (method ``neggrad+``): ``w_r CE(retain) - w_f CE(forget)``.
+
+  Attributes:
+    epochs: passes over the forget set.
+    lr: step size.
+    batch_size: forget samples per step.
+    optimizer: ``sgd``, ``momentum`` (SGD, 0.9) or ``adam``.
+    retain_ratio: retained samples per forget sample in each step.
+    w_f: weight of the (ascended) forget cross-entropy.
+    w_r: weight of the retained cross-entropy.
+  """
+  w_f: float = 0.5
+  w_r: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig(FTConfig):
+  """Random labels (method ``rl``): CE to random wrong labels on forget + CE on retained.
+
+  Attributes:
+    epochs: passes over the forget set.
+    lr: step size.
+    batch_size: forget samples per step.
+    optimizer: ``sgd``, ``momentum`` (SGD, 0.9) or ``adam``.
+    retain_ratio: retained samples per forget sample in each step.
+    w_r: weight of the retained cross-entropy.
+  """
+  w_r: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SalUnConfig(RLConfig):
+  """SalUn (method ``salun``): RL on the salient weights only.
+
+  Attributes:
+    epochs: passes over the forget set.
+    lr: step size.
+    batch_size: forget samples per step.
+    optimizer: ``sgd``, ``momentum`` (SGD, 0.9) or ``adam``.
+    retain_ratio: retained samples per forget sample in each step.
+    w_r: weight of the retained cross-entropy.
+    saliency: fraction of weights (largest ``|grad CE(forget)|``) that may change.
+  """
+  saliency: float = 0.5
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def random_wrong_labels(key: jax.Array, labels: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+  """A random label per example, drawn uniformly from ``allowed`` classes other than its own.
+
+  Example:
+    >>> import jax, numpy as np
+    >>> r = random_wrong_labels(jax.random.key(0), np.array([0, 1, 2]), np.array([True, True, True]))
+    >>> bool(np.all(r != np.array([0, 1, 2])))
+    True
+  """
+  labels = np.asarray(labels, np.int32)
+  classes = np.flatnonzero(np.asarray(allowed))
+  if classes.size == 0 or (classes.size == 1 and np.any(labels == classes[0])):
+    raise FamrError("random labels need at least one other allowed class")
+  # Per example, the allowed classes other than its own, and a uniform pick among them.
+  choices = np.broadcast_to(classes, (labels.size, classes.size))
+  valid = choices != labels[:, None]
+  u = np.asarray(jax.random.uniform(key, (labels.size, classes.size)))
+  scores = np.where(valid, u, -1.0)
+  return choices[np.arange(labels.size), np.argmax(scores, axis=1)].astype(np.int32)
+
+
+def saliency_mask(grads: Params, fraction: float) -> Params:
+  """1.0 on the ``fraction`` of entries with the largest ``|grad|`` over the whole pytree, else 0.0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> saliency_mask({"a": jnp.array([3.0, -1.0]), "b": jnp.array([0.5, -4.0])}, 0.5)["a"].tolist()
+    [1.0, 0.0]
+  """
+  leaves = jax.tree.leaves(grads)
+  flat = jnp.concatenate([jnp.abs(g).reshape(-1) for g in leaves])
+  k = max(1, int(round(fraction * flat.size)))
+  threshold = jnp.sort(flat)[flat.size - k]
+  return jax.tree.map(lambda g: (jnp.abs(g) >= threshold).astype(jnp.float32), grads)
+
+
+def _wmean(values, weights):
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def baseline_loss(method: str, apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax.Array,
+                  config: Any) -> jax.Array:
+  """The minibatch loss of a descent baseline.
+
+  ``batch`` is ``(x_f, y_f[, x_r, y_r])`` with ``x_r`` ``[B, k, ...]``; for
+  ``rl`` / ``salun``, ``y_f`` holds the random labels.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda p, x: x @ p
+    >>> b = (jnp.ones((2, 2)), jnp.array([0, 1]))
+    >>> round(float(baseline_loss("ga", apply_fn, jnp.zeros((2, 2)), b, jnp.ones(2), GAConfig())), 4)
+    -0.6931
+  """
+  x_f, y_f = batch[0], batch[1]
+  if method == "ga":
+    return -_wmean(objectives.cross_entropy(apply_fn(params, x_f), y_f), weights)
+  x_r, y_r = batch[2], batch[3]
+  k = x_r.shape[1]
+  w_r = jnp.repeat(weights, k)
+  ce_r = _wmean(objectives.cross_entropy(apply_fn(params, x_r.reshape((-1,) + x_r.shape[2:])),
+                                         y_r.reshape(-1)), w_r)
+  if method == "ft":
+    return ce_r
+  ce_f = _wmean(objectives.cross_entropy(apply_fn(params, x_f), y_f), weights)
+  if method == "neggrad+":
+    return config.w_r * ce_r - config.w_f * ce_f
+  if method in ("rl", "salun"):
+    return ce_f + config.w_r * ce_r
+  raise FamrError(f"unknown baseline {method!r}; valid: {', '.join(BASELINES)}")
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+class _Context(NamedTuple):
+  mask: Params | None        # SalUn's saliency mask (1 = may change)
+  monitor_x: jax.Array
+  monitor_y: jax.Array
+
+
+def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
+                     y_forget: np.ndarray, config: Any, key: jax.Array, *,
+                     retain_data: tuple[np.ndarray, np.ndarray] | None = None,
+                     forget_classes: tuple[int, ...] = (), num_classes: int | None = None,
+                     show_progress: bool = True) -> DescentResult:
+  """Runs the descent baseline ``method`` (``ft``, ``ga``, ``neggrad+``, ``rl`` or ``salun``).
+
+  Args:
+    method: the baseline's name.
+    apply_fn: ``apply_fn(params, x) -> logits``.
+    params: the trained params.
+    x_forget: forget inputs.
+    y_forget: forget labels.
+    config: the method's config (:class:`GAConfig`, :class:`FTConfig`, ...).
+    key: PRNG key (minibatch order, retained pairing, random labels).
+    retain_data: ``(x, y)`` retained training data (every method but ``ga``).
+    forget_classes: forgotten classes: random labels are drawn among the retained classes.
+    num_classes: the model's class count (default: from the logits).
+    show_progress: progress bar.
+
+  Returns:
+    A :class:`famr_jax.optimization.DescentResult`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> apply_fn = lambda p, x: x @ p
+    >>> x = np.eye(2, dtype=np.float32)[:1].repeat(4, 0)
+    >>> r = baseline_unlearn("ga", apply_fn, 3 * jnp.eye(2), x, np.zeros(4, np.int32),
+    ...                      GAConfig(epochs=20, lr=0.5), jax.random.key(0), show_progress=False)
+    >>> int(jnp.argmax((x @ r.params)[0]))
+    1
+  """
+  import time
+
+  if method not in BASELINES:
+    raise FamrError(f"unknown baseline {method!r}; valid: {', '.join(BASELINES)}")
+  config.validate()
+  x_forget = np.asarray(x_forget, np.float32)
+  y_forget = np.asarray(y_forget, np.int32)
+  if x_forget.shape[0] == 0:
+    raise FamrError("the forget set is empty")
+  extra_compile = extra_run = 0.0
+  t0 = time.perf_counter()
+  if num_classes is None:
+    num_classes = int(jax.eval_shape(apply_fn, params, jnp.asarray(x_forget[:1])).shape[-1])
+  labels = y_forget
+  if method in ("rl", "salun"):
+    allowed = np.ones(num_classes, bool)
+    allowed[list(forget_classes)] = False
+    labels = random_wrong_labels(jax.random.fold_in(key, 4), y_forget, allowed)
+  data = [x_forget, labels]
+  if method != "ga":
+    if retain_data is None:
+      raise FamrError(f"{method} needs retained data")
+    x_pool, y_pool = np.asarray(retain_data[0], np.float32), np.asarray(retain_data[1], np.int32)
+    pick = pair_retained(jax.random.fold_in(key, 1), x_forget.shape[0], x_pool.shape[0], config.retain_ratio)
+    data += [x_pool[pick], y_pool[pick]]
+  extra_run += time.perf_counter() - t0
+
+  mask = None
+  if method == "salun":
+    # Saliency of SalUn: |gradient of the forgetting loss| on the whole forget set at theta0.
+    def forget_grad(p, x, y):
+      def loss(q):
+        return jnp.mean(objectives.cross_entropy(_batched_logits(apply_fn, q, x), y))
+      return jax.grad(loss)(p)
+    t0 = time.perf_counter()
+    compiled = jax.jit(forget_grad).lower(params, jnp.asarray(x_forget), jnp.asarray(y_forget)).compile()
+    extra_compile += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    grads = compiled(params, jnp.asarray(x_forget), jnp.asarray(y_forget))
+    mask = jax.block_until_ready(saliency_mask(grads, config.saliency))
+    extra_run += time.perf_counter() - t0
+
+  monitor = np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), x_forget.shape[0]))[:512]
+  ctx = _Context(mask, jnp.asarray(x_forget[monitor]), jnp.asarray(y_forget[monitor]))
+
+  def loss_fn(p, batch, weights, c):
+    if c.mask is not None:   # gradient only through the salient weights
+      p = jax.tree.map(lambda q, m: m * q + (1.0 - m) * jax.lax.stop_gradient(q), p, c.mask)
+    return baseline_loss(method, apply_fn, p, batch, weights, config)
+
+  def metrics_fn(p, c):
+    return {"forget_acc": accuracy(apply_fn(p, c.monitor_x), c.monitor_y)}
+
+  result = minibatch_descent(loss_fn, params, tuple(data), make_optimizer(config.optimizer, config.lr),
+                             epochs=config.epochs, batch_size=config.batch_size, key=key, context=ctx,
+                             metrics_fn=metrics_fn, initial_metrics=True, desc=method,
+                             show_progress=show_progress)
+  return DescentResult(result.params, result.history, result.compile_s + extra_compile,
+                       result.run_s + extra_run)
+
+
+def _batched_logits(apply_fn, params, x, chunk: int = 512):
+  """Logits of ``x`` in chunks with ``lax.map`` (bounded memory under ``grad``)."""
+  n = x.shape[0]
+  if n <= chunk:
+    return apply_fn(params, x)
+  num = -(-n // chunk)
+  xp = jnp.concatenate([x, jnp.zeros((num * chunk - n,) + x.shape[1:], x.dtype)])
+  out = jax.lax.map(lambda xb: apply_fn(params, xb), xp.reshape((num, chunk) + x.shape[1:]))
+  return out.reshape((num * chunk,) + out.shape[2:])[:n]
+
+
+def retrain_unlearn(apply_fn: ApplyFn, init_params: Params, x_retain: np.ndarray, y_retain: np.ndarray,
+                    config: TrainConfig, key: jax.Array, *, show_progress: bool = True) -> DescentResult:
+  """The ``retrain`` method: the training recipe on the retained data from ``init_params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(32, 2)).astype(np.float32)
+    >>> r = retrain_unlearn(lambda p, x: x @ p, jnp.zeros((2, 2)), x, (x[:, 0] > 0).astype(np.int32),
+    ...                     TrainConfig(epochs=5, lr=0.1), jax.random.key(0), show_progress=False)
+    >>> len(r.history)
+    5
+  """
+  return train_classifier(apply_fn, init_params, x_retain, y_retain, config, key, show_progress=show_progress,
+                          desc="retrain")
+
+
+# ----------------------------------------------------------------------------- registry
+
+_BASELINE_CONFIGS = {"ft": FTConfig, "ga": GAConfig, "neggrad+": NegGradPlusConfig, "rl": RLConfig,
+                     "salun": SalUnConfig}
+# Defaults tuned once on digits (notes/leaderboard.md, "Defaults").
+_BASELINE_DEFAULTS: dict[str, dict[str, Any]] = {}
+_DESCRIPTIONS = {
+    "retrain": "the gold standard: the training recipe on the retained data, from a fresh init",
+    "ft": "fine-tune on retained data (cross-entropy)",
+    "ga": "gradient ascent on the forget set's cross-entropy",
+    "neggrad+": "NegGrad+: w_r CE(retain) - w_f CE(forget)",
+    "rl": "random labels on the forget set + CE on retained data",
+    "salun": "SalUn: weight-saliency mask from the forget gradient, then RL on the salient weights",
+}
+
+
+def baseline_defaults(name: str, model_name: str) -> Any:
+  """The default config of the baseline ``name`` (tuned once on digits).
+
+  Example:
+    >>> baseline_defaults("salun", "lenet5").saliency
+    0.5
+  """
+  if name == "retrain":
+    return TrainConfig()
+  return _BASELINE_CONFIGS[name](**_BASELINE_DEFAULTS.get(name, {}))
+
+
+def _run_baseline(name: str):
+  def run(task, config) -> DescentResult:
+    data, forget = task.data, task.forget
+    keep = forget.retain_mask(len(data.y_train))
+    idx = forget.indices
+    return baseline_unlearn(name, task.apply_fn, task.params, data.x_train[idx], data.y_train[idx], config,
+                            task.key, retain_data=(data.x_train[keep], data.y_train[keep]),
+                            forget_classes=forget.classes, num_classes=forget.num_classes,
+                            show_progress=task.show_progress)
+  return run
+
+
+def _run_retrain(task, config: TrainConfig) -> DescentResult:
+  from famr_jax import models
+  if task.model is None:
+    raise FamrError("retrain needs the model (to initialize it afresh)")
+  data, forget = task.data, task.forget
+  keep = forget.retain_mask(len(data.y_train))
+  # A fresh init drawn from the task's key (the gold standard of `compare` uses another one).
+  init = models.init_params(task.model, jax.random.fold_in(task.key, 11), data.image_shape)
+  return retrain_unlearn(task.apply_fn, init, data.x_train[keep], data.y_train[keep], config,
+                         jax.random.fold_in(task.key, 12), show_progress=task.show_progress)
+
+
+def _register() -> None:
+  import functools
+
+  from famr_jax.methods import MethodSpec, register_method
+  register_method(MethodSpec(name="retrain", config_cls=TrainConfig, run=_run_retrain,
+                             defaults=functools.partial(baseline_defaults, "retrain"),
+                             description=_DESCRIPTIONS["retrain"]))
+  for name, cls in _BASELINE_CONFIGS.items():
+    register_method(MethodSpec(name=name, config_cls=cls, run=_run_baseline(name),
+                               defaults=functools.partial(baseline_defaults, name),
+                               description=_DESCRIPTIONS[name]))
+
+
+_register()

@@ -1,0 +1,183 @@
+"""The diagonal empirical Fisher of the training loss, computed once and stored with a checkpoint.
+
+``F_ii = 1/N sum_n (d l(x_n, y_n; theta) / d theta_i)^2`` with ``l`` the
+softmax cross-entropy at the *true* label (the *empirical* Fisher; the
+"true" Fisher would sample the label from the model). It is the curvature
+weight of the Fisher anchor of ``famr-fisher``
+(``1/2 (theta - theta0)^T (F + lambda I) (theta - theta0)``): computed once
+after training and stored next to the params as the checkpoint extra
+``fisher``, so unlearning afterwards needs no retained data.
+
+Per-example gradients are ``vmap(grad)`` over fixed-size chunks inside a
+``lax.scan`` (one compiled program, bounded memory).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from famr_jax import objectives
+from famr_jax.errors import FamrError
+
+Params = Any
+ApplyFn = Callable[[Params, jax.Array], jax.Array]
+
+FISHER_EXTRA = "fisher"
+
+
+def _chunks(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """``[num_batches, batch_size]`` indices (padded with 0) and 0/1 weights."""
+  num_batches = -(-n // batch_size)
+  idx = np.zeros(num_batches * batch_size, np.int32)
+  idx[:n] = np.arange(n)
+  weights = np.zeros(num_batches * batch_size, np.float32)
+  weights[:n] = 1.0
+  return idx.reshape(num_batches, batch_size), weights.reshape(num_batches, batch_size)
+
+
+def diagonal_fisher(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.ndarray, *,
+                    batch_size: int = 256) -> Params:
+  """Diagonal empirical Fisher ``1/N sum_n g_n * g_n`` of the cross-entropy, ``g_n`` per example.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits``.
+    params: the trained params (the point where the Fisher is taken).
+    x: training inputs ``[N, ...]``.
+    y: integer labels ``[N]``.
+    batch_size: examples per vectorized chunk (memory: ``batch_size`` copies
+      of the gradient).
+
+  Returns:
+    A pytree like ``params`` (float32) of non-negative entries.
+
+  Example:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> apply_fn = lambda p, x: x @ p["w"]
+    >>> f = diagonal_fisher(apply_fn, {"w": jnp.zeros((1, 2))}, np.ones((4, 1), np.float32),
+    ...                     np.zeros(4, np.int32))
+    >>> f["w"].tolist()   # g = x (softmax - onehot) = [-0.5, 0.5]
+    [[0.25, 0.25]]
+  """
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y, np.int32)
+  n = x.shape[0]
+  if n == 0:
+    raise FamrError("the Fisher needs at least one training example")
+  if y.shape != (n,):
+    raise FamrError(f"labels must have shape ({n},), got {y.shape}")
+  if batch_size <= 0:
+    raise FamrError(f"batch size must be positive, got {batch_size}")
+  batch_size = min(batch_size, n)
+  idx, weights = _chunks(n, batch_size)
+  return _fisher_jit(apply_fn, params, jnp.asarray(x), jnp.asarray(y), jnp.asarray(idx),
+                     jnp.asarray(weights), n)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _fisher_jit(apply_fn, params, x, y, idx, weights, n):
+  def example_loss(p, xi, yi):
+    return objectives.cross_entropy(apply_fn(p, xi[None]), yi[None])[0]
+
+  per_example_grad = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))
+
+  def body(acc, spec):
+    b_idx, b_w = spec
+    grads = per_example_grad(params, x[b_idx], y[b_idx])
+    sq = jax.tree.map(lambda g: jnp.tensordot(b_w, jnp.square(g), axes=1), grads)
+    return jax.tree.map(jnp.add, acc, sq), None
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+  total, _ = jax.lax.scan(body, zeros, (idx, weights))
+  return jax.tree.map(lambda t: t / n, total)
+
+
+def _checkpoint_metadata(metadata: dict) -> dict:
+  """A checkpoint's metadata minus what :func:`save_checkpoint` writes itself."""
+  return {k: v for k, v in metadata.items() if k not in ("format", "param_shapes", "extras")}
+
+
+def store_fisher(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                 batch_size: int = 256, overwrite: bool = False) -> dict:
+  """Computes the diagonal Fisher of a trained checkpoint on its training set and stores it.
+
+  Writes the checkpoint again with the extra ``fisher`` (params and metadata
+  unchanged): in place when ``out`` is None, else as a copy at ``out``.
+
+  Args:
+    checkpoint: a ``famr-jax train`` checkpoint.
+    out: where to write the checkpoint with its Fisher (default: in place).
+    batch_size: examples per vectorized chunk.
+    overwrite: replace an existing ``out``.
+
+  Returns:
+    ``{"checkpoint": path, "num_examples": N, "compute_s": seconds (compile included)}``.
+
+  Example:
+    >>> # famr-jax fisher --checkpoint runs/digits_lenet5   (the CLI front end)
+  """
+  from famr_jax import checkpoints
+  from famr_jax.runs import check_output_free, load_model
+
+  source = Path(checkpoint).expanduser().resolve()
+  target = source if out is None else Path(out).expanduser().resolve()
+  if target != source:
+    check_output_free(target, overwrite)
+  loaded = load_model(source)
+  if "unlearned" in loaded.metadata:
+    raise FamrError(f"{source} is an unlearned model; compute the Fisher of the original checkpoint")
+  data = loaded.data
+  t0 = time.perf_counter()
+  fisher = jax.block_until_ready(diagonal_fisher(loaded.apply_fn, loaded.params, data.x_train, data.y_train,
+                                                 batch_size=batch_size))
+  total_s = time.perf_counter() - t0   # compile included
+  metadata = _checkpoint_metadata(checkpoints.read_metadata(source))
+  metadata["fisher"] = {"kind": "diagonal empirical Fisher of the training cross-entropy",
+                        "num_examples": int(len(data.y_train)), "compute_s": total_s}
+  extras = {name: tree for name, tree in checkpoints.load_checkpoint(source).extras.items()
+            if name != FISHER_EXTRA}
+  checkpoints.save_checkpoint(target, loaded.params, metadata, extras={**extras, FISHER_EXTRA: fisher},
+                              overwrite=True)
+  return {"checkpoint": str(target), "num_examples": int(len(data.y_train)), "compute_s": total_s}
+
+
+def load_fisher(checkpoint: str | os.PathLike, like: Params | None = None) -> Params:
+  """The diagonal Fisher stored with ``checkpoint``, or a one-line :class:`FamrError` saying how to compute it.
+
+  Args:
+    checkpoint: the checkpoint directory.
+    like: optional params pytree whose structure (and leaf shapes) the Fisher must have.
+  """
+  from famr_jax import checkpoints
+  metadata = checkpoints.read_metadata(checkpoint)
+  if FISHER_EXTRA not in metadata.get("extras", {}):
+    raise FamrError(missing_fisher_message(checkpoint))
+  fisher = checkpoints.load_checkpoint(checkpoint).extras[FISHER_EXTRA]
+  if like is not None:
+    fisher = match_params(fisher, like)
+  return fisher
+
+
+def missing_fisher_message(checkpoint: str | os.PathLike | None) -> str:
+  """The one-line error for a Fisher anchor asked of a checkpoint without a stored Fisher."""
+  where = str(Path(checkpoint).expanduser().resolve()) if checkpoint is not None else "DIR"
+  return (f"checkpoint {where} has no stored Fisher, which the Fisher anchor needs: compute it once with "
+          f"'famr-jax fisher --checkpoint {where}' (or train with 'famr-jax train --fisher')")
+
+
+def match_params(fisher: Params, like: Params) -> Params:
+  """``fisher`` restructured like ``like`` (checked leaf by leaf; FamrError on a mismatch)."""
+  from famr_jax.checkpoints import tree_shapes
+  want, got = tree_shapes(like), tree_shapes(fisher)
+  if {k: v[0] for k, v in want.items()} != {k: v[0] for k, v in got.items()}:
+    raise FamrError("the stored Fisher does not match the model's params; recompute it with 'famr-jax fisher'")
+  flat = {k: v for k, v in zip(got, jax.tree.leaves(fisher))}
+  treedef = jax.tree.structure(like)
+  return jax.tree.unflatten(treedef, [jnp.asarray(flat[k], jnp.float32) for k in want])

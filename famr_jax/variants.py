@@ -1,0 +1,620 @@
+"""FAMR variants: what to aim the forget set at, and how to anchor the rest, as composable options.
+
+The paper's FAMR (``famr``) minimizes
+``mean KL(u || p_theta(x_f)) + lam/2 ||theta - theta0||^2`` over the forget
+set. Both halves have a measurable cost (BUILD_NOTES.md, issue 2): a uniform
+output is not what a model retrained without the forget set outputs, and an
+isotropic parameter anchor does not know which directions the retained
+classes depend on. Every variant here is the one objective
+
+``J(theta) = alpha * mean_f KL(t(x_f) || p_theta(x_f))``
+``        + A(theta - theta0)``
+``        + retain_weight * mean_r KL(p_theta0(x_r) || p_theta(x_r))``
+
+with three independent choices (:class:`FAMRVariantConfig`):
+
+* ``target`` ``t``: ``uniform`` (the paper) or ``retrain``: the original
+  model's predictive distribution with the forgotten classes removed and
+  renormalized (:func:`retrain_target`), what a retrained model predicts on a
+  forgotten-class image, to first order;
+* ``anchor`` ``A(d)``: ``l2`` (``lam/2 ||d||^2``), ``fisher``
+  (``1/2 d^T (c F + lam I) d``, ``F`` the diagonal empirical Fisher of the
+  training loss stored with the checkpoint, :mod:`famr_jax.fisher`), or
+  ``gauss-newton`` / ``hessian`` (``1/2 d^T (c H + lam I) d``, ``H`` the
+  exact Gauss-Newton matrix / Hessian of the retained loss at ``theta0`` on
+  the step's retained minibatch, one HVP per step, :func:`curvature_anchor`);
+* a function-space anchor (``retain_weight > 0``): the KL from the original
+  model's predictions on retained samples (``function_data="retain"``) or, with
+  no retained data at all, on class impressions of the retained classes
+  (``function_data="impressions"``);
+
+plus ``train_from``: freeze every stage before it (head frozen / tail only);
+its input is then computed once and only the tail runs per step.
+
+Retained samples (for the function anchor and the exact-curvature anchors) are
+paired with the forget set: ``retain_ratio`` random retained samples per
+forget sample, drawn once with the key, so one epoch is one pass over the
+forget set and costs ``1 + retain_ratio`` forward/backward passes per forget
+sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Literal, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from famr_jax import objectives
+from famr_jax.errors import FamrError
+from famr_jax.metrics import accuracy, batched_apply
+from famr_jax.optimization import DescentResult, freeze_outside, minibatch_descent
+
+Params = Any
+ApplyFn = Callable[[Params, jax.Array], jax.Array]
+
+TARGETS = ("uniform", "retrain")
+ANCHORS = ("l2", "fisher", "gauss-newton", "hessian")
+FUNCTION_DATA = ("retain", "impressions")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+MONITOR_SIZE = 512   # forget examples the per-epoch history is measured on
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class FAMRVariantConfig:
+  """One FAMR variant: target, anchor, function anchor and frozen head, composable.
+
+  Attributes:
+    epochs: passes over the forget set.
+    lr: step size.
+    lam: isotropic anchor strength lambda (the ``lam I`` of every anchor).
+    batch_size: forget-set minibatch size.
+    optimizer: ``sgd`` (Algorithm 1), ``momentum`` (SGD, 0.9) or ``adam``.
+    alpha: weight of the forget loss KL(t || p) on forget samples.
+    target: forget-sample target t: ``uniform`` (the paper) or ``retrain``
+      (the original prediction with the forgotten classes removed and
+      renormalized; class forgetting only).
+    anchor: parameter anchor: ``l2``, ``fisher`` (stored diagonal Fisher),
+      ``gauss-newton`` or ``hessian`` (exact, of the retained loss at theta0,
+      one HVP per step on the retained minibatch).
+    curvature_weight: weight c of F or H in the ``fisher`` / ``gauss-newton``
+      / ``hessian`` anchors.
+    retain_weight: weight of the function-space anchor KL(p0 || p) on retained
+      samples (0 = none).
+    function_data: where the function anchor (and the exact-curvature anchors)
+      get retained samples: ``retain`` (retained training data) or
+      ``impressions`` (class impressions of the retained classes; no retained
+      data is read).
+    retain_ratio: retained samples paired with each forget sample.
+    train_from: first trainable stage (earlier stages are frozen and run once);
+      none = every stage is trained.
+    impressions_per_class: impressions optimized per retained class (``function_data=impressions``).
+    impression_steps: Adam steps per impression (``function_data=impressions``).
+  """
+  epochs: int = 10
+  lr: float = 0.1
+  lam: float = 0.1
+  batch_size: int = 32
+  optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
+  alpha: float = 1.0
+  target: Literal["uniform", "retrain"] = "uniform"
+  anchor: Literal["l2", "fisher", "gauss-newton", "hessian"] = "l2"
+  curvature_weight: float = 1.0
+  retain_weight: float = 0.0
+  function_data: Literal["retain", "impressions"] = "retain"
+  retain_ratio: int = 1
+  train_from: str | None = None
+  impressions_per_class: int = 100
+  impression_steps: int = 1000
+
+  def validate(self) -> "FAMRVariantConfig":
+    """Raises :class:`FamrError` on an invalid setting."""
+    if self.epochs <= 0:
+      raise FamrError(f"epochs must be positive, got {self.epochs}")
+    if not self.lr > 0:
+      raise FamrError(f"learning rate must be positive, got {self.lr}")
+    if self.lam < 0:
+      raise FamrError(f"the anchor strength lambda must be non-negative, got {self.lam}")
+    if self.batch_size <= 0:
+      raise FamrError(f"batch size must be positive, got {self.batch_size}")
+    if self.alpha < 0 or self.curvature_weight < 0 or self.retain_weight < 0:
+      raise FamrError("alpha, curvature_weight and retain_weight must be non-negative")
+    if self.optimizer not in OPTIMIZERS:
+      raise FamrError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if self.target not in TARGETS:
+      raise FamrError(f"unknown target {self.target!r}: choose one of {', '.join(TARGETS)}")
+    if self.anchor not in ANCHORS:
+      raise FamrError(f"unknown anchor {self.anchor!r}: choose one of {', '.join(ANCHORS)}")
+    if self.function_data not in FUNCTION_DATA:
+      raise FamrError(f"unknown function data {self.function_data!r}: choose one of {', '.join(FUNCTION_DATA)}")
+    if self.retain_ratio <= 0:
+      raise FamrError(f"retain_ratio must be positive, got {self.retain_ratio}")
+    if self.impressions_per_class <= 0 or self.impression_steps <= 0:
+      raise FamrError("impressions_per_class and impression_steps must be positive")
+    return self
+
+  @property
+  def needs_retain_pool(self) -> bool:
+    """Whether each step needs retained samples (function anchor or exact-curvature anchor)."""
+    return self.retain_weight > 0 or self.anchor in ("gauss-newton", "hessian")
+
+  @property
+  def reads_retained_data(self) -> bool:
+    """Whether the variant reads retained training data (False: forget set and checkpoint only)."""
+    return self.needs_retain_pool and self.function_data == "retain"
+
+  def make_optimizer(self) -> optax.GradientTransformation:
+    """The optax transformation named by ``optimizer``."""
+    return make_optimizer(self.optimizer, self.lr)
+
+
+def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
+  """``sgd``, ``momentum`` (SGD with momentum 0.9) or ``adam`` at learning rate ``lr``.
+
+  Example:
+    >>> make_optimizer("momentum", 0.1) is not None
+    True
+  """
+  if name == "sgd":
+    return optax.sgd(lr)
+  if name == "momentum":
+    return optax.sgd(lr, momentum=0.9)
+  if name == "adam":
+    return optax.adam(lr)
+  raise FamrError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def retrain_target(logits0: jax.Array, forget_classes: jax.Array) -> jax.Array:
+  """The retrain-like target: ``softmax(logits0)`` with the forgotten classes removed and renormalized.
+
+  Computed as a softmax over the retained logits only (the forgotten ones set
+  to ``-inf``), so it is exact and stable for logits of any size.
+
+  Args:
+    logits0: ``[B, C]`` the original model's logits on forget samples.
+    forget_classes: ``[C]`` bool mask of the forgotten classes (not all True).
+
+  Returns:
+    ``[B, C]`` probabilities: zero on forgotten classes, each row summing to one.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> retrain_target(jnp.log(jnp.array([[0.5, 0.3, 0.2]])), jnp.array([True, False, False])).tolist()
+    [[0.0, 0.6000000238418579, 0.4000000059604645]]
+  """
+  masked = jnp.where(forget_classes, -jnp.inf, logits0)
+  return jax.nn.softmax(masked, axis=-1)
+
+
+def target_kl(target: jax.Array, logits: jax.Array) -> jax.Array:
+  """Per-example ``KL(t || softmax(logits))`` with ``0 log 0 = 0`` (targets may have zeros).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> round(float(target_kl(jnp.full((1, 4), 0.25), jnp.zeros((1, 4)))[0]), 6)
+    0.0
+  """
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  log_t = jnp.log(jnp.where(target > 0, target, 1.0))
+  return jnp.sum(jnp.where(target > 0, target * (log_t - log_p), 0.0), axis=-1)
+
+
+def fisher_anchor(params: Params, params0: Params, fisher: Params, lam: float,
+                  curvature_weight: float = 1.0) -> jax.Array:
+  """``1/2 sum_i (c F_ii + lam) (theta_i - theta0_i)^2``: the diagonal-Fisher anchor.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(fisher_anchor({"w": jnp.array([1.0, 2.0])}, {"w": jnp.zeros(2)},
+    ...                     {"w": jnp.array([4.0, 0.0])}, lam=1.0))
+    4.5
+  """
+  terms = jax.tree.map(lambda p, p0, f: jnp.sum((curvature_weight * f + lam) * jnp.square(p - p0)),
+                       params, params0, fisher)
+  return 0.5 * sum(jax.tree.leaves(terms), jnp.zeros((), jnp.float32))
+
+
+def curvature_anchor(params: Params, params0: Params, matvec: Callable[[Params], Params],
+                     lam: float, curvature_weight: float = 1.0) -> jax.Array:
+  """``1/2 d^T (c H + lam I) d`` with ``d = theta - theta0`` and ``H v = matvec(v)``, by one product.
+
+  ``H d`` is computed once, at ``stop_gradient(d)``, and the value is written
+  as ``<d, Hd> - 1/2 <sg(d), Hd>``: its value is ``1/2 d^T H d`` and its
+  gradient is ``H d`` exactly (``H`` symmetric), with no differentiation
+  through the product. ``matvec`` must not depend on ``params`` (it is the
+  curvature at ``theta0``).
+
+  Args:
+    params: the current params.
+    params0: the anchor.
+    matvec: ``v -> H v`` (e.g. :func:`famr_jax.curvature.hvp` or
+      :func:`famr_jax.curvature.gauss_newton_hvp` at ``params0``).
+    lam: isotropic strength.
+    curvature_weight: the weight ``c`` of ``H``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> H = jnp.array([[2.0, 1.0], [1.0, 3.0]])
+    >>> f = lambda p: curvature_anchor(p, jnp.zeros(2), lambda v: H @ v, lam=0.5)
+    >>> jax.grad(f)(jnp.array([1.0, -1.0])).tolist()   # (H + 0.5 I) d
+    [1.5, -2.5]
+  """
+  d = jax.tree.map(jnp.subtract, params, params0)
+  d_fixed = jax.lax.stop_gradient(d)
+  hd = jax.lax.stop_gradient(matvec(d_fixed))
+  dot = lambda a, b: sum(jax.tree.leaves(jax.tree.map(lambda x, y: jnp.sum(x * y), a, b)),
+                         jnp.zeros((), jnp.float32))
+  quad = dot(d, hd) - 0.5 * dot(d_fixed, hd)
+  return curvature_weight * quad + 0.5 * lam * objectives.tree_sq_distance(params, params0)
+
+
+def _wmean(values: jax.Array, weights: jax.Array) -> jax.Array:
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+class VariantBatch(NamedTuple):
+  """One minibatch of a variant: forget samples and their targets, plus paired retained samples.
+
+  Attributes:
+    x_forget: ``[B, ...]`` forget inputs (images, or the frozen head's output).
+    target: ``[B, C]`` target distribution of each forget sample.
+    x_retain: ``[B, k, ...]`` paired retained inputs (or None).
+    y_retain: ``[B, k]`` their labels (or None).
+    logits0_retain: ``[B, k, C]`` the original model's logits on them (or None).
+  """
+  x_forget: jax.Array
+  target: jax.Array
+  x_retain: jax.Array | None = None
+  y_retain: jax.Array | None = None
+  logits0_retain: jax.Array | None = None
+
+
+def retained_matvec(apply_fn: ApplyFn, params0: Params, x: jax.Array, y: jax.Array, weights: jax.Array,
+                    kind: str) -> Callable[[Params], Params]:
+  """``v -> H v`` for the weighted-mean retained cross-entropy at ``params0`` on one batch.
+
+  ``kind`` is ``"hessian"`` (exact, forward-over-reverse) or ``"gauss-newton"``
+  (``J^T (diag p - p p^T) J``), both from :mod:`famr_jax.curvature`.
+  """
+  from famr_jax import curvature
+  total = jnp.maximum(jnp.sum(weights), 1.0)
+  if kind == "hessian":
+    def loss(p):
+      return _wmean(objectives.cross_entropy(apply_fn(p, x), y), weights)
+    return lambda v: curvature.hvp(loss, params0, v)
+  if kind == "gauss-newton":
+    def output_hvp(logits, u):
+      return weights[:, None] * curvature.softmax_output_hvp(logits, u) / total
+    return lambda v: curvature.gauss_newton_hvp(apply_fn, params0, x, v, output_hvp)
+  raise FamrError(f"no exact curvature of kind {kind!r}")
+
+
+def variant_objective(apply_fn: ApplyFn, params: Params, batch: VariantBatch, weights: jax.Array,
+                      params0: Params, config: FAMRVariantConfig, fisher: Params | None = None) -> jax.Array:
+  """The variant's minibatch objective ``J`` (see the module docstring).
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits`` (the tail when the head is frozen).
+    params: current params.
+    batch: a :class:`VariantBatch`; the retained fields are needed when
+      ``config.needs_retain_pool``.
+    weights: ``[B]`` 0/1 weights (0 on padding); a paired retained sample
+      takes its forget sample's weight.
+    params0: the original params.
+    config: a :class:`FAMRVariantConfig`.
+    fisher: the diagonal Fisher (pytree like ``params``) for ``anchor="fisher"``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda p, x: x @ p["w"]
+    >>> p0 = {"w": jnp.zeros((2, 3))}
+    >>> b = VariantBatch(jnp.ones((4, 2)), jnp.full((4, 3), 1 / 3))
+    >>> float(variant_objective(apply_fn, p0, b, jnp.ones(4), p0, FAMRVariantConfig()))
+    0.0
+  """
+  loss = config.alpha * _wmean(target_kl(batch.target, apply_fn(params, batch.x_forget)), weights)
+  if config.needs_retain_pool:
+    if batch.x_retain is None:
+      raise FamrError("this variant needs retained samples in its batches")
+    k = batch.x_retain.shape[1]
+    x_r = batch.x_retain.reshape((-1,) + batch.x_retain.shape[2:])
+    w_r = jnp.repeat(weights, k)
+  if config.retain_weight > 0:
+    z0_r = batch.logits0_retain.reshape((-1,) + batch.logits0_retain.shape[2:])
+    kl = objectives.kl_divergence(z0_r, apply_fn(params, x_r))
+    loss = loss + config.retain_weight * _wmean(kl, w_r)
+  if config.anchor == "l2":
+    loss = loss + objectives.l2_anchor(params, params0, config.lam)
+  elif config.anchor == "fisher":
+    if fisher is None:
+      raise FamrError("the Fisher anchor needs a diagonal Fisher (famr-jax fisher --checkpoint DIR)")
+    loss = loss + fisher_anchor(params, params0, fisher, config.lam, config.curvature_weight)
+  else:
+    y_r = batch.y_retain.reshape(-1)
+    matvec = retained_matvec(apply_fn, params0, x_r, y_r, w_r, config.anchor)
+    loss = loss + curvature_anchor(params, params0, matvec, config.lam, config.curvature_weight)
+  return loss
+
+
+# ----------------------------------------------------------------------------- the method
+
+
+class _Context(NamedTuple):
+  params0: Params
+  fisher: Params | None
+  monitor_x: jax.Array
+  monitor_y: jax.Array
+  monitor_logits0: jax.Array
+
+
+def _timed(fn: Callable, *args) -> tuple[Any, float, float]:
+  """``fn(*args)`` jit-compiled: ``(output, compile seconds, run seconds)``."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(compiled(*args))
+  return out, compile_s, time.perf_counter() - t0
+
+
+def pair_retained(key: jax.Array, num_forget: int, num_retain: int, ratio: int) -> np.ndarray:
+  """``[num_forget, ratio]`` indices into the retained pool, uniform, without replacement when possible.
+
+  Example:
+    >>> import jax
+    >>> pair_retained(jax.random.key(0), 3, 10, 2).shape
+    (3, 2)
+  """
+  if num_retain <= 0:
+    raise FamrError("no retained samples to pair with the forget set")
+  count = num_forget * ratio
+  idx = jax.random.choice(key, num_retain, (count,), replace=count > num_retain)
+  return np.asarray(idx).reshape(num_forget, ratio)
+
+
+def forget_class_mask(forget_classes: Sequence[int], num_classes: int) -> np.ndarray:
+  """``[C]`` bool mask of the forgotten classes."""
+  mask = np.zeros(num_classes, bool)
+  mask[list(forget_classes)] = True
+  return mask
+
+
+def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
+                         config: FAMRVariantConfig, key: jax.Array, *,
+                         y_forget: np.ndarray | None = None,
+                         forget_classes: Sequence[int] = (),
+                         num_classes: int | None = None,
+                         retain_data: tuple[np.ndarray, np.ndarray] | None = None,
+                         fisher: Params | None = None,
+                         model: Any = None,
+                         input_shape: Sequence[int] | None = None,
+                         show_progress: bool = True) -> DescentResult:
+  """Forgets ``x_forget`` with a FAMR variant, anchored at ``params``.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits``.
+    params: the trained params (also the anchor ``theta0``).
+    x_forget: forget-set inputs.
+    config: a :class:`FAMRVariantConfig`.
+    key: PRNG key (minibatch order, retained pairing, impressions).
+    y_forget: optional labels of the forget set (for the history's forget accuracy).
+    forget_classes: the forgotten classes (needed by ``target="retrain"``
+      and by ``function_data="impressions"``).
+    num_classes: the model's class count (default: from the logits).
+    retain_data: ``(x, y)`` retained training data, for the function anchor
+      and the exact-curvature anchors with ``function_data="retain"``.
+    fisher: the diagonal Fisher, for ``anchor="fisher"``.
+    model: the Flax module (for ``train_from`` and activation-space impressions).
+    input_shape: ``(H, W, C)`` (for impressions; default ``x_forget.shape[1:]``).
+    show_progress: progress bar.
+
+  Returns:
+    A :class:`famr_jax.optimization.DescentResult`. ``compile_s`` adds the
+    compilation of the one-off forward passes (frozen head, original logits,
+    impressions); ``run_s`` adds their run time.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> apply_fn = lambda p, x: x @ p["w"]
+    >>> params = {"w": jnp.eye(3) * 5.0}
+    >>> x = np.eye(3, dtype=np.float32)[:1].repeat(8, 0)
+    >>> cfg = FAMRVariantConfig(epochs=30, lr=0.5, lam=0.01, target="retrain")
+    >>> r = famr_variant_unlearn(apply_fn, params, x, cfg, jax.random.key(0), forget_classes=[0],
+    ...                          show_progress=False)
+    >>> int(jnp.argmax(apply_fn(r.params, x[:1])[0])) != 0
+    True
+  """
+  config.validate()
+  x_forget = np.asarray(x_forget, np.float32)
+  if x_forget.shape[0] == 0:
+    raise FamrError("the forget set is empty")
+  if not np.all(np.isfinite(x_forget)):
+    raise FamrError("forget-set inputs contain NaN or inf values")
+  if config.anchor == "fisher" and fisher is None:
+    raise FamrError("the Fisher anchor needs the diagonal Fisher: compute it with "
+                    "'famr-jax fisher --checkpoint DIR' and pass it")
+  compile_s = run_s = 0.0
+
+  # Frozen head: its output is computed once; only the tail runs per step.
+  mask = None
+  step_fn = apply_fn
+  head_fn = None
+  if config.train_from is not None:
+    from famr_jax.zero_shot import split_model
+    if model is None:
+      raise FamrError("train_from (a frozen head) needs the Flax model")
+    split = split_model(model, params, config.train_from)
+    head_fn, step_fn, mask = split.head_fn, split.tail_fn, split.trainable_mask
+
+  def forward(fn):
+    return lambda p, x: batched_apply(fn, p, x)
+
+  xf = jnp.asarray(x_forget)
+  logits0_f, c, r = _timed(forward(apply_fn), params, xf)
+  compile_s, run_s = compile_s + c, run_s + r
+  num_classes = int(num_classes or logits0_f.shape[-1])
+  if config.target == "retrain":
+    if not forget_classes:
+      raise FamrError("the retrain-like target forgets whole classes: use --forget-classes "
+                      "(or --target uniform for sample forgetting)")
+    target = retrain_target(logits0_f, jnp.asarray(forget_class_mask(forget_classes, num_classes)))
+  else:
+    target = jnp.full((x_forget.shape[0], num_classes), 1.0 / num_classes, jnp.float32)
+  h_forget = xf
+  if head_fn is not None:
+    h_forget, c, r = _timed(forward(head_fn), params, xf)
+    compile_s, run_s = compile_s + c, run_s + r
+  data = [h_forget, target]
+
+  if config.needs_retain_pool:
+    pool_key = jax.random.fold_in(key, 1)
+    if config.function_data == "retain":
+      if retain_data is None:
+        raise FamrError("this variant needs retained data (or --function-data impressions)")
+      x_pool, y_pool = np.asarray(retain_data[0], np.float32), np.asarray(retain_data[1], np.int32)
+      pick = pair_retained(pool_key, x_forget.shape[0], x_pool.shape[0], config.retain_ratio)
+      x_r = jnp.asarray(x_pool[pick.reshape(-1)])
+      y_r = y_pool[pick.reshape(-1)]
+      z0_r, c, r = _timed(forward(apply_fn), params, x_r)
+      compile_s, run_s = compile_s + c, run_s + r
+      if head_fn is not None:
+        x_r, c, r = _timed(forward(head_fn), params, x_r)
+        compile_s, run_s = compile_s + c, run_s + r
+    else:
+      x_r, y_r, z0_r, c, r = _retained_impressions(model if model is not None else apply_fn, params,
+                                                   forget_classes, num_classes,
+                                                   input_shape or x_forget.shape[1:], config,
+                                                   jax.random.fold_in(key, 2), x_forget.shape[0],
+                                                   pool_key, show_progress)
+      compile_s, run_s = compile_s + c, run_s + r
+    n, k = x_forget.shape[0], config.retain_ratio
+    data += [jnp.reshape(x_r, (n, k) + tuple(x_r.shape[1:])), jnp.reshape(jnp.asarray(y_r), (n, k)),
+             jnp.reshape(z0_r, (n, k, num_classes))]
+
+  monitor = np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), x_forget.shape[0]))[:MONITOR_SIZE]
+  y_mon = (np.full(len(monitor), -1, np.int32) if y_forget is None
+           else np.asarray(y_forget, np.int32)[monitor])
+  ctx = _Context(params, fisher, h_forget[monitor], jnp.asarray(y_mon), logits0_f[monitor])
+
+  def loss_fn(p, batch, weights, c):
+    if mask is not None:   # no gradient through frozen leaves at all (they are not even differentiated)
+      p = jax.tree.map(lambda q, m: q if m else jax.lax.stop_gradient(q), p, mask)
+    return variant_objective(step_fn, p, VariantBatch(*batch), weights, c.params0, config, c.fisher)
+
+  def metrics_fn(p, c):
+    logits = step_fn(p, c.monitor_x)
+    out = {"forget_kl_from_original": jnp.mean(objectives.kl_divergence(c.monitor_logits0, logits)),
+           "forget_entropy": jnp.mean(objectives.entropy(logits))}
+    if y_forget is not None:
+      out["forget_acc"] = accuracy(logits, c.monitor_y)
+    return out
+
+  optimizer = freeze_outside(config.make_optimizer(), mask)
+  result = minibatch_descent(loss_fn, params, tuple(data), optimizer, epochs=config.epochs,
+                             batch_size=config.batch_size, key=key, context=ctx, metrics_fn=metrics_fn,
+                             initial_metrics=True, desc="FAMR variant", show_progress=show_progress)
+  return DescentResult(result.params, result.history, result.compile_s + compile_s, result.run_s + run_s)
+
+
+def _retained_impressions(model, params, forget_classes, num_classes, input_shape, config, key,
+                          num_forget, pool_key, show_progress):
+  """Class impressions of the retained classes as the retained pool (no retained data)."""
+  import sys
+
+  from famr_jax.impressions import ImpressionConfig, class_impressions
+  if not forget_classes:
+    raise FamrError("impressions stand in for retained classes: use --forget-classes")
+  retain = [c for c in range(num_classes) if c not in set(forget_classes)]
+  space = "activation" if config.train_from is not None else "pixel"
+  imp = class_impressions(model, params, retain, num_classes, tuple(input_shape),
+                          ImpressionConfig(num_per_class=config.impressions_per_class,
+                                           steps=config.impression_steps, space=space,
+                                           layer=config.train_from), key)
+  if show_progress:
+    print(imp.summary(), file=sys.stderr)
+  if imp.inputs.shape[0] == 0:
+    raise FamrError(f"no class impression reached its target class ({imp.summary()}); "
+                    "try more impression steps")
+  pick = pair_retained(pool_key, num_forget, imp.inputs.shape[0], config.retain_ratio).reshape(-1)
+  return (jnp.asarray(imp.inputs[pick]), imp.labels[pick], jnp.asarray(imp.logits[pick]),
+          imp.compile_s, imp.run_s)
+
+
+# ----------------------------------------------------------------------------- registry
+
+# The registered variants: presets of one config (any flag changes any of them).
+# Defaults tuned once on digits (notes/leaderboard.md, "Defaults"), never on
+# the evaluation tasks.
+VARIANT_PRESETS: dict[str, dict[str, Any]] = {
+    "famr-retrain-target": dict(target="retrain"),
+    "famr-fisher": dict(anchor="fisher"),
+    "famr-curvature": dict(anchor="gauss-newton"),
+    "famr-function": dict(retain_weight=1.0),
+    "famr-plus": dict(target="retrain", retain_weight=1.0),
+}
+# Per-model changes to every preset (e.g. the frozen head of famr-plus).
+_MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {}
+
+_DESCRIPTIONS = {
+    "famr-retrain-target": "FAMR with the retrain-like target (original prediction minus forgotten classes)",
+    "famr-fisher": "FAMR with the diagonal-Fisher anchor (Fisher stored with the checkpoint)",
+    "famr-curvature": "FAMR with the exact Gauss-Newton anchor of the retained loss (one HVP per step)",
+    "famr-function": "FAMR with a function-space anchor KL(p0 || p) on retained samples",
+    "famr-plus": "retrain-like target + function-space anchor (+ frozen head where tuned)",
+}
+
+
+def variant_defaults(name: str, model_name: str) -> FAMRVariantConfig:
+  """The default config of the registered variant ``name`` for a model of the library.
+
+  Example:
+    >>> variant_defaults("famr-fisher", "lenet5").anchor
+    'fisher'
+  """
+  if name not in VARIANT_PRESETS:
+    raise FamrError(f"unknown FAMR variant {name!r}; valid: {', '.join(VARIANT_PRESETS)}")
+  return FAMRVariantConfig(**{**VARIANT_PRESETS[name], **_MODEL_PRESETS.get(model_name, {}).get(name, {})})
+
+
+def _run_variant(task, config: FAMRVariantConfig) -> DescentResult:
+  from famr_jax.fisher import load_fisher, missing_fisher_message
+  config.validate()
+  data, forget = task.data, task.forget
+  fisher = None
+  if config.anchor == "fisher":
+    checkpoint = getattr(task, "checkpoint", None)
+    if not checkpoint:
+      raise FamrError(missing_fisher_message(None))
+    fisher = load_fisher(checkpoint, like=task.params)
+  retain = None
+  if config.reads_retained_data:
+    keep = forget.retain_mask(len(data.y_train))
+    retain = (data.x_train[keep], data.y_train[keep])
+  idx = forget.indices
+  return famr_variant_unlearn(task.apply_fn, task.params, data.x_train[idx], config, task.key,
+                              y_forget=data.y_train[idx], forget_classes=forget.classes,
+                              num_classes=forget.num_classes, retain_data=retain, fisher=fisher,
+                              model=task.model, input_shape=data.image_shape,
+                              show_progress=task.show_progress)
+
+
+def _register() -> None:
+  from famr_jax.methods import MethodSpec, register_method
+  for name in VARIANT_PRESETS:
+    register_method(MethodSpec(
+        name=name, config_cls=FAMRVariantConfig, run=_run_variant,
+        defaults=functools.partial(variant_defaults, name), description=_DESCRIPTIONS[name]))
+
+
+_register()
