@@ -20,8 +20,15 @@ from famr_jax.objectives import (cross_entropy, entropy, famr_objective, forget_
                                  kl_divergence, l2_anchor, mean_gram, style_loss, tree_sq_distance,
                                  uniform_kl)
 from famr_jax.optimization import DescentResult, epoch_batches, freeze_outside, minibatch_descent
+from famr_jax.parallel import DistributedConfig, ScaleConfig, ShardedData, initialize_distributed, shard_rows
+from famr_jax.resume import ResumeConfig, RunStopped
 from famr_jax.training import TrainConfig, train_classifier
 from famr_jax.unlearning import FAMRConfig, famr_defaults, famr_unlearn
+from famr_jax.impressions import (ImpressionConfig, ImpressionSet, class_impressions,
+                                  save_impression_grid)
+from famr_jax.zero_shot import (HeadTailSplit, ZeroShotConfig, ZeroShotFAMRConfig, ZeroShotResult,
+                                famr_zero_shot_unlearn, first_responsive_layer, split_model,
+                                zero_shot_unlearn)
 
 __all__ = [
     "Checkpoint", "Dataset", "DescentResult", "FAMRConfig", "FamrError", "ForgetSet", "MethodSpec",
@@ -32,4 +39,11 @@ __all__ = [
     "mean_gram", "method_names", "mia_efficacy", "minibatch_descent", "models", "param_distance",
     "per_class_accuracy", "read_metadata", "register_method", "save_checkpoint", "style_loss",
     "train_classifier", "tree_sq_distance", "true_class_confidence", "uniform_kl",
+    # scale-out (issue 6)
+    "DistributedConfig", "ResumeConfig", "RunStopped", "ScaleConfig", "ShardedData", "initialize_distributed",
+    "shard_rows",
+    # zero-shot unlearning from class impressions (issue 3)
+    "HeadTailSplit", "ImpressionConfig", "ImpressionSet", "ZeroShotConfig", "ZeroShotFAMRConfig",
+    "ZeroShotResult", "class_impressions", "famr_zero_shot_unlearn", "first_responsive_layer",
+    "save_impression_grid", "split_model", "zero_shot_unlearn",
 ]

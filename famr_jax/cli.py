@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default=())
   evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
+  _add_leaderboard_commands(sub, cf)
+
   theory = _theory_config()
   if theory is not None:
     verify = sub.add_parser("verify-theory", help="check FAMR's influence-function claims numerically")
@@ -82,6 +84,47 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--overwrite", action="store_true")
     cf.add_config_flags(verify, theory, dest_prefix="theory__")
   return parser
+
+
+def _add_leaderboard_commands(sub, cf) -> None:
+  """``famr-jax fisher`` and ``famr-jax compare`` (issue 5)."""
+  from famr_jax.compare import CompareRun
+
+  fisher = sub.add_parser("fisher", help="compute the diagonal Fisher of a checkpoint and store it with it")
+  fisher.add_argument("--checkpoint", required=True)
+  fisher.add_argument("--out", default=None, help="write a copy with the Fisher here (default: in place)")
+  fisher.add_argument("--batch-size", type=cf._Deferred(cf._parser_for(int, "--batch-size")), default=256)
+  fisher.add_argument("--overwrite", action="store_true")
+
+  compare = sub.add_parser("compare", help="leaderboard: every method vs the retrained gold standard")
+  cf.add_config_flags(compare, CompareRun)
+  seen: set[str] = set()
+  for cls in _method_config_classes():
+    cf.add_config_flags(compare, cls, dest_prefix="method__", seen=seen)
+
+
+def _cmd_fisher(args) -> int:
+  from famr_jax.fisher import store_fisher
+  info = store_fisher(args.checkpoint, out=args.out, batch_size=args.batch_size, overwrite=args.overwrite)
+  print(f"diagonal Fisher of {info['num_examples']} training examples in {info['compute_s']:.1f} s "
+        f"(compile included), stored in {info['checkpoint']}")
+  return 0
+
+
+def _cmd_compare(args) -> int:
+  from famr_jax import config_flags as cf
+  from famr_jax.compare import CompareRun, run_compare
+
+  missing = [f"--{name}" for name in ("checkpoint", "out") if not hasattr(args, name)]
+  if missing:
+    raise FamrError(f"compare needs {' and '.join(missing)}")
+  run = cf.build_config(CompareRun, args)
+  flags = {k[len("method__"):]: v for k, v in vars(args).items() if k.startswith("method__")}
+  board = run_compare(run, flags=flags)
+  from famr_jax.compare import format_leaderboard
+  print(format_leaderboard(board))
+  print(f"wrote {os.path.abspath(run.out)}/leaderboard.json, leaderboard.md, leaderboard.png")
+  return 0
 
 
 def _theory_config():
@@ -212,7 +255,8 @@ def _print_summary(rep: dict, out: str) -> None:
 
 
 _COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "unlearn": _cmd_unlearn,
-             "evaluate": _cmd_evaluate, "verify-theory": _cmd_verify_theory}
+             "evaluate": _cmd_evaluate, "verify-theory": _cmd_verify_theory,
+             "fisher": _cmd_fisher, "compare": _cmd_compare}
 
 
 def _log_to_stderr() -> None:

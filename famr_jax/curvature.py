@@ -262,6 +262,11 @@ def _stack_batches(data: Batch, batch_size: int) -> tuple[Batch, jax.Array]:
   return jax.tree.map(stack, data), mask
 
 
+def _validate_data(data: Batch, batch_size: int) -> None:
+  """Raises the one-line FamrError of ``_stack_batches`` now, without computing anything."""
+  jax.eval_shape(lambda d: _stack_batches(d, batch_size), data)
+
+
 def _accumulate(step, init, xs):
   """``lax.scan`` over batches; a single batch is called directly.
 
@@ -443,7 +448,7 @@ def dataset_hvp_operator(example_loss: ExampleLoss, params: Params, data: Batch,
     >>> float(op({'a': jnp.array(1.)})['a'])
     61.0
   """
-  _stack_batches(data, batch_size)  # validate eagerly: a one-line error, not a trace
+  _validate_data(data, batch_size)
   return Partial(_dataset_hvp_kernel(example_loss, batch_size), params, data,
                  jnp.asarray(weight_decay, _float_dtype(params)))
 
@@ -471,7 +476,7 @@ def gauss_newton_operator(apply_fn: ApplyFn, params: Params, x: jax.Array, *,
     >>> op(jnp.array([[1., 0.]])).tolist()
     [[0.75, -0.75]]
   """
-  _stack_batches(x, batch_size)
+  _validate_data(x, batch_size)
   return Partial(_gauss_newton_kernel(apply_fn, batch_size, output_hvp), params, x,
                  jnp.asarray(weight_decay, _float_dtype(params)))
 

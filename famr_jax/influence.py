@@ -240,8 +240,7 @@ def predicted_loss_change(example_loss: ExampleLoss, params: Params, delta: Para
     >>> predicted_loss_change(loss, jnp.array(1.), jnp.array(0.5), jnp.array([1., 2.])).tolist()
     [0.5, 1.0]
   """
-  batches, _ = curvature._stack_batches(points, batch_size)  # pylint: disable=protected-access
-  return _first_n(_directional_losses(example_loss, params, delta, batches), points)
+  return _first_n(_directional_losses(example_loss, params, delta, points, batch_size), points)
 
 
 def actual_loss_change(example_loss: ExampleLoss, params: Params, new_params: Params,
@@ -254,17 +253,18 @@ def actual_loss_change(example_loss: ExampleLoss, params: Params, new_params: Pa
     >>> actual_loss_change(loss, jnp.array(1.), jnp.array(1.5), jnp.array([1., 2.])).tolist()
     [0.5, 1.0]
   """
+  return _first_n(_loss_differences(example_loss, params, new_params, points, batch_size), points)
+
+
+@functools.partial(jax.jit, static_argnames=('example_loss', 'batch_size'))
+def _directional_losses(example_loss, params, delta, points, batch_size):
   batches, _ = curvature._stack_batches(points, batch_size)  # pylint: disable=protected-access
-  return _first_n(_loss_differences(example_loss, params, new_params, batches), points)
-
-
-@functools.partial(jax.jit, static_argnames=('example_loss',))
-def _directional_losses(example_loss, params, delta, batches):
   return lax.map(lambda b: jax.jvp(lambda p: example_loss(p, b), (params,), (delta,))[1], batches)
 
 
-@functools.partial(jax.jit, static_argnames=('example_loss',))
-def _loss_differences(example_loss, params, new_params, batches):
+@functools.partial(jax.jit, static_argnames=('example_loss', 'batch_size'))
+def _loss_differences(example_loss, params, new_params, points, batch_size):
+  batches, _ = curvature._stack_batches(points, batch_size)  # pylint: disable=protected-access
   return lax.map(lambda b: example_loss(new_params, b) - example_loss(params, b), batches)
 
 

@@ -372,21 +372,52 @@ def _data_digest(arrays: Sequence[np.ndarray], max_bytes: int = 1 << 26) -> str:
   return h.hexdigest()
 
 
-def _scaled_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | ShardedData,
-                    optimizer: optax.GradientTransformation, *, epochs: int, batch_size: int,
-                    key: jax.Array, context: Any, metrics_fn: MetricsFn | None, initial_metrics: bool,
-                    desc: str, show_progress: bool, scale: ScaleConfig,
-                    resume: ResumeConfig | None, resume_meta: Mapping[str, Any] | None) -> DescentResult:
-  """:func:`minibatch_descent` on a device mesh and/or with checkpoints (segmented epochs)."""
-  import time
+class PreparedDescent(NamedTuple):
+  """Everything placed on the devices, and the jitted segment, before the first step.
 
+  ``segment(params, opt_state, data, context, key_data, scalar(epoch),
+  scalar(start), zero_acc)`` runs ``plan.segment_steps`` steps (see
+  :func:`make_segment_fn`); ``metrics`` is ``metrics_fn`` jitted with the same
+  shardings (None without one). Built by :func:`prepare_descent`.
+  """
+  segment: Any
+  metrics: Any
+  params: Params
+  opt_state: Any
+  data: tuple
+  context: Any
+  key_data: Any
+  zero_acc: Any
+  scalar: Callable[[int], Any]
+  plan: SegmentPlan
+  mesh: Any
+  num_examples: int
+  data_digest: str | None
+
+
+def prepare_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | ShardedData,
+                    optimizer: optax.GradientTransformation, *, batch_size: int, key: jax.Array,
+                    context: Any = None, metrics_fn: MetricsFn | None = None,
+                    scale: ScaleConfig | None = None, segment_steps: int | None = None,
+                    digest: bool = False) -> PreparedDescent:
+  """Places params, optimizer state, data and context on the mesh and jits the segment.
+
+  The first half of :func:`minibatch_descent` with a ``scale`` or ``resume``,
+  public so that benchmarks time exactly the engine's program.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np, optax
+    >>> loss = lambda p, b, w, c: jnp.sum(w * (b[0] - p) ** 2) / jnp.sum(w)
+    >>> d = prepare_descent(loss, jnp.zeros(()), (np.arange(8.0),), optax.sgd(0.1), batch_size=4,
+    ...                     key=jax.random.key(0), scale=ScaleConfig(data_parallel=True))
+    >>> p, s, acc, m = d.segment(d.params, d.opt_state, d.data, d.context, d.key_data, d.scalar(0),
+    ...                          d.scalar(0), d.zero_acc)
+    >>> d.plan.num_batches, float(m["loss"]) > 0
+    (2, True)
+  """
   from famr_jax import parallel
-  from famr_jax.resume import Resumer, RunStopped
 
-  scale = scale.validate()
-  if epochs <= 0:
-    raise FamrError(f"epochs must be positive, got {epochs}")
-  resume = resume.validate() if resume is not None and resume.enabled else None
+  scale = (scale or ScaleConfig()).validate()
   mesh = parallel.make_data_mesh(scale.num_devices) if scale.sharded else None
   num_devices = 1 if mesh is None else mesh.size
 
@@ -395,16 +426,16 @@ def _scaled_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
     if mesh is None:
       raise FamrError("ShardedData needs a device mesh: pass ScaleConfig(data_parallel=True)")
     arrays, n = tuple(data.arrays), int(data.num_examples)
-    digest = None   # each process holds only its rows: the shapes are checked instead
+    data_digest = None   # each process holds only its rows: the shapes are checked instead
   else:
     host = tuple(np.asarray(a) for a in data)
-    digest = _data_digest(host) if resume is not None and resume.enabled else None
+    data_digest = _data_digest(host) if digest else None
     n = int(host[0].shape[0])
     if any(a.shape[0] != n for a in host):
       raise FamrError("data arrays must share their first axis")
     arrays = parallel.shard_rows(host, mesh).arrays if mesh is not None else tuple(jnp.asarray(a) for a in host)
   plan = plan_segments(n, batch_size, num_devices=num_devices, grad_accum=scale.grad_accum,
-                       segment_steps=resume.checkpoint_every if resume is not None else None)
+                       segment_steps=segment_steps)
 
   key = _typed_key(key)
   key_impl = jax.random.key_impl(key)
@@ -433,27 +464,44 @@ def _scaled_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
     jit = jax.jit
     jit_metrics = jax.jit
 
-  segment_fn = make_segment_fn(loss_fn, optimizer, plan, key_impl=key_impl, metrics_fn=metrics_fn, mesh=mesh)
-  zero_acc = put_rep((np.zeros((), np.float32), np.zeros((), np.float32)))
-  key_data_dev = put_rep(key_data)
-  scalar = lambda v: put_rep(np.asarray(v, np.int32))
+  segment = jit(make_segment_fn(loss_fn, optimizer, plan, key_impl=key_impl, metrics_fn=metrics_fn, mesh=mesh))
+  return PreparedDescent(
+      segment=segment, metrics=jit_metrics(metrics_fn) if metrics_fn is not None else None,
+      params=params, opt_state=opt_state, data=arrays, context=context, key_data=put_rep(key_data),
+      zero_acc=put_rep((np.zeros((), np.float32), np.zeros((), np.float32))),
+      scalar=lambda v: put_rep(np.asarray(v, np.int32)), plan=plan, mesh=mesh, num_examples=n,
+      data_digest=data_digest)
 
-  t0 = time.perf_counter()
-  compiled = jit(segment_fn).lower(params, opt_state, arrays, context, key_data_dev, scalar(0), scalar(0),
-                                   zero_acc).compile()
-  metrics_compiled = None
-  if metrics_fn is not None and (plan.num_segments > 1 or initial_metrics):
-    metrics_compiled = jit_metrics(metrics_fn).lower(params, context).compile()
-  compile_s = time.perf_counter() - t0
 
-  history: list[dict[str, float]] = []
-  if initial_metrics and metrics_fn is not None:
-    m0 = jax.device_get(metrics_compiled(params, context))
-    history.append({"epoch": 0, **{k: float(v) for k, v in m0.items()}})
+def _scaled_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | ShardedData,
+                    optimizer: optax.GradientTransformation, *, epochs: int, batch_size: int,
+                    key: jax.Array, context: Any, metrics_fn: MetricsFn | None, initial_metrics: bool,
+                    desc: str, show_progress: bool, scale: ScaleConfig,
+                    resume: ResumeConfig | None, resume_meta: Mapping[str, Any] | None) -> DescentResult:
+  """:func:`minibatch_descent` on a device mesh and/or with checkpoints (segmented epochs)."""
+  import time
 
-  # Resume: the newest checkpoint of a run with the same fingerprint.
+  from famr_jax import parallel
+  from famr_jax.resume import Resumer, RunStopped
+
+  scale = scale.validate()
+  if epochs <= 0:
+    raise FamrError(f"epochs must be positive, got {epochs}")
+  resume = resume.validate() if resume is not None and resume.enabled else None
+  prep = prepare_descent(loss_fn, params, data, optimizer, batch_size=batch_size, key=key, context=context,
+                         metrics_fn=metrics_fn, scale=scale,
+                         segment_steps=resume.checkpoint_every if resume is not None else None,
+                         digest=resume is not None)
+  params, opt_state, arrays, context = prep.params, prep.opt_state, prep.data, prep.context
+  plan, mesh, n, digest = prep.plan, prep.mesh, prep.num_examples, prep.data_digest
+  zero_acc, key_data_dev, scalar = prep.zero_acc, prep.key_data, prep.scalar
+  key_data = np.asarray(jax.random.key_data(_typed_key(key)))
+
+  # Resume (checked before compiling, so a refused resume costs nothing): the
+  # newest checkpoint of a run with the same fingerprint.
   epoch, seg, loss_acc, step = 0, 0, zero_acc, 0
-  resumer = None
+  history: list[dict[str, float]] = []
+  resumer, restored = None, None
   if resume is not None:
     fingerprint = {
         "engine": {"epochs": epochs, "batch_size": batch_size, "num_examples": n,
@@ -464,7 +512,11 @@ def _scaled_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
                    "data_digest": digest},
         "run": dict(resume_meta or {})}
     resumer = Resumer(resume, fingerprint)
-    restored = resumer.restore({"params": params, "opt_state": opt_state, "loss_acc": loss_acc})
+    try:
+      restored = resumer.restore({"params": params, "opt_state": opt_state, "loss_acc": loss_acc})
+    except BaseException:
+      resumer.close()
+      raise
     if restored is not None:
       state, meta = restored
       params, opt_state, loss_acc = state["params"], state["opt_state"], tuple(state["loss_acc"])
@@ -472,6 +524,18 @@ def _scaled_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
       history = [dict(h) for h in meta["history"]]
       logging.getLogger("famr_jax").info("resuming %s from step %d of %d (%s)", desc, step,
                                          epochs * plan.num_batches, resumer.directory)
+
+  t0 = time.perf_counter()
+  compiled = prep.segment.lower(params, opt_state, arrays, context, key_data_dev, scalar(0), scalar(0),
+                                zero_acc).compile()
+  metrics_compiled = None
+  if metrics_fn is not None and (plan.num_segments > 1 or (initial_metrics and restored is None)):
+    metrics_compiled = prep.metrics.lower(params, context).compile()
+  compile_s = time.perf_counter() - t0
+
+  if initial_metrics and metrics_fn is not None and restored is None:
+    m0 = jax.device_get(metrics_compiled(params, context))
+    history.append({"epoch": 0, **{k: float(v) for k, v in m0.items()}})
 
   pending: list[tuple[int, Any]] = []   # (epoch, device metrics) not yet fetched
 

@@ -209,8 +209,8 @@ def make_data_mesh(num_devices: int | None = None) -> Mesh:
   sharding propagation decides every intermediate's layout.
 
   Example:
-    >>> make_data_mesh(1).shape
-    OrderedDict({'data': 1})
+    >>> dict(make_data_mesh(1).shape)
+    {'data': 1}
   """
   devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   if num_devices is not None:
@@ -230,7 +230,7 @@ def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
 
   Example:
     >>> batch_sharding(make_data_mesh(1), axis=1).spec
-    PartitionSpec(None, 'data')
+    P(None, 'data')
   """
   return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
 
@@ -243,9 +243,9 @@ def fsdp_spec(shape: Sequence[int], num_shards: int, min_size: int) -> P:
 
   Example:
     >>> fsdp_spec((768, 3072), 8, 1024)
-    PartitionSpec(None, 'data')
+    P(None, 'data')
     >>> fsdp_spec((10,), 8, 1)
-    PartitionSpec()
+    P()
   """
   if num_shards <= 1 or math.prod(shape) < min_size:
     return P()
@@ -267,7 +267,7 @@ def tree_shardings(tree: Any, mesh: Mesh, *, fsdp: bool = False, min_size: int =
     >>> import jax.numpy as jnp
     >>> s = tree_shardings({"w": jnp.zeros((8, 4))}, make_data_mesh(1))
     >>> s["w"].spec
-    PartitionSpec()
+    P()
   """
   num_shards = mesh.shape[DATA_AXIS]
 
@@ -470,11 +470,13 @@ class CompileCounter:
 
   def __init__(self):
     self.count = 0
+    self.seconds = 0.0   # total backend compile time
     self._active = False
 
   def _listener(self, event: str, duration: float, **kwargs) -> None:
     if self._active and event == self.EVENT:
       self.count += 1
+      self.seconds += float(duration)
 
   def __enter__(self) -> "CompileCounter":
     self._active = True

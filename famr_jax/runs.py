@@ -62,11 +62,21 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainRun:
-  """``famr-jax train``: train a classifier from scratch and save it."""
+  """``famr-jax train``: train a classifier from scratch and save it.
+
+  Attributes:
+    out: the checkpoint directory to write.
+    model: a model of famr_jax.models.
+    seed: seed of the init and the minibatch order.
+    overwrite: replace ``out`` if it exists.
+    fisher: also compute the diagonal empirical Fisher of the training loss and store it with the
+      checkpoint (for the Fisher anchor of famr-fisher).
+  """
   out: str
   model: str = "mlp"
   seed: int = 0
   overwrite: bool = False
+  fisher: bool = False
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   scale: ScaleConfig = ScaleConfig()
@@ -246,11 +256,21 @@ def _stage_resume(resume: ResumeConfig, out: str | os.PathLike, stage: str) -> R
   return dataclasses.replace(resume, checkpoint_dir=str(root / stage)).validate()
 
 
+RESUME_STAGES = ("train", "unlearn", "retrain")
+
+
 def _finish_resume(resume: ResumeConfig, out: str | os.PathLike) -> None:
-  """Deletes a finished run's resumable checkpoints (its outputs are in place)."""
+  """Deletes a finished run's resumable checkpoints (its outputs are in place).
+
+  Only the stage folders a run writes are removed, then the root if it is
+  left empty, so a shared ``--checkpoint-dir`` keeps everything else.
+  """
   if resume.enabled:
     root = Path(resume.checkpoint_dir).expanduser().resolve() if resume.checkpoint_dir else resume_directory(out)
-    shutil.rmtree(root, ignore_errors=True)
+    for stage in RESUME_STAGES:
+      shutil.rmtree(root / stage, ignore_errors=True)
+    with contextlib.suppress(OSError):
+      root.rmdir()
 
 
 def _check_scale(run) -> None:
@@ -287,7 +307,15 @@ def train_model(run: TrainRun, *, show_progress: bool = True) -> dict:
   metadata = _model_metadata(run.model, run.data, data, run.train, run.seed, result.run_s,
                              result.compile_s, test_acc)
   metadata["history"] = result.history
-  checkpoints.save_checkpoint(run.out, result.params, metadata, overwrite=run.overwrite)
+  extras = {}
+  if run.fisher:   # issue 5: the Fisher anchor's curvature, computed once after training
+    from famr_jax.fisher import FISHER_EXTRA, diagonal_fisher
+    t0 = time.perf_counter()
+    extras[FISHER_EXTRA] = jax.block_until_ready(
+        diagonal_fisher(apply_fn, result.params, data.x_train, data.y_train))
+    metadata["fisher"] = {"kind": "diagonal empirical Fisher of the training cross-entropy",
+                          "num_examples": int(len(data.y_train)), "compute_s": time.perf_counter() - t0}
+  checkpoints.save_checkpoint(run.out, result.params, metadata, extras=extras, overwrite=run.overwrite)
   _finish_resume(run.resume, run.out)
   metadata["scale"] = resources_report(run.scale)   # returned (printed), not stored
   return metadata

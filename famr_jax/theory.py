@@ -507,7 +507,8 @@ def _influence_rows(s: _Setting, curvature_name: str, hessian: np.ndarray, g: np
       s.section, s.forget, 'Eq. 7 (sign of ERRATA 6): theta_IF ~ w*' + tag,
       '||theta_IF - w*|| / ||w* - theta0||; cosine(theta_IF - theta0, w* - theta0)',
       'a first-order approximation; "few percent" taken as relative error <= 0.05',
-      f'relative error {_fmt(rel)}, cosine {_fmt(cos)} (||w* - theta0|| = {_fmt(_norm(upd_true))})',
+      f'relative error {_fmt(rel)}, cosine {_fmt(cos)} (||w* - theta0|| = {_fmt(_norm(upd_true))}, '
+      f'||theta_IF - theta0|| = {_fmt(_norm(upd_if))})',
       _status(rel <= 0.05), relative_error=rel, cosine=cos, update_norm=_norm(upd_true)))
   if w_local is not None:
     wl = _flat(w_local)
@@ -621,14 +622,15 @@ def _famr_rows(s: _Setting, sweep: dict, grad_tol: float) -> list[dict]:
   rel_d0 = d0 / base
   good_cert = l1 <= 0.1
   close = rel_d0 <= 0.1
-  best_d0 = float(rel_d0[good_cert].min()) if good_cert.any() else float('nan')
-  best_l1 = float(l1[close].min()) if close.any() else float('nan')
+  best_d0 = float(rel_d0[good_cert].min()) if good_cert.any() else None
+  best_l1 = float(l1[close].min()) if close.any() else None
+  say = lambda v: 'no lambda of the sweep qualifies' if v is None else _fmt(v)
   rows.append(_row(
       s.section, s.forget, 'Prop. .2 vs .4 trade-off (ERRATA 9)',
       'at one lambda: ||theta* - theta0|| / ||w* - theta0|| and max_T ||p - u||_1',
       'both small at once (the paper implies it; the objective pulls them apart)',
-      f'where max_T ||p - u||_1 <= 0.1: smallest relative distance {_fmt(best_d0)}; where the '
-      f'relative distance <= 0.1: smallest ||p - u||_1 {_fmt(best_l1)} (see tradeoff.png)',
+      f'where max_T ||p - u||_1 <= 0.1: smallest relative distance {say(best_d0)}; where the '
+      f'relative distance <= 0.1: smallest ||p - u||_1 {say(best_l1)} (see tradeoff.png)',
       'measured', best_rel_dist_with_certificate=best_d0, best_l1_when_close=best_l1))
   return rows
 
@@ -710,7 +712,9 @@ def _logistic_apply(params, x):
   return x.reshape(x.shape[0], -1) @ params['w'] + params['b']
 
 
+@functools.lru_cache(maxsize=None)
 def _kl_loss_for(apply_fn):
+  """Per-example uniform KL of ``apply_fn`` (cached: one function object, one compile)."""
   def kl_loss(params, x):
     return uniform_kl(apply_fn(params, x))
   return kl_loss
@@ -726,7 +730,9 @@ def _split(data: dict, mask: np.ndarray):
   return (x, y, ones), (x, y, keep), (x, y, drop), x[np.flatnonzero(mask)], x[np.flatnonzero(~mask)], test
 
 
+@functools.lru_cache(maxsize=None)
 def _weighted_ce_for(apply_fn):
+  """Per-example 0/1-weighted cross-entropy of ``apply_fn`` (cached like _kl_loss_for)."""
   ce = influence.cross_entropy_example_loss(apply_fn)
 
   def weighted_ce(params, batch):
@@ -1081,8 +1087,9 @@ def format_theory_table(result: dict, fmt: Literal['text', 'markdown'] = 'markdo
   for row in result['rows']:
     groups.setdefault((row['section'], row['forget_set']), []).append(row)
   out = []
+  activation = result.get('config', {}).get('mlp_activation', '')
   titles = {CONVEX: 'convex: L2 multinomial logistic regression',
-            NONCONVEX: 'non-convex: ReLU MLP with weight decay'}
+            NONCONVEX: f'non-convex: one-hidden-layer {activation} MLP with weight decay'.replace('  ', ' ')}
   for (section, forget), rows in groups.items():
     title = f'{titles.get(section, section)} -- forget set: {forget}'
     if fmt == 'markdown':
@@ -1091,7 +1098,9 @@ def format_theory_table(result: dict, fmt: Literal['text', 'markdown'] = 'markdo
       out.append('|---|---|---|---|---|')
       for r in rows:
         cells = [r['claim'], r['quantity'], r['predicted'], r['measured'], f"**{r['status']}**"]
-        out.append('| ' + ' | '.join(str(c).replace('|', '\\|') for c in cells) + ' |')
+        # Norm bars would have to be escaped as \\|\\| inside a pipe table: write them as U+2016.
+        out.append('| ' + ' | '.join(str(c).replace('||', '\u2016').replace('|', '\\|')
+                                     for c in cells) + ' |')
       out.append('')
     else:
       out.append(f'== {section} -- forget set: {forget} ==')

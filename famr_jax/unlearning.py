@@ -252,7 +252,13 @@ def _famr_unlearn_sharded(apply_fn, params, x_forget: ShardedData, config: FAMRC
 
 
 # Per-model defaults measured to forget (BUILD_NOTES.md, "FAMR defaults").
-_FAMR_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {}
+# "mlp" keeps the class defaults (digits sweep: lr 0.1, lambda 0.1, 10 epochs
+# is the cheapest setting that forgets). LeNet5 forget sets are large (6000
+# Fashion-MNIST images, 188 steps an epoch), so a smaller step forgets within
+# 3 epochs (Fashion-MNIST sweep; lr >= 0.01 costs 10+ more retain points).
+_FAMR_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lenet5": {"lr": 1e-3, "lam": 0.1, "epochs": 3},
+}
 
 
 def famr_defaults(model_name: str) -> FAMRConfig:

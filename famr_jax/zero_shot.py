@@ -440,11 +440,11 @@ class ZeroShotFAMRConfig:
   impression_beta: float = 0.0
   tail_layer: str | None = None
   epochs: int = 10
-  lr: float = 0.1
+  lr: float = 1e-3
   lam: float = 0.1
   batch_size: int = 32
   retain_weight: float = 1.0
-  optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
+  optimizer: Literal["sgd", "momentum", "adam"] = "adam"
   scale_min: float = 0.01
   impression_range: Literal["auto", "free", "nonnegative"] = "auto"
 
@@ -999,6 +999,9 @@ def _task_inputs(task) -> tuple[int, tuple[int, ...]]:
   if task.model is None:
     raise FamrError("zero-shot methods need the model (for its layers and input shape)")
   shape = getattr(task, "input_shape", None)
+  if not shape and getattr(task, "checkpoint", None):
+    from famr_jax.checkpoints import read_metadata
+    shape = read_metadata(task.checkpoint).get("image_shape")   # the model's description, not data
   return task.forget.num_classes, tuple(shape) if shape else infer_input_shape(task.model, task.params)
 
 

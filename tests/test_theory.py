@@ -87,33 +87,38 @@ def test_eq9_figures_recomputed_from_curves(quick_run):
   np.testing.assert_allclose(inf['damped_dist_to_w_star'][0], inf['newton_error'], rtol=1e-2)
 
 
-def test_ground_truth_trainer_matches_sklearn():
+# The two tests below use the shapes and loss objects of the quick run, so its
+# compiled programs are reused (the fixture has run by then).
+_N, _D, _C, _BATCH = 240, 64, 10, 256
+
+
+def test_ground_truth_trainer_matches_sklearn(quick_run):
   from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(80, 5))
-  y = rng.integers(0, 3, size=80)
-  mu = 2.0
+  x = rng.uniform(size=(_N, _D)) * (rng.uniform(size=_D) < 0.7)
+  y = rng.integers(0, _C, size=_N)
+  mu = 1.0
   with jax.enable_x64(True):
     loss = theory._weighted_ce_for(theory._logistic_apply)
-    zeros = {'w': jnp.zeros((5, 3)), 'b': jnp.zeros((3,))}
-    data = (jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.ones(80))
-    obj = theory._Objective(loss, data, mu, zeros, 32)
+    zeros = {'w': jnp.zeros((_D, _C)), 'b': jnp.zeros((_C,))}
+    data = (jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.ones(_N))
+    obj = theory._Objective(loss, data, mu, zeros, _BATCH)
     params, info = theory._newton_minimize(obj, zeros, grad_tol=1e-10)
   assert info.grad_norm <= 1e-10
   # sklearn: C * sum CE + 1/2 ||W||^2; a constant column makes the bias penalized like ours.
-  xa = np.hstack([x, np.ones((80, 1))])
+  xa = np.hstack([x, np.ones((_N, 1))])
   ref = LogisticRegression(C=1 / mu, fit_intercept=False, tol=1e-12, max_iter=10_000).fit(xa, y)
   ours = np.vstack([np.asarray(params['w']), np.asarray(params['b'])[None]]).T  # [C, d+1]
   np.testing.assert_allclose(ours, ref.coef_, rtol=1e-4, atol=1e-5)
 
 
-def test_famr_minimizer_is_stationary_for_the_written_objective():
+def test_famr_minimizer_is_stationary_for_the_written_objective(quick_run):
   rng = np.random.default_rng(1)
-  x_t = jnp.asarray(rng.normal(size=(7, 4)))
   with jax.enable_x64(True):
-    theta0 = {'w': jnp.asarray(rng.normal(size=(4, 3))), 'b': jnp.asarray(rng.normal(size=3))}
+    x_t = jnp.asarray(rng.uniform(size=(12, _D)))
+    theta0 = {'w': jnp.asarray(rng.normal(size=(_D, _C))), 'b': jnp.asarray(rng.normal(size=_C))}
     lam = 0.3
-    obj = theory._Objective(theory._kl_loss_for(theory._logistic_apply), x_t, lam, theta0, 4)
+    obj = theory._Objective(theory._kl_loss_for(theory._logistic_apply), x_t, lam, theta0, _BATCH)
     theta, _ = theory._newton_minimize(obj, theta0, grad_tol=1e-11)
 
     def famr_j(p):  # Eq. 1 with Eq. 2, written out directly
@@ -121,8 +126,9 @@ def test_famr_minimizer_is_stationary_for_the_written_objective():
       sq = sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(theta0)))
       return jnp.sum(uniform_kl(logits)) + 0.5 * lam * sq
 
-    grad = ravel_pytree(jax.grad(famr_j)(theta))[0]
+    grad = ravel_pytree(jax.jit(jax.grad(famr_j))(theta))[0]
     assert float(jnp.linalg.norm(grad)) <= 1e-10
+    famr_j = jax.jit(famr_j)
     assert float(famr_j(theta)) < float(famr_j(theta0))
 
 
