@@ -5,7 +5,9 @@ Usage:
       [--models lenet5,karpathynet,vit_nano] [--seed 0]
 
 Reports (every figure is a median over ``--repeats`` calls of a jit-compiled
-function, compile excluded, each call ended by ``block_until_ready``):
+function, compile excluded, each call ended by ``block_until_ready``; in part 1
+the gradient, HVP and GN-HVP calls are taken in turn and the ratio is the
+median of the per-repeat ratios, which is robust to a shared machine's load):
 
 1. For each model at a fixed batch (float32, random inputs and labels): time of
    one gradient of the mean cross-entropy, one exact HVP (forward-over-reverse)
@@ -47,6 +49,29 @@ def median_time(fn, *args, repeats: int) -> float:
   return statistics.median(times)
 
 
+def interleaved_times(calls: dict, repeats: int) -> dict:
+  """Wall and process-CPU times of several jitted calls, taken in turn each repeat.
+
+  Taking them in turn exposes every call to the same background load (the
+  machine is shared), so per-repeat ratios are steadier than ratios of
+  separately measured medians. Process CPU time (all of XLA's threads) counts
+  the work done and is the least sensitive to other processes. Compile is
+  excluded by a warm-up call.
+  """
+  for fn, args in calls.values():
+    jax.block_until_ready(fn(*args))
+  wall = {name: [] for name in calls}
+  cpu = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, (fn, args) in calls.items():
+      start, start_cpu = time.perf_counter(), time.process_time()
+      jax.block_until_ready(fn(*args))
+      wall[name].append(time.perf_counter() - start)
+      cpu[name].append(time.process_time() - start_cpu)
+  return ({name: np.asarray(t) for name, t in wall.items()},
+          {name: np.asarray(t) for name, t in cpu.items()})
+
+
 def bench_model(name: str, batch: int, repeats: int, key: jax.Array) -> dict:
   shape = IMAGE_SHAPES[name]
   model = create_model(name, 10, shape)
@@ -63,10 +88,14 @@ def bench_model(name: str, batch: int, repeats: int, key: jax.Array) -> dict:
   hvp_fn = jax.jit(lambda p, u: curvature.hvp(loss, p, u))
   gn_fn = jax.jit(lambda p, u: jax.tree.map(
       lambda a: a / batch, curvature.gauss_newton_hvp(apply_fn, p, x, u)))
-  t_grad = median_time(grad_fn, params, repeats=repeats)
-  t_hvp = median_time(hvp_fn, params, v, repeats=repeats)
-  t_gn = median_time(gn_fn, params, v, repeats=repeats)
-  return dict(model=name, params=count_params(params), t_grad=t_grad, t_hvp=t_hvp, t_gn=t_gn)
+  wall, cpu = interleaved_times({'grad': (grad_fn, (params,)), 'hvp': (hvp_fn, (params, v)),
+                                 'gn': (gn_fn, (params, v))}, repeats)
+  med = lambda a: float(np.median(a))
+  return dict(model=name, params=count_params(params),
+              wall={k: med(t) for k, t in wall.items()}, cpu={k: med(t) for k, t in cpu.items()},
+              wall_ratio_hvp=med(wall['hvp'] / wall['grad']), wall_ratio_gn=med(wall['gn'] / wall['grad']),
+              cpu_ratio_hvp=med(cpu['hvp']) / med(cpu['grad']),
+              cpu_ratio_gn=med(cpu['gn']) / med(cpu['grad']))
 
 
 def _lbfgs(fun, params, tol: float, max_steps: int):
@@ -146,14 +175,17 @@ def main() -> None:
   args = parser.parse_args()
   key = jax.random.key(args.seed)
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}')
-  print(f'\n1. gradient vs HVP, batch {args.batch}, float32, median of {args.repeats} '
-        '(compile excluded)')
-  print(f'{"model":12s} {"params":>8s} {"grad ms":>9s} {"HVP ms":>9s} {"GN-HVP ms":>10s} '
-        f'{"HVP/grad":>9s} {"GN/grad":>8s}')
+  print(f'\n1. gradient vs HVP, batch {args.batch}, float32, {args.repeats} repeats taken in turn '
+        '(compile excluded); median wall ms / median process-CPU ms')
+  print(f'{"model":12s} {"params":>7s} {"grad":>13s} {"HVP":>13s} {"GN-HVP":>13s} '
+        f'{"HVP/grad wall":>14s} {"cpu":>5s} {"GN/grad wall":>13s} {"cpu":>5s}')
   for i, name in enumerate(args.models.split(',')):
     r = bench_model(name, args.batch, args.repeats, jax.random.fold_in(key, i))
-    print(f'{r["model"]:12s} {r["params"]:8d} {1e3 * r["t_grad"]:9.2f} {1e3 * r["t_hvp"]:9.2f} '
-          f'{1e3 * r["t_gn"]:10.2f} {r["t_hvp"] / r["t_grad"]:9.2f} {r["t_gn"] / r["t_grad"]:8.2f}')
+    cell = lambda k: f'{1e3 * r["wall"][k]:6.1f}/{1e3 * r["cpu"][k]:6.1f}'
+    print(f'{r["model"]:12s} {r["params"]:7d} {cell("grad"):>13s} {cell("hvp"):>13s} '
+          f'{cell("gn"):>13s} {r["wall_ratio_hvp"]:14.2f} {r["cpu_ratio_hvp"]:5.2f} '
+          f'{r["wall_ratio_gn"]:13.2f} {r["cpu_ratio_gn"]:5.2f}')
+  print('  (wall ratio: median of per-repeat ratios; cpu ratio: ratio of median CPU times)')
   with jax.enable_x64(True), threadpoolctl.threadpool_limits(limits=1, user_api='blas'):
     r = bench_logistic(args.repeats, jax.random.fold_in(key, 99))
   print(f'\n2. L2 logistic regression on digits, P = {r["params"]}, |D \\ T| = {r["n_retain"]}, '

@@ -6,7 +6,8 @@ class drawn at random with that seed, under two settings:
 
 * ``paper``: the paper's 10 epochs, lr 1e-4, anchor lambda ("rho") 0.1, SGD;
 * ``forgets``: the library's per-model FAMR defaults (10 epochs, lr 0.1,
-  lambda 0.1, SGD), the setting measured to forget on the small models.
+  lambda 0.1, SGD), the setting measured to forget on the small models;
+* ``lr=X``: the paper's setting with step size X (``--settings paper,lr=1e-3``).
 
 It writes ``table.md`` (one row per model and setting: Ret-Acc, For-Acc, CE,
 entropy and KL on the forget set, mean +- std over seeds, original accuracies
@@ -69,7 +70,12 @@ def famr_setting(name: str, model: str, epochs: int) -> FAMRConfig:
     return dataclasses.replace(FAMRConfig.paper(), epochs=epochs)
   if name == "forgets":
     return dataclasses.replace(famr_defaults(model), epochs=epochs)
-  raise FamrError(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)}")
+  if name.startswith("lr="):   # the paper's setting with another step size
+    try:
+      return dataclasses.replace(FAMRConfig.paper(), epochs=epochs, lr=float(name[3:])).validate()
+    except ValueError:
+      pass
+  raise FamrError(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)} or lr=X")
 
 
 def parse_weights(text: str) -> dict[str, str]:
@@ -296,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--init-seed", type=int, default=0)
   p.add_argument("--famr-epochs", type=int, default=10)
-  p.add_argument("--settings", type=names, default=SETTINGS)
+  p.add_argument("--settings", type=names, default=SETTINGS, help="paper, forgets, lr=X (comma list)")
   p.add_argument("--seeds", type=ints, default=(0, 1, 2))
   p.add_argument("--data-parallel", action="store_true", help="shard batches over all devices")
   p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))

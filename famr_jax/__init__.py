@@ -24,6 +24,11 @@ from famr_jax.parallel import DistributedConfig, ScaleConfig, ShardedData, initi
 from famr_jax.resume import ResumeConfig, RunStopped
 from famr_jax.training import TrainConfig, train_classifier
 from famr_jax.unlearning import FAMRConfig, famr_defaults, famr_unlearn
+from famr_jax.curvature import (CGInfo, LanczosResult, cg_solve, conjugate_gradient, dense_hessian,
+                                dense_solve, gauss_newton_hvp, hvp, lanczos_extreme_eigenvalues)
+from famr_jax.influence import (InfluenceEstimate, damped_influence_estimate, estimate_retrained_params,
+                                forget_gradient, influence_estimate, predicted_loss_change)
+from famr_jax.theory import TheoryConfig, format_theory_table, run_theory_verification
 from famr_jax.impressions import (ImpressionConfig, ImpressionSet, class_impressions,
                                   save_impression_grid)
 from famr_jax.zero_shot import (HeadTailSplit, ZeroShotConfig, ZeroShotFAMRConfig, ZeroShotResult,
@@ -39,6 +44,11 @@ __all__ = [
     "mean_gram", "method_names", "mia_efficacy", "minibatch_descent", "models", "param_distance",
     "per_class_accuracy", "read_metadata", "register_method", "save_checkpoint", "style_loss",
     "train_classifier", "tree_sq_distance", "true_class_confidence", "uniform_kl",
+    # curvature, influence functions and the theory check (issue 4)
+    "CGInfo", "InfluenceEstimate", "LanczosResult", "TheoryConfig", "cg_solve", "conjugate_gradient",
+    "damped_influence_estimate", "dense_hessian", "dense_solve", "estimate_retrained_params",
+    "format_theory_table", "forget_gradient", "gauss_newton_hvp", "hvp", "influence_estimate",
+    "lanczos_extreme_eigenvalues", "predicted_loss_change", "run_theory_verification",
     # scale-out (issue 6)
     "DistributedConfig", "ResumeConfig", "RunStopped", "ScaleConfig", "ShardedData", "initialize_distributed",
     "shard_rows",

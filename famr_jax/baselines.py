@@ -350,7 +350,13 @@ def retrain_unlearn(apply_fn: ApplyFn, init_params: Params, x_retain: np.ndarray
 _BASELINE_CONFIGS = {"ft": FTConfig, "ga": GAConfig, "neggrad+": NegGradPlusConfig, "rl": RLConfig,
                      "salun": SalUnConfig}
 # Defaults tuned once on digits (notes/leaderboard.md, "Defaults").
-_BASELINE_DEFAULTS: dict[str, dict[str, Any]] = {}
+_BASELINE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ft": dict(epochs=5, lr=0.03),
+    "ga": dict(epochs=1, lr=0.01),
+    "neggrad+": dict(epochs=5, lr=1e-3),
+    "rl": dict(epochs=5, lr=3e-4),
+    "salun": dict(epochs=5, lr=1e-3, retain_ratio=4),
+}
 _DESCRIPTIONS = {
     "retrain": "the gold standard: the training recipe on the retained data, from a fresh init",
     "ft": "fine-tune on retained data (cross-entropy)",

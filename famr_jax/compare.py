@@ -60,6 +60,8 @@ class CompareRun:
     seeds: number of seeds (0, 1, ...): each retrains the gold standard and reruns every method.
     method_config: JSON file {method: {option: value}} of per-method hyperparameters.
     overwrite: replace ``out`` if it exists.
+    gold_cache: directory of retrained gold-standard checkpoints, reused when the checkpoint,
+      forget set, seed and recipe match (the retrain is deterministic); new ones are added.
   """
   checkpoint: str
   out: str
@@ -69,6 +71,41 @@ class CompareRun:
   seeds: int = 3
   method_config: str | None = None
   overwrite: bool = False
+  gold_cache: str | None = None
+
+
+def _gold_key(checkpoint: str, forget: ForgetSet, seed: int, train_config: Any) -> str:
+  """A digest of what determines the gold-standard retrain (its cache key)."""
+  import hashlib
+  h = hashlib.blake2b(digest_size=10)
+  h.update(json.dumps({"checkpoint": str(Path(checkpoint).expanduser().resolve()), "seed": seed,
+                       "train": dataclasses.asdict(train_config), "kind": forget.kind,
+                       "classes": list(forget.classes)}, sort_keys=True).encode())
+  h.update(np.ascontiguousarray(forget.indices, np.int64).tobytes())
+  return f"seed{seed}-{h.hexdigest()}"
+
+
+def gold_standard(run: "CompareRun", loaded, forget: ForgetSet, seed: int, train_config: Any,
+                  show_progress: bool, log=print):
+  """The retrained model of one seed: ``(params, run_s, compile_s)``, from ``run.gold_cache`` when there."""
+  from famr_jax import checkpoints
+  from famr_jax.runs import retrain_gold_standard
+  path = None
+  if run.gold_cache:
+    path = Path(run.gold_cache).expanduser().resolve() / _gold_key(run.checkpoint, forget, seed, train_config)
+    if path.is_dir():
+      restored = checkpoints.load_checkpoint(path, template=loaded.params)
+      info = restored.metadata["gold"]
+      log(f"seed {seed}: gold standard from the cache {path}")
+      return restored.params, float(info["run_s"]), float(info["compile_s"])
+  gold = retrain_gold_standard(loaded.model, loaded.apply_fn, loaded.data, forget, train_config, seed,
+                               show_progress)
+  if path is not None:
+    checkpoints.save_checkpoint(path, gold.params, {"gold": {"seed": seed, "run_s": gold.run_s,
+                                                             "compile_s": gold.compile_s,
+                                                             "forget": forget.describe(),
+                                                             "checkpoint": str(Path(run.checkpoint).resolve())}})
+  return gold.params, gold.run_s, gold.compile_s
 
 
 def read_method_config(path: str | None) -> dict[str, dict[str, Any]]:
@@ -93,15 +130,15 @@ def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[s
 
   ``retrain`` takes the checkpoint's training recipe (``train_config``); the
   shared flags do not apply to it, only its JSON entry.
-  Unknown methods, JSON entries for methods not compared, and options a
-  method does not have are one-line :class:`FamrError`s.
+  Unknown methods (listed or in the JSON) and options a method does not
+  have are one-line :class:`FamrError`s; JSON entries of registered methods
+  that are not compared are ignored (one file can serve several runs).
   """
   from famr_jax.methods import get_method
 
   flags, per_method = dict(flags or {}), dict(per_method or {})
-  extra = sorted(set(per_method) - set(methods))
-  if extra:
-    raise FamrError(f"the method config names methods that are not compared: {', '.join(extra)}")
+  for name in per_method:   # entries for registered methods not compared now are kept for other runs
+    get_method(name)
   used_flags: set[str] = set()
   configs = {}
   for name in methods:
@@ -115,7 +152,7 @@ def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[s
     foreign = sorted(set(own) - set(fields))
     if foreign:
       raise FamrError(f"method {name!r} has no option {', '.join(foreign)} (method config file)")
-    config = dataclasses.replace(base, **given, **own)
+    config = dataclasses.replace(base, **{**given, **own})
     if hasattr(config, "validate"):
       config.validate()
     configs[name] = config
@@ -185,7 +222,7 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
   from famr_jax import checkpoints
   from famr_jax.fisher import missing_fisher_message
   from famr_jax.methods import UnlearnTask, get_method
-  from famr_jax.runs import check_output_free, load_model, retrain_gold_standard, staged_directory
+  from famr_jax.runs import check_output_free, load_model, staged_directory
   from famr_jax.training import TrainConfig
 
   check_forget_request(run)
@@ -215,14 +252,15 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
   gold_rows: list[dict] = []
   for seed in range(run.seeds):
     forget = seed_forget_set(run, data, seed)
-    gold = retrain_gold_standard(model, apply_fn, data, forget, train_config, seed, show_progress)
-    gold_metrics = evaluate_unlearning(apply_fn, gold.params, data, forget, params0=params, mia_seed=seed)
+    gold_params, gold_run_s, gold_compile_s = gold_standard(run, loaded, forget, seed, train_config,
+                                                            show_progress, log)
+    gold_metrics = evaluate_unlearning(apply_fn, gold_params, data, forget, params0=params, mia_seed=seed)
     mask = kl_test_mask(data, forget)
     x_kl = data.x_test[mask]
-    gold_logits = np.asarray(logits_fn(apply_fn, gold.params, x_kl))
-    gold_rows.append({"seed": seed, "run_s": gold.run_s, "compile_s": gold.compile_s,
+    gold_logits = np.asarray(logits_fn(apply_fn, gold_params, x_kl))
+    gold_rows.append({"seed": seed, "run_s": gold_run_s, "compile_s": gold_compile_s,
                       "metrics": _public(gold_metrics)})
-    log(f"seed {seed}: retrained in {gold.run_s:.1f} s (+{gold.compile_s:.1f} s compile): "
+    log(f"seed {seed}: retrained in {gold_run_s:.1f} s (+{gold_compile_s:.1f} s compile): "
         + _line(gold_metrics))
 
     def add_row(name, new_params, time_s, compile_s, wall_s):
@@ -239,7 +277,7 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
         kl = float("nan")
       row = {"seed": seed, "method": name, "metrics": _public(m), "gaps": gaps, "avg_gap": gaps["avg_gap"],
              "kl_to_retrained": kl, "time_s": time_s, "compile_s": compile_s, "wall_s": wall_s,
-             "time_fraction": time_s / gold.run_s if gold.run_s > 0 else float("nan"),
+             "time_fraction": time_s / gold_run_s if gold_run_s > 0 else float("nan"),
              "diverged": not finite}
       rows.append(row)
       log(f"seed {seed}: {name:<20s} avg gap {gaps['avg_gap']:5.2f}  KL {kl:.4f}  "

@@ -61,6 +61,10 @@ class ImpressionConfig:
     nonnegative: activation space only: project the activation onto
       ``h >= 0`` after every step (the input of a stage that follows a ReLU
       can only be non-negative; the authors' code does not do this).
+    objective: ``"logit"`` maximizes the class logit (Eq. 3, Mopuri et al.);
+      ``"log_softmax"`` maximizes its log-probability, so the competing
+      classes count too (needed when the range is constrained: the logit's
+      maximizer over ``h >= 0`` can belong to another class).
   """
   num_per_class: int = 100
   steps: int = 1000
@@ -70,6 +74,7 @@ class ImpressionConfig:
   beta: float = 0.0
   input_range: tuple[float, float] = (0.0, 1.0)
   nonnegative: bool = False
+  objective: Literal["logit", "log_softmax"] = "logit"
 
   def validate(self) -> "ImpressionConfig":
     """Raises :class:`FamrError` on an invalid setting."""
@@ -81,6 +86,8 @@ class ImpressionConfig:
       raise FamrError(f"impression learning rate must be positive, got {self.lr}")
     if self.space not in SPACES:
       raise FamrError(f"unknown impression space {self.space!r}: choose one of {', '.join(SPACES)}")
+    if self.objective not in ("logit", "log_softmax"):
+      raise FamrError(f"unknown impression objective {self.objective!r}: choose logit or log_softmax")
     if self.beta < 0:
       raise FamrError(f"the impression penalty beta must be non-negative, got {self.beta}")
     low, high = self.input_range
@@ -157,7 +164,8 @@ def _check_classes(classes: Sequence[int], num_classes: int) -> tuple[int, ...]:
 
 def optimize_impressions(tail_fn: ApplyFn, params: Params, targets: jax.Array, x0: jax.Array, *,
                          steps: int, lr: float, beta: float = 0.0,
-                         lower: float | None = None, upper: float | None = None) -> tuple[jax.Array, jax.Array]:
+                         lower: float | None = None, upper: float | None = None,
+                         log_softmax: bool = False) -> tuple[jax.Array, jax.Array]:
   """Maximizes ``tail_fn(params, x)[target] - beta ||x||^2`` for every row of ``x0`` (not jitted).
 
   The per-impression objective is differentiated with ``vmap(grad(.))``, so
@@ -177,6 +185,7 @@ def optimize_impressions(tail_fn: ApplyFn, params: Params, targets: jax.Array, x
     beta: weight of the ``||x||_2^2`` penalty.
     lower: optional lower bound of every coordinate.
     upper: optional upper bound of every coordinate.
+    log_softmax: maximize the target's log-softmax instead of its logit.
 
   Returns:
     ``(x, logits)``: the optimized impressions and their logits.
@@ -194,6 +203,8 @@ def optimize_impressions(tail_fn: ApplyFn, params: Params, targets: jax.Array, x
 
   def objective(x, target):
     logits = tail_fn(params, x[None])[0]
+    if log_softmax:
+      logits = jax.nn.log_softmax(logits)
     return logits[target] - beta * jnp.sum(jnp.square(x))
 
   ascent_direction = jax.vmap(jax.grad(objective))
@@ -291,9 +302,10 @@ def class_impressions(model: Any, params: Params, classes: Sequence[int], num_cl
     x0 = xavier_normal_std(shape) * jax.random.normal(key, (len(targets), *shape), jnp.float32)
     lower, upper = (0.0 if config.nonnegative else None), None
 
-  run = jax.jit(optimize_impressions, static_argnames=("tail_fn", "steps", "lr", "beta", "lower", "upper"))
+  run = jax.jit(optimize_impressions,
+                static_argnames=("tail_fn", "steps", "lr", "beta", "lower", "upper", "log_softmax"))
   kwargs = dict(tail_fn=tail_fn, steps=config.steps, lr=float(config.lr), beta=float(config.beta),
-                lower=lower, upper=upper)
+                lower=lower, upper=upper, log_softmax=config.objective == "log_softmax")
   t0 = time.perf_counter()
   compiled = run.lower(params=params, targets=targets, x0=x0, **kwargs).compile()
   compile_s = time.perf_counter() - t0

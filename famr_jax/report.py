@@ -134,7 +134,7 @@ def plot_class_accuracy(per_class: Mapping[str, Sequence[float]], forget_classes
                 rotation=45 if num_classes > 10 or max(map(len, labels)) > 3 else 0, ha="right")
   ax.set_ylabel("test accuracy (%)")
   ax.set_title("Per-class accuracy (* = forgotten)")
-  ax.legend()
+  ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))   # outside: never hides a bar
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

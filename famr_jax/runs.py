@@ -326,12 +326,14 @@ def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, para
                         method: str, method_config, seed: int, retrain: bool,
                         timings: dict, compile_times: dict, show_progress: bool,
                         base_metadata: dict, scale: ScaleConfig | None = None,
-                        resume: ResumeConfig | None = None, out: str | None = None) -> dict:
+                        resume: ResumeConfig | None = None, out: str | None = None,
+                        checkpoint: str | None = None) -> dict:
   """Shared tail of ``unlearn`` and ``demo``: unlearn, retrain, evaluate, write."""
   spec = get_method(method)
   resume = resume or ResumeConfig()
   task = UnlearnTask(apply_fn, params, model, data, forget, jax.random.key(seed), show_progress,
-                     scale=scale, resume=_stage_resume(resume, out, "unlearn") if out else None)
+                     scale=scale, resume=_stage_resume(resume, out, "unlearn") if out else None,
+                     checkpoint=checkpoint)
   result = spec.run(task, method_config)
   timings["unlearn"] = result.run_s
   compile_times["unlearn"] = result.compile_s
@@ -393,7 +395,8 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
         compile_times=compile_times, show_progress=show_progress,
         base_metadata={k: v for k, v in loaded.metadata.items()
                        if k not in ("param_shapes", "extras", "format", "history")},
-        scale=run.scale, resume=run.resume, out=run.out)
+        scale=run.scale, resume=run.resume, out=run.out,
+        checkpoint=str(Path(run.checkpoint).expanduser().resolve()))
   _finish_resume(run.resume, run.out)
   return rep
 

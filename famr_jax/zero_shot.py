@@ -10,12 +10,15 @@ data -- these methods
    (pixel-space impressions are pushed through the frozen head once);
 3. update only the tail's params, by one of
 
-   * :func:`zero_shot_unlearn` (method ``impressions``): Algorithm 1's
+   * :func:`zero_shot_unlearn` (method ``impressions``): by default the
+     ``masked_kl`` objective measured to forget while keeping the retained
+     classes (match the original model's prediction with the forget classes
+     masked out, on impressions constrained to the head's range and jittered
+     in scale; notes/impressions.md); or Algorithm 1's label-smoothed
      differential loss with either sign convention (``sign="intended"``:
      ascent on forget, descent on retain, as the paper's text says;
      ``sign="as_published"``: the literal Eq. 4 / Algorithm 1, which the
-     authors' code runs), or the forget-margin objective measured to forget
-     (``forget_objective="margin"``, the default; see notes/impressions.md);
+     authors' code runs; :meth:`ZeroShotConfig.authors`); or a margin loss;
    * :func:`famr_zero_shot_unlearn` (method ``famr-zeroshot``): FAMR's
      anchored uniform-KL objective on the forget impressions, with an
      optional retain term.
@@ -345,6 +348,7 @@ class ZeroShotConfig:
       larger than real activations, and the unknown real scale must be covered.
     impression_range: activation space: ``nonnegative`` (project onto h >= 0),
       ``free``, or ``auto`` (nonnegative when the head's output is, e.g. after a ReLU).
+    impression_objective: ``logit`` (Eq. 3) or ``log_softmax`` (the target's log-probability).
   """
   impressions_per_class: int = 100
   impression_steps: int = 1000
@@ -366,6 +370,7 @@ class ZeroShotConfig:
   separate_steps: bool = True
   scale_min: float = 0.01
   impression_range: Literal["auto", "free", "nonnegative"] = "auto"
+  impression_objective: Literal["logit", "log_softmax"] = "logit"
 
   @classmethod
   def authors(cls, sign: Literal["intended", "as_published"] = "as_published", **changes) -> "ZeroShotConfig":
@@ -374,7 +379,7 @@ class ZeroShotConfig:
                 w_f=0.9, w_r=0.1, label_smoothing=0.1, clip_norm=5.0, weight_decay=0.01,
                 separate_steps=True, impressions_per_class=100, impression_steps=1000,
                 impression_lr=0.1, impression_space="activation", impression_beta=0.0,
-                scale_min=1.0, impression_range="free")
+                scale_min=1.0, impression_range="free", impression_objective="logit")
     return cls(**{**base, **changes})
 
   def validate(self) -> "ZeroShotConfig":
@@ -432,6 +437,7 @@ class ZeroShotFAMRConfig:
     scale_min: every impression is also used at 8 scales geometrically spaced in
       [scale_min, 1] (1 = only as made).
     impression_range: activation space: ``nonnegative``, ``free`` or ``auto`` (as the head's output).
+    impression_objective: ``logit`` (Eq. 3) or ``log_softmax`` (the target's log-probability).
   """
   impressions_per_class: int = 100
   impression_steps: int = 1000
@@ -447,6 +453,7 @@ class ZeroShotFAMRConfig:
   optimizer: Literal["sgd", "momentum", "adam"] = "adam"
   scale_min: float = 0.01
   impression_range: Literal["auto", "free", "nonnegative"] = "auto"
+  impression_objective: Literal["logit", "log_softmax"] = "logit"
 
   def validate(self) -> "ZeroShotFAMRConfig":
     """Raises :class:`FamrError` on an invalid setting."""
@@ -490,7 +497,8 @@ def _impression_config(config) -> ImpressionConfig:
   return ImpressionConfig(num_per_class=config.impressions_per_class, steps=config.impression_steps,
                           lr=config.impression_lr, space=config.impression_space,
                           layer=config.tail_layer, beta=config.impression_beta,
-                          nonnegative=config.impression_range == "nonnegative")
+                          nonnegative=config.impression_range == "nonnegative",
+                          objective=config.impression_objective)
 
 
 # ----------------------------------------------------------------------------- shared setup

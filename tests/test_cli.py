@@ -157,6 +157,8 @@ def test_bad_checkpoints_and_existing_output(trained_checkpoint, tmp_path, capsy
     (["train", "--epochs", "ten"], "integer"),
     (["demo", "--famr-lam", "-0.5"], "lambda"),
     (["frobnicate"], "invalid choice"),
+    (["verify-theory", "--lambdas", "0,-1"], "lambda"),
+    (["verify-theory", "--lambdas", "a,b"], "comma-separated"),
 ])
 def test_bad_train_and_demo_input(tmp_path, capsys, argv, message):
   out = tmp_path / "o"

@@ -166,7 +166,8 @@ def test_bad_input(trained_digits):
     ZeroShotConfig(sign="backwards").validate()
   # A class no impression can reach: its logit is -1000 whatever the (clipped) pixels are.
   apply_fn = lambda p, x: x.reshape(len(x), -1) @ p["w"] + p["b"]
-  params = {"w": jnp.ones((4, 3)), "b": jnp.array([0.0, 0.0, -1000.0])}
+  params = {"w": jnp.array([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 1.0, 0]]),
+            "b": jnp.array([0.0, 0.0, -1000.0])}
   with pytest.raises(FamrError, match=r"class\(es\) \[2\] reached its target"):
     zero_shot_unlearn(apply_fn, params, [0], 3, (2, 2, 1),
                       ZeroShotConfig(impression_space="pixel", **TINY), jax.random.key(0), show_progress=False)
@@ -176,14 +177,16 @@ def test_first_responsive_layer_needs_every_class():
   """Class 2 is unreachable at the head's (post-ReLU) input: no stage is responsive."""
   model = models.create_model("mlp", 3, (2, 2, 1), hidden=(4,))
   params = models.init_params(model, jax.random.key(0), (2, 2, 1))
-  params["head"] = {"kernel": jnp.array([[1.0, -1.0, -1.0]] * 2 + [[-1.0, 1.0, -1.0]] * 2),
+  # Class 2's logit is <= -5 < 0 <= the others' for every h >= 0 (reachable only with h < 0).
+  params["head"] = {"kernel": jnp.array([[1.0, 0, -1], [0, 1.0, -1], [0, 0, -1], [0, 0, -1]]),
                     "bias": jnp.array([0.0, 0.0, -5.0])}
   r = first_responsive_layer(model, params, 3, (2, 2, 1), jax.random.key(0), num_per_class=5, steps=50)
   assert r.layer is None
   assert r.success["head"] == [1.0, 1.0, 0.0]
-  params["head"]["bias"] = jnp.array([0.0, 0.0, 0.0])
-  params["head"]["kernel"] = params["head"]["kernel"].at[:, 2].set(jnp.array([-1.0, -1.0, -1.0, 3.0]))
+  params["head"] = {"kernel": jnp.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0, 0, 0]]),
+                    "bias": jnp.zeros(3)}
   r = first_responsive_layer(model, params, 3, (2, 2, 1), jax.random.key(0), num_per_class=5, steps=50)
+  assert r.success["head"] == [1.0, 1.0, 1.0]
   assert r.layer == "head"
 
 
@@ -204,11 +207,12 @@ def test_cli_unlearn_impressions_and_refusals(trained_digits, tmp_path, capsys):
       "timings_s": {"train": 1.0, "compile": 0.0}})
   out = tmp_path / "out"
   code = main(["unlearn", "--method", "impressions", "--checkpoint", str(ck), "--forget-classes", "1,2,3,4",
-               "--impressions-per-class", "10", "--impression-steps", "200", "--epochs", "5", "--out", str(out)])
+               "--impressions-per-class", "10", "--impression-steps", "200", "--epochs", "30", "--out", str(out)])
   assert code == 0
   rep = json.loads((out / "report.json").read_text())
   assert rep["method"] == "impressions" and rep["config"]["method"]["forget_objective"] == "masked_kl"
   assert rep["metrics"]["unlearned"]["forget_acc"] < 0.2
+  capsys.readouterr()
   before = sorted(p.name for p in tmp_path.iterdir())
   for argv, msg in ((["--forget-classes", "0,1,2,3,4,5,6,7,8,9"], "every class"),
                     (["--forget-classes", "12"], "out of range"),
