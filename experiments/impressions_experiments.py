@@ -79,28 +79,31 @@ def main_variants(authors_epochs: int, lr: float | None) -> list[Variant]:
       Variant("as-published, no label smoothing", zero_shot_unlearn,
               ZeroShotConfig.authors("as_published", epochs=authors_epochs, label_smoothing=0.0, **extra),
               "impressions"),
-      Variant("zero-shot FAMR", famr_zero_shot_unlearn, ZeroShotFAMRConfig(), "famr-zeroshot"),
+      Variant("as-published sign (authors, 1000 epochs)", zero_shot_unlearn,
+              ZeroShotConfig.authors("as_published", epochs=1000, **extra), "impressions"),
+      Variant("zero-shot FAMR", famr_zero_shot_unlearn, ZeroShotFAMRConfig(**extra), "famr-zeroshot"),
   ]
 
 
 def study_variants(model, params, authors_epochs: int, pixel_steps: int, pixel_per_class: int) -> list[Variant]:
-  """Impression space, impressions per class and tail layer, for the default and the as-published sign."""
+  """Impression space and objective, impressions per class and tail layer (default vs as-published)."""
   dense_stages = {k for k, v in params.items() if isinstance(v, dict) and np.ndim(v.get("kernel", 0)) == 2}
-  out = []
+  authors = lambda **kw: ZeroShotConfig.authors("as_published", epochs=authors_epochs, **kw)
   pixel = dict(impression_space="pixel", impression_steps=pixel_steps, impressions_per_class=pixel_per_class)
-  out.append(Variant(f"default, pixel space ({pixel_per_class}/class, {pixel_steps} steps)",
-                     zero_shot_unlearn, ZeroShotConfig(**pixel), "impressions"))
-  out.append(Variant(f"as-published, pixel space ({pixel_per_class}/class, {pixel_steps} steps)",
-                     zero_shot_unlearn, ZeroShotConfig.authors("as_published", epochs=authors_epochs, **pixel),
-                     "impressions"))
-  out.append(Variant("default, activations unconstrained, no scale jitter", zero_shot_unlearn,
-                     ZeroShotConfig(impression_range="free", scale_min=1.0), "impressions"))
-  for n in (10, 100):
-    out.append(Variant(f"default, {n}/class", zero_shot_unlearn, ZeroShotConfig(impressions_per_class=n),
-                       "impressions"))
-    out.append(Variant(f"as-published, {n}/class", zero_shot_unlearn,
-                       ZeroShotConfig.authors("as_published", epochs=authors_epochs, impressions_per_class=n),
-                       "impressions"))
+  out = [
+      Variant(f"default, pixel space ({pixel_per_class}/class, {pixel_steps} steps)", zero_shot_unlearn,
+              ZeroShotConfig(**pixel), "impressions"),
+      Variant(f"as-published, pixel space ({pixel_per_class}/class, {pixel_steps} steps)", zero_shot_unlearn,
+              authors(**pixel), "impressions"),
+      Variant("default, logit impressions (Eq. 3)", zero_shot_unlearn,
+              ZeroShotConfig(impression_objective="logit"), "impressions"),
+      Variant("default, authors' impressions (logit, unconstrained, no scale jitter)", zero_shot_unlearn,
+              ZeroShotConfig(impression_objective="logit", impression_range="free", scale_min=1.0), "impressions"),
+      Variant("as-published, log-softmax impressions", zero_shot_unlearn,
+              authors(impression_objective="log_softmax"), "impressions"),
+      Variant("default, 10/class", zero_shot_unlearn, ZeroShotConfig(impressions_per_class=10), "impressions"),
+      Variant("as-published, 10/class", zero_shot_unlearn, authors(impressions_per_class=10), "impressions"),
+  ]
   # Every dense stage but the last (the default): the tail choice. Conv stages are left out: their
   # activation impressions are slow on CPU (digits, tail from conv2: 7 minutes) and the authors
   # split at a dense layer.
@@ -108,10 +111,39 @@ def study_variants(model, params, authors_epochs: int, pixel_steps: int, pixel_p
   for layer in [n for n in names[1:-1] if n in dense_stages]:
     out.append(Variant(f"default, tail from {layer}", zero_shot_unlearn, ZeroShotConfig(tail_layer=layer),
                        "impressions"))
-    out.append(Variant(f"as-published, tail from {layer}", zero_shot_unlearn,
-                       ZeroShotConfig.authors("as_published", epochs=authors_epochs, tail_layer=layer),
+    out.append(Variant(f"as-published, tail from {layer}", zero_shot_unlearn, authors(tail_layer=layer),
                        "impressions"))
   return out
+
+
+def impression_stats(model, params, data, seed: int) -> list[dict]:
+  """Analysis only (after the fact, with test data): how impressions at the last stage's input compare
+  with the real activations there -- norm, spread, cosine with the real class mean."""
+  from famr_jax.impressions import ImpressionConfig, class_impressions
+  layer = models.layer_names(model)[-1]
+  head = jax.jit(models.make_layer_input_fn(model, layer))
+  real = np.concatenate([np.asarray(head(params, data.x_test[i:i + 2000]))
+                         for i in range(0, len(data.x_test), 2000)])
+  real = real.reshape(len(real), -1)
+  rows = [{"impressions": f"real inputs of {layer} (test set)", "norm": float(np.linalg.norm(real, axis=1).mean()),
+           "min": float(real.min()), "spread": None, "cos_with_class_mean": None}]
+  settings = (("logit, unconstrained (authors)", dict()),
+              ("logit, h >= 0", dict(nonnegative=True)),
+              ("log-softmax, h >= 0 (default)", dict(nonnegative=True, objective="log_softmax")))
+  for name, kw in settings:
+    imp = class_impressions(model, params, range(data.num_classes), data.num_classes, data.image_shape,
+                            ImpressionConfig(layer=layer, **kw), jax.random.key(seed))
+    x = imp.inputs.reshape(len(imp.inputs), -1)
+    cos, spread = [], []
+    for c in range(data.num_classes):
+      xc, mu = x[imp.labels == c], real[data.y_test == c].mean(0)
+      if len(xc):
+        cos.append(float(xc.mean(0) @ mu / (np.linalg.norm(xc.mean(0)) * np.linalg.norm(mu) + 1e-12)))
+        spread.append(float(np.mean(np.linalg.norm(xc - xc.mean(0), axis=1))))
+    rows.append({"impressions": name, "norm": float(np.linalg.norm(x, axis=1).mean()), "min": float(x.min()),
+                 "spread": float(np.mean(spread)), "cos_with_class_mean": float(np.mean(cos)),
+                 "median_margin": float(np.median(np.sort(imp.logits, 1)[:, -1] - np.sort(imp.logits, 1)[:, -2]))})
+  return rows
 
 
 def plot_accuracy_change(original, unlearned, forget, path, title, class_names=None) -> None:
@@ -262,8 +294,10 @@ def run(args) -> dict:
                   "seconds": time.perf_counter() - t0}
     print(f"first responsive layer: {rl.layer} (per-class success: {rl.success})", file=sys.stderr)
 
+  stats = impression_stats(model, params, data, seed) if args.impression_stats else None
+
   summary = {"dataset": data.name, "model": model_name, "forget_classes": classes,
-             "responsive": responsive,
+             "responsive": responsive, "impression_stats": stats,
              "original": {k: m_orig[k] for k in ("forget_acc", "retain_acc", "test_acc", "mia_efficacy")},
              "retrained": (None if m_gold is None else
                            {k: m_gold[k] for k in ("forget_acc", "retain_acc", "test_acc", "mia_efficacy")}),
@@ -302,6 +336,13 @@ def format_summary(summary: dict) -> str:
     lines.append(f"| retrained (gold standard) | {pct(g['forget_acc'])} | {pct(g['retain_acc'])} | "
                  f"{pct(g['test_acc'])} | {pct(g['mia_efficacy'])} | "
                  f"{'-' if t is None else f'{t:.0f}'} | - | - |")
+  st = summary.get("impression_stats")
+  if st:
+    lines += ["", "| impressions at the last stage's input | mean norm | min | spread | cos with real class mean | "
+              "median logit margin |", "|---|---|---|---|---|---|"]
+    f = lambda v: "-" if v is None else f"{v:.2f}"
+    lines += [f"| {r['impressions']} | {f(r['norm'])} | {f(r['min'])} | {f(r['spread'])} | "
+              f"{f(r['cos_with_class_mean'])} | {f(r.get('median_margin'))} |" for r in st]
   rl = summary.get("responsive")
   if rl:
     lines += ["", f"First responsive layer (every class >= {rl['threshold']:.0%} of 20 impressions on target): "
@@ -330,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--lr", type=float, help="unlearning learning rate of every impressions variant")
   p.add_argument("--study", action="store_true", help="also vary impression space, count and tail layer")
   p.add_argument("--responsive", action="store_true", help="also run the first-responsive-layer procedure")
+  p.add_argument("--impression-stats", action="store_true",
+                 help="also compare impressions with real activations (analysis only, uses the test set)")
   p.add_argument("--pixel-steps", type=int, default=200)
   p.add_argument("--pixel-per-class", type=int, default=10)
   p.add_argument("--impression-steps", type=int, help="cap every variant's impression steps (tiny runs)")

@@ -370,7 +370,7 @@ class ZeroShotConfig:
   separate_steps: bool = True
   scale_min: float = 0.01
   impression_range: Literal["auto", "free", "nonnegative"] = "auto"
-  impression_objective: Literal["logit", "log_softmax"] = "logit"
+  impression_objective: Literal["logit", "log_softmax"] = "log_softmax"
 
   @classmethod
   def authors(cls, sign: Literal["intended", "as_published"] = "as_published", **changes) -> "ZeroShotConfig":
@@ -453,7 +453,7 @@ class ZeroShotFAMRConfig:
   optimizer: Literal["sgd", "momentum", "adam"] = "adam"
   scale_min: float = 0.01
   impression_range: Literal["auto", "free", "nonnegative"] = "auto"
-  impression_objective: Literal["logit", "log_softmax"] = "logit"
+  impression_objective: Literal["logit", "log_softmax"] = "log_softmax"
 
   def validate(self) -> "ZeroShotFAMRConfig":
     """Raises :class:`FamrError` on an invalid setting."""
