@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from famr_jax import models
-from famr_jax.impressions import ImpressionConfig, class_impressions
+from famr_jax.impressions import ImpressionConfig, class_impressions, impression_target, optimize_impressions
 
 # Issue 3: PyTorch on this machine. (per impression one at a time, 10 x 100 batched)
 PYTORCH = {"fc3": (0.31, 0.6), "fc1": (0.55, 3.8)}
@@ -43,6 +43,20 @@ def matmul_gflops(seconds: float = 1.0) -> float:
     n += 1
   r.block_until_ready()
   return 2 * 1000 * 400 * 120 * n / (time.perf_counter() - t0) / 1e9
+
+
+def program_gflop(model, params, shape, num_classes, cfg) -> float | None:
+  """XLA's own FLOP count of the compiled impression program (None if the backend gives none)."""
+  tail_fn, ishape, _ = impression_target(model, params, shape, cfg)
+  n = num_classes * cfg.num_per_class
+  run = jax.jit(optimize_impressions, static_argnames=("tail_fn", "steps", "lr", "beta", "lower", "upper",
+                                                       "log_softmax"))
+  compiled = run.lower(tail_fn=tail_fn, params=params, targets=jnp.zeros((n,), jnp.int32),
+                       x0=jnp.zeros((n, *ishape)), steps=1, lr=cfg.lr).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = (cost or {}).get("flops")
+  return None if flops is None else flops * cfg.steps / 1e9   # one step's program x steps
 
 
 def main(argv=None) -> int:
@@ -67,9 +81,9 @@ def main(argv=None) -> int:
   print(f"devices: {jax.devices()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
         f"matmul gauge {matmul_gflops():.1f} GFLOP/s")
   print(f"{num_classes} classes x {args.per_class} impressions x {args.steps} Adam steps, all at once\n")
-  print("| space | dim | compile s | run s | per impression ms | kept | PyTorch one-at-a-time s | "
-        "PyTorch batched s | speed-up vs batched |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("| space | dim | compile s | run s | per impression ms | kept | GFLOP (XLA) | achieved GFLOP/s | "
+        "PyTorch one-at-a-time s | PyTorch batched s | speed-up vs batched |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   runs = [("activation", layer) for layer in args.layers.split(",")]
   if args.pixel:
     runs.append(("pixel", None))
@@ -84,8 +98,11 @@ def main(argv=None) -> int:
     torch_one, torch_batched = PYTORCH.get(layer, (None, None)) if space == "activation" else (None, None)
     fmt = lambda v: "-" if v is None else f"{v}"
     speedup = "-" if torch_batched is None else f"{torch_batched / best.run_s:.1f}x"
+    gflop = program_gflop(model, params, shape, num_classes, cfg)
+    gf = "-" if gflop is None else f"{gflop:.2f}"
+    rate = "-" if gflop is None else f"{gflop / best.run_s:.1f}"
     print(f"| {space}{'' if layer is None else ' @ ' + layer} | {dim} | {best.compile_s:.2f} | {best.run_s:.3f} | "
-          f"{1000 * best.run_s / n:.3f} | {int(best.kept_per_class.sum())}/{n} | "
+          f"{1000 * best.run_s / n:.3f} | {int(best.kept_per_class.sum())}/{n} | {gf} | {rate} | "
           f"{fmt(None if torch_one is None else round(torch_one * n))} | {fmt(torch_batched)} | {speedup} |")
   print(f"\nload average after: {os.getloadavg()[0]:.1f}; matmul gauge {matmul_gflops():.1f} GFLOP/s")
   return 0
