@@ -62,8 +62,19 @@ def _template_from_shapes(shapes: dict[str, list]) -> dict:
     parts = path.split("/")
     for part in parts[:-1]:
       node = node.setdefault(part, {})
-    node[parts[-1]] = jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
+    node[parts[-1]] = _abstract_array(tuple(shape), np.dtype(dtype))
   return root
+
+
+def _abstract_array(shape, dtype, sharding=None) -> jax.ShapeDtypeStruct:
+  """An abstract array placed on ``sharding``, or on this process's default device.
+
+  Orbax otherwise restores onto the devices the checkpoint was *saved* from, so a
+  checkpoint written on a CPU machine would not load on a GPU one ("Topology mismatch").
+  """
+  if sharding is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
 def _json_default(obj):
@@ -186,7 +197,8 @@ def load_checkpoint(directory: str | os.PathLike, *, template: Params | None = N
   stored = metadata["param_shapes"]
   if template is not None:
     check_compatible(stored, template)
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), template)
+    abstract = jax.tree.map(
+        lambda a: _abstract_array(np.shape(a), a.dtype, getattr(a, "sharding", None)), template)
   else:
     abstract = _template_from_shapes(stored)
   checkpointer = ocp.StandardCheckpointer()

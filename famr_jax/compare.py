@@ -329,6 +329,11 @@ def _line(m: Mapping[str, Any]) -> str:
 SUMMARY_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy")
 
 
+def _num(value) -> float:
+  """A float from a row (JSON writes NaN as null)."""
+  return float("nan") if value is None else float(value)
+
+
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
   """Mean and std over seeds of every method's metrics (in %), gaps, KL and time.
 
@@ -341,18 +346,22 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str
   """
   out: dict[str, dict[str, dict[str, float]]] = {}
   for name in dict.fromkeys(r["method"] for r in rows):
-    mine = [r for r in rows if r["method"] == name]
+    every = [r for r in rows if r["method"] == name]
+    # Scores over the seeds where the method did not diverge (the count of those that did is kept).
+    mine = [r for r in every if not r.get("diverged", False)] or every
     values: dict[str, list[float]] = {}
     for r in mine:
       for k in SUMMARY_KEYS:
-        values.setdefault(k, []).append(100.0 * float(r["metrics"][k]))
+        values.setdefault(k, []).append(100.0 * _num(r["metrics"][k]))
       for k, v in r["gaps"].items():
         if k != "avg_gap":
-          values.setdefault(f"gap_{k}", []).append(float(v))
+          values.setdefault(f"gap_{k}", []).append(_num(v))
       for k in ("avg_gap", "kl_to_retrained", "time_fraction", "compile_s", "time_s", "wall_s"):
-        values.setdefault(k, []).append(float(r[k]))
+        values.setdefault(k, []).append(_num(r[k]))
     values["time_percent"] = [100.0 * v for v in values["time_fraction"]]
     out[name] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in values.items()}
+    out[name]["diverged"] = {"mean": float(sum(bool(r.get("diverged", False)) for r in every)),
+                             "std": 0.0, "n": len(every)}
   return out
 
 
@@ -369,7 +378,14 @@ def format_leaderboard(board: Mapping[str, Any]) -> str:
   forget = board["forget"]
   what = (f"classes {forget['classes']}" if forget["kind"] == "classes"
           else f"a random {100 * forget['fraction']:.0f}% of the training set")
-  order = sorted((m for m in summary), key=lambda m: summary[m]["avg_gap"]["mean"])
+  def rank(m):
+    gap = summary[m]["avg_gap"]["mean"]
+    return (summary[m]["diverged"]["mean"] > 0, gap if math.isfinite(gap) else math.inf)
+  order = sorted(summary, key=rank)
+
+  def name_cell(m):
+    d = summary[m]["diverged"]
+    return m if not d["mean"] else f"{m} (diverged in {int(d['mean'])} of {d['n']} seeds)"
   gold_stat = lambda k: {"mean": float(np.mean([100 * g["metrics"][k] for g in gold])),
                          "std": float(np.std([100 * g["metrics"][k] for g in gold]))}
   retrain_s = {"mean": float(np.mean([g["run_s"] for g in gold])), "std": float(np.std([g["run_s"] for g in gold]))}
@@ -382,14 +398,14 @@ def format_leaderboard(board: Mapping[str, Any]) -> str:
            f"{_pm(gold_stat('test_acc'))} | {_pm(gold_stat('mia_efficacy'))} | 0 | 0 | 100 | - |"]
   for m in order:
     s = summary[m]
-    lines.append(f"| {m} | {_pm(s['forget_acc'])} | {_pm(s['retain_acc'])} | {_pm(s['test_acc'])} | "
+    lines.append(f"| {name_cell(m)} | {_pm(s['forget_acc'])} | {_pm(s['retain_acc'])} | {_pm(s['test_acc'])} | "
                  f"{_pm(s['mia_efficacy'])} | **{_pm(s['avg_gap'], 2)}** | {_pm(s['kl_to_retrained'], 4)} | "
                  f"{_pm(s['time_percent'], 2)} | {_pm(s['compile_s'])} |")
   lines += ["", "Gaps to the retrained model (percentage points, mean ± std over seeds):", "",
             "| method | forget acc | retain acc | test acc | MIA-efficacy | avg gap |", "|---|---|---|---|---|---|"]
   for m in order:
     s = summary[m]
-    lines.append(f"| {m} | " + " | ".join(_pm(s[f"gap_{k}"], 2) for k in GAP_METRICS)
+    lines.append(f"| {name_cell(m)} | " + " | ".join(_pm(s[f"gap_{k}"], 2) for k in GAP_METRICS)
                  + f" | {_pm(s['avg_gap'], 2)} |")
   return "\n".join(lines)
 
@@ -401,6 +417,8 @@ def plot_leaderboard(board: Mapping[str, Any], path) -> None:
   summary = board["summary"]
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for name, s in summary.items():
+    if not math.isfinite(s["avg_gap"]["mean"]):
+      continue   # diverged on every seed
     x = max(s["time_percent"]["mean"], 1e-3)
     ax.errorbar(x, s["avg_gap"]["mean"], xerr=s["time_percent"]["std"], yerr=s["avg_gap"]["std"], fmt="o",
                 capsize=3)

@@ -63,3 +63,28 @@ def test_missing_and_non_checkpoint_directories(tmp_path):
   (tmp_path / "plain").mkdir()
   with pytest.raises(FamrError, match="not a famr-jax checkpoint"):
     checkpoints.load_checkpoint(tmp_path / "plain")
+
+
+def test_checkpoint_saved_on_other_devices_loads_on_this_one(tmp_path):
+  """A checkpoint keeps the devices it was saved from (here: device 7 of 8); loading must not need them.
+
+  This is the CPU-trained checkpoint opened on a GPU machine ("Topology mismatch" before the fix).
+  """
+  import os
+  import subprocess
+  import sys
+  code = (
+      "import jax, jax.numpy as jnp, numpy as np\n"
+      "from famr_jax import checkpoints\n"
+      "dev = jax.devices()[7]\n"
+      "params = {'fc': {'kernel': jax.device_put(jnp.arange(6.0).reshape(2, 3), dev),\n"
+      "                 'bias': jax.device_put(jnp.ones(3), dev)}}\n"
+      f"checkpoints.save_checkpoint({str(tmp_path / 'ckpt')!r}, params, {{'model': 'x'}},\n"
+      "                            extras={'fisher': jax.tree.map(lambda a: 2 * a, params)})\n")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
+  for template in (None, {"fc": {"kernel": np.zeros((2, 3), np.float32), "bias": np.zeros(3, np.float32)}}):
+    restored = checkpoints.load_checkpoint(tmp_path / "ckpt", template=template)
+    np.testing.assert_array_equal(restored.params["fc"]["kernel"], np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(restored.extras["fisher"]["fc"]["bias"], 2 * np.ones(3))
+    assert restored.params["fc"]["kernel"].sharding.device_set == {jax.local_devices()[0]}

@@ -118,3 +118,18 @@ def test_summarize_mean_and_std():
   assert s["avg_gap"] == {"mean": 2.0, "std": 1.0, "n": 2}
   assert s["forget_acc"]["mean"] == pytest.approx(60.0)
   assert s["time_percent"]["mean"] == pytest.approx(2.0)
+
+
+def test_summarize_scores_only_the_seeds_that_did_not_diverge():
+  nan = float("nan")
+  ok = {"method": "m", "metrics": {k: 0.5 for k in GAP_METRICS}, "gaps": {k: 2.0 for k in GAP_METRICS},
+        "avg_gap": 2.0, "kl_to_retrained": 0.1, "time_fraction": 0.01, "compile_s": 1.0, "time_s": 1.0,
+        "wall_s": 2.0, "diverged": False}
+  # As read back from leaderboard.json, where NaN may come back as null.
+  bad = {**ok, "metrics": {k: None for k in GAP_METRICS}, "gaps": {k: nan for k in GAP_METRICS},
+         "avg_gap": None, "kl_to_retrained": nan, "diverged": True}
+  s = summarize([ok, bad, {**bad, "method": "all-bad"}])
+  assert s["m"]["avg_gap"] == {"mean": 2.0, "std": 0.0, "n": 1}
+  assert s["m"]["forget_acc"]["mean"] == pytest.approx(50.0)
+  assert s["m"]["diverged"] == {"mean": 1.0, "std": 0.0, "n": 2}
+  assert np.isnan(s["all-bad"]["avg_gap"]["mean"]) and s["all-bad"]["diverged"]["mean"] == 1.0
