@@ -24,15 +24,14 @@ import statistics
 import time
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import threadpoolctl
 
 from famr_jax import curvature, influence
 from famr_jax.data import load_dataset
 from famr_jax.models import count_params, create_model, init_params, make_apply_fn
+from famr_jax.theory import lbfgs_minimize
 
 IMAGE_SHAPES = {'lenet5': (28, 28, 1), 'karpathynet': (32, 32, 3), 'vit_nano': (32, 32, 3),
                 'vit_micro': (32, 32, 3), 'mlp': (8, 8, 1), 'logistic': (8, 8, 1)}
@@ -98,25 +97,6 @@ def bench_model(name: str, batch: int, repeats: int, key: jax.Array) -> dict:
               cpu_ratio_gn=med(cpu['gn']) / med(cpu['grad']))
 
 
-def _lbfgs(fun, params, tol: float, max_steps: int):
-  opt = optax.lbfgs()
-  value_and_grad = optax.value_and_grad_from_state(fun)
-
-  def step(carry):
-    p, state = carry
-    value, grad = value_and_grad(p, state=state)
-    updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=fun)
-    return optax.apply_updates(p, updates), state
-
-  def keep_going(carry):
-    _, state = carry
-    count = optax.tree.get(state, 'count')
-    return (count == 0) | ((count < max_steps) & (optax.tree.norm(optax.tree.get(state, 'grad')) >= tol))
-
-  p, state = lax.while_loop(keep_going, step, (params, opt.init(params)))
-  return p, optax.tree.get(state, 'count')
-
-
 def bench_logistic(repeats: int, key: jax.Array) -> dict:
   ds = load_dataset('digits')
   x = jnp.asarray(ds.x_train.reshape(len(ds.x_train), -1), jnp.float64)
@@ -134,7 +114,7 @@ def bench_logistic(repeats: int, key: jax.Array) -> dict:
             + 0.5 * mu * curvature.tree_vdot(p, p))
 
   zeros = {'w': jnp.zeros((64, 10), jnp.float64), 'b': jnp.zeros((10,), jnp.float64)}
-  train = jax.jit(lambda p, data: _lbfgs(lambda q: objective(q, data), p, 1e-8, 5000))
+  train = jax.jit(lambda p, data: lbfgs_minimize(lambda q: objective(q, data), p, 1e-8, 5000))
   theta0, _ = train(zeros, (x, y))
   t_retrain = median_time(train, zeros, retain, repeats=max(3, repeats // 4))
   w_star, steps = train(zeros, retain)
@@ -195,7 +175,7 @@ def main() -> None:
   print(f'  eigh of the dense Hessian (NumPy)        {1e3 * r["t_eigh"]:9.2f} ms')
   print(f'  CG solve H_R x = g, tol 1e-10            {1e3 * r["t_cg"]:9.2f} ms ({r["cg_iters"]} steps)')
   print(f'  Lanczos, 40 iterations                   {1e3 * r["t_lanczos"]:9.2f} ms')
-  print(f'\n3. influence estimate vs retraining (forget 40 random samples)')
+  print('\n3. influence estimate vs retraining (forget 40 random samples)')
   print(f'  influence (forget gradient + CG)         {1e3 * r["t_influence"]:9.2f} ms')
   print(f'  retrain from scratch (L-BFGS to 1e-8)    {1e3 * r["t_retrain"]:9.2f} ms '
         f'({r["retrain_steps"]} steps)')

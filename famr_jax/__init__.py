@@ -28,12 +28,18 @@ from famr_jax.curvature import (CGInfo, LanczosResult, cg_solve, conjugate_gradi
                                 dense_solve, gauss_newton_hvp, hvp, lanczos_extreme_eigenvalues)
 from famr_jax.influence import (InfluenceEstimate, damped_influence_estimate, estimate_retrained_params,
                                 forget_gradient, influence_estimate, predicted_loss_change)
-from famr_jax.theory import TheoryConfig, format_theory_table, run_theory_verification
+from famr_jax.theory import TheoryConfig, format_theory_table, lbfgs_minimize, run_theory_verification
 from famr_jax.impressions import (ImpressionConfig, ImpressionSet, class_impressions,
                                   save_impression_grid)
 from famr_jax.zero_shot import (HeadTailSplit, ZeroShotConfig, ZeroShotFAMRConfig, ZeroShotResult,
                                 famr_zero_shot_unlearn, first_responsive_layer, split_model,
                                 zero_shot_unlearn)
+from famr_jax.variants import (FAMRVariantConfig, curvature_anchor, famr_variant_unlearn, fisher_anchor,
+                               retrain_target, target_kl, variant_defaults, variant_objective)
+from famr_jax.baselines import (FTConfig, GAConfig, NegGradPlusConfig, RLConfig, SalUnConfig, baseline_defaults,
+                                baseline_unlearn, retrain_unlearn, saliency_mask)
+from famr_jax.fisher import diagonal_fisher, load_fisher, store_fisher
+from famr_jax.compare import CompareRun, format_leaderboard, run_compare, score, summarize
 
 __all__ = [
     "Checkpoint", "Dataset", "DescentResult", "FAMRConfig", "FamrError", "ForgetSet", "MethodSpec",
@@ -48,7 +54,7 @@ __all__ = [
     "CGInfo", "InfluenceEstimate", "LanczosResult", "TheoryConfig", "cg_solve", "conjugate_gradient",
     "damped_influence_estimate", "dense_hessian", "dense_solve", "estimate_retrained_params",
     "format_theory_table", "forget_gradient", "gauss_newton_hvp", "hvp", "influence_estimate",
-    "lanczos_extreme_eigenvalues", "predicted_loss_change", "run_theory_verification",
+    "lanczos_extreme_eigenvalues", "lbfgs_minimize", "predicted_loss_change", "run_theory_verification",
     # scale-out (issue 6)
     "DistributedConfig", "ResumeConfig", "RunStopped", "ScaleConfig", "ShardedData", "initialize_distributed",
     "shard_rows",
@@ -56,4 +62,9 @@ __all__ = [
     "HeadTailSplit", "ImpressionConfig", "ImpressionSet", "ZeroShotConfig", "ZeroShotFAMRConfig",
     "ZeroShotResult", "class_impressions", "famr_zero_shot_unlearn", "first_responsive_layer",
     "save_impression_grid", "split_model", "zero_shot_unlearn",
+    # FAMR variants, baselines, the diagonal Fisher and the leaderboard (issue 5)
+    "CompareRun", "FAMRVariantConfig", "FTConfig", "GAConfig", "NegGradPlusConfig", "RLConfig", "SalUnConfig",
+    "baseline_defaults", "baseline_unlearn", "curvature_anchor", "diagonal_fisher", "famr_variant_unlearn",
+    "fisher_anchor", "format_leaderboard", "load_fisher", "retrain_target", "retrain_unlearn", "run_compare",
+    "saliency_mask", "score", "store_fisher", "summarize", "target_kl", "variant_defaults", "variant_objective",
 ]

@@ -31,9 +31,9 @@ import numpy as np
 from famr_jax import objectives
 from famr_jax.errors import FamrError
 from famr_jax.metrics import accuracy
-from famr_jax.optimization import DescentResult, minibatch_descent
+from famr_jax.optimization import DescentResult, check_descent_settings, minibatch_descent
 from famr_jax.training import TrainConfig, train_classifier
-from famr_jax.variants import OPTIMIZERS, make_optimizer, pair_retained
+from famr_jax.variants import make_optimizer, pair_retained
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -60,14 +60,8 @@ class GAConfig:
 
   def validate(self):
     """Raises :class:`FamrError` on an invalid setting."""
-    if self.epochs <= 0:
-      raise FamrError(f"epochs must be positive, got {self.epochs}")
-    if not self.lr > 0:
-      raise FamrError(f"learning rate must be positive, got {self.lr}")
-    if self.batch_size <= 0:
-      raise FamrError(f"batch size must be positive, got {self.batch_size}")
-    if self.optimizer not in OPTIMIZERS:
-      raise FamrError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    check_descent_settings(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                           optimizer=self.optimizer)
     for name in ("retain_ratio",):
       if getattr(self, name, 1) <= 0:
         raise FamrError(f"{name} must be positive")
@@ -349,7 +343,7 @@ def retrain_unlearn(apply_fn: ApplyFn, init_params: Params, x_retain: np.ndarray
 
 _BASELINE_CONFIGS = {"ft": FTConfig, "ga": GAConfig, "neggrad+": NegGradPlusConfig, "rl": RLConfig,
                      "salun": SalUnConfig}
-# Defaults tuned once on digits (notes/leaderboard.md, "Defaults").
+# Defaults tuned once on digits (BUILD_NOTES.md, issue 5, "Defaults"; experiments/tune_defaults.py).
 _BASELINE_DEFAULTS: dict[str, dict[str, Any]] = {
     "ft": dict(epochs=5, lr=0.03),
     "ga": dict(epochs=1, lr=0.01),

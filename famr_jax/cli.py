@@ -136,7 +136,7 @@ def _theory_config():
 
 
 def _cmd_demo(args) -> int:
-  from famr_jax import config_flags as cf, report
+  from famr_jax import config_flags as cf
   from famr_jax.runs import DataConfig, DemoRun, run_demo
   from famr_jax.training import TrainConfig
   from famr_jax.unlearning import FAMRConfig, famr_defaults

@@ -29,6 +29,35 @@ from famr_jax.parallel import ScaleConfig, ShardedData
 from famr_jax.progress import progress
 from famr_jax.resume import ResumeConfig
 
+# The optimizers every minibatch method's config may name (see ``make_optimizer`` of each method).
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def check_descent_settings(*, epochs: int, lr: float, batch_size: int, optimizer: str | None = None,
+                           lam: float | None = None) -> None:
+  """Raises :class:`FamrError` on settings no minibatch method can run with.
+
+  The one place the configs of training, FAMR, its variants, the baselines and
+  the zero-shot methods check what they share (each adds its own fields).
+
+  Example:
+    >>> check_descent_settings(epochs=1, lr=0.1, batch_size=8, optimizer="sgd", lam=0.0)
+    >>> check_descent_settings(epochs=0, lr=0.1, batch_size=8)
+    Traceback (most recent call last):
+    ...
+    famr_jax.errors.FamrError: epochs must be positive, got 0
+  """
+  if epochs <= 0:
+    raise FamrError(f"epochs must be positive, got {epochs}")
+  if not lr > 0:
+    raise FamrError(f"learning rate must be positive, got {lr}")
+  if lam is not None and lam < 0:
+    raise FamrError(f"the anchor strength lambda must be non-negative, got {lam}")
+  if batch_size <= 0:
+    raise FamrError(f"batch size must be positive, got {batch_size}")
+  if optimizer is not None and optimizer not in OPTIMIZERS:
+    raise FamrError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+
 Params = Any
 Batch = tuple[jax.Array, ...]
 # loss_fn(params, batch, weights, context) -> scalar; ``weights`` is 1 for
@@ -340,7 +369,8 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
   for epoch in progress(range(epochs), desc=desc, enabled=show_progress):
     params, opt_state, metrics = compiled(params, opt_state, data, context,
                                           jax.random.fold_in(key, epoch))
-    metrics["loss"].block_until_ready()  # one scalar per epoch: honest progress
+    if show_progress:   # one scalar per epoch: an honest progress bar; otherwise epochs queue up
+      metrics["loss"].block_until_ready()
     device_metrics.append(metrics)
   jax.block_until_ready(params)
   run_s = time.perf_counter() - t0

@@ -315,11 +315,21 @@ def _newton_minimize(obj: _Objective, params: Params, *, grad_tol: float,
   return out, _MinimizeInfo(it, obj.grad_norm(out))
 
 
-@functools.partial(jax.jit, static_argnames=('example_loss', 'batch_size', 'max_steps'))
-def _lbfgs_jit(example_loss, params, data, coef, anchor, grad_tol, max_steps, batch_size):
-  def fun(p):
-    return _anchored_value(example_loss, p, data, coef, anchor, batch_size)
+def lbfgs_minimize(fun: Callable[[Params], jax.Array], params: Params, grad_tol, max_steps):
+  """Minimizes ``fun`` with optax's L-BFGS (zoom line search) in one ``lax.while_loop``.
 
+  Pure and jit-able (``max_steps`` and ``grad_tol`` may be traced); stops when the
+  gradient norm falls under ``grad_tol`` or after ``max_steps`` steps.
+
+  Returns:
+    ``(params, steps)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> p, steps = lbfgs_minimize(lambda w: jnp.sum((w - 3.0) ** 2), jnp.zeros(2), 1e-6, 50)
+    >>> [round(float(v), 4) for v in p]
+    [3.0, 3.0]
+  """
   opt = optax.lbfgs()
   value_and_grad = optax.value_and_grad_from_state(fun)
 
@@ -337,6 +347,12 @@ def _lbfgs_jit(example_loss, params, data, coef, anchor, grad_tol, max_steps, ba
 
   p, state = lax.while_loop(keep_going, step, (params, opt.init(params)))
   return p, optax.tree.get(state, 'count')
+
+
+@functools.partial(jax.jit, static_argnames=('example_loss', 'batch_size', 'max_steps'))
+def _lbfgs_jit(example_loss, params, data, coef, anchor, grad_tol, max_steps, batch_size):
+  return lbfgs_minimize(lambda p: _anchored_value(example_loss, p, data, coef, anchor, batch_size),
+                        params, grad_tol, max_steps)
 
 
 def _lbfgs_minimize(obj: _Objective, params: Params, *, grad_tol: float,

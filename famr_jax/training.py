@@ -18,7 +18,7 @@ import optax
 from famr_jax import objectives
 from famr_jax.errors import FamrError
 from famr_jax.metrics import accuracy, batched_apply
-from famr_jax.optimization import DescentResult, freeze_outside, minibatch_descent
+from famr_jax.optimization import DescentResult, check_descent_settings, freeze_outside, minibatch_descent
 from famr_jax.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
 from famr_jax.resume import ResumeConfig
 
@@ -43,12 +43,7 @@ class TrainConfig:
 
   def validate(self) -> "TrainConfig":
     """Raises :class:`FamrError` on a non-positive epoch count, batch size or lr."""
-    if self.epochs <= 0:
-      raise FamrError(f"epochs must be positive, got {self.epochs}")
-    if self.batch_size <= 0:
-      raise FamrError(f"batch size must be positive, got {self.batch_size}")
-    if not self.lr > 0:
-      raise FamrError(f"learning rate must be positive, got {self.lr}")
+    check_descent_settings(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
     if self.weight_decay < 0:
       raise FamrError(f"weight decay must be non-negative, got {self.weight_decay}")
     return self

@@ -53,7 +53,8 @@ import optax
 from famr_jax import objectives
 from famr_jax.errors import FamrError
 from famr_jax.metrics import accuracy, batched_apply
-from famr_jax.optimization import DescentResult, freeze_outside, minibatch_descent
+from famr_jax.optimization import (OPTIMIZERS, DescentResult, check_descent_settings, freeze_outside,
+                                   minibatch_descent)
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -61,7 +62,6 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 TARGETS = ("uniform", "retrain")
 ANCHORS = ("l2", "fisher", "gauss-newton", "hessian")
 FUNCTION_DATA = ("retain", "impressions")
-OPTIMIZERS = ("sgd", "momentum", "adam")
 MONITOR_SIZE = 512   # forget examples the per-epoch history is measured on
 
 
@@ -117,18 +117,10 @@ class FAMRVariantConfig:
 
   def validate(self) -> "FAMRVariantConfig":
     """Raises :class:`FamrError` on an invalid setting."""
-    if self.epochs <= 0:
-      raise FamrError(f"epochs must be positive, got {self.epochs}")
-    if not self.lr > 0:
-      raise FamrError(f"learning rate must be positive, got {self.lr}")
-    if self.lam < 0:
-      raise FamrError(f"the anchor strength lambda must be non-negative, got {self.lam}")
-    if self.batch_size <= 0:
-      raise FamrError(f"batch size must be positive, got {self.batch_size}")
+    check_descent_settings(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                           optimizer=self.optimizer, lam=self.lam)
     if self.alpha < 0 or self.curvature_weight < 0 or self.retain_weight < 0:
       raise FamrError("alpha, curvature_weight and retain_weight must be non-negative")
-    if self.optimizer not in OPTIMIZERS:
-      raise FamrError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     if self.target not in TARGETS:
       raise FamrError(f"unknown target {self.target!r}: choose one of {', '.join(TARGETS)}")
     if self.anchor not in ANCHORS:

@@ -45,7 +45,8 @@ from famr_jax.errors import FamrError
 from famr_jax.forget import validate_classes
 from famr_jax.impressions import ImpressionConfig, ImpressionSet, class_impressions
 from famr_jax.metrics import accuracy, batched_apply, param_distance
-from famr_jax.optimization import DescentResult, epoch_batches, freeze_outside, minibatch_descent
+from famr_jax.optimization import (DescentResult, check_descent_settings, epoch_batches, freeze_outside,
+                                   minibatch_descent)
 from famr_jax.progress import progress
 
 Params = Any
@@ -481,12 +482,7 @@ class ZeroShotFAMRConfig:
 
 
 def _check_descent(epochs: int, lr: float, batch_size: int) -> None:
-  if epochs <= 0:
-    raise FamrError(f"epochs must be positive, got {epochs}")
-  if not lr > 0:
-    raise FamrError(f"learning rate must be positive, got {lr}")
-  if batch_size <= 0:
-    raise FamrError(f"batch size must be positive, got {batch_size}")
+  check_descent_settings(epochs=epochs, lr=lr, batch_size=batch_size)
 
 
 def _impression_config(config) -> ImpressionConfig:
@@ -779,7 +775,8 @@ def _run_epochs(epoch_fn, params, opt_state, ctx, epochs: int, key: jax.Array, d
   t0 = time.perf_counter()
   for e in progress(range(epochs), desc=desc, enabled=show_progress):
     params, opt_state, metrics = compiled(params, opt_state, ctx, jax.random.fold_in(key, e))
-    metrics["loss"].block_until_ready()
+    if show_progress:   # one scalar per epoch: an honest progress bar; otherwise epochs queue up
+      metrics["loss"].block_until_ready()
     device_metrics.append(metrics)
   jax.block_until_ready(params)
   run_s = time.perf_counter() - t0

@@ -180,3 +180,17 @@ def test_famr_vit_experiment_on_a_tiny_fixture(tmp_path):
   table = (out / "table.md").read_text()
   assert "| vit_nano | forgets |" in table and "For-Acc (%)" in table
   assert (out / "figure1.png").stat().st_size > 5000
+
+
+def test_bench_scale_vit_flops_match_the_published_count():
+  """ViT-B/16 at 224x224: 17.6 G multiply-adds per forward (Dosovitskiy et al.; timm), so 2x that in FLOPs,
+  and a training step is 3 forwards' worth. XLA's GPU cost analysis misses library calls, hence this count."""
+  sys.path.insert(0, str(ROOT / "experiments"))
+  try:
+    import bench_scale
+  finally:
+    sys.path.pop(0)
+  per_image = bench_scale.vit_train_flops_per_image("vit_b", (224, 224, 3), 1000)
+  assert per_image == pytest.approx(3 * 2 * 17.6e9, rel=0.01)
+  assert bench_scale.vit_train_flops_per_image("vit_s", (224, 224, 3), 1000) == pytest.approx(3 * 2 * 4.6e9, rel=0.02)
+  assert bench_scale.vit_train_flops_per_image("lenet5", (28, 28, 1), 10) is None

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+import jax.numpy as jnp  # noqa: F401  (used by the doctests)
 
 from famr_jax.errors import FamrError
 
