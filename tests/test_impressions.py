@@ -133,31 +133,46 @@ def test_bad_impression_requests(trained_digits):
     ImpressionConfig(space="latent").validate()
 
 
-def _fake_tfds_cifar10(num_per_class=6, size=8):
-  """A stand-in tensorflow_datasets with a tiny learnable 'cifar10' (a bright patch per class)."""
+def _fake_tfds_cifar10(num_per_class=6, size=8, num_classes=10, channels=3, test_split="test",
+                       varying_size=False):
+  """A stand-in tensorflow_datasets with a tiny learnable data set (a bright patch per class).
+
+  With ``varying_size`` every image has its own shape (as ImageNet's do) and the feature's shape is
+  ``(None, None, C)``, so the loader must stream and resize; ``test_split="validation"`` as ImageNet.
+  """
   import types
   rng = np.random.default_rng(0)
 
-  def split(n):
-    y = np.repeat(np.arange(10), n)
-    x = rng.integers(0, 60, (len(y), size, size, 3)).astype(np.uint8)
-    for i, c in enumerate(y):
-      x[i, (c // 4) * 2:(c // 4) * 2 + 2, (c % 4) * 2:(c % 4) * 2 + 2, c % 3] = 255
-    return list(x), y
+  def mark(x, c):   # class c: a bright 2x2 patch at one of 16 places, in channel (c + c // 16) % C
+    cell = c % 16
+    x[(cell // 4) * 2:(cell // 4) * 2 + 2, (cell % 4) * 2:(cell % 4) * 2 + 2, (c + c // 16) % channels] = 255
+    return x
 
-  splits = {"train": split(num_per_class), "test": split(2)}
+  def split(n):
+    y = np.repeat(np.arange(num_classes), n)
+    if varying_size:
+      sides = size + rng.integers(0, 5, len(y))
+      return [mark(rng.integers(0, 60, (s, s, channels)).astype(np.uint8), c) for s, c in zip(sides, y)], y
+    x = rng.integers(0, 60, (len(y), size, size, channels)).astype(np.uint8)
+    return [mark(xi, c) for xi, c in zip(x, y)], y
+
+  splits = {"train": split(num_per_class), test_split: split(2)}
 
   class Builder:
     info = types.SimpleNamespace(
-        splits={"train": None, "test": None},
-        features={"image": types.SimpleNamespace(shape=(size, size, 3)),
-                  "label": types.SimpleNamespace(names=[f"c{i}" for i in range(10)], num_classes=10)})
+        splits={"train": None, test_split: None},
+        features={"image": types.SimpleNamespace(shape=(None, None, channels) if varying_size
+                                                 else (size, size, channels)),
+                  "label": types.SimpleNamespace(names=[f"c{i}" for i in range(num_classes)],
+                                                 num_classes=num_classes)})
 
     def download_and_prepare(self):
       pass
 
     def as_dataset(self, *, split, batch_size=None, as_supervised=False):
       x, y = splits[split]
+      if batch_size is None:   # one (image, label) at a time
+        return list(zip(x, np.asarray(y, np.int64)))
       return np.stack(x), np.asarray(y, np.int64)
 
   mod = types.ModuleType("tensorflow_datasets")
@@ -194,3 +209,41 @@ def test_experiment_script_runs_end_to_end_on_a_tiny_tfds_fixture(monkeypatch, t
     for png in ("class_accuracy.png", "accuracy_change.png"):
       assert (out / row["dir"] / png).stat().st_size > 1000
   assert "retrained (gold standard)" in (out / "table.md").read_text()
+
+
+def _load_experiment_script(monkeypatch):
+  import importlib.util
+  import sys
+  from pathlib import Path
+  path = Path(__file__).resolve().parents[1] / "experiments" / "impressions_experiments.py"
+  spec = importlib.util.spec_from_file_location("impressions_experiments", path)
+  script = importlib.util.module_from_spec(spec)
+  monkeypatch.setitem(sys.modules, "impressions_experiments", script)   # dataclasses need it registered
+  spec.loader.exec_module(script)
+  return script
+
+
+@pytest.mark.parametrize("preset, fake, extra, forget", [
+    # MNIST with LeNet5 (28x28x1 in the real data set; 12x12 here).
+    ("mnist", dict(size=12, channels=1), [], list(range(1, 5))),
+    # The ImageNet preset (100 of the classes forgotten, images of varying size resized while streamed,
+    # a 'validation' split), with a tiny ViT instead of ViT-S at 224.
+    ("imagenet", dict(size=12, num_classes=104, num_per_class=2, test_split="validation", varying_size=True),
+     ["--model", "vit_nano", "--image-size", "8"], list(range(100))),
+])
+def test_tfds_presets_run_end_to_end_on_tiny_fixtures(monkeypatch, tmp_path, preset, fake, extra, forget):
+  import json
+  import sys
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", _fake_tfds_cifar10(**{"num_per_class": 8, **fake}))
+  script = _load_experiment_script(monkeypatch)
+  out = tmp_path / preset
+  code = script.main(["--preset", preset, "--train-epochs", "5", "--impression-steps", "30",
+                      "--impressions-per-class", "2", "--only", "default (masked_kl)", *extra, "--out", str(out)])
+  assert code == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["forget_classes"] == forget
+  (row,) = summary["rows"]
+  assert "error" not in row, row
+  rep = json.loads((out / row["dir"] / "report.json").read_text())
+  assert set(rep["metrics"]) == {"original", "unlearned", "retrained"}
+  assert rep["metrics"]["retrained"]["forget_acc"] == 0.0
