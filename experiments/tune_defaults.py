@@ -28,10 +28,9 @@ os.environ.setdefault("FAMR_JAX_NO_PROGRESS", "1")
 import jax
 import numpy as np
 
-from famr_jax.compare import CompareRun, _kl, kl_test_mask, score, seed_forget_set
+from famr_jax.compare import CompareRun, gold_reference, score_against_gold, seed_forget_set
 from famr_jax.errors import FamrError
 from famr_jax.methods import UnlearnTask, get_method
-from famr_jax.metrics import batched_apply, evaluate_unlearning
 from famr_jax.runs import load_model, retrain_gold_standard
 from famr_jax.training import TrainConfig
 
@@ -87,13 +86,10 @@ def main(argv=None) -> int:
     for seed in range(args.seeds):
       forget = seed_forget_set(run, loaded.data, seed)
       gold = retrain_gold_standard(loaded.model, loaded.apply_fn, loaded.data, forget, recipe, seed, False)
-      gold_m = evaluate_unlearning(loaded.apply_fn, gold.params, loaded.data, forget, params0=loaded.params,
-                                   mia_seed=seed)
-      mask = kl_test_mask(loaded.data, forget)
-      gold_logits = np.asarray(batched_apply(loaded.apply_fn, gold.params, loaded.data.x_test[mask]))
-      golds.append((seed, forget, gold.run_s, gold_m, mask, gold_logits))
+      reference = gold_reference(loaded.apply_fn, gold.params, loaded.data, forget, loaded.params, seed)
+      golds.append((seed, forget, gold.run_s, reference))
       print(f"seed {seed}: retrained in {gold.run_s:.1f} s: "
-            + " ".join(f"{k} {100 * gold_m[k]:.1f}" for k in METRICS), flush=True)
+            + " ".join(f"{k} {100 * reference.metrics[k]:.1f}" for k in METRICS), flush=True)
 
     print("\n| method | overrides | avg gap | KL to retrained | time % | " + " | ".join(METRICS) + " |")
     print("|---|---|---|---|---|" + "---|" * len(METRICS))
@@ -102,20 +98,17 @@ def main(argv=None) -> int:
       spec = get_method(method)
       config = dataclasses.replace(spec.defaults(loaded.metadata["model"]), **overrides)
       gaps, kls, fractions, metrics = [], [], [], []
-      for seed, forget, gold_s, gold_m, mask, gold_logits in golds:
+      for seed, forget, gold_s, reference in golds:
         task = UnlearnTask(loaded.apply_fn, loaded.params, loaded.model, loaded.data, forget,
                            jax.random.key(seed), False, checkpoint=args.checkpoint)
         result = spec.run(task, config)
-        logits = np.asarray(batched_apply(loaded.apply_fn, result.params, loaded.data.x_test))
-        if not np.all(np.isfinite(logits)):
-          gaps.append(float("nan"))
+        s = score_against_gold(loaded.apply_fn, result.params, loaded.data, forget, loaded.params, reference, seed)
+        gaps.append(s.gaps["avg_gap"])
+        if s.diverged:
           continue
-        m = evaluate_unlearning(loaded.apply_fn, result.params, loaded.data, forget, params0=loaded.params,
-                                mia_seed=seed)
-        gaps.append(score(m, gold_m)["avg_gap"])
-        kls.append(_kl(gold_logits, logits[mask]))
+        kls.append(s.kl)
         fractions.append(result.run_s / gold_s)
-        metrics.append(m)
+        metrics.append(s.metrics)
       row = {"method": method, "overrides": overrides, "avg_gap": float(np.mean(gaps)),
              "kl": float(np.mean(kls)) if kls else float("nan"),
              "time_percent": 100 * float(np.mean(fractions)) if fractions else float("nan"),

@@ -30,7 +30,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -205,6 +205,44 @@ def _kl(logits_ref: np.ndarray, logits: np.ndarray) -> float:
   return float(np.mean(np.asarray(objectives.kl_divergence(logits_ref, logits))))
 
 
+class GoldReference(NamedTuple):
+  """What every method of one forget request is scored against: the retrained model's metrics and its
+  logits on the test images the KL is measured on (``kl_mask``)."""
+  metrics: dict
+  logits: np.ndarray
+  kl_mask: np.ndarray
+
+
+def gold_reference(apply_fn, gold_params, data, forget: ForgetSet, params0, seed: int) -> GoldReference:
+  """The :class:`GoldReference` of a retrained model (``params0``: the original, for the KL metrics)."""
+  mask = kl_test_mask(data, forget)
+  metrics = evaluate_unlearning(apply_fn, gold_params, data, forget, params0=params0, mia_seed=seed)
+  return GoldReference(metrics, np.asarray(batched_apply(apply_fn, gold_params, data.x_test[mask])), mask)
+
+
+class Scored(NamedTuple):
+  """One unlearned model against the gold standard; all NaN when it diverged."""
+  metrics: dict
+  gaps: dict
+  kl: float
+  diverged: bool
+
+
+def score_against_gold(apply_fn, params, data, forget: ForgetSet, params0, gold: GoldReference,
+                       seed: int) -> Scored:
+  """Metrics, gaps to the retrained model (points) and ``KL(p_retrained || p)`` of ``params``.
+
+  A model with non-finite params or logits is *diverged*: scored as NaN, never a crash.
+  """
+  finite = all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(params))
+  logits = np.asarray(batched_apply(apply_fn, params, data.x_test[gold.kl_mask])) if finite else None
+  if not (finite and np.all(np.isfinite(logits))):
+    nan = float("nan")
+    return Scored({k: nan for k in GAP_METRICS}, {**{k: nan for k in GAP_METRICS}, "avg_gap": nan}, nan, True)
+  m = evaluate_unlearning(apply_fn, params, data, forget, params0=params0, mia_seed=seed)
+  return Scored(m, score(m, gold.metrics), _kl(gold.logits, logits), False)
+
+
 def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show_progress: bool = True,
                 log=print) -> dict:
   """Runs the leaderboard and writes it to ``run.out`` (see the module docstring).
@@ -247,42 +285,28 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
 
   loaded = load_model(run.checkpoint)
   data, model, apply_fn, params = loaded.data, loaded.model, loaded.apply_fn, loaded.params
-  logits_fn = jax.jit(batched_apply, static_argnums=0)
   rows: list[dict] = []
   gold_rows: list[dict] = []
   for seed in range(run.seeds):
     forget = seed_forget_set(run, data, seed)
     gold_params, gold_run_s, gold_compile_s = gold_standard(run, loaded, forget, seed, train_config,
                                                             show_progress, log)
-    gold_metrics = evaluate_unlearning(apply_fn, gold_params, data, forget, params0=params, mia_seed=seed)
-    mask = kl_test_mask(data, forget)
-    x_kl = data.x_test[mask]
-    gold_logits = np.asarray(logits_fn(apply_fn, gold_params, x_kl))
+    gold = gold_reference(apply_fn, gold_params, data, forget, params, seed)
     gold_rows.append({"seed": seed, "run_s": gold_run_s, "compile_s": gold_compile_s,
-                      "metrics": _public(gold_metrics)})
+                      "metrics": _public(gold.metrics)})
     log(f"seed {seed}: retrained in {gold_run_s:.1f} s (+{gold_compile_s:.1f} s compile): "
-        + _line(gold_metrics))
+        + _line(gold.metrics))
 
     def add_row(name, new_params, time_s, compile_s, wall_s):
-      finite = all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(new_params))
-      logits = np.asarray(logits_fn(apply_fn, new_params, x_kl)) if finite else None
-      finite = finite and bool(np.all(np.isfinite(logits)))
-      if finite:
-        m = evaluate_unlearning(apply_fn, new_params, data, forget, params0=params, mia_seed=seed)
-        gaps = score(m, gold_metrics)
-        kl = _kl(gold_logits, logits)
-      else:   # a method that diverged: recorded, scored as NaN, never a crash
-        m = {k: float("nan") for k in GAP_METRICS}
-        gaps = {**{k: float("nan") for k in GAP_METRICS}, "avg_gap": float("nan")}
-        kl = float("nan")
-      row = {"seed": seed, "method": name, "metrics": _public(m), "gaps": gaps, "avg_gap": gaps["avg_gap"],
-             "kl_to_retrained": kl, "time_s": time_s, "compile_s": compile_s, "wall_s": wall_s,
-             "time_fraction": time_s / gold_run_s if gold_run_s > 0 else float("nan"),
-             "diverged": not finite}
+      s = score_against_gold(apply_fn, new_params, data, forget, params, gold, seed)
+      row = {"seed": seed, "method": name, "metrics": _public(s.metrics), "gaps": s.gaps,
+             "avg_gap": s.gaps["avg_gap"], "kl_to_retrained": s.kl, "time_s": time_s, "compile_s": compile_s,
+             "wall_s": wall_s, "time_fraction": time_s / gold_run_s if gold_run_s > 0 else float("nan"),
+             "diverged": s.diverged}
       rows.append(row)
-      log(f"seed {seed}: {name:<20s} avg gap {gaps['avg_gap']:5.2f}  KL {kl:.4f}  "
-          f"time {100 * row['time_fraction']:.2f}% of retrain  " + _line(m)
-          + ("  (DIVERGED: non-finite params or logits)" if not finite else ""))
+      log(f"seed {seed}: {name:<20s} avg gap {s.gaps['avg_gap']:5.2f}  KL {s.kl:.4f}  "
+          f"time {100 * row['time_fraction']:.2f}% of retrain  " + _line(s.metrics)
+          + ("  (DIVERGED: non-finite params or logits)" if s.diverged else ""))
 
     add_row(ORIGINAL, params, 0.0, 0.0, 0.0)
     for name in methods:

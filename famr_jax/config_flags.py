@@ -119,9 +119,16 @@ def _metavar(tp) -> str:
 
 
 def _field_docs(cls: type) -> dict[str, str]:
-  """Field descriptions from the class docstring's ``Attributes:`` section."""
+  """Field descriptions from the ``Attributes:`` sections of the class's docstring and its bases'."""
+  docs: dict[str, str] = {}
+  for klass in reversed(cls.__mro__):   # a subclass's own description wins
+    docs.update(_own_field_docs(klass))
+  return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
   docs, current, in_attrs = {}, None, False
-  for line in (cls.__doc__ or "").splitlines():
+  for line in (cls.__dict__.get("__doc__") or "").splitlines():
     stripped = line.strip()
     if stripped == "Attributes:":
       in_attrs = True

@@ -21,9 +21,13 @@ Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
 
+@partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
 def batched_apply(apply_fn: ApplyFn, params: Params, x: jax.Array,
                   batch_size: int = 1024) -> jax.Array:
   """``apply_fn(params, x)`` evaluated in chunks with ``lax.map`` (bounded memory).
+
+  Compiled once per ``apply_fn``, shapes and batch size (an eager ``lax.map`` would
+  recompile its freshly made body on every call).
 
   Example:
     >>> import jax.numpy as jnp

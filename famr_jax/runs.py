@@ -448,7 +448,7 @@ def evaluate_checkpoint(checkpoint: str, forget_classes_: tuple[int, ...] = ()) 
     metrics = evaluate_unlearning(loaded.apply_fn, loaded.params, data, forget)
   else:
     from famr_jax.metrics import batched_apply, per_class_accuracy
-    logits = jax.jit(batched_apply, static_argnums=0)(loaded.apply_fn, loaded.params, data.x_test)
+    logits = batched_apply(loaded.apply_fn, loaded.params, data.x_test)
     metrics = {"test_acc": float(np.mean(np.argmax(np.asarray(logits), -1) == data.y_test)),
                "per_class_acc": [float(v) for v in per_class_accuracy(logits, data.y_test, data.num_classes)]}
   return {"checkpoint": str(Path(checkpoint).resolve()), "model": loaded.metadata["model"],

@@ -21,7 +21,6 @@ from famr_jax import objectives
 from famr_jax.errors import FamrError
 from famr_jax.metrics import accuracy, batched_apply, param_distance
 from famr_jax.optimization import DescentResult, check_descent_settings, freeze_outside, minibatch_descent
-from famr_jax.optimization import OPTIMIZERS  # noqa: F401  (re-exported: famr_jax.unlearning.OPTIMIZERS)
 from famr_jax.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
 from famr_jax.resume import ResumeConfig
 
@@ -180,7 +179,7 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
   optimizer, loss_fn = _famr_loss(apply_fn, config, feature_fn, target_gram, trainable_mask, optimizer, scale)
   xf = jnp.asarray(x_forget)
   ctx = ForgetContext(params, xf, None if y_forget is None else jnp.asarray(y_forget, jnp.int32),
-                      jax.jit(batched_apply, static_argnums=0)(apply_fn, params, xf),
+                      batched_apply(apply_fn, params, xf),
                       None if eval_data is None else (jnp.asarray(eval_data[0], jnp.float32),
                                                       jnp.asarray(eval_data[1], jnp.int32)))
   return minibatch_descent(loss_fn, params, (x_forget,), optimizer, epochs=config.epochs,
@@ -234,7 +233,7 @@ def _famr_unlearn_sharded(apply_fn, params, x_forget: ShardedData, config: FAMRC
   xf = real_rows(x_forget.arrays[0])
   yf = real_rows(x_forget.arrays[1]).astype(jnp.int32) if len(x_forget.arrays) == 2 else None
   host_params = jax.tree.map(np.asarray, params)   # the same values on every process
-  logits0 = jax.jit(batched_apply, static_argnums=0)(apply_fn, host_params, xf)
+  logits0 = batched_apply(apply_fn, host_params, xf)
   ctx = ForgetContext(host_params, xf, yf, logits0)
   return minibatch_descent(loss_fn, host_params, ShardedData(x_forget.arrays[:1], n), optimizer,
                            epochs=config.epochs, batch_size=config.batch_size, key=key, context=ctx,

@@ -311,12 +311,8 @@ def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class ZeroShotConfig:
-  """Zero-shot unlearning from class impressions (method ``impressions``, Algorithm 1).
-
-  The defaults are the setting measured to forget while keeping the
-  retained classes (notes/impressions.md); :meth:`authors` gives the
-  authors' code's settings.
+class ImpressionSettings:
+  """The class-impression and head/tail fields both zero-shot methods share.
 
   Attributes:
     impressions_per_class: class impressions optimized per class.
@@ -326,6 +322,33 @@ class ZeroShotConfig:
       through the whole model, clipped to [0, 1]).
     impression_beta: the beta ||x||^2 penalty of Eq. 3 on the impressions.
     tail_layer: the first stage of the trainable tail; none = the model's last stage.
+    impression_range: activation space: ``nonnegative`` (project onto h >= 0),
+      ``free``, or ``auto`` (nonnegative when the head's output is, e.g. after a ReLU).
+    impression_objective: ``logit`` (Eq. 3) or ``log_softmax`` (the target's log-probability).
+  """
+  impressions_per_class: int = 100
+  impression_steps: int = 1000
+  impression_lr: float = 0.1
+  impression_space: Literal["activation", "pixel"] = "activation"
+  impression_beta: float = 0.0
+  tail_layer: str | None = None
+  impression_range: Literal["auto", "free", "nonnegative"] = "auto"
+  impression_objective: Literal["logit", "log_softmax"] = "log_softmax"
+
+  def impression_config(self) -> ImpressionConfig:
+    """The :class:`ImpressionConfig` of this run (its ``layer`` is set by the split)."""
+    return _impression_config(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroShotConfig(ImpressionSettings):
+  """Zero-shot unlearning from class impressions (method ``impressions``, Algorithm 1).
+
+  The defaults are the setting measured to forget while keeping the
+  retained classes (BUILD_NOTES.md, issue 3); :meth:`authors` gives the
+  authors' code's settings. The impression fields are :class:`ImpressionSettings`'.
+
+  Attributes:
     forget_objective: ``masked_kl`` (match, on every impression, the original
       model's prediction with the forget classes masked out), ``margin``
       (push each forget impression below every retained class, keep retain
@@ -347,16 +370,7 @@ class ZeroShotConfig:
     scale_min: each step multiplies every impression by a random factor t,
       log t uniform in [log scale_min, 0] (1 = never): impressions are far
       larger than real activations, and the unknown real scale must be covered.
-    impression_range: activation space: ``nonnegative`` (project onto h >= 0),
-      ``free``, or ``auto`` (nonnegative when the head's output is, e.g. after a ReLU).
-    impression_objective: ``logit`` (Eq. 3) or ``log_softmax`` (the target's log-probability).
   """
-  impressions_per_class: int = 100
-  impression_steps: int = 1000
-  impression_lr: float = 0.1
-  impression_space: Literal["activation", "pixel"] = "activation"
-  impression_beta: float = 0.0
-  tail_layer: str | None = None
   forget_objective: Literal["masked_kl", "margin", "cross_entropy"] = "masked_kl"
   sign: Literal["intended", "as_published"] = "as_published"
   epochs: int = 30
@@ -370,8 +384,6 @@ class ZeroShotConfig:
   weight_decay: float = 0.01
   separate_steps: bool = True
   scale_min: float = 0.01
-  impression_range: Literal["auto", "free", "nonnegative"] = "auto"
-  impression_objective: Literal["logit", "log_softmax"] = "log_softmax"
 
   @classmethod
   def authors(cls, sign: Literal["intended", "as_published"] = "as_published", **changes) -> "ZeroShotConfig":
@@ -391,7 +403,7 @@ class ZeroShotConfig:
                       f"{', '.join(FORGET_OBJECTIVES)}")
     if self.sign not in SIGNS:
       raise FamrError(f"unknown sign {self.sign!r}: choose one of {', '.join(SIGNS)}")
-    _check_descent(self.epochs, self.lr, self.batch_size)
+    check_descent_settings(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
     if self.w_f < 0 or self.w_r < 0 or self.w_f + self.w_r == 0:
       raise FamrError(f"w_f and w_r must be non-negative and not both 0, got {self.w_f}, {self.w_r}")
     if not 0.0 <= self.label_smoothing < 1.0:
@@ -404,10 +416,6 @@ class ZeroShotConfig:
       raise FamrError("clip_norm and weight_decay must be non-negative")
     return self
 
-  def impression_config(self) -> ImpressionConfig:
-    """The :class:`ImpressionConfig` of this run (its ``layer`` is set by the split)."""
-    return _impression_config(self)
-
   def make_optimizer(self) -> optax.GradientTransformation:
     """AdamW, after global gradient-norm clipping (the authors' ``clip_grad_norm_``)."""
     adamw = optax.adamw(self.lr, weight_decay=self.weight_decay)
@@ -415,20 +423,15 @@ class ZeroShotConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ZeroShotFAMRConfig:
+class ZeroShotFAMRConfig(ImpressionSettings):
   """Zero-shot FAMR (method ``famr-zeroshot``): FAMR's objective on forget-class impressions.
 
   Minimizes ``mean_{x in X_f} KL(u || p(x)) + lam/2 ||theta_tail - theta0_tail||^2
   + retain_weight * mean_{x in X_r} KL(p0(x) || p(x))`` over the tail's
-  params, where ``p0`` is the original model.
+  params, where ``p0`` is the original model. The impression fields are
+  :class:`ImpressionSettings`'.
 
   Attributes:
-    impressions_per_class: class impressions optimized per class.
-    impression_steps: Adam steps per impression.
-    impression_lr: Adam learning rate of the impressions.
-    impression_space: ``activation`` (the tail's input) or ``pixel``.
-    impression_beta: the beta ||x||^2 penalty of Eq. 3 on the impressions.
-    tail_layer: the first stage of the trainable tail; none = the model's last stage.
     epochs: passes over the forget impressions.
     lr: step size.
     lam: FAMR's anchor strength lambda (on the tail's params).
@@ -437,15 +440,7 @@ class ZeroShotFAMRConfig:
     optimizer: ``sgd`` (FAMR's Algorithm 1), ``momentum`` or ``adam``.
     scale_min: every impression is also used at 8 scales geometrically spaced in
       [scale_min, 1] (1 = only as made).
-    impression_range: activation space: ``nonnegative``, ``free`` or ``auto`` (as the head's output).
-    impression_objective: ``logit`` (Eq. 3) or ``log_softmax`` (the target's log-probability).
   """
-  impressions_per_class: int = 100
-  impression_steps: int = 1000
-  impression_lr: float = 0.1
-  impression_space: Literal["activation", "pixel"] = "activation"
-  impression_beta: float = 0.0
-  tail_layer: str | None = None
   epochs: int = 10
   lr: float = 1e-3
   lam: float = 0.1
@@ -453,36 +448,23 @@ class ZeroShotFAMRConfig:
   retain_weight: float = 1.0
   optimizer: Literal["sgd", "momentum", "adam"] = "adam"
   scale_min: float = 0.01
-  impression_range: Literal["auto", "free", "nonnegative"] = "auto"
-  impression_objective: Literal["logit", "log_softmax"] = "log_softmax"
 
   def validate(self) -> "ZeroShotFAMRConfig":
     """Raises :class:`FamrError` on an invalid setting."""
     self.impression_config().validate()
     if not 0.0 < self.scale_min <= 1.0:
       raise FamrError(f"scale_min must lie in (0, 1], got {self.scale_min}")
-    _check_descent(self.epochs, self.lr, self.batch_size)
-    if self.lam < 0:
-      raise FamrError(f"the anchor strength lambda must be non-negative, got {self.lam}")
+    check_descent_settings(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                           optimizer=self.optimizer, lam=self.lam)
     if self.retain_weight < 0:
       raise FamrError(f"retain_weight must be non-negative, got {self.retain_weight}")
-    if self.optimizer not in ("sgd", "momentum", "adam"):
-      raise FamrError(f"unknown optimizer {self.optimizer!r}: choose one of sgd, momentum, adam")
     return self
-
-  def impression_config(self) -> ImpressionConfig:
-    """The :class:`ImpressionConfig` of this run (its ``layer`` is set by the split)."""
-    return _impression_config(self)
 
   def famr_config(self):
     """The equivalent :class:`famr_jax.unlearning.FAMRConfig` (for its optimizer)."""
     from famr_jax.unlearning import FAMRConfig
     return FAMRConfig(epochs=self.epochs, lr=self.lr, lam=self.lam, batch_size=self.batch_size,
                       optimizer=self.optimizer)
-
-
-def _check_descent(epochs: int, lr: float, batch_size: int) -> None:
-  check_descent_settings(epochs=epochs, lr=lr, batch_size=batch_size)
 
 
 def _impression_config(config) -> ImpressionConfig:
@@ -587,7 +569,7 @@ class _ImpressionContext(NamedTuple):
 
 
 def _context(setup: _Setup, params: Params, num_classes: int) -> _ImpressionContext:
-  tail = jax.jit(functools.partial(batched_apply, setup.split.tail_fn))
+  tail = functools.partial(batched_apply, setup.split.tail_fn)
   h_f, h_r = jnp.asarray(setup.h_forget), jnp.asarray(setup.h_retain)
   retain_mask = np.zeros(num_classes, bool)
   retain_mask[list(setup.retain)] = True

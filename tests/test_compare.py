@@ -133,3 +133,19 @@ def test_summarize_scores_only_the_seeds_that_did_not_diverge():
   assert s["m"]["forget_acc"]["mean"] == pytest.approx(50.0)
   assert s["m"]["diverged"] == {"mean": 1.0, "std": 0.0, "n": 2}
   assert np.isnan(s["all-bad"]["avg_gap"]["mean"]) and s["all-bad"]["diverged"]["mean"] == 1.0
+
+
+def test_score_against_gold_zero_for_the_gold_itself_and_nan_when_diverged(trained_digits):
+  import jax
+  from famr_jax.compare import gold_reference, score_against_gold
+  from famr_jax.forget import forget_classes
+  t = trained_digits
+  forget = forget_classes(t.data.y_train, [3], t.data.num_classes)
+  gold = gold_reference(t.apply_fn, t.params, t.data, forget, t.params, seed=0)
+  assert not gold.kl_mask[t.data.y_test == 3].any() and gold.kl_mask[t.data.y_test != 3].all()
+  same = score_against_gold(t.apply_fn, t.params, t.data, forget, t.params, gold, seed=0)
+  assert not same.diverged and same.gaps["avg_gap"] == 0.0 and abs(same.kl) < 1e-6
+  broken = jax.tree.map(lambda a: a.at[(0,) * a.ndim].set(np.nan), t.params)
+  bad = score_against_gold(t.apply_fn, broken, t.data, forget, t.params, gold, seed=0)
+  assert bad.diverged and np.isnan(bad.kl) and np.isnan(bad.gaps["avg_gap"])
+  assert all(np.isnan(bad.metrics[k]) for k in GAP_METRICS)
