@@ -13,17 +13,17 @@ from famr_jax.checkpoints import Checkpoint, load_checkpoint, read_metadata, sav
 from famr_jax.data import Dataset, load_dataset
 from famr_jax.errors import FamrError
 from famr_jax.forget import ForgetSet, forget_classes, forget_random, forget_samples
-from famr_jax.methods import MethodSpec, UnlearnTask, get_method, method_names, register_method
+from famr_jax.methods import MethodSpec, UnlearnTask, get_method, method_names, register_method, with_overrides
 from famr_jax.metrics import (accuracy, batched_apply, evaluate_unlearning, mia_efficacy,
                               param_distance, per_class_accuracy, true_class_confidence)
 from famr_jax.objectives import (cross_entropy, entropy, famr_objective, forget_loss, gram_matrix,
                                  kl_divergence, l2_anchor, mean_gram, style_loss, tree_sq_distance,
                                  uniform_kl)
-from famr_jax.optimization import DescentResult, epoch_batches, freeze_outside, minibatch_descent
+from famr_jax.optimization import DescentResult, epoch_batches, freeze_outside, minibatch_descent, step_schedule
 from famr_jax.parallel import DistributedConfig, ScaleConfig, ShardedData, initialize_distributed, shard_rows
 from famr_jax.resume import ResumeConfig, RunStopped
 from famr_jax.training import TrainConfig, train_classifier
-from famr_jax.unlearning import FAMRConfig, famr_defaults, famr_unlearn
+from famr_jax.unlearning import FAMRConfig, famr_defaults, famr_sample_defaults, famr_unlearn
 from famr_jax.curvature import (CGInfo, LanczosResult, cg_solve, conjugate_gradient, dense_hessian,
                                 dense_solve, gauss_newton_hvp, hvp, lanczos_extreme_eigenvalues)
 from famr_jax.influence import (InfluenceEstimate, damped_influence_estimate, estimate_retrained_params,
@@ -35,9 +35,10 @@ from famr_jax.zero_shot import (HeadTailSplit, ZeroShotConfig, ZeroShotFAMRConfi
                                 famr_zero_shot_unlearn, first_responsive_layer, split_model,
                                 zero_shot_unlearn)
 from famr_jax.variants import (FAMRVariantConfig, curvature_anchor, famr_variant_unlearn, fisher_anchor,
-                               retrain_target, target_kl, variant_defaults, variant_objective)
+                               retrain_target, target_kl, variant_defaults, variant_objective,
+                               variant_sample_defaults)
 from famr_jax.baselines import (FTConfig, GAConfig, NegGradPlusConfig, RLConfig, SalUnConfig, baseline_defaults,
-                                baseline_unlearn, retrain_unlearn, saliency_mask)
+                                baseline_sample_defaults, baseline_unlearn, retrain_unlearn, saliency_mask)
 from famr_jax.fisher import diagonal_fisher, load_fisher, store_fisher
 from famr_jax.compare import CompareRun, format_leaderboard, run_compare, score, summarize
 
@@ -67,4 +68,6 @@ __all__ = [
     "baseline_defaults", "baseline_unlearn", "curvature_anchor", "diagonal_fisher", "famr_variant_unlearn",
     "fisher_anchor", "format_leaderboard", "load_fisher", "retrain_target", "retrain_unlearn", "run_compare",
     "saliency_mask", "score", "store_fisher", "summarize", "target_kl", "variant_defaults", "variant_objective",
+    # sample-forgetting defaults and step budgets
+    "baseline_sample_defaults", "famr_sample_defaults", "step_schedule", "variant_sample_defaults", "with_overrides",
 ]

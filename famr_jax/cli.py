@@ -25,6 +25,13 @@ class _Parser(argparse.ArgumentParser):
     raise FamrError(message)
 
 
+# Shown by `unlearn --help` and `compare --help`: why a method's defaults depend on the request.
+_DEFAULTS_NOTE = ("Each method starts from its defaults for the request: a class request (--forget-classes) "
+                  "runs epochs over the forget set; a sample request (--forget-random, --forget-samples) "
+                  "runs a step budget (--steps), the same number of steps on a forget set of any size. "
+                  "--epochs without --steps means epochs.")
+
+
 def _method_config_classes():
   from famr_jax.methods import get_method, method_names
   return [get_method(n).config_cls for n in method_names()]
@@ -61,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
   cf.add_config_flags(train, TrainConfig, dest_prefix="train__")
   add_scale_flags(train)
 
-  unlearn = sub.add_parser("unlearn", help="unlearn classes or samples from a checkpoint")
+  unlearn = sub.add_parser("unlearn", help="unlearn classes or samples from a checkpoint",
+                           description=_DEFAULTS_NOTE)
   cf.add_config_flags(unlearn, UnlearnRun, exclude=("method_config", "scale", "resume"))
   seen: set[str] = set()
   add_scale_flags(unlearn, seen)
@@ -96,7 +104,8 @@ def _add_leaderboard_commands(sub, cf) -> None:
   fisher.add_argument("--batch-size", type=cf._Deferred(cf._parser_for(int, "--batch-size")), default=256)
   fisher.add_argument("--overwrite", action="store_true")
 
-  compare = sub.add_parser("compare", help="leaderboard: every method vs the retrained gold standard")
+  compare = sub.add_parser("compare", help="leaderboard: every method vs the retrained gold standard",
+                           description=_DEFAULTS_NOTE)
   cf.add_config_flags(compare, CompareRun)
   seen: set[str] = set()
   for cls in _method_config_classes():
@@ -184,7 +193,9 @@ def _cmd_unlearn(args) -> int:
   if foreign:
     raise FamrError(f"method {run.method!r} has no option "
                     + ", ".join("--" + f.replace("_", "-") for f in foreign))
-  config = dataclasses.replace(spec.defaults(meta.get("model", "")), **given)
+  from famr_jax.methods import with_overrides
+  kind = "classes" if run.forget_classes else "samples"
+  config = with_overrides(spec.default_config(meta.get("model", ""), kind), given)
   rep = unlearn_model(dataclasses.replace(run, method_config=config))
   _print_summary(rep, run.out)
   return 0

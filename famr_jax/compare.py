@@ -125,16 +125,18 @@ def read_method_config(path: str | None) -> dict[str, dict[str, Any]]:
 
 def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[str, Any] | None = None,
                     per_method: Mapping[str, Mapping[str, Any]] | None = None,
-                    train_config: Any = None) -> dict[str, Any]:
-  """Each method's config: its per-model defaults, then the flags it has, then its JSON entry.
+                    train_config: Any = None, forget_kind: str = "classes") -> dict[str, Any]:
+  """Each method's config: its defaults, then the flags it has, then its JSON entry.
 
+  The defaults are the method's for the model and the request's kind
+  (``classes`` or ``samples``: :meth:`famr_jax.methods.MethodSpec.default_config`).
   ``retrain`` takes the checkpoint's training recipe (``train_config``); the
   shared flags do not apply to it, only its JSON entry.
   Unknown methods (listed or in the JSON) and options a method does not
   have are one-line :class:`FamrError`s; JSON entries of registered methods
   that are not compared are ignored (one file can serve several runs).
   """
-  from famr_jax.methods import get_method
+  from famr_jax.methods import get_method, with_overrides
 
   flags, per_method = dict(flags or {}), dict(per_method or {})
   for name in per_method:   # entries for registered methods not compared now are kept for other runs
@@ -143,7 +145,8 @@ def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[s
   configs = {}
   for name in methods:
     spec = get_method(name)
-    base = train_config if (name == "retrain" and train_config is not None) else spec.defaults(model_name)
+    base = (train_config if (name == "retrain" and train_config is not None)
+            else spec.default_config(model_name, forget_kind))
     fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
     # The gold-standard recipe is the checkpoint's: shared flags (--epochs ...) never change it.
     given = {} if name == "retrain" else {k: v for k, v in flags.items() if k in fields}
@@ -152,7 +155,7 @@ def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[s
     foreign = sorted(set(own) - set(fields))
     if foreign:
       raise FamrError(f"method {name!r} has no option {', '.join(foreign)} (method config file)")
-    config = dataclasses.replace(base, **{**given, **own})
+    config = with_overrides(base, {**given, **own})
     if hasattr(config, "validate"):
       config.validate()
     configs[name] = config
@@ -276,7 +279,8 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
     raise FamrError(f"{run.checkpoint} is already an unlearned model; compare from the original checkpoint")
   train_config = TrainConfig(**metadata["train_config"]) if "train_config" in metadata else None
   configs = resolve_configs(methods, metadata.get("model", ""), flags=flags, per_method=per_method,
-                            train_config=train_config)
+                            train_config=train_config,
+                            forget_kind="classes" if run.forget_classes else "samples")
   needs_fisher = [m for m, c in configs.items() if getattr(c, "anchor", None) == "fisher"]
   if needs_fisher and "fisher" not in metadata.get("extras", {}):
     raise FamrError(f"{', '.join(needs_fisher)}: " + missing_fisher_message(run.checkpoint))

@@ -43,9 +43,39 @@ class MethodSpec:
   defaults: Callable[[str], Any]   # model name -> default config
   description: str
   uses_data: bool = True
+  # model name -> default config for sample forgetting (a random subset of the
+  # training set); None: the same as ``defaults``. Sample and class requests
+  # want different schedules: the retrained model still classifies most
+  # forgotten samples correctly, so a sample request calls for a small,
+  # size-independent step budget where a class request runs to convergence.
+  sample_defaults: Callable[[str], Any] | None = None
+
+  def default_config(self, model_name: str, forget_kind: str = "classes") -> Any:
+    """The default config for a model and a forget request's kind (``classes`` or ``samples``)."""
+    if forget_kind == "samples" and self.sample_defaults is not None:
+      return self.sample_defaults(model_name)
+    return self.defaults(model_name)
 
 
 _METHODS: dict[str, MethodSpec] = {}
+
+
+def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
+  """``config`` with ``overrides`` applied; an explicit ``epochs`` drops a default step budget.
+
+  A default config may schedule by a step budget (``steps``, e.g. the sample-
+  forgetting defaults); a user who asks for ``epochs`` and no ``steps`` means
+  epochs, so the budget is cleared rather than silently taking precedence.
+
+  Example:
+    >>> from famr_jax.baselines import GAConfig
+    >>> with_overrides(GAConfig(steps=5), {"epochs": 2}).steps is None
+    True
+  """
+  overrides = dict(overrides)
+  if "epochs" in overrides and "steps" not in overrides and getattr(config, "steps", None) is not None:
+    overrides["steps"] = None
+  return dataclasses.replace(config, **overrides)
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:

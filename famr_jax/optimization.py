@@ -34,7 +34,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 def check_descent_settings(*, epochs: int, lr: float, batch_size: int, optimizer: str | None = None,
-                           lam: float | None = None) -> None:
+                           lam: float | None = None, steps: int | None = None) -> None:
   """Raises :class:`FamrError` on settings no minibatch method can run with.
 
   The one place the configs of training, FAMR, its variants, the baselines and
@@ -57,6 +57,8 @@ def check_descent_settings(*, epochs: int, lr: float, batch_size: int, optimizer
     raise FamrError(f"batch size must be positive, got {batch_size}")
   if optimizer is not None and optimizer not in OPTIMIZERS:
     raise FamrError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+  if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps <= 0):
+    raise FamrError(f"the step budget (steps) must be a positive integer, got {steps}")
 
 Params = Any
 Batch = tuple[jax.Array, ...]
@@ -118,34 +120,89 @@ def freeze_outside(optimizer: optax.GradientTransformation,
 
 
 def make_epoch_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                  batch_size: int, metrics_fn: MetricsFn | None = None):
+                  batch_size: int, metrics_fn: MetricsFn | None = None, *, step_limit: bool = False):
   """Builds ``epoch(params, opt_state, data, context, key) -> (params, opt_state, metrics)``.
 
   ``data`` is a tuple of arrays with a shared leading axis; it is an argument
   (not a closed-over constant) so the compiled program does not embed the
   data set. ``metrics`` holds the mean training loss of the epoch plus
   whatever ``metrics_fn(params, context)`` returns.
+
+  With ``step_limit`` the epoch takes one more argument, ``limit`` (an int32
+  scalar, traced: one compiled program serves every value): only the first
+  ``limit`` minibatches of the epoch's permutation update the params; the
+  rest are skipped by ``lax.cond`` (not computed). That is how a run with a
+  step budget ends part-way through its last epoch.
   """
 
-  def step(carry, batch_spec):
+  def update(carry, indices, weights):
     params, opt_state, data, context = carry
-    indices, weights = batch_spec
     batch = tuple(a[indices] for a in data)
     loss, grads = jax.value_and_grad(loss_fn)(params, batch, weights, context)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return (params, opt_state, data, context), (loss, jnp.sum(weights))
 
-  @jax.jit
-  def epoch(params, opt_state, data, context, key):
+  def step(carry, batch_spec):
+    indices, weights = batch_spec
+    return update(carry, indices, weights)
+
+  def limited_step(carry, batch_spec):
+    (indices, weights, i), limit = batch_spec[:3], batch_spec[3]
+    skip = lambda c, *_: (c, (jnp.zeros((), jnp.float32), jnp.zeros((), weights.dtype)))
+    return jax.lax.cond(i < limit, update, skip, carry, indices, weights)
+
+  def run(params, opt_state, data, context, key, limit):
     batches = epoch_batches(key, data[0].shape[0], batch_size)
-    (params, opt_state, _, _), (losses, counts) = jax.lax.scan(
-        step, (params, opt_state, data, context), (batches.indices, batches.weights))
+    if step_limit:
+      num = batches.indices.shape[0]
+      xs = (batches.indices, batches.weights, jnp.arange(num), jnp.full((num,), limit, jnp.int32))
+      body = limited_step
+    else:
+      xs, body = (batches.indices, batches.weights), step
+    (params, opt_state, _, _), (losses, counts) = jax.lax.scan(body, (params, opt_state, data, context), xs)
     metrics = dict(metrics_fn(params, context)) if metrics_fn is not None else {}
-    metrics["loss"] = jnp.sum(losses * counts) / jnp.sum(counts)
+    metrics["loss"] = jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1)
     return params, opt_state, metrics
 
-  return epoch
+  if step_limit:
+    return jax.jit(run)
+  return jax.jit(lambda params, opt_state, data, context, key: run(params, opt_state, data, context, key, None))
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Minibatches (optimizer steps) in one epoch: ``ceil(num_examples / batch_size)``.
+
+  Example:
+    >>> steps_per_epoch(100, 32)
+    4
+  """
+  return -(-int(num_examples) // int(batch_size))
+
+
+def step_schedule(num_examples: int, batch_size: int, *, epochs: int,
+                  max_steps: int | None = None) -> tuple[int, int]:
+  """``(epochs to run, steps of the last one)`` for ``epochs`` or a step budget ``max_steps``.
+
+  A step budget replaces ``epochs``: ``max_steps`` optimizer steps in all, the
+  last epoch cut short. Budgets make a schedule independent of the data set's
+  size (an epoch over a forget set of 6,000 samples is 40x the steps of one
+  over 135), which matters for objectives that are unbounded below, such as
+  gradient ascent.
+
+  Example:
+    >>> step_schedule(100, 32, epochs=3)
+    (3, 4)
+    >>> step_schedule(100, 32, epochs=3, max_steps=6)
+    (2, 2)
+  """
+  per_epoch = steps_per_epoch(num_examples, batch_size)
+  if max_steps is None:
+    return epochs, per_epoch
+  if max_steps <= 0:
+    raise FamrError(f"the step budget must be positive, got {max_steps}")
+  run = -(-int(max_steps) // per_epoch)
+  return run, int(max_steps) - (run - 1) * per_epoch
 
 
 class SegmentPlan(NamedTuple):
@@ -300,7 +357,8 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
                       desc: str = "epochs", show_progress: bool = True,
                       scale: ScaleConfig | None = None,
                       resume: ResumeConfig | None = None,
-                      resume_meta: Mapping[str, Any] | None = None) -> DescentResult:
+                      resume_meta: Mapping[str, Any] | None = None,
+                      max_steps: int | None = None) -> DescentResult:
   """Minimizes ``loss_fn`` over ``data`` by minibatch steps of ``optimizer``.
 
   Args:
@@ -328,6 +386,9 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
     resume_meta: JSON-able description of the caller's settings; a resume
       whose description (or the engine's own settings, data shapes or key)
       differs is refused, naming the keys.
+    max_steps: a step budget replacing ``epochs``: this many optimizer steps in
+      all, the last epoch cut short (see :func:`step_schedule`). Single-process,
+      unsharded runs only.
 
   Returns:
     A :class:`DescentResult`.
@@ -348,27 +409,35 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
 
   if ((scale is not None and not scale.is_default) or (resume is not None and resume.enabled)
       or isinstance(data, ShardedData)):
+    if max_steps is not None:
+      raise FamrError("a step budget (steps) runs on one device without resumable checkpoints; "
+                      "give epochs (--epochs) instead")
     return _scaled_descent(loss_fn, params, data, optimizer, epochs=epochs, batch_size=batch_size,
                            key=key, context=context, metrics_fn=metrics_fn,
                            initial_metrics=initial_metrics, desc=desc, show_progress=show_progress,
                            scale=scale or ScaleConfig(), resume=resume, resume_meta=resume_meta)
   data = tuple(jnp.asarray(a) for a in data)
   opt_state = optimizer.init(params)
-  epoch_fn = make_epoch_fn(loss_fn, optimizer, batch_size, metrics_fn)
+  limited = max_steps is not None
+  epochs, last_steps = step_schedule(data[0].shape[0], batch_size, epochs=epochs, max_steps=max_steps)
+  epoch_fn = make_epoch_fn(loss_fn, optimizer, batch_size, metrics_fn, step_limit=limited)
+  extra = lambda limit: (jnp.asarray(limit, jnp.int32),) if limited else ()
   history: list[dict[str, float]] = []
   if initial_metrics and metrics_fn is not None:
     m0 = jax.jit(metrics_fn)(params, context)
     history.append({"epoch": 0, **{k: float(v) for k, v in m0.items()}})
 
   t0 = time.perf_counter()
-  compiled = epoch_fn.lower(params, opt_state, data, context, jax.random.key(0)).compile()
+  compiled = epoch_fn.lower(params, opt_state, data, context, jax.random.key(0), *extra(0)).compile()
   compile_s = time.perf_counter() - t0
 
+  per_epoch = steps_per_epoch(data[0].shape[0], batch_size)
   device_metrics = []
   t0 = time.perf_counter()
   for epoch in progress(range(epochs), desc=desc, enabled=show_progress):
+    limit = last_steps if epoch == epochs - 1 else per_epoch
     params, opt_state, metrics = compiled(params, opt_state, data, context,
-                                          jax.random.fold_in(key, epoch))
+                                          jax.random.fold_in(key, epoch), *extra(limit))
     if show_progress:   # one scalar per epoch: an honest progress bar; otherwise epochs queue up
       metrics["loss"].block_until_ready()
     device_metrics.append(metrics)

@@ -48,6 +48,8 @@ class FAMRConfig:
     optimizer: ``"sgd"`` (exactly Algorithm 1), ``"momentum"`` (SGD, 0.9) or ``"adam"``.
     style_layer: model stage whose output feeds the Gram style loss (``beta > 0``);
       the target Gram is the mean over the retained training data.
+    steps: a step budget replacing ``epochs``: this many optimizer steps in all,
+      whatever the forget set's size (none = ``epochs`` passes; one device only).
   """
   epochs: int = 10
   lr: float = 0.1
@@ -57,6 +59,7 @@ class FAMRConfig:
   beta: float = 0.0
   optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
   style_layer: str | None = None
+  steps: int | None = None
 
   @classmethod
   def paper(cls) -> "FAMRConfig":
@@ -66,7 +69,7 @@ class FAMRConfig:
   def validate(self) -> "FAMRConfig":
     """Raises :class:`FamrError` on an invalid setting."""
     check_descent_settings(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                           optimizer=self.optimizer, lam=self.lam)
+                           optimizer=self.optimizer, lam=self.lam, steps=self.steps)
     if self.alpha < 0 or self.beta < 0:
       raise FamrError("alpha and beta must be non-negative")
     return self
@@ -186,7 +189,8 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
                            batch_size=config.batch_size, key=key, context=ctx,
                            metrics_fn=functools.partial(forget_history, apply_fn),
                            initial_metrics=True, desc="FAMR", show_progress=show_progress,
-                           scale=scale, resume=resume, resume_meta=_famr_resume_meta(config, trainable_mask))
+                           scale=scale, resume=resume, resume_meta=_famr_resume_meta(config, trainable_mask),
+                           max_steps=config.steps)
 
 
 def _famr_loss(apply_fn, config: FAMRConfig, feature_fn, target_gram, trainable_mask, optimizer, scale):
@@ -206,7 +210,10 @@ def _famr_loss(apply_fn, config: FAMRConfig, feature_fn, target_gram, trainable_
 
 
 def _famr_resume_meta(config: FAMRConfig, trainable_mask) -> dict:
-  return {"famr": dataclasses.asdict(config), "frozen_leaves": trainable_mask is not None}
+  settings = dataclasses.asdict(config)
+  if settings["steps"] is None:   # so checkpoints written before the step budget existed still resume
+    del settings["steps"]
+  return {"famr": settings, "frozen_leaves": trainable_mask is not None}
 
 
 def _famr_unlearn_sharded(apply_fn, params, x_forget: ShardedData, config: FAMRConfig, key, *,
@@ -269,6 +276,22 @@ def famr_defaults(model_name: str) -> FAMRConfig:
   return FAMRConfig(**_FAMR_MODEL_DEFAULTS.get(model_name, {}))
 
 
+def famr_sample_defaults(model_name: str) -> FAMRConfig:
+  """The default :class:`FAMRConfig` for sample forgetting: 25 Adam steps at lr 1e-4.
+
+  Tuned on digits / LeNet5, a random 10% (``experiments/tune_defaults.py --forget-random 0.1``).
+
+  Example:
+    >>> famr_sample_defaults("lenet5").steps
+    25
+  """
+  return dataclasses.replace(famr_defaults(model_name), **_FAMR_SAMPLE_DEFAULTS)
+
+
+# Sample forgetting (BUILD_NOTES.md, issue 5, "Sample-forgetting defaults").
+_FAMR_SAMPLE_DEFAULTS = {"steps": 25, "lr": 1e-4, "optimizer": "adam"}
+
+
 def _run_famr(task, config: FAMRConfig) -> DescentResult:
   idx = task.forget.indices
   feature_fn = target_gram = None
@@ -289,6 +312,7 @@ def _register() -> None:
   from famr_jax.methods import MethodSpec, register_method
   register_method(MethodSpec(
       name="famr", config_cls=FAMRConfig, run=_run_famr, defaults=famr_defaults,
+      sample_defaults=famr_sample_defaults,
       description="FAMR (Algorithm 1): uniform-KL forget loss + L2 anchor, on the forget set"))
 
 

@@ -76,6 +76,8 @@ class FAMRVariantConfig:
     epochs: passes over the forget set.
     lr: step size.
     lam: isotropic anchor strength lambda (the ``lam I`` of every anchor).
+    steps: a step budget replacing ``epochs``: this many optimizer steps in all,
+      whatever the forget set's size (none = ``epochs`` passes).
     batch_size: forget-set minibatch size.
     optimizer: ``sgd`` (Algorithm 1), ``momentum`` (SGD, 0.9) or ``adam``.
     alpha: weight of the forget loss KL(t || p) on forget samples.
@@ -114,11 +116,12 @@ class FAMRVariantConfig:
   train_from: str | None = None
   impressions_per_class: int = 100
   impression_steps: int = 1000
+  steps: int | None = None
 
   def validate(self) -> "FAMRVariantConfig":
     """Raises :class:`FamrError` on an invalid setting."""
     check_descent_settings(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                           optimizer=self.optimizer, lam=self.lam)
+                           optimizer=self.optimizer, lam=self.lam, steps=self.steps)
     if self.alpha < 0 or self.curvature_weight < 0 or self.retain_weight < 0:
       raise FamrError("alpha, curvature_weight and retain_weight must be non-negative")
     if self.target not in TARGETS:
@@ -515,7 +518,8 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
   optimizer = freeze_outside(config.make_optimizer(), mask)
   result = minibatch_descent(loss_fn, params, tuple(data), optimizer, epochs=config.epochs,
                              batch_size=config.batch_size, key=key, context=ctx, metrics_fn=metrics_fn,
-                             initial_metrics=True, desc="FAMR variant", show_progress=show_progress)
+                             initial_metrics=True, desc="FAMR variant", show_progress=show_progress,
+                             max_steps=config.steps)
   return DescentResult(result.params, result.history, result.compile_s + compile_s, result.run_s + run_s)
 
 
@@ -564,6 +568,16 @@ _MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "karpathynet": {"famr-plus": dict(train_from="fc")},
 }
 
+# Sample forgetting (a random subset of the training set): Adam step budgets, tuned on
+# digits / LeNet5, a random 10%, seeds 0-2 (experiments/tune_defaults.py --forget-random 0.1;
+# why Adam: famr_jax/baselines.py). The retrain-like target is defined for classes only, so
+# those presets have none.
+SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
+    "famr-fisher": dict(steps=25, lr=1e-4, optimizer="adam"),
+    "famr-curvature": dict(steps=10),
+    "famr-function": dict(steps=25, lr=1e-4, optimizer="adam"),
+}
+
 _DESCRIPTIONS = {
     "famr-retrain-target": "FAMR with the retrain-like target (original prediction minus forgotten classes)",
     "famr-fisher": "FAMR with the diagonal-Fisher anchor (Fisher stored with the checkpoint)",
@@ -583,6 +597,16 @@ def variant_defaults(name: str, model_name: str) -> FAMRVariantConfig:
   if name not in VARIANT_PRESETS:
     raise FamrError(f"unknown FAMR variant {name!r}; valid: {', '.join(VARIANT_PRESETS)}")
   return FAMRVariantConfig(**{**VARIANT_PRESETS[name], **_MODEL_PRESETS.get(model_name, {}).get(name, {})})
+
+
+def variant_sample_defaults(name: str, model_name: str) -> FAMRVariantConfig:
+  """The default config of the variant ``name`` for sample forgetting (a step budget).
+
+  Example:
+    >>> variant_sample_defaults("famr-curvature", "lenet5").steps
+    10
+  """
+  return dataclasses.replace(variant_defaults(name, model_name), **SAMPLE_PRESETS.get(name, {}))
 
 
 def _run_variant(task, config: FAMRVariantConfig) -> DescentResult:
@@ -612,7 +636,8 @@ def _register() -> None:
   for name in VARIANT_PRESETS:
     register_method(MethodSpec(
         name=name, config_cls=FAMRVariantConfig, run=_run_variant,
-        defaults=functools.partial(variant_defaults, name), description=_DESCRIPTIONS[name]))
+        defaults=functools.partial(variant_defaults, name), description=_DESCRIPTIONS[name],
+        sample_defaults=(functools.partial(variant_sample_defaults, name) if name in SAMPLE_PRESETS else None)))
 
 
 _register()

@@ -149,3 +149,25 @@ def test_score_against_gold_zero_for_the_gold_itself_and_nan_when_diverged(train
   bad = score_against_gold(t.apply_fn, broken, t.data, forget, t.params, gold, seed=0)
   assert bad.diverged and np.isnan(bad.kl) and np.isnan(bad.gaps["avg_gap"])
   assert all(np.isnan(bad.metrics[k]) for k in GAP_METRICS)
+
+
+def test_sample_requests_run_the_step_budgets(checkpoints, tmp_path):
+  ckpt, _ = checkpoints
+  out = tmp_path / "random_defaults"
+  assert main(["compare", "--checkpoint", str(ckpt), "--methods", "ga,neggrad+", "--forget-random", "0.1",
+               "--seeds", "1", "--out", str(out)]) == 0
+  board = json.loads((out / "leaderboard.json").read_text())
+  # The sample defaults' budgets (5 and 25 steps), not the class defaults' epochs.
+  assert board["configs"]["ga"]["steps"] == 5 and board["configs"]["neggrad+"]["steps"] == 25
+  by_method = {r["method"]: r for r in board["runs"]}
+  assert not by_method["ga"]["diverged"] and not by_method["neggrad+"]["diverged"]
+
+
+def test_step_budget_with_data_parallel_is_one_line(checkpoints, tmp_path, capsys):
+  ckpt, _ = checkpoints
+  out = tmp_path / "never"
+  assert main(["unlearn", "--checkpoint", str(ckpt), "--method", "famr", "--forget-random", "0.1",
+               "--data-parallel", "--out", str(out)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "step budget" in err and "--epochs" in err and "\n" not in err
+  assert not out.exists()
