@@ -143,24 +143,24 @@ def make_epoch_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     params = optax.apply_updates(params, updates)
     return (params, opt_state, data, context), (loss, jnp.sum(weights))
 
-  def step(carry, batch_spec):
-    indices, weights = batch_spec
-    return update(carry, indices, weights)
-
-  def limited_step(carry, batch_spec):
-    (indices, weights, i), limit = batch_spec[:3], batch_spec[3]
-    skip = lambda c, *_: (c, (jnp.zeros((), jnp.float32), jnp.zeros((), weights.dtype)))
-    return jax.lax.cond(i < limit, update, skip, carry, indices, weights)
-
   def run(params, opt_state, data, context, key, limit):
     batches = epoch_batches(key, data[0].shape[0], batch_size)
+    carry = (params, opt_state, data, context)
     if step_limit:
-      num = batches.indices.shape[0]
-      xs = (batches.indices, batches.weights, jnp.arange(num), jnp.full((num,), limit, jnp.int32))
-      body = limited_step
+      # Skipped steps return zeros shaped like a real step's (loss, count).
+      outputs = jax.eval_shape(update, carry, batches.indices[0], batches.weights[0])[1]
+
+      def skip(c, *_):
+        return c, jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype), outputs)
+
+      def body(c, spec):
+        indices, weights, i = spec
+        return jax.lax.cond(i < limit, update, skip, c, indices, weights)
+      xs = (batches.indices, batches.weights, jnp.arange(batches.indices.shape[0]))
     else:
-      xs, body = (batches.indices, batches.weights), step
-    (params, opt_state, _, _), (losses, counts) = jax.lax.scan(body, (params, opt_state, data, context), xs)
+      body = lambda c, spec: update(c, *spec)
+      xs = (batches.indices, batches.weights)
+    (params, opt_state, _, _), (losses, counts) = jax.lax.scan(body, carry, xs)
     metrics = dict(metrics_fn(params, context)) if metrics_fn is not None else {}
     metrics["loss"] = jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1)
     return params, opt_state, metrics

@@ -96,3 +96,20 @@ def test_sample_requests_take_the_sample_defaults():
   assert resolve_configs(["ga"], "lenet5", forget_kind="classes")["ga"].steps is None
   # A flag naming epochs means epochs, for sample requests too.
   assert resolve_configs(["ga"], "lenet5", forget_kind="samples", flags={"epochs": 2})["ga"].steps is None
+
+
+def test_budget_of_whole_epochs_is_the_epoch_schedule_on_a_real_loss():
+  # A least-squares fit whose steps depend on which rows a minibatch holds: a budget of exactly
+  # two epochs must take the same steps, in the same order, as epochs=2.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, 3)).astype(np.float32)
+  y = (x @ np.array([1.0, -2.0, 0.5], np.float32)).astype(np.float32)
+
+  def lsq(p, batch, weights, context):
+    return jnp.sum(weights * (batch[0] @ p - batch[1]) ** 2) / jnp.sum(weights)
+  kw = dict(batch_size=16, key=jax.random.key(1), show_progress=False)
+  by_epochs = minibatch_descent(lsq, jnp.zeros(3), (x, y), optax.sgd(0.05), epochs=2, **kw)
+  by_budget = minibatch_descent(lsq, jnp.zeros(3), (x, y), optax.sgd(0.05), epochs=7, max_steps=6, **kw)
+  np.testing.assert_allclose(np.asarray(by_budget.params), np.asarray(by_epochs.params), rtol=1e-6, atol=1e-7)
+  one_less = minibatch_descent(lsq, jnp.zeros(3), (x, y), optax.sgd(0.05), epochs=7, max_steps=5, **kw)
+  assert not np.allclose(np.asarray(one_less.params), np.asarray(by_epochs.params))
