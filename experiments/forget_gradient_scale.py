@@ -20,12 +20,11 @@ import jax.numpy as jnp
 
 from famr_jax import objectives
 from famr_jax.compare import CompareRun, seed_forget_set
+from famr_jax.curvature import tree_norm
 from famr_jax.errors import FamrError
+from famr_jax.influence import forget_gradient
+from famr_jax.metrics import batched_apply
 from famr_jax.runs import load_model
-
-
-def _norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(leaf ** 2) for leaf in jax.tree.leaves(tree)))
 
 
 def main(argv=None) -> int:
@@ -40,13 +39,16 @@ def main(argv=None) -> int:
       m = load_model(ckpt)
       forget = seed_forget_set(CompareRun(checkpoint=ckpt, out="-", forget_random=args.fraction), m.data, args.seed)
       x, y = jnp.asarray(m.data.x_train[forget.indices]), jnp.asarray(m.data.y_train[forget.indices])
-      loss, grad = jax.value_and_grad(lambda q: jnp.mean(objectives.cross_entropy(m.apply_fn(q, x), y)))(m.params)
+      n = len(forget.indices)
 
-      def sample_norm(xi, yi):
-        return _norm(jax.grad(lambda q: objectives.cross_entropy(m.apply_fn(q, xi[None]), yi[None])[0])(m.params))
-      per = jax.jit(jax.vmap(sample_norm))(x[:args.per_sample], y[:args.per_sample])
-      print(f"{ckpt}: {len(forget.indices)} forget samples, mean CE {float(loss):.4f}, "
-            f"|grad mean CE| {float(_norm(grad)):.4f}, mean per-sample |grad| {float(per.mean()):.4f}")
+      def example_loss(q, batch):   # per-example cross-entropy: the loss the unlearning steps see
+        return objectives.cross_entropy(m.apply_fn(q, batch[0]), batch[1])
+      loss = jnp.mean(objectives.cross_entropy(batched_apply(m.apply_fn, m.params, x), y))
+      grad = jax.tree.map(lambda g: g / n, forget_gradient(example_loss, m.params, (x, y)))
+      per = jax.jit(jax.vmap(lambda xi, yi: tree_norm(jax.grad(
+          lambda q: example_loss(q, (xi[None], yi[None]))[0])(m.params))))(x[:args.per_sample], y[:args.per_sample])
+      print(f"{ckpt}: {n} forget samples, mean CE {float(loss):.4f}, "
+            f"|grad mean CE| {float(tree_norm(grad)):.4f}, mean per-sample |grad| {float(per.mean()):.4f}")
   except FamrError as e:
     print(f"forget_gradient_scale: error: {e}", file=sys.stderr)
     return 2
