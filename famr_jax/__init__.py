@@ -39,6 +39,8 @@ from famr_jax.variants import (FAMRVariantConfig, curvature_anchor, famr_variant
                                variant_sample_defaults)
 from famr_jax.baselines import (FTConfig, GAConfig, NegGradPlusConfig, RLConfig, SalUnConfig, baseline_defaults,
                                 baseline_sample_defaults, baseline_unlearn, retrain_unlearn, saliency_mask)
+from famr_jax.scrub import SCRUBConfig, distill_kl, scrub_unlearn
+from famr_jax.ssd import SSDConfig, dampen, dampening_factors, ssd_unlearn
 from famr_jax.fisher import diagonal_fisher, load_fisher, store_fisher
 from famr_jax.compare import CompareRun, format_leaderboard, run_compare, score, summarize
 
@@ -70,4 +72,6 @@ __all__ = [
     "saliency_mask", "score", "store_fisher", "summarize", "target_kl", "variant_defaults", "variant_objective",
     # sample-forgetting defaults and step budgets
     "baseline_sample_defaults", "famr_sample_defaults", "step_schedule", "variant_sample_defaults", "with_overrides",
+    # SCRUB and SSD baselines
+    "SCRUBConfig", "SSDConfig", "dampen", "dampening_factors", "distill_kl", "scrub_unlearn", "ssd_unlearn",
 ]

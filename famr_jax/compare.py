@@ -43,7 +43,7 @@ from famr_jax.metrics import batched_apply, evaluate_unlearning
 
 GAP_METRICS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy")
 DEFAULT_METHODS = ("famr", "famr-retrain-target", "famr-fisher", "famr-curvature", "famr-function", "famr-plus",
-                   "ft", "ga", "neggrad+", "rl", "salun")
+                   "ft", "ga", "neggrad+", "rl", "salun", "scrub", "ssd")
 ORIGINAL = "original"
 
 

@@ -83,6 +83,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, prefix: str 
   for flag, name, tp in field_flags(cls, prefix=prefix, exclude=exclude):
     if seen is not None:
       if flag in seen:
+        # A flag shared by several configs means what each config says: add this one's meaning
+        # when it differs (e.g. --alpha: FAMR's forget-loss weight, SSD's selection weight).
+        action = parser._option_string_actions.get(flag)
+        doc = hints_doc.get(name)
+        if action is not None and doc and action.help and doc not in action.help:
+          action.help += f" [{cls.__name__}: {doc}]"
         continue
       seen.add(flag)
     dest = dest_prefix + name

@@ -49,6 +49,9 @@ class MethodSpec:
   # forgotten samples correctly, so a sample request calls for a small,
   # size-independent step budget where a class request runs to convergence.
   sample_defaults: Callable[[str], Any] | None = None
+  # Whether the method honours UnlearnTask.scale and .resume (data parallel, FSDP, bf16, gradient
+  # accumulation, resumable checkpoints); a run that asks for them of another method is refused.
+  scales: bool = False
 
   def default_config(self, model_name: str, forget_kind: str = "classes") -> Any:
     """The default config for a model and a forget request's kind (``classes`` or ``samples``)."""
@@ -105,3 +108,5 @@ def _load_builtin_methods() -> None:
   import famr_jax.zero_shot  # noqa: F401
   import famr_jax.variants  # noqa: F401
   import famr_jax.baselines  # noqa: F401
+  import famr_jax.scrub  # noqa: F401
+  import famr_jax.ssd  # noqa: F401

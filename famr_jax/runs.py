@@ -375,6 +375,9 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
   """
   spec = get_method(run.method)
   _check_scale(run)
+  if not spec.scales and (not run.scale.is_default or run.resume.enabled):
+    raise FamrError(f"method {run.method!r} runs on one device in float32 without resumable checkpoints; "
+                    "the scale and checkpoint flags apply to 'famr' (and to training)")
   check_output_free(run.out, run.overwrite)
   loaded = load_model(run.checkpoint)
   if "unlearned" in loaded.metadata:

@@ -312,7 +312,7 @@ def _register() -> None:
   from famr_jax.methods import MethodSpec, register_method
   register_method(MethodSpec(
       name="famr", config_cls=FAMRConfig, run=_run_famr, defaults=famr_defaults,
-      sample_defaults=famr_sample_defaults,
+      sample_defaults=famr_sample_defaults, scales=True,
       description="FAMR (Algorithm 1): uniform-KL forget loss + L2 anchor, on the forget set"))
 
 

@@ -13,6 +13,8 @@ from famr_jax.baselines import (FTConfig, GAConfig, NegGradPlusConfig, RLConfig,
 from famr_jax.errors import FamrError
 from famr_jax.forget import forget_classes
 from famr_jax.methods import UnlearnTask, get_method
+from famr_jax.scrub import SCRUBConfig
+from famr_jax.ssd import SSDConfig
 
 
 def _np_ce(logits, y):
@@ -66,7 +68,8 @@ def test_saliency_mask_keeps_the_largest_fraction_over_the_whole_tree():
 
 TINY = {"ft": FTConfig(epochs=3, lr=0.1, retain_ratio=2), "ga": GAConfig(epochs=2, lr=0.01),
         "neggrad+": NegGradPlusConfig(epochs=2, lr=0.01), "rl": RLConfig(epochs=2, lr=0.01),
-        "salun": SalUnConfig(epochs=2, lr=0.01), "retrain": None}
+        "salun": SalUnConfig(epochs=2, lr=0.01), "scrub": SCRUBConfig(), "ssd": SSDConfig(),
+        "retrain": None}
 
 
 @pytest.mark.parametrize("method", list(TINY))
