@@ -198,7 +198,10 @@ def run(args) -> dict:
     params, train_s = trained.params, trained.run_s
     checkpoints.save_checkpoint(out / "original", params, {
         "model": model_name, "model_overrides": {}, "num_classes": data.num_classes,
-        "image_shape": list(data.image_shape), "data": dataclasses.asdict(DataConfig(dataset, args.data_dir)),
+        "image_shape": list(data.image_shape),
+        # Every data setting the model was trained on: a retrain (compare's gold standard) loads
+        # the data from this record, so a dropped --max-train would retrain on other data.
+        "data": dataclasses.asdict(DataConfig(dataset, args.data_dir, args.max_train, args.max_test)),
         "train_config": dataclasses.asdict(train_config), "seed": seed,
         "timings_s": {"train": trained.run_s, "compile": trained.compile_s}}, overwrite=True)
   classes = [int(c) for c in (args.forget_classes or preset.get("forget", "1,2,3,4")).split(",")]
