@@ -142,13 +142,9 @@ def minibatch_importance(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np
 
 def _minibatch_indices(n: int, batch_size: int, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
   """``[num_batches, batch]`` rows of ``permutation(key, n)`` (the last padded) and 0/1 weights."""
-  batch_size = min(batch_size, n)
-  num = -(-n // batch_size)
-  order = np.zeros(num * batch_size, np.int32)
-  order[:n] = np.asarray(jax.random.permutation(key, n))
-  weights = np.zeros(num * batch_size, np.float32)
-  weights[:n] = 1.0
-  return order.reshape(num, batch_size), weights.reshape(num, batch_size)
+  from famr_jax.fisher import _chunks
+  idx, weights = _chunks(n, min(batch_size, n))   # the Fisher's chunking, in a random order
+  return np.asarray(jax.random.permutation(key, n))[idx], weights
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -206,17 +202,13 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
     raise FamrError("the forget set is empty")
   if importance_full is None and train_data is None:
     raise FamrError("SSD needs the training set's importance: the training data or a precomputed one")
+  from famr_jax.variants import _timed   # jit, compile (reported apart, as for descent methods), run
   timer = {"compile": 0.0, "run": 0.0}
 
-  def timed(jitted, static, *args):
-    # Compiled ahead of time so that compilation is reported apart, as for the descent methods;
-    # the compiled program takes only the non-static arguments.
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    t1 = time.perf_counter()
-    out = jax.block_until_ready(compiled(*[a for i, a in enumerate(args) if i not in static]))
-    timer["compile"] += t1 - t0
-    timer["run"] += time.perf_counter() - t1
+  def timed(fn, *args):
+    out, compile_s, run_s = _timed(fn, *args)
+    timer["compile"] += compile_s
+    timer["run"] += run_s
     return out
 
   def importance(x, y, k):
@@ -224,24 +216,21 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
     n = x.shape[0]
     if config.importance == "fisher":
       idx, weights = fisher._chunks(n, min(config.batch_size, n))
-      args = (apply_fn, params, jnp.asarray(x), jnp.asarray(y), jnp.asarray(idx), jnp.asarray(weights), n)
-      jitted, static = fisher._fisher_jit, (0, 6)
+      fn = lambda p, *a: fisher._fisher_jit(apply_fn, p, *a, n)
     else:
       idx, weights = _minibatch_indices(n, config.batch_size, k)
-      args = (apply_fn, params, jnp.asarray(x), jnp.asarray(y), jnp.asarray(idx), jnp.asarray(weights))
-      jitted, static = _minibatch_importance, (0,)
+      fn = lambda p, *a: _minibatch_importance(apply_fn, p, *a)
+    data = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(idx), jnp.asarray(weights))
     timer["run"] += time.perf_counter() - t0   # moving the data to the device
-    return timed(jitted, static, *args)
+    return timed(fn, params, *data)
 
   if importance_full is None:
     importance_full = importance(np.asarray(train_data[0], np.float32), np.asarray(train_data[1], np.int32),
                                  jax.random.fold_in(key, 0))
   importance_forget = importance(x_forget, y_forget, jax.random.fold_in(key, 1))
-  new_params = timed(_dampen_jit, (3, 4), params, importance_full, importance_forget, config.alpha, config.lam)
+  new_params = timed(lambda p, f, g: dampen(p, f, g, config.alpha, config.lam),
+                     params, importance_full, importance_forget)
   return DescentResult(new_params, [], timer["compile"], timer["run"])
-
-
-_dampen_jit = jax.jit(dampen, static_argnums=(3, 4))
 
 
 # Tuned once on digits, LeNet5, class 3 (experiments/tune_defaults.py; BUILD_NOTES.md, issue 5,
