@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from famr_jax import models
-from famr_jax.impressions import ImpressionConfig, class_impressions, impression_target, optimize_impressions
+from famr_jax.methods.impressions import ImpressionConfig, class_impressions, impression_target, optimize_impressions
 
 # Issue 3: PyTorch on this machine. (per impression one at a time, 10 x 100 batched)
 PYTORCH = {"fc3": (0.31, 0.6), "fc1": (0.55, 3.8)}
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   if args.checkpoint:
-    from famr_jax.runs import load_model
+    from famr_jax.cli.runs import load_model
     loaded = load_model(args.checkpoint)
     model, params, shape, num_classes = (loaded.model, loaded.params, loaded.data.image_shape,
                                          loaded.data.num_classes)

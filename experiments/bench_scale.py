@@ -1,7 +1,7 @@
 """Per-step time and images/s of FAMR's minibatch step, on 1 device and on all devices.
 
 For each model the script builds exactly the engine's program
-(:func:`famr_jax.optimization.prepare_descent`: FAMR's uniform-KL + anchor
+(:func:`famr_jax.engine.descent.prepare_descent`: FAMR's uniform-KL + anchor
 loss, SGD, batch sharded over a "data" mesh, params replicated), measures the
 compile time apart (XLA's backend compile events), then times ``--calls``
 calls of ``--steps`` steps each and asserts that none of them compiled again.
@@ -27,9 +27,10 @@ import jax
 import numpy as np
 import optax
 
-from famr_jax import models, objectives
-from famr_jax.optimization import prepare_descent
-from famr_jax.parallel import CompileCounter, ScaleConfig, compute_dtype_apply_fn, peak_memory
+from famr_jax import models
+from famr_jax import losses as objectives
+from famr_jax.engine.descent import prepare_descent
+from famr_jax.engine.parallel import CompileCounter, ScaleConfig, compute_dtype_apply_fn, peak_memory
 
 IMAGE_SHAPES = {"lenet5": (28, 28, 1), "karpathynet": (32, 32, 3), "mlp": (28, 28, 1), "logistic": (28, 28, 1)}
 

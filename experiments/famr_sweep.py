@@ -24,9 +24,9 @@ import jax
 import numpy as np
 
 from famr_jax.errors import FamrError
-from famr_jax.forget import forget_classes
-from famr_jax.runs import load_model
-from famr_jax.unlearning import FAMRConfig, famr_unlearn
+from famr_jax.data.forget import forget_classes
+from famr_jax.cli.runs import load_model
+from famr_jax.methods.famr import FAMRConfig, famr_unlearn
 
 
 def floats(text):

@@ -48,15 +48,15 @@ import jax
 import numpy as np
 
 from famr_jax import models
-from famr_jax.checkpoints import load_checkpoint, save_checkpoint
-from famr_jax.data import load_dataset
+from famr_jax.io.checkpoints import load_checkpoint, save_checkpoint
+from famr_jax.data.datasets import load_dataset
 from famr_jax.errors import FamrError
-from famr_jax.forget import forget_classes
-from famr_jax.parallel import ScaleConfig, peak_memory, scale_description
-from famr_jax.resume import ResumeConfig
-from famr_jax.training import TrainConfig, train_classifier
-from famr_jax.unlearning import FAMRConfig, famr_defaults, famr_unlearn
-from famr_jax.vit_checkpoints import load_vit_npz
+from famr_jax.data.forget import forget_classes
+from famr_jax.engine.parallel import ScaleConfig, peak_memory, scale_description
+from famr_jax.engine.resume import ResumeConfig
+from famr_jax.engine.training import TrainConfig, train_classifier
+from famr_jax.methods.famr import FAMRConfig, famr_defaults, famr_unlearn
+from famr_jax.io.vit_weights import load_vit_npz
 
 IMAGENET100_CLASSES = tuple(range(0, 1000, 10))   # every tenth imagenet2012 label
 TABLE_KEYS = (("retain_acc", "Ret-Acc (%)", 100.0), ("forget_acc", "For-Acc (%)", 100.0),

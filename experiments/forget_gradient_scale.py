@@ -18,13 +18,13 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from famr_jax import objectives
-from famr_jax.compare import CompareRun, seed_forget_set
-from famr_jax.curvature import tree_norm
+from famr_jax import losses as objectives
+from famr_jax.evaluation.compare import CompareRun, seed_forget_set
+from famr_jax.theory.curvature import tree_norm
 from famr_jax.errors import FamrError
-from famr_jax.influence import forget_gradient
-from famr_jax.metrics import batched_apply
-from famr_jax.runs import load_model
+from famr_jax.theory.influence import forget_gradient
+from famr_jax.evaluation.metrics import batched_apply
+from famr_jax.cli.runs import load_model
 
 
 def main(argv=None) -> int:

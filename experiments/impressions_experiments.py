@@ -35,14 +35,16 @@ import jax
 import numpy as np
 
 import famr_jax
-from famr_jax import checkpoints, models, report
+from famr_jax import models
+from famr_jax.io import checkpoints
+from famr_jax.evaluation import report
 from famr_jax.errors import FamrError
-from famr_jax.forget import forget_classes
-from famr_jax.impressions import save_impression_grid
-from famr_jax.metrics import evaluate_unlearning
-from famr_jax.runs import DataConfig, load_model, retrain_gold_standard
-from famr_jax.training import TrainConfig, train_classifier
-from famr_jax.zero_shot import (ZeroShotConfig, ZeroShotFAMRConfig, famr_zero_shot_unlearn,
+from famr_jax.data.forget import forget_classes
+from famr_jax.methods.impressions import save_impression_grid
+from famr_jax.evaluation.metrics import evaluate_unlearning
+from famr_jax.cli.runs import DataConfig, load_model, retrain_gold_standard
+from famr_jax.engine.training import TrainConfig, train_classifier
+from famr_jax.methods.zero_shot import (ZeroShotConfig, ZeroShotFAMRConfig, famr_zero_shot_unlearn,
                                 first_responsive_layer, zero_shot_unlearn)
 
 # dataset, model, forget classes, training epochs, image size, authors' lr
@@ -119,7 +121,7 @@ def study_variants(model, params, authors_epochs: int, pixel_steps: int, pixel_p
 def impression_stats(model, params, data, seed: int) -> list[dict]:
   """Analysis only (after the fact, with test data): how impressions at the last stage's input compare
   with the real activations there -- norm, spread, cosine with the real class mean."""
-  from famr_jax.impressions import ImpressionConfig, class_impressions
+  from famr_jax.methods.impressions import ImpressionConfig, class_impressions
   layer = models.layer_names(model)[-1]
   head = jax.jit(models.make_layer_input_fn(model, layer))
   real = np.concatenate([np.asarray(head(params, data.x_test[i:i + 2000]))

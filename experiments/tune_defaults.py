@@ -34,11 +34,11 @@ os.environ.setdefault("FAMR_JAX_NO_PROGRESS", "1")
 import jax
 import numpy as np
 
-from famr_jax.compare import CompareRun, gold_reference, score_against_gold, seed_forget_set
+from famr_jax.evaluation.compare import CompareRun, gold_reference, score_against_gold, seed_forget_set
 from famr_jax.errors import FamrError
-from famr_jax.methods import UnlearnTask, get_method, with_overrides
-from famr_jax.runs import load_model, retrain_gold_standard
-from famr_jax.training import TrainConfig
+from famr_jax.methods.registry import UnlearnTask, get_method, with_overrides
+from famr_jax.cli.runs import load_model, retrain_gold_standard
+from famr_jax.engine.training import TrainConfig
 
 # The papers' settings of SCRUB (Kurmanji et al.; the authors' code) and SSD (Foster et al.).
 SCRUB_AUTHORS = dict(lr=5e-4, epochs=3, max_epochs=2, retain_ratio=1, optimizer="adam", steps=None,

@@ -9,40 +9,40 @@ Public names are re-exported here, optax-style::
 __version__ = "0.1.0"
 
 from famr_jax import models
-from famr_jax.checkpoints import Checkpoint, load_checkpoint, read_metadata, save_checkpoint
-from famr_jax.data import Dataset, load_dataset
+from famr_jax.io.checkpoints import Checkpoint, load_checkpoint, read_metadata, save_checkpoint
+from famr_jax.data.datasets import Dataset, load_dataset
 from famr_jax.errors import FamrError
-from famr_jax.forget import ForgetSet, forget_classes, forget_random, forget_samples
-from famr_jax.methods import MethodSpec, UnlearnTask, get_method, method_names, register_method, with_overrides
-from famr_jax.metrics import (accuracy, batched_apply, evaluate_unlearning, mia_efficacy,
+from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
+from famr_jax.methods.registry import MethodSpec, UnlearnTask, get_method, method_names, register_method, with_overrides
+from famr_jax.evaluation.metrics import (accuracy, batched_apply, evaluate_unlearning, mia_efficacy,
                               param_distance, per_class_accuracy, true_class_confidence)
-from famr_jax.objectives import (cross_entropy, entropy, famr_objective, forget_loss, gram_matrix,
+from famr_jax.losses import (cross_entropy, entropy, famr_objective, forget_loss, gram_matrix,
                                  kl_divergence, l2_anchor, mean_gram, style_loss, tree_sq_distance,
                                  uniform_kl)
-from famr_jax.optimization import DescentResult, epoch_batches, freeze_outside, minibatch_descent, step_schedule
-from famr_jax.parallel import DistributedConfig, ScaleConfig, ShardedData, initialize_distributed, shard_rows
-from famr_jax.resume import ResumeConfig, RunStopped
-from famr_jax.training import TrainConfig, train_classifier
-from famr_jax.unlearning import FAMRConfig, famr_defaults, famr_sample_defaults, famr_unlearn
-from famr_jax.curvature import (CGInfo, LanczosResult, cg_solve, conjugate_gradient, dense_hessian,
+from famr_jax.engine.descent import DescentResult, epoch_batches, freeze_outside, minibatch_descent, step_schedule
+from famr_jax.engine.parallel import DistributedConfig, ScaleConfig, ShardedData, initialize_distributed, shard_rows
+from famr_jax.engine.resume import ResumeConfig, RunStopped
+from famr_jax.engine.training import TrainConfig, train_classifier
+from famr_jax.methods.famr import FAMRConfig, famr_defaults, famr_sample_defaults, famr_unlearn
+from famr_jax.theory.curvature import (CGInfo, LanczosResult, cg_solve, conjugate_gradient, dense_hessian,
                                 dense_solve, gauss_newton_hvp, hvp, lanczos_extreme_eigenvalues)
-from famr_jax.influence import (InfluenceEstimate, damped_influence_estimate, estimate_retrained_params,
+from famr_jax.theory.influence import (InfluenceEstimate, damped_influence_estimate, estimate_retrained_params,
                                 forget_gradient, influence_estimate, predicted_loss_change)
-from famr_jax.theory import TheoryConfig, format_theory_table, lbfgs_minimize, run_theory_verification
-from famr_jax.impressions import (ImpressionConfig, ImpressionSet, class_impressions,
+from famr_jax.theory.verification import TheoryConfig, format_theory_table, lbfgs_minimize, run_theory_verification
+from famr_jax.methods.impressions import (ImpressionConfig, ImpressionSet, class_impressions,
                                   save_impression_grid)
-from famr_jax.zero_shot import (HeadTailSplit, ZeroShotConfig, ZeroShotFAMRConfig, ZeroShotResult,
+from famr_jax.methods.zero_shot import (HeadTailSplit, ZeroShotConfig, ZeroShotFAMRConfig, ZeroShotResult,
                                 famr_zero_shot_unlearn, first_responsive_layer, split_model,
                                 zero_shot_unlearn)
-from famr_jax.variants import (FAMRVariantConfig, curvature_anchor, famr_variant_unlearn, fisher_anchor,
+from famr_jax.methods.variants import (FAMRVariantConfig, curvature_anchor, famr_variant_unlearn, fisher_anchor,
                                retrain_target, target_kl, variant_defaults, variant_objective,
                                variant_sample_defaults)
-from famr_jax.baselines import (FTConfig, GAConfig, NegGradPlusConfig, RLConfig, SalUnConfig, baseline_defaults,
+from famr_jax.methods.baselines import (FTConfig, GAConfig, NegGradPlusConfig, RLConfig, SalUnConfig, baseline_defaults,
                                 baseline_sample_defaults, baseline_unlearn, retrain_unlearn, saliency_mask)
-from famr_jax.scrub import SCRUBConfig, distill_kl, scrub_unlearn
-from famr_jax.ssd import SSDConfig, dampen, dampening_factors, ssd_unlearn
-from famr_jax.fisher import diagonal_fisher, load_fisher, store_fisher
-from famr_jax.compare import CompareRun, format_leaderboard, run_compare, score, summarize
+from famr_jax.methods.scrub import SCRUBConfig, distill_kl, scrub_unlearn
+from famr_jax.methods.ssd import SSDConfig, dampen, dampening_factors, ssd_unlearn
+from famr_jax.theory.fisher import diagonal_fisher, load_fisher, store_fisher
+from famr_jax.evaluation.compare import CompareRun, format_leaderboard, run_compare, score, summarize
 
 __all__ = [
     "Checkpoint", "Dataset", "DescentResult", "FAMRConfig", "FamrError", "ForgetSet", "MethodSpec",

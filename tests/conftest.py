@@ -19,8 +19,8 @@ class TrainedDigits:
 
   def __init__(self):
     from famr_jax import models
-    from famr_jax.data import load_dataset
-    from famr_jax.training import TrainConfig, train_classifier
+    from famr_jax.data.datasets import load_dataset
+    from famr_jax.engine.training import TrainConfig, train_classifier
 
     self.data = load_dataset("digits")
     self.model = models.create_model("mlp", self.data.num_classes, self.data.image_shape)

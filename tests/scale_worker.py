@@ -44,12 +44,12 @@ def parallel8(out_json: str, ckpt_dir: str, params_npz: str) -> None:
   import optax
 
   from famr_jax import models
-  from famr_jax.data import load_dataset
-  from famr_jax.forget import forget_classes
-  from famr_jax.optimization import minibatch_descent
-  from famr_jax.parallel import ScaleConfig
-  from famr_jax.resume import ResumeConfig, RunStopped
-  from famr_jax.unlearning import FAMRConfig, famr_unlearn
+  from famr_jax.data.datasets import load_dataset
+  from famr_jax.data.forget import forget_classes
+  from famr_jax.engine.descent import minibatch_descent
+  from famr_jax.engine.parallel import ScaleConfig
+  from famr_jax.engine.resume import ResumeConfig, RunStopped
+  from famr_jax.methods.famr import FAMRConfig, famr_unlearn
 
   t_start = time.perf_counter()
   marks = {}
@@ -124,17 +124,17 @@ def parallel8(out_json: str, ckpt_dir: str, params_npz: str) -> None:
 
 
 def multiprocess(out_dir: str, params_npz: str, port: str, process_id: str, num_processes: str) -> None:
-  from famr_jax.parallel import DistributedConfig, initialize_distributed
+  from famr_jax.engine.parallel import DistributedConfig, initialize_distributed
   initialize_distributed(DistributedConfig(f"127.0.0.1:{port}", int(num_processes), int(process_id),
                                            timeout_s=60))
   import jax
   import numpy as np
 
   from famr_jax import models
-  from famr_jax.data import load_dataset
-  from famr_jax.forget import forget_classes
-  from famr_jax.parallel import ScaleConfig, make_data_mesh, process_rows, shard_rows
-  from famr_jax.unlearning import FAMRConfig, famr_unlearn
+  from famr_jax.data.datasets import load_dataset
+  from famr_jax.data.forget import forget_classes
+  from famr_jax.engine.parallel import ScaleConfig, make_data_mesh, process_rows, shard_rows
+  from famr_jax.methods.famr import FAMRConfig, famr_unlearn
 
   data = load_dataset("digits")
   model = models.create_model("mlp", data.num_classes, data.image_shape)

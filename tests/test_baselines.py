@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from famr_jax import baselines
-from famr_jax.baselines import (FTConfig, GAConfig, NegGradPlusConfig, RLConfig, SalUnConfig, baseline_loss,
+from famr_jax.methods import baselines
+from famr_jax.methods.baselines import (FTConfig, GAConfig, NegGradPlusConfig, RLConfig, SalUnConfig, baseline_loss,
                                 random_wrong_labels, saliency_mask)
 from famr_jax.errors import FamrError
-from famr_jax.forget import forget_classes
-from famr_jax.methods import UnlearnTask, get_method
-from famr_jax.scrub import SCRUBConfig
-from famr_jax.ssd import SSDConfig
+from famr_jax.data.forget import forget_classes
+from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.methods.scrub import SCRUBConfig
+from famr_jax.methods.ssd import SSDConfig
 
 
 def _np_ce(logits, y):

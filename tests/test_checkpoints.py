@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from famr_jax import checkpoints
+from famr_jax.io import checkpoints
 from famr_jax.errors import FamrError
 
 
@@ -75,7 +75,7 @@ def test_checkpoint_saved_on_other_devices_loads_on_this_one(tmp_path):
   import sys
   code = (
       "import jax, jax.numpy as jnp, numpy as np\n"
-      "from famr_jax import checkpoints\n"
+      "from famr_jax.io import checkpoints\n"
       "dev = jax.devices()[7]\n"
       "params = {'fc': {'kernel': jax.device_put(jnp.arange(6.0).reshape(2, 3), dev),\n"
       "                 'bias': jax.device_put(jnp.ones(3), dev)}}\n"

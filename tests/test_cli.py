@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from famr_jax.cli import main
-from famr_jax.data import write_idx
+from famr_jax.cli.main import main
+from famr_jax.data.datasets import write_idx
 
 REPORT_METRICS = {"retain_acc", "forget_acc", "test_acc", "forget_train_acc", "forget_ce",
                   "forget_entropy", "mia_efficacy"}
@@ -182,7 +182,7 @@ def test_nan_in_inputs_is_refused(tmp_path, capsys):
 
 def test_console_script_exit_status_and_one_line(tmp_path):
   """The installed entry point, as a user runs it: one line on stderr, exit 2."""
-  proc = subprocess.run([sys.executable, "-m", "famr_jax.cli", "unlearn", "--checkpoint",
+  proc = subprocess.run([sys.executable, "-m", "famr_jax.cli.main", "unlearn", "--checkpoint",
                          str(tmp_path / "nope"), "--forget-classes", "1", "--out", str(tmp_path / "o")],
                         capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 2

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from famr_jax.cli import main
-from famr_jax.compare import GAP_METRICS, score, summarize
+from famr_jax.cli.main import main
+from famr_jax.evaluation.compare import GAP_METRICS, score, summarize
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +137,8 @@ def test_summarize_scores_only_the_seeds_that_did_not_diverge():
 
 def test_score_against_gold_zero_for_the_gold_itself_and_nan_when_diverged(trained_digits):
   import jax
-  from famr_jax.compare import gold_reference, score_against_gold
-  from famr_jax.forget import forget_classes
+  from famr_jax.evaluation.compare import gold_reference, score_against_gold
+  from famr_jax.data.forget import forget_classes
   t = trained_digits
   forget = forget_classes(t.data.y_train, [3], t.data.num_classes)
   gold = gold_reference(t.apply_fn, t.params, t.data, forget, t.params, seed=0)

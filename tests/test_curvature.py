@@ -1,4 +1,4 @@
-"""Tests of famr_jax.curvature against independent references.
+"""Tests of famr_jax.theory.curvature against independent references.
 
 References: ``jax.hessian`` / ``jax.jacobian`` on a flattened parameter vector
 (not the HVP code path), central finite differences of the gradient,
@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
 
-from famr_jax import curvature
+from famr_jax.theory import curvature
 from famr_jax.errors import FamrError
 
 

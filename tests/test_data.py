@@ -1,4 +1,4 @@
-"""Tests of famr_jax.data against independently written fixtures."""
+"""Tests of famr_jax.data.datasets against independently written fixtures."""
 
 import gzip
 import os
@@ -10,14 +10,14 @@ import types
 import numpy as np
 import pytest
 
-from famr_jax import data
+from famr_jax.data import datasets as data
 from famr_jax.errors import FamrError
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 # ---------------------------------------------------------------------------
-# An IDX writer independent of famr_jax.data.write_idx: the header bytes are
+# An IDX writer independent of famr_jax.data.datasets.write_idx: the header bytes are
 # spelled out from the format description (two zero bytes, type byte, rank
 # byte, big-endian uint32 dims), e.g. 0x00000803 for 3-D uint8 images.
 
@@ -282,7 +282,7 @@ def test_class_subset_mask_and_describe():
 
 
 def test_import_does_not_pull_tensorflow():
-  code = ("import sys, famr_jax.data; "
+  code = ("import sys, famr_jax.data.datasets; "
           "assert not any(m.split('.')[0] in ('tensorflow', 'tensorflow_datasets') "
           "for m in sys.modules), 'tensorflow imported'")
   subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,8 @@ import pytest
 
 import famr_jax
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(famr_jax.__path__, "famr_jax."))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(famr_jax.__path__, "famr_jax.")
+                 if not m.name.endswith(".__main__"))   # running it is the CLI, not an example
 
 
 @pytest.mark.parametrize("name", MODULES)

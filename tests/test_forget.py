@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from famr_jax.errors import FamrError
-from famr_jax.forget import forget_classes, forget_random, forget_samples, parse_class_list
+from famr_jax.data.forget import forget_classes, forget_random, forget_samples, parse_class_list
 
 Y = np.array([0, 1, 2, 3, 1, 2, 0, 3])
 

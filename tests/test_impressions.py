@@ -8,7 +8,7 @@ from PIL import Image
 
 from famr_jax import models
 from famr_jax.errors import FamrError
-from famr_jax.impressions import (ImpressionConfig, class_impressions, optimize_impressions,
+from famr_jax.methods.impressions import (ImpressionConfig, class_impressions, optimize_impressions,
                                   save_impression_grid, xavier_normal_std)
 
 
@@ -102,7 +102,7 @@ def test_impressions_are_deterministic(trained_digits):
 
 
 def test_grid_png_has_one_row_per_class(tmp_path):
-  from famr_jax.impressions import ImpressionSet
+  from famr_jax.methods.impressions import ImpressionSet
   x = np.stack([np.full((3, 2, 1), v, np.float32) for v in (0.0, 0.5, 1.0)])
   s = ImpressionSet(x, np.array([4, 4, 9]), np.zeros((3, 10)), (4, 9), np.array([2, 1]), 2, "pixel", None, 0, 0)
   path = tmp_path / "grid.png"

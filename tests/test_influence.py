@@ -1,4 +1,4 @@
-"""Tests of famr_jax.influence against closed-form NumPy references.
+"""Tests of famr_jax.theory.influence against closed-form NumPy references.
 
 On ridge regression (a quadratic loss) one Newton step is exact, so the
 influence estimate must equal the weights retrained on D \\ T, which NumPy
@@ -11,8 +11,8 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
 
-from famr_jax import curvature
-from famr_jax import influence
+from famr_jax.theory import curvature
+from famr_jax.theory import influence
 from famr_jax.errors import FamrError
 
 MU = 0.7  # weight decay of the training objective

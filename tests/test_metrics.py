@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from famr_jax import metrics
-from famr_jax.forget import forget_classes, forget_samples
+from famr_jax.evaluation import metrics
+from famr_jax.data.forget import forget_classes, forget_samples
 
 RNG = np.random.default_rng(0)
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from famr_jax import objectives
+from famr_jax import losses as objectives
 
 
 def np_log_softmax(z):

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from famr_jax.errors import FamrError
-from famr_jax.forget import forget_classes
-from famr_jax.optimization import minibatch_descent, plan_segments
-from famr_jax.parallel import (DistributedConfig, ScaleConfig, ShardedData, compute_dtype_apply_fn,
+from famr_jax.data.forget import forget_classes
+from famr_jax.engine.descent import minibatch_descent, plan_segments
+from famr_jax.engine.parallel import (DistributedConfig, ScaleConfig, ShardedData, compute_dtype_apply_fn,
                                fsdp_spec, make_data_mesh, peak_memory, process_rows, shard_rows)
-from famr_jax.unlearning import FAMRConfig, famr_unlearn
+from famr_jax.methods.famr import FAMRConfig, famr_unlearn
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("scale_worker.py")

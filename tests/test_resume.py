@@ -11,11 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from famr_jax.checkpoints import load_checkpoint
-from famr_jax.cli import main
+from famr_jax.io.checkpoints import load_checkpoint
+from famr_jax.cli.main import main
 from famr_jax.errors import FamrError
-from famr_jax.resume import ResumeConfig, RunStopped, fingerprint_difference, flatten_dict
-from famr_jax.unlearning import FAMRConfig, famr_unlearn
+from famr_jax.engine.resume import ResumeConfig, RunStopped, fingerprint_difference, flatten_dict
+from famr_jax.methods.famr import FAMRConfig, famr_unlearn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_killed_training_run_resumes_to_identical_params(tmp_path, caplog, capsy
              "--checkpoint-every", "100", "--out", str(out)]
   env = dict(os.environ, FAMR_JAX_NO_PROGRESS="1", JAX_PLATFORMS="cpu",
              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.Popen([sys.executable, "-m", "famr_jax.cli", *command], env=env,
+  proc = subprocess.Popen([sys.executable, "-m", "famr_jax.cli.main", *command], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   resume_dir = tmp_path / "model.resume" / "train"
   deadline = time.monotonic() + 240
@@ -89,7 +89,7 @@ def test_changed_setting_is_refused_with_its_name(tmp_path, capsys):
 
 
 def test_famr_stopped_and_resumed_is_bit_identical(tmp_path):
-  from famr_jax.data import load_dataset
+  from famr_jax.data.datasets import load_dataset
   data = load_dataset("digits")
   x_f, y_f = data.x_train[data.y_train == 3], data.y_train[data.y_train == 3]
   rng = np.random.default_rng(0)   # a linear classifier keeps the compiles small

@@ -6,14 +6,14 @@ import numpy as np
 import optax
 import pytest
 
-from famr_jax.baselines import GAConfig, NegGradPlusConfig
-from famr_jax.compare import resolve_configs
+from famr_jax.methods.baselines import GAConfig, NegGradPlusConfig
+from famr_jax.evaluation.compare import resolve_configs
 from famr_jax.errors import FamrError
-from famr_jax.methods import get_method, with_overrides
-from famr_jax.optimization import minibatch_descent, step_schedule
-from famr_jax.parallel import ScaleConfig
-from famr_jax.unlearning import FAMRConfig
-from famr_jax.variants import FAMRVariantConfig
+from famr_jax.methods.registry import get_method, with_overrides
+from famr_jax.engine.descent import minibatch_descent, step_schedule
+from famr_jax.engine.parallel import ScaleConfig
+from famr_jax.methods.famr import FAMRConfig
+from famr_jax.methods.variants import FAMRVariantConfig
 
 
 def _shrink_loss(p, batch, weights, context):

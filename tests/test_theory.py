@@ -1,4 +1,4 @@
-"""End-to-end and unit tests of famr_jax.theory (tiny configuration).
+"""End-to-end and unit tests of famr_jax.theory.verification (tiny configuration).
 
 Independent references: scikit-learn's L-BFGS logistic regression for the
 ground-truth trainer, ``jax.grad`` of a directly written FAMR objective for the
@@ -17,9 +17,9 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
 
-from famr_jax import theory
+from famr_jax.theory import verification as theory
 from famr_jax.errors import FamrError
-from famr_jax.objectives import uniform_kl
+from famr_jax.losses import uniform_kl
 
 
 @pytest.fixture(scope='module')

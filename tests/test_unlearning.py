@@ -7,8 +7,8 @@ import optax
 import pytest
 
 from famr_jax.errors import FamrError
-from famr_jax.forget import forget_classes
-from famr_jax.unlearning import FAMRConfig, famr_unlearn
+from famr_jax.data.forget import forget_classes
+from famr_jax.methods.famr import FAMRConfig, famr_unlearn
 
 
 def _linear_apply(params, x):

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from famr_jax import variants
+from famr_jax.methods import variants
 from famr_jax.errors import FamrError
-from famr_jax.fisher import diagonal_fisher, load_fisher, match_params
-from famr_jax.variants import (FAMRVariantConfig, VariantBatch, curvature_anchor, famr_variant_unlearn,
+from famr_jax.theory.fisher import diagonal_fisher, load_fisher, match_params
+from famr_jax.methods.variants import (FAMRVariantConfig, VariantBatch, curvature_anchor, famr_variant_unlearn,
                                retrain_target, target_kl, variant_objective)
 
 C, D = 4, 3
@@ -207,7 +207,7 @@ def test_diagonal_fisher_of_a_linear_model_in_closed_form():
 
 
 def test_missing_fisher_is_one_line_and_says_how_to_compute_it(tmp_path):
-  from famr_jax import checkpoints
+  from famr_jax.io import checkpoints
   ckpt = checkpoints.save_checkpoint(tmp_path / "ckpt", {"w": jnp.zeros((2, 3))}, {"model": "toy"})
   with pytest.raises(FamrError, match=r"no stored Fisher.*famr-jax fisher --checkpoint") as e:
     load_fisher(ckpt)
@@ -220,7 +220,7 @@ def test_missing_fisher_is_one_line_and_says_how_to_compute_it(tmp_path):
 
 
 def test_frozen_head_stays_bit_identical_and_retrain_target_forgets(trained_digits):
-  from famr_jax.forget import forget_classes
+  from famr_jax.data.forget import forget_classes
   d = trained_digits
   forget = forget_classes(d.data.y_train, [3], d.data.num_classes)
   keep = forget.retain_mask(len(d.data.y_train))

@@ -12,7 +12,7 @@ from scipy.special import erf
 
 from famr_jax import models
 from famr_jax.errors import FamrError
-from famr_jax.vit_checkpoints import load_vit_npz, resize_pos_embedding, vit_params_from_npz
+from famr_jax.io.vit_weights import load_vit_npz, resize_pos_embedding, vit_params_from_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 D, HEADS, MLP, DEPTH, PATCH = 16, 2, 32, 2, 4

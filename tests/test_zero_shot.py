@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from famr_jax import checkpoints, models
-from famr_jax.cli import main
+from famr_jax import models
+from famr_jax.io import checkpoints
+from famr_jax.cli.main import main
 from famr_jax.errors import FamrError
-from famr_jax.forget import forget_classes
-from famr_jax.methods import UnlearnTask, get_method
-from famr_jax.metrics import evaluate_unlearning
-from famr_jax.zero_shot import (ZeroShotConfig, ZeroShotFAMRConfig, differential_losses,
+from famr_jax.data.forget import forget_classes
+from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.evaluation.metrics import evaluate_unlearning
+from famr_jax.methods.zero_shot import (ZeroShotConfig, ZeroShotFAMRConfig, differential_losses,
                                 famr_zero_shot_unlearn, first_responsive_layer, infer_input_shape,
                                 masked_kl, split_model, zero_shot_unlearn)
 
@@ -75,7 +76,7 @@ def test_one_step_of_each_sign(trained_digits, sign):
   d = trained_digits
   config = ZeroShotConfig.authors(sign, lr=1e-3, **TINY)
   split = split_model(d.model, d.params, "head")
-  from famr_jax.impressions import class_impressions
+  from famr_jax.methods.impressions import class_impressions
   imp = class_impressions(d.model, d.params, range(10), 10, d.data.image_shape,
                           config.impression_config().__class__(num_per_class=10, steps=200, layer="head"),
                           jax.random.key(3))

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax import objectives
-from famr_jax.forget import ForgetSet
+from famr_jax import losses as objectives
+from famr_jax.data.forget import ForgetSet
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -142,7 +142,7 @@ def evaluate_unlearning(apply_fn: ApplyFn, params: Params, data, forget: ForgetS
   Args:
     apply_fn: ``apply_fn(params, x) -> logits``.
     params: the model to evaluate.
-    data: a :class:`famr_jax.data.Dataset` (or anything with ``x_train``,
+    data: a :class:`famr_jax.data.datasets.Dataset` (or anything with ``x_train``,
       ``y_train``, ``x_test``, ``y_test``, ``num_classes``).
     forget: the forget request.
     params0: the original model's params, for the "from original" metrics.

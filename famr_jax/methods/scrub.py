@@ -13,7 +13,7 @@ phases each round (SCRUB's "epochs"):
 
 Both phases share one optimizer state, as in the authors' code. Each phase
 is one jitted ``lax.scan`` over its minibatches (the engine's
-:func:`famr_jax.optimization.make_epoch_fn`); the rounds are a short Python
+:func:`famr_jax.engine.descent.make_epoch_fn`); the rounds are a short Python
 loop. Like the other baselines, the retained data are ``retain_ratio``
 random retained samples per forget sample (a fresh draw each round), in
 minibatches of the same size, so a min phase has ``retain_ratio`` times the
@@ -35,11 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from famr_jax import objectives
+from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.metrics import accuracy, batched_apply
-from famr_jax.optimization import DescentResult, check_descent_settings, make_epoch_fn, steps_per_epoch
-from famr_jax.variants import make_optimizer, pair_retained
+from famr_jax.evaluation.metrics import accuracy, batched_apply
+from famr_jax.engine.descent import DescentResult, check_descent_settings, make_epoch_fn, steps_per_epoch
+from famr_jax.methods.variants import make_optimizer, pair_retained
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -168,7 +168,7 @@ def scrub_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_for
     show_progress: unused (rounds are few); kept for the registry's interface.
 
   Returns:
-    A :class:`famr_jax.optimization.DescentResult`; ``history`` has one entry
+    A :class:`famr_jax.engine.descent.DescentResult`; ``history`` has one entry
     per phase (``phase``: ``max`` or ``min``, with the forget accuracy).
 
   Example:
@@ -290,7 +290,7 @@ def _run_scrub(task, config: SCRUBConfig) -> DescentResult:
 
 
 def _register() -> None:
-  from famr_jax.methods import MethodSpec, register_method
+  from famr_jax.methods.registry import MethodSpec, register_method
   register_method(MethodSpec(
       name="scrub", config_cls=SCRUBConfig, run=_run_scrub, defaults=scrub_defaults,
       sample_defaults=scrub_sample_defaults,

@@ -1,13 +1,13 @@
 """``famr-jax compare``: every method on the same original model, scored against the retrained gold standard.
 
 For each seed, the gold standard is retrained without the forget set
-(:func:`famr_jax.runs.retrain_gold_standard`); every method then unlearns the
+(:func:`famr_jax.cli.runs.retrain_gold_standard`); every method then unlearns the
 same forget set from the same checkpoint, and is scored as in the SalUn /
 Unlearn-Sparse benchmark by its distance to the retrained model:
 
 * ``gaps``: ``|metric - metric_retrained|`` in percentage points for forget
   accuracy, retain accuracy, test accuracy and MIA-efficacy
-  (:func:`famr_jax.metrics.evaluate_unlearning`), and the **average gap**, their mean;
+  (:func:`famr_jax.evaluation.metrics.evaluate_unlearning`), and the **average gap**, their mean;
 * ``kl_to_retrained``: mean ``KL(p_retrained || p_method)`` (nats) over the
   test images of the retained classes (class forgetting) or all test images
   (sample forgetting);
@@ -36,10 +36,10 @@ import jax
 import numpy as np
 
 import famr_jax
-from famr_jax import objectives
+from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.forget import ForgetSet, forget_classes, forget_random
-from famr_jax.metrics import batched_apply, evaluate_unlearning
+from famr_jax.data.forget import ForgetSet, forget_classes, forget_random
+from famr_jax.evaluation.metrics import batched_apply, evaluate_unlearning
 
 GAP_METRICS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy")
 DEFAULT_METHODS = ("famr", "famr-retrain-target", "famr-fisher", "famr-curvature", "famr-function", "famr-plus",
@@ -88,8 +88,8 @@ def _gold_key(checkpoint: str, forget: ForgetSet, seed: int, train_config: Any) 
 def gold_standard(run: "CompareRun", loaded, forget: ForgetSet, seed: int, train_config: Any,
                   show_progress: bool, log=print):
   """The retrained model of one seed: ``(params, run_s, compile_s)``, from ``run.gold_cache`` when there."""
-  from famr_jax import checkpoints
-  from famr_jax.runs import retrain_gold_standard
+  from famr_jax.io import checkpoints
+  from famr_jax.cli.runs import retrain_gold_standard
   path = None
   if run.gold_cache:
     path = Path(run.gold_cache).expanduser().resolve() / _gold_key(run.checkpoint, forget, seed, train_config)
@@ -129,14 +129,14 @@ def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[s
   """Each method's config: its defaults, then the flags it has, then its JSON entry.
 
   The defaults are the method's for the model and the request's kind
-  (``classes`` or ``samples``: :meth:`famr_jax.methods.MethodSpec.default_config`).
+  (``classes`` or ``samples``: :meth:`famr_jax.methods.registry.MethodSpec.default_config`).
   ``retrain`` takes the checkpoint's training recipe (``train_config``); the
   shared flags do not apply to it, only its JSON entry.
   Unknown methods (listed or in the JSON) and options a method does not
   have are one-line :class:`FamrError`s; JSON entries of registered methods
   that are not compared are ignored (one file can serve several runs).
   """
-  from famr_jax.methods import get_method, with_overrides
+  from famr_jax.methods.registry import get_method, with_overrides
 
   flags, per_method = dict(flags or {}), dict(per_method or {})
   for name in per_method:   # entries for registered methods not compared now are kept for other runs
@@ -260,11 +260,11 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
   Returns:
     The leaderboard (as written to ``leaderboard.json``).
   """
-  from famr_jax import checkpoints
-  from famr_jax.fisher import missing_fisher_message
-  from famr_jax.methods import UnlearnTask, get_method
-  from famr_jax.runs import check_output_free, load_model, staged_directory
-  from famr_jax.training import TrainConfig
+  from famr_jax.io import checkpoints
+  from famr_jax.theory.fisher import missing_fisher_message
+  from famr_jax.methods.registry import UnlearnTask, get_method
+  from famr_jax.cli.runs import check_output_free, load_model, staged_directory
+  from famr_jax.engine.training import TrainConfig
 
   check_forget_request(run)
   methods = tuple(run.methods) or DEFAULT_METHODS
@@ -339,7 +339,7 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
       "summary": summarize(rows),
   }
   with staged_directory(run.out, run.overwrite) as staging:
-    from famr_jax.report import write_json
+    from famr_jax.evaluation.report import write_json
     write_json(staging / "leaderboard.json", board)
     (staging / "leaderboard.md").write_text(format_leaderboard(board) + "\n")
     plot_leaderboard(board, staging / "leaderboard.png")
@@ -440,7 +440,7 @@ def format_leaderboard(board: Mapping[str, Any]) -> str:
 
 def plot_leaderboard(board: Mapping[str, Any], path) -> None:
   """Average gap vs wall time (percent of retraining, log scale), one point per method, std as error bars."""
-  from famr_jax.report import _pyplot
+  from famr_jax.evaluation.report import _pyplot
   plt = _pyplot()
   summary = board["summary"]
   fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -3,7 +3,7 @@
 Given only a trained model and the classes to forget -- no training or test
 data -- these methods
 
-1. make class impressions of every class (``famr_jax.impressions``): proxies
+1. make class impressions of every class (``famr_jax.methods.impressions``): proxies
    for the forget set ``X_f`` and the retain set ``X_r``;
 2. split the model at a stage into a frozen head and a trainable tail
    (:func:`split_model`); impressions are activations at the tail's input
@@ -24,7 +24,7 @@ data -- these methods
      optional retain term.
 
 The head's params are never updated (they get exactly zero updates through
-``famr_jax.optimization.freeze_outside``), so they stay bit-identical.
+``famr_jax.engine.descent.freeze_outside``), so they stay bit-identical.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from famr_jax import objectives
+from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.forget import validate_classes
-from famr_jax.impressions import ImpressionConfig, ImpressionSet, class_impressions
-from famr_jax.metrics import accuracy, batched_apply, param_distance
-from famr_jax.optimization import (DescentResult, check_descent_settings, epoch_batches, freeze_outside,
+from famr_jax.data.forget import validate_classes
+from famr_jax.methods.impressions import ImpressionConfig, ImpressionSet, class_impressions
+from famr_jax.evaluation.metrics import accuracy, batched_apply, param_distance
+from famr_jax.engine.descent import (DescentResult, check_descent_settings, epoch_batches, freeze_outside,
                                    minibatch_descent)
-from famr_jax.progress import progress
+from famr_jax.engine.progress import progress
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -461,8 +461,8 @@ class ZeroShotFAMRConfig(ImpressionSettings):
     return self
 
   def famr_config(self):
-    """The equivalent :class:`famr_jax.unlearning.FAMRConfig` (for its optimizer)."""
-    from famr_jax.unlearning import FAMRConfig
+    """The equivalent :class:`famr_jax.methods.famr.FAMRConfig` (for its optimizer)."""
+    from famr_jax.methods.famr import FAMRConfig
     return FAMRConfig(epochs=self.epochs, lr=self.lr, lam=self.lam, batch_size=self.batch_size,
                       optimizer=self.optimizer)
 
@@ -835,11 +835,11 @@ def famr_zero_shot_unlearn(model: Any, params: Params, forget_classes: Sequence[
 
   Minimizes, over the tail's params only,
   ``mean_{x in X_f} KL(u || p(x)) + lam/2 ||theta_tail - theta0_tail||^2``
-  (:func:`famr_jax.objectives.famr_objective`, FAMR Eq. 1) plus, when
+  (:func:`famr_jax.losses.famr_objective`, FAMR Eq. 1) plus, when
   ``retain_weight > 0``, ``retain_weight * mean_{x in X_r} KL(p0(x) || p(x))``
   on retain impressions paired with each forget batch. With
   ``retain_weight == 0`` this is the objective and update of
-  :func:`famr_jax.unlearning.famr_unlearn` on the impressions, with a
+  :func:`famr_jax.methods.famr.famr_unlearn` on the impressions, with a
   tail-only mask.
 
   Args:
@@ -987,7 +987,7 @@ def _task_inputs(task) -> tuple[int, tuple[int, ...]]:
     raise FamrError("zero-shot methods need the model (for its layers and input shape)")
   shape = getattr(task, "input_shape", None)
   if not shape and getattr(task, "checkpoint", None):
-    from famr_jax.checkpoints import read_metadata
+    from famr_jax.io.checkpoints import read_metadata
     shape = read_metadata(task.checkpoint).get("image_shape")   # the model's description, not data
   return task.forget.num_classes, tuple(shape) if shape else infer_input_shape(task.model, task.params)
 
@@ -1012,7 +1012,7 @@ def _run_famr_zero_shot(task, config: ZeroShotFAMRConfig) -> DescentResult:
 
 
 def _register() -> None:
-  from famr_jax.methods import MethodSpec, register_method
+  from famr_jax.methods.registry import MethodSpec, register_method
   register_method(MethodSpec(
       name="impressions", config_cls=ZeroShotConfig, run=_run_zero_shot, defaults=zero_shot_defaults,
       description="zero-shot class unlearning from class impressions (Algorithm 1), no data",

@@ -2,7 +2,7 @@
 
 A method is a function ``run(task, config) -> DescentResult`` plus its
 typed config class and per-model defaults. The functions behind each entry
-(e.g. :func:`famr_jax.unlearning.famr_unlearn`) are the Python API; the
+(e.g. :func:`famr_jax.methods.famr.famr_unlearn`) are the Python API; the
 registry only adapts an :class:`UnlearnTask` to their arguments.
 """
 
@@ -14,8 +14,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 
 from famr_jax.errors import FamrError
-from famr_jax.forget import ForgetSet
-from famr_jax.optimization import DescentResult
+from famr_jax.data.forget import ForgetSet
+from famr_jax.engine.descent import DescentResult
 
 Params = Any
 
@@ -25,12 +25,12 @@ class UnlearnTask(NamedTuple):
   apply_fn: Callable[[Params, jax.Array], jax.Array]
   params: Params
   model: Any               # the Flax module (for layer splits); None for plain functions
-  data: Any                # a famr_jax.data.Dataset
+  data: Any                # a famr_jax.data.datasets.Dataset
   forget: ForgetSet
   key: jax.Array
   show_progress: bool = True
-  scale: Any = None        # a famr_jax.parallel.ScaleConfig for methods that use the minibatch engine
-  resume: Any = None       # a famr_jax.resume.ResumeConfig (resumable checkpoints), likewise
+  scale: Any = None        # a famr_jax.engine.parallel.ScaleConfig for methods that use the minibatch engine
+  resume: Any = None       # a famr_jax.engine.resume.ResumeConfig (resumable checkpoints), likewise
   checkpoint: str | None = None   # the original checkpoint's directory (stored extras, e.g. a Fisher)
 
 
@@ -71,7 +71,7 @@ def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
   epochs, so the budget is cleared rather than silently taking precedence.
 
   Example:
-    >>> from famr_jax.baselines import GAConfig
+    >>> from famr_jax.methods.baselines import GAConfig
     >>> with_overrides(GAConfig(steps=5), {"epochs": 2}).steps is None
     True
   """
@@ -103,10 +103,10 @@ def get_method(name: str) -> MethodSpec:
 
 def _load_builtin_methods() -> None:
   # Importing the modules registers their methods; done lazily to keep
-  # `import famr_jax.methods` free of import cycles.
-  import famr_jax.unlearning  # noqa: F401
-  import famr_jax.zero_shot  # noqa: F401
-  import famr_jax.variants  # noqa: F401
-  import famr_jax.baselines  # noqa: F401
-  import famr_jax.scrub  # noqa: F401
-  import famr_jax.ssd  # noqa: F401
+  # `import famr_jax.methods.registry` free of import cycles.
+  import famr_jax.methods.famr  # noqa: F401
+  import famr_jax.methods.zero_shot  # noqa: F401
+  import famr_jax.methods.variants  # noqa: F401
+  import famr_jax.methods.baselines  # noqa: F401
+  import famr_jax.methods.scrub  # noqa: F401
+  import famr_jax.methods.ssd  # noqa: F401

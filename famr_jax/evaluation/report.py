@@ -28,7 +28,7 @@ def build_report(*, version: str, dataset: str, model: str, method: str, forget:
   """Assembles report.json (accuracies are fractions in [0, 1]).
 
   ``metrics`` maps ``original``, ``unlearned`` and optionally ``retrained``
-  to the dicts of :func:`famr_jax.metrics.evaluate_unlearning`.
+  to the dicts of :func:`famr_jax.evaluation.metrics.evaluate_unlearning`.
   """
   return {
       "famr_jax_version": version,

@@ -23,15 +23,17 @@ import jax
 import numpy as np
 
 import famr_jax
-from famr_jax import checkpoints, models, report
-from famr_jax.data import Dataset, load_dataset
+from famr_jax import models
+from famr_jax.io import checkpoints
+from famr_jax.evaluation import report
+from famr_jax.data.datasets import Dataset, load_dataset
 from famr_jax.errors import FamrError
-from famr_jax.forget import ForgetSet, forget_classes, forget_random, forget_samples
-from famr_jax.methods import UnlearnTask, get_method
-from famr_jax.metrics import evaluate_unlearning
-from famr_jax.parallel import ScaleConfig, peak_memory, scale_description
-from famr_jax.resume import ResumeConfig
-from famr_jax.training import TrainConfig, check_finite, train_classifier
+from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
+from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.evaluation.metrics import evaluate_unlearning
+from famr_jax.engine.parallel import ScaleConfig, peak_memory, scale_description
+from famr_jax.engine.resume import ResumeConfig
+from famr_jax.engine.training import TrainConfig, check_finite, train_classifier
 
 
 # ----------------------------------------------------------------------------- configs
@@ -309,7 +311,7 @@ def train_model(run: TrainRun, *, show_progress: bool = True) -> dict:
   metadata["history"] = result.history
   extras = {}
   if run.fisher:   # issue 5: the Fisher anchor's curvature, computed once after training
-    from famr_jax.fisher import FISHER_EXTRA, diagonal_fisher
+    from famr_jax.theory.fisher import FISHER_EXTRA, diagonal_fisher
     t0 = time.perf_counter()
     extras[FISHER_EXTRA] = jax.block_until_ready(
         diagonal_fisher(apply_fn, result.params, data.x_train, data.y_train))
@@ -410,7 +412,7 @@ def run_demo(run: DemoRun, *, show_progress: bool = True) -> dict:
   Returns:
     The report (as written to ``run.out/report.json``).
   """
-  from famr_jax.unlearning import famr_defaults
+  from famr_jax.methods.famr import famr_defaults
 
   run.train.validate()
   _check_scale(run)
@@ -450,7 +452,7 @@ def evaluate_checkpoint(checkpoint: str, forget_classes_: tuple[int, ...] = ()) 
     forget = forget_classes(data.y_train, classes, data.num_classes)
     metrics = evaluate_unlearning(loaded.apply_fn, loaded.params, data, forget)
   else:
-    from famr_jax.metrics import batched_apply, per_class_accuracy
+    from famr_jax.evaluation.metrics import batched_apply, per_class_accuracy
     logits = batched_apply(loaded.apply_fn, loaded.params, data.x_test)
     metrics = {"test_acc": float(np.mean(np.argmax(np.asarray(logits), -1) == data.y_test)),
                "per_class_acc": [float(v) for v in per_class_accuracy(logits, data.y_test, data.num_classes)]}

@@ -24,7 +24,7 @@ Two importances (``SSDConfig.importance``):
   ``|D| / |D_f|`` and ``alpha = 10`` selects weights even when the forget set is
   a tenth of the data. The ratio depends on the batch size.
 * ``fisher``: the per-example diagonal empirical Fisher
-  (:func:`famr_jax.fisher.diagonal_fisher`), the quantity the paper's text
+  (:func:`famr_jax.theory.fisher.diagonal_fisher`), the quantity the paper's text
   names; ``[]_D`` is then the checkpoint's stored Fisher when it has one
   (``famr-jax train --fisher``). Per-example, ``[]_Df / []_D <= |D| / |D_f|``,
   so ``alpha = 10`` can select nothing on a 10-class data set (measured on
@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax import objectives
+from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.optimization import DescentResult
+from famr_jax.engine.descent import DescentResult
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -142,7 +142,7 @@ def minibatch_importance(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np
 
 def _minibatch_indices(n: int, batch_size: int, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
   """``[num_batches, batch]`` rows of ``permutation(key, n)`` (the last padded) and 0/1 weights."""
-  from famr_jax.fisher import _chunks
+  from famr_jax.theory.fisher import _chunks
   idx, weights = _chunks(n, min(batch_size, n))   # the Fisher's chunking, in a random order
   return np.asarray(jax.random.permutation(key, n))[idx], weights
 
@@ -180,7 +180,7 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
       checkpoint's stored Fisher for ``importance="fisher"``).
 
   Returns:
-    A :class:`famr_jax.optimization.DescentResult` (an empty history: no steps).
+    A :class:`famr_jax.engine.descent.DescentResult` (an empty history: no steps).
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np
@@ -193,7 +193,7 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
     >>> np.asarray(r.params, np.float64).round(4).tolist()   # e0's weights scaled by []_D / []_Df = 1/6
     [[0.1667, 0.0], [0.0, 1.0]]
   """
-  from famr_jax import fisher
+  from famr_jax.theory import fisher
 
   config.validate()
   x_forget = np.asarray(x_forget, np.float32)
@@ -202,7 +202,7 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
     raise FamrError("the forget set is empty")
   if importance_full is None and train_data is None:
     raise FamrError("SSD needs the training set's importance: the training data or a precomputed one")
-  from famr_jax.variants import _timed   # jit, compile (reported apart, as for descent methods), run
+  from famr_jax.methods.variants import _timed   # jit, compile (reported apart, as for descent methods), run
   timer = {"compile": 0.0, "run": 0.0}
 
   def timed(fn, *args):
@@ -264,8 +264,8 @@ def ssd_sample_defaults(model_name: str) -> SSDConfig:
 
 
 def _run_ssd(task, config: SSDConfig) -> DescentResult:
-  from famr_jax.checkpoints import read_metadata
-  from famr_jax.fisher import FISHER_EXTRA, load_fisher
+  from famr_jax.io.checkpoints import read_metadata
+  from famr_jax.theory.fisher import FISHER_EXTRA, load_fisher
   config.validate()
   data, forget = task.data, task.forget
   checkpoint = getattr(task, "checkpoint", None)
@@ -279,7 +279,7 @@ def _run_ssd(task, config: SSDConfig) -> DescentResult:
 
 
 def _register() -> None:
-  from famr_jax.methods import MethodSpec, register_method
+  from famr_jax.methods.registry import MethodSpec, register_method
   register_method(MethodSpec(
       name="ssd", config_cls=SSDConfig, run=_run_ssd, defaults=ssd_defaults, sample_defaults=ssd_sample_defaults,
       description="SSD: dampen the weights far more important (diagonal importance) to the forget set than to the data"))

@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from famr_jax import objectives
+from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.metrics import accuracy, batched_apply, param_distance
-from famr_jax.optimization import DescentResult, check_descent_settings, freeze_outside, minibatch_descent
-from famr_jax.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
-from famr_jax.resume import ResumeConfig
+from famr_jax.evaluation.metrics import accuracy, batched_apply, param_distance
+from famr_jax.engine.descent import DescentResult, check_descent_settings, freeze_outside, minibatch_descent
+from famr_jax.engine.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
+from famr_jax.engine.resume import ResumeConfig
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -143,15 +143,15 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
     eval_data: optional ``(x, y)`` monitor set (e.g. test images of the
       retained classes) whose accuracy the history records as ``eval_acc``.
     show_progress: draw a progress bar over epochs.
-    scale: optional :class:`famr_jax.parallel.ScaleConfig` (data parallel over
+    scale: optional :class:`famr_jax.engine.parallel.ScaleConfig` (data parallel over
       devices, FSDP, bfloat16 forward pass, gradient accumulation). With it,
-      ``x_forget`` may be a :class:`famr_jax.parallel.ShardedData` holding
+      ``x_forget`` may be a :class:`famr_jax.engine.parallel.ShardedData` holding
       ``(x,)`` or ``(x, y)`` (each process's own rows in a multi-process run).
-    resume: optional :class:`famr_jax.resume.ResumeConfig`: save resumable
+    resume: optional :class:`famr_jax.engine.resume.ResumeConfig`: save resumable
       checkpoints; rerunning the same call continues where it stopped.
 
   Returns:
-    A :class:`famr_jax.optimization.DescentResult`: the unlearned params and a
+    A :class:`famr_jax.engine.descent.DescentResult`: the unlearned params and a
     per-epoch history (epoch 0 is the original model) with ``forget_acc``,
     ``forget_kl_from_original``, ``forget_entropy``, ``forget_uniform_kl``,
     ``param_distance`` and the mean objective ``loss``.
@@ -309,7 +309,7 @@ def _run_famr(task, config: FAMRConfig) -> DescentResult:
 
 
 def _register() -> None:
-  from famr_jax.methods import MethodSpec, register_method
+  from famr_jax.methods.registry import MethodSpec, register_method
   register_method(MethodSpec(
       name="famr", config_cls=FAMRConfig, run=_run_famr, defaults=famr_defaults,
       sample_defaults=famr_sample_defaults, scales=True,

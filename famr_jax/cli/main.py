@@ -1,6 +1,6 @@
 """The ``famr-jax`` command line: demo, train, unlearn, evaluate, verify-theory.
 
-Every flag comes from a typed config (``famr_jax.runs``, ``TrainConfig``,
+Every flag comes from a typed config (``famr_jax.cli.runs``, ``TrainConfig``,
 the methods' configs), so the CLI and the Python API share one set of
 defaults. A user's mistake prints ``famr-jax: error: <one line>`` and exits
 with status 2; nothing on disk is changed.
@@ -33,19 +33,19 @@ _DEFAULTS_NOTE = ("Each method starts from its defaults for the request: a class
 
 
 def _method_config_classes():
-  from famr_jax.methods import get_method, method_names
+  from famr_jax.methods.registry import get_method, method_names
   return [get_method(n).config_cls for n in method_names()]
 
 
 def build_parser() -> argparse.ArgumentParser:
   """The ``famr-jax`` argument parser."""
-  from famr_jax import config_flags as cf
-  from famr_jax.methods import method_names
-  from famr_jax.runs import DataConfig, DemoRun, TrainRun, UnlearnRun
-  from famr_jax.parallel import ScaleConfig
-  from famr_jax.resume import ResumeConfig
-  from famr_jax.training import TrainConfig
-  from famr_jax.unlearning import FAMRConfig
+  from famr_jax.cli import flags as cf
+  from famr_jax.methods.registry import method_names
+  from famr_jax.cli.runs import DataConfig, DemoRun, TrainRun, UnlearnRun
+  from famr_jax.engine.parallel import ScaleConfig
+  from famr_jax.engine.resume import ResumeConfig
+  from famr_jax.engine.training import TrainConfig
+  from famr_jax.methods.famr import FAMRConfig
 
   def add_scale_flags(p, seen=None):
     cf.add_config_flags(p, ScaleConfig, dest_prefix="scale__", seen=seen)
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_leaderboard_commands(sub, cf) -> None:
   """``famr-jax fisher`` and ``famr-jax compare`` (issue 5)."""
-  from famr_jax.compare import CompareRun
+  from famr_jax.evaluation.compare import CompareRun
 
   fisher = sub.add_parser("fisher", help="compute the diagonal Fisher of a checkpoint and store it with it")
   fisher.add_argument("--checkpoint", required=True)
@@ -113,7 +113,7 @@ def _add_leaderboard_commands(sub, cf) -> None:
 
 
 def _cmd_fisher(args) -> int:
-  from famr_jax.fisher import store_fisher
+  from famr_jax.theory.fisher import store_fisher
   info = store_fisher(args.checkpoint, out=args.out, batch_size=args.batch_size, overwrite=args.overwrite)
   print(f"diagonal Fisher of {info['num_examples']} training examples in {info['compute_s']:.1f} s "
         f"(compile included), stored in {info['checkpoint']}")
@@ -121,8 +121,8 @@ def _cmd_fisher(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-  from famr_jax import config_flags as cf
-  from famr_jax.compare import CompareRun, run_compare
+  from famr_jax.cli import flags as cf
+  from famr_jax.evaluation.compare import CompareRun, run_compare
 
   missing = [f"--{name}" for name in ("checkpoint", "out") if not hasattr(args, name)]
   if missing:
@@ -130,7 +130,7 @@ def _cmd_compare(args) -> int:
   run = cf.build_config(CompareRun, args)
   flags = {k[len("method__"):]: v for k, v in vars(args).items() if k.startswith("method__")}
   board = run_compare(run, flags=flags)
-  from famr_jax.compare import format_leaderboard
+  from famr_jax.evaluation.compare import format_leaderboard
   print(format_leaderboard(board))
   print(f"wrote {os.path.abspath(run.out)}/leaderboard.json, leaderboard.md, leaderboard.png")
   return 0
@@ -138,17 +138,17 @@ def _cmd_compare(args) -> int:
 
 def _theory_config():
   try:
-    from famr_jax.theory import TheoryConfig
+    from famr_jax.theory.verification import TheoryConfig
   except ImportError:
     return None
   return TheoryConfig
 
 
 def _cmd_demo(args) -> int:
-  from famr_jax import config_flags as cf
-  from famr_jax.runs import DataConfig, DemoRun, run_demo
-  from famr_jax.training import TrainConfig
-  from famr_jax.unlearning import FAMRConfig, famr_defaults
+  from famr_jax.cli import flags as cf
+  from famr_jax.cli.runs import DataConfig, DemoRun, run_demo
+  from famr_jax.engine.training import TrainConfig
+  from famr_jax.methods.famr import FAMRConfig, famr_defaults
 
   base = cf.build_config(DemoRun, args, exclude=("data", "train", "famr", "scale", "resume"))
   model = base.model
@@ -162,9 +162,9 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_train(args) -> int:
-  from famr_jax import config_flags as cf
-  from famr_jax.runs import DataConfig, TrainRun, train_model
-  from famr_jax.training import TrainConfig
+  from famr_jax.cli import flags as cf
+  from famr_jax.cli.runs import DataConfig, TrainRun, train_model
+  from famr_jax.engine.training import TrainConfig
 
   run = dataclasses.replace(cf.build_config(TrainRun, args, exclude=("data", "train", "scale", "resume")),
                             **_scale_configs(args),
@@ -179,9 +179,10 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_unlearn(args) -> int:
-  from famr_jax import checkpoints, config_flags as cf
-  from famr_jax.methods import get_method
-  from famr_jax.runs import UnlearnRun, unlearn_model
+  from famr_jax.io import checkpoints
+  from famr_jax.cli import flags as cf
+  from famr_jax.methods.registry import get_method
+  from famr_jax.cli.runs import UnlearnRun, unlearn_model
 
   run = dataclasses.replace(cf.build_config(UnlearnRun, args, exclude=("method_config", "scale", "resume")),
                             **_scale_configs(args))
@@ -193,7 +194,7 @@ def _cmd_unlearn(args) -> int:
   if foreign:
     raise FamrError(f"method {run.method!r} has no option "
                     + ", ".join("--" + f.replace("_", "-") for f in foreign))
-  from famr_jax.methods import with_overrides
+  from famr_jax.methods.registry import with_overrides
   kind = "classes" if run.forget_classes else "samples"
   config = with_overrides(spec.default_config(meta.get("model", ""), kind), given)
   rep = unlearn_model(dataclasses.replace(run, method_config=config))
@@ -202,7 +203,7 @@ def _cmd_unlearn(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-  from famr_jax.runs import evaluate_checkpoint
+  from famr_jax.cli.runs import evaluate_checkpoint
   result = evaluate_checkpoint(args.checkpoint, tuple(args.forget_classes))
   if args.json:
     print(json.dumps(result, indent=2))
@@ -218,9 +219,9 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_verify_theory(args) -> int:
   import jax
-  from famr_jax import config_flags as cf
-  from famr_jax.runs import staged_directory
-  from famr_jax.theory import TheoryConfig, format_theory_table, run_theory_verification
+  from famr_jax.cli import flags as cf
+  from famr_jax.cli.runs import staged_directory
+  from famr_jax.theory.verification import TheoryConfig, format_theory_table, run_theory_verification
 
   config = cf.build_config(TheoryConfig, args, dest_prefix="theory__")
   with staged_directory(args.out, args.overwrite) as staging:
@@ -232,9 +233,9 @@ def _cmd_verify_theory(args) -> int:
 
 def _scale_configs(args) -> dict:
   """``scale`` and ``resume`` of a run from the --data-parallel ... --checkpoint-every flags."""
-  from famr_jax import config_flags as cf
-  from famr_jax.parallel import ScaleConfig
-  from famr_jax.resume import ResumeConfig
+  from famr_jax.cli import flags as cf
+  from famr_jax.engine.parallel import ScaleConfig
+  from famr_jax.engine.resume import ResumeConfig
   return {"scale": cf.build_config(ScaleConfig, args, dest_prefix="scale__"),
           "resume": cf.build_config(ResumeConfig, args, dest_prefix="resume__")}
 
@@ -253,7 +254,7 @@ def _print_resources(info: dict | None) -> None:
 
 
 def _print_summary(rep: dict, out: str) -> None:
-  from famr_jax.report import format_table
+  from famr_jax.evaluation.report import format_table
   print(f"{rep['method']} on {rep['dataset']} / {rep['model']}, forgetting {rep['forget']}")
   print(format_table(rep["metrics"]))
   t = rep["timings_s"]
@@ -292,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"famr-jax: error: {e}", file=sys.stderr)
     return 2
   except Exception as e:  # noqa: BLE001 - only RunStopped is handled, the rest re-raised
-    from famr_jax.resume import RunStopped
+    from famr_jax.engine.resume import RunStopped
     if not isinstance(e, RunStopped):
       raise
     print(f"famr-jax: {e}", file=sys.stderr)

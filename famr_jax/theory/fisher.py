@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax import objectives
+from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
 
 Params = Any
@@ -123,8 +123,8 @@ def store_fisher(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None
   Example:
     >>> # famr-jax fisher --checkpoint runs/digits_lenet5   (the CLI front end)
   """
-  from famr_jax import checkpoints
-  from famr_jax.runs import check_output_free, load_model
+  from famr_jax.io import checkpoints
+  from famr_jax.cli.runs import check_output_free, load_model
 
   source = Path(checkpoint).expanduser().resolve()
   target = source if out is None else Path(out).expanduser().resolve()
@@ -155,7 +155,7 @@ def load_fisher(checkpoint: str | os.PathLike, like: Params | None = None) -> Pa
     checkpoint: the checkpoint directory.
     like: optional params pytree whose structure (and leaf shapes) the Fisher must have.
   """
-  from famr_jax import checkpoints
+  from famr_jax.io import checkpoints
   metadata = checkpoints.read_metadata(checkpoint)
   if FISHER_EXTRA not in metadata.get("extras", {}):
     raise FamrError(missing_fisher_message(checkpoint))
@@ -174,7 +174,7 @@ def missing_fisher_message(checkpoint: str | os.PathLike | None) -> str:
 
 def match_params(fisher: Params, like: Params) -> Params:
   """``fisher`` restructured like ``like`` (checked leaf by leaf; FamrError on a mismatch)."""
-  from famr_jax.checkpoints import tree_shapes
+  from famr_jax.io.checkpoints import tree_shapes
   want, got = tree_shapes(like), tree_shapes(fisher)
   if {k: v[0] for k, v in want.items()} != {k: v[0] for k, v in got.items()}:
     raise FamrError("the stored Fisher does not match the model's params; recompute it with 'famr-jax fisher'")

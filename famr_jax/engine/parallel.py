@@ -9,7 +9,7 @@ the floating-point order of the reductions changes. ``pmap`` is not used: it is
 legacy in current JAX, needs a leading device axis on every array and a
 hand-written ``pmean``, and cannot shard params.
 
-The minibatch engine (:mod:`famr_jax.optimization`) reads a :class:`ScaleConfig`;
+The minibatch engine (:mod:`famr_jax.engine.descent`) reads a :class:`ScaleConfig`;
 this module holds the pieces it is built from, so other code can reuse them:
 
 * :func:`make_data_mesh`, :func:`tree_shardings`, :func:`put_tree`;

@@ -2,7 +2,7 @@
 
 ``run_theory_verification(config, out_dir, key)`` trains models to
 convergence, retrains them from scratch without a forget set T (the ground
-truth ``w*``), computes the influence quantities of :mod:`famr_jax.influence`
+truth ``w*``), computes the influence quantities of :mod:`famr_jax.theory.influence`
 and the minimizers of the FAMR objective, and reports for every claim what was
 predicted, what was measured and whether it held. It writes
 ``DIR/theory.json``, ``DIR/theory.md`` and three plots when ``out_dir`` is
@@ -55,10 +55,10 @@ import numpy as np
 import optax
 import threadpoolctl
 
-from famr_jax import curvature
-from famr_jax import influence
+from famr_jax.theory import curvature
+from famr_jax.theory import influence
 from famr_jax.errors import FamrError
-from famr_jax.objectives import uniform_kl
+from famr_jax.losses import uniform_kl
 
 __all__ = [
     'TheoryConfig',
@@ -78,7 +78,7 @@ class TheoryConfig:
   """Settings of the theory-verification benchmark.
 
   Attributes:
-    dataset: data set spec for :func:`famr_jax.data.load_dataset` (small
+    dataset: data set spec for :func:`famr_jax.data.datasets.load_dataset` (small
       images: the dense Hessians are ``P x P``).
     max_train: keep at most this many training examples (0: all).
     max_test: keep at most this many test examples (0: all).
@@ -700,7 +700,7 @@ def _contraction(s: _Setting, lam: float, eta: float, theta_star: Params, steps:
 
 
 def _load(config: TheoryConfig) -> dict:
-  from famr_jax.data import load_dataset  # pylint: disable=import-outside-toplevel
+  from famr_jax.data.datasets import load_dataset  # pylint: disable=import-outside-toplevel
   ds = load_dataset(config.dataset, max_train=config.max_train or None,
                     max_test=config.max_test or None, seed=config.seed)
   flat = lambda a: jnp.asarray(a.reshape(a.shape[0], -1), jnp.float64)

@@ -6,10 +6,10 @@ The only host synchronization is one scalar per epoch, so that progress bars
 report work done rather than work dispatched.
 
 Options (all off by default, which keeps the engine bit-identical to its
-first version): a :class:`famr_jax.parallel.ScaleConfig` shards every
+first version): a :class:`famr_jax.engine.parallel.ScaleConfig` shards every
 minibatch over all devices (``jax.jit`` + ``NamedSharding`` on a ``"data"``
 mesh; params replicated or FSDP-sharded), accumulates gradients over
-microbatches, and a :class:`famr_jax.resume.ResumeConfig` saves resumable
+microbatches, and a :class:`famr_jax.engine.resume.ResumeConfig` saves resumable
 Orbax checkpoints every N steps. Both run the epoch as one or more compiled
 *segments* of a fixed number of steps (see :func:`make_segment_fn`).
 """
@@ -25,9 +25,9 @@ import numpy as np
 import optax
 
 from famr_jax.errors import FamrError
-from famr_jax.parallel import ScaleConfig, ShardedData
-from famr_jax.progress import progress
-from famr_jax.resume import ResumeConfig
+from famr_jax.engine.parallel import ScaleConfig, ShardedData
+from famr_jax.engine.progress import progress
+from famr_jax.engine.resume import ResumeConfig
 
 # The optimizers every minibatch method's config may name (see ``make_optimizer`` of each method).
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -257,7 +257,7 @@ def make_segment_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, pl
   sharded over its ``"data"`` axis; XLA inserts the gradient reduction.
   Unjitted: the caller jits it with its shardings.
   """
-  from famr_jax.parallel import batch_sharding
+  from famr_jax.engine.parallel import batch_sharding
 
   rows = plan.num_segments * plan.segment_steps
   extra_cols = plan.padded_batch - plan.batch_size
@@ -375,13 +375,13 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
       (recorded as epoch 0 of the history).
     desc: progress-bar label.
     show_progress: draw a progress bar.
-    scale: devices, gradient accumulation (a :class:`famr_jax.parallel.ScaleConfig`;
+    scale: devices, gradient accumulation (a :class:`famr_jax.engine.parallel.ScaleConfig`;
       its ``compute_dtype`` is applied by the callers that build the loss from
-      an ``apply_fn``, see :func:`famr_jax.parallel.compute_dtype_apply_fn`).
+      an ``apply_fn``, see :func:`famr_jax.engine.parallel.compute_dtype_apply_fn`).
       With ``data_parallel`` the results equal the single-device ones up to
       float reduction order; params come back as ordinary
       single-device arrays (global replicated arrays in a multi-process run).
-    resume: resumable checkpoints (a :class:`famr_jax.resume.ResumeConfig`):
+    resume: resumable checkpoints (a :class:`famr_jax.engine.resume.ResumeConfig`):
       a rerun with the same arguments continues from the newest checkpoint.
     resume_meta: JSON-able description of the caller's settings; a resume
       whose description (or the engine's own settings, data shapes or key)
@@ -394,7 +394,7 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
     A :class:`DescentResult`.
 
   Raises:
-    famr_jax.resume.RunStopped: ``resume.stop_after_steps`` was reached.
+    famr_jax.engine.resume.RunStopped: ``resume.stop_after_steps`` was reached.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -455,7 +455,7 @@ def _typed_key(key: jax.Array) -> jax.Array:
 
 
 def _tree_spec(tree: Any) -> dict[str, list]:
-  from famr_jax.checkpoints import tree_shapes
+  from famr_jax.io.checkpoints import tree_shapes
   return tree_shapes(jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), tree))
 
 
@@ -514,7 +514,7 @@ def prepare_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
     >>> d.plan.num_batches, float(m["loss"]) > 0
     (2, True)
   """
-  from famr_jax import parallel
+  from famr_jax.engine import parallel
 
   scale = (scale or ScaleConfig()).validate()
   mesh = parallel.make_data_mesh(scale.num_devices) if scale.sharded else None
@@ -580,8 +580,8 @@ def _scaled_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
   """:func:`minibatch_descent` on a device mesh and/or with checkpoints (segmented epochs)."""
   import time
 
-  from famr_jax import parallel
-  from famr_jax.resume import Resumer, RunStopped
+  from famr_jax.engine import parallel
+  from famr_jax.engine.resume import Resumer, RunStopped
 
   scale = scale.validate()
   if epochs <= 0:

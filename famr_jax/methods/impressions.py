@@ -240,7 +240,7 @@ def impression_target(model: Any, params: Params, input_shape: Sequence[int],
   Raises:
     FamrError: unknown layer, or activation space without a layered model.
   """
-  from famr_jax import models  # local: models imports nothing from here
+  from famr_jax import models# local: models imports nothing from here
 
   input_shape = tuple(int(s) for s in input_shape)
   if config.space == "pixel":

@@ -1,7 +1,7 @@
 """Standard unlearning baselines in the registry's interface, so one table compares them with FAMR.
 
 * ``retrain``: the gold standard, the training recipe on the retained data from
-  a fresh initialization (:func:`famr_jax.training.train_classifier`).
+  a fresh initialization (:func:`famr_jax.engine.training.train_classifier`).
 * ``ft``: fine-tune on retained data (cross-entropy), relying on catastrophic
   forgetting.
 * ``ga``: gradient ascent on the forget set's cross-entropy.
@@ -15,7 +15,7 @@
 Every descent baseline runs on the shared minibatch engine with the same data
 stream as the FAMR variants: one epoch is one pass over the forget set, each
 forget minibatch paired with ``retain_ratio`` random retained samples per
-forget sample (:func:`famr_jax.variants.pair_retained`), so their costs are
+forget sample (:func:`famr_jax.methods.variants.pair_retained`), so their costs are
 comparable epoch for epoch.
 """
 
@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax import objectives
+from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.metrics import accuracy
-from famr_jax.optimization import DescentResult, check_descent_settings, minibatch_descent
-from famr_jax.training import TrainConfig, train_classifier
-from famr_jax.variants import make_optimizer, pair_retained
+from famr_jax.evaluation.metrics import accuracy
+from famr_jax.engine.descent import DescentResult, check_descent_settings, minibatch_descent
+from famr_jax.engine.training import TrainConfig, train_classifier
+from famr_jax.methods.variants import make_optimizer, pair_retained
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -243,7 +243,7 @@ def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: n
     show_progress: progress bar.
 
   Returns:
-    A :class:`famr_jax.optimization.DescentResult`.
+    A :class:`famr_jax.engine.descent.DescentResult`.
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np
@@ -426,7 +426,7 @@ def _run_retrain(task, config: TrainConfig) -> DescentResult:
 def _register() -> None:
   import functools
 
-  from famr_jax.methods import MethodSpec, register_method
+  from famr_jax.methods.registry import MethodSpec, register_method
   register_method(MethodSpec(name="retrain", config_cls=TrainConfig, run=_run_retrain,
                              defaults=functools.partial(baseline_defaults, "retrain"),
                              description=_DESCRIPTIONS["retrain"]))

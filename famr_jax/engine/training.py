@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from famr_jax import objectives
+from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.metrics import accuracy, batched_apply
-from famr_jax.optimization import DescentResult, check_descent_settings, freeze_outside, minibatch_descent
-from famr_jax.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
-from famr_jax.resume import ResumeConfig
+from famr_jax.evaluation.metrics import accuracy, batched_apply
+from famr_jax.engine.descent import DescentResult, check_descent_settings, freeze_outside, minibatch_descent
+from famr_jax.engine.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
+from famr_jax.engine.resume import ResumeConfig
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -78,15 +78,15 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
     eval_data: optional ``(x, y)``; its accuracy is recorded every epoch.
     show_progress: draw a progress bar over epochs.
     desc: progress-bar label.
-    scale: optional :class:`famr_jax.parallel.ScaleConfig` (data parallel over
+    scale: optional :class:`famr_jax.engine.parallel.ScaleConfig` (data parallel over
       devices, FSDP, bfloat16 forward pass, gradient accumulation). With it,
-      ``x`` may be a :class:`famr_jax.parallel.ShardedData` holding ``(x, y)``
+      ``x`` may be a :class:`famr_jax.engine.parallel.ShardedData` holding ``(x, y)``
       (each process's own rows in a multi-process run) and ``y`` None.
-    resume: optional :class:`famr_jax.resume.ResumeConfig`: save resumable
+    resume: optional :class:`famr_jax.engine.resume.ResumeConfig`: save resumable
       checkpoints; rerunning the same call continues where it stopped.
 
   Returns:
-    A :class:`famr_jax.optimization.DescentResult` (params, per-epoch
+    A :class:`famr_jax.engine.descent.DescentResult` (params, per-epoch
     history with ``loss`` and, with ``eval_data``, ``eval_acc``, and timings).
 
   Example:

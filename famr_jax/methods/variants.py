@@ -19,7 +19,7 @@ with three independent choices (:class:`FAMRVariantConfig`):
   forgotten-class image, to first order;
 * ``anchor`` ``A(d)``: ``l2`` (``lam/2 ||d||^2``), ``fisher``
   (``1/2 d^T (c F + lam I) d``, ``F`` the diagonal empirical Fisher of the
-  training loss stored with the checkpoint, :mod:`famr_jax.fisher`), or
+  training loss stored with the checkpoint, :mod:`famr_jax.theory.fisher`), or
   ``gauss-newton`` / ``hessian`` (``1/2 d^T (c H + lam I) d``, ``H`` the
   exact Gauss-Newton matrix / Hessian of the retained loss at ``theta0`` on
   the step's retained minibatch, one HVP per step, :func:`curvature_anchor`);
@@ -50,10 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from famr_jax import objectives
+from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.metrics import accuracy, batched_apply
-from famr_jax.optimization import (OPTIMIZERS, DescentResult, check_descent_settings, freeze_outside,
+from famr_jax.evaluation.metrics import accuracy, batched_apply
+from famr_jax.engine.descent import (OPTIMIZERS, DescentResult, check_descent_settings, freeze_outside,
                                    minibatch_descent)
 
 Params = Any
@@ -233,8 +233,8 @@ def curvature_anchor(params: Params, params0: Params, matvec: Callable[[Params],
   Args:
     params: the current params.
     params0: the anchor.
-    matvec: ``v -> H v`` (e.g. :func:`famr_jax.curvature.hvp` or
-      :func:`famr_jax.curvature.gauss_newton_hvp` at ``params0``).
+    matvec: ``v -> H v`` (e.g. :func:`famr_jax.theory.curvature.hvp` or
+      :func:`famr_jax.theory.curvature.gauss_newton_hvp` at ``params0``).
     lam: isotropic strength.
     curvature_weight: the weight ``c`` of ``H``.
 
@@ -280,9 +280,9 @@ def retained_matvec(apply_fn: ApplyFn, params0: Params, x: jax.Array, y: jax.Arr
   """``v -> H v`` for the weighted-mean retained cross-entropy at ``params0`` on one batch.
 
   ``kind`` is ``"hessian"`` (exact, forward-over-reverse) or ``"gauss-newton"``
-  (``J^T (diag p - p p^T) J``), both from :mod:`famr_jax.curvature`.
+  (``J^T (diag p - p p^T) J``), both from :mod:`famr_jax.theory.curvature`.
   """
-  from famr_jax import curvature
+  from famr_jax.theory import curvature
   total = jnp.maximum(jnp.sum(weights), 1.0)
   if kind == "hessian":
     def loss(p):
@@ -415,7 +415,7 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
     show_progress: progress bar.
 
   Returns:
-    A :class:`famr_jax.optimization.DescentResult`. ``compile_s`` adds the
+    A :class:`famr_jax.engine.descent.DescentResult`. ``compile_s`` adds the
     compilation of the one-off forward passes (frozen head, original logits,
     impressions); ``run_s`` adds their run time.
 
@@ -446,7 +446,7 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
   step_fn = apply_fn
   head_fn = None
   if config.train_from is not None:
-    from famr_jax.zero_shot import split_model
+    from famr_jax.methods.zero_shot import split_model
     if model is None:
       raise FamrError("train_from (a frozen head) needs the Flax model")
     split = split_model(model, params, config.train_from)
@@ -528,7 +528,7 @@ def _retained_impressions(model, params, forget_classes, num_classes, input_shap
   """Class impressions of the retained classes as the retained pool (no retained data)."""
   import sys
 
-  from famr_jax.impressions import ImpressionConfig, class_impressions
+  from famr_jax.methods.impressions import ImpressionConfig, class_impressions
   if not forget_classes:
     raise FamrError("impressions stand in for retained classes: use --forget-classes")
   retain = [c for c in range(num_classes) if c not in set(forget_classes)]
@@ -610,7 +610,7 @@ def variant_sample_defaults(name: str, model_name: str) -> FAMRVariantConfig:
 
 
 def _run_variant(task, config: FAMRVariantConfig) -> DescentResult:
-  from famr_jax.fisher import load_fisher, missing_fisher_message
+  from famr_jax.theory.fisher import load_fisher, missing_fisher_message
   config.validate()
   data, forget = task.data, task.forget
   fisher = None
@@ -632,7 +632,7 @@ def _run_variant(task, config: FAMRVariantConfig) -> DescentResult:
 
 
 def _register() -> None:
-  from famr_jax.methods import MethodSpec, register_method
+  from famr_jax.methods.registry import MethodSpec, register_method
   for name in VARIANT_PRESETS:
     register_method(MethodSpec(
         name=name, config_cls=FAMRVariantConfig, run=_run_variant,

@@ -18,7 +18,7 @@ the paper's Eq. 8 actually describes (ERRATA item 7); it is *not* the minimizer
 of the FAMR objective, whose Hessian is that of the uniform-KL forget loss.
 
 All functions work on any ``example_loss(params, batch) -> [B]`` and params
-pytree; sums over data go batch by batch (see :mod:`famr_jax.curvature`).
+pytree; sums over data go batch by batch (see :mod:`famr_jax.theory.curvature`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from famr_jax import curvature
-from famr_jax.curvature import CGInfo, ExampleLoss, Operator, Params
+from famr_jax.theory import curvature
+from famr_jax.theory.curvature import CGInfo, ExampleLoss, Operator, Params
 from famr_jax.errors import FamrError
 
 __all__ = [
@@ -148,7 +148,7 @@ def influence_estimate_dense(params: Params, g: Params, hessian: jax.Array, *,
   """``theta0 + (H_R + damping I)^{-1} g`` with a dense ``H_R`` (small models).
 
   ``hessian`` is in ``ravel_pytree(params)`` coordinates (as built by
-  :func:`famr_jax.curvature.dense_operator`).
+  :func:`famr_jax.theory.curvature.dense_operator`).
 
   Raises:
     FamrError: ``H_R + damping I`` not positive definite, or bad shapes.

@@ -1,0 +1,1 @@
+"""The ``famr-jax`` command line."""

@@ -1,0 +1,1 @@
+"""Data sets (digits, IDX, TFDS) and forget requests (classes, samples, random subsets)."""

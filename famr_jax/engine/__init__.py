@@ -1,0 +1,1 @@
+"""The minibatch engine: one step/epoch driver under training, retraining and every method."""

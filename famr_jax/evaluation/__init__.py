@@ -1,0 +1,1 @@
+"""Metrics, the retrain-referenced leaderboard and reports."""

@@ -1,0 +1,1 @@
+"""Checkpoints (Orbax) and imported weight files."""

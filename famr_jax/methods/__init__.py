@@ -1,0 +1,1 @@
+"""Unlearning methods: each is a loss and a typed config over the engine, listed in one table."""

@@ -1,0 +1,1 @@
+"""Curvature, influence functions, the diagonal Fisher and the FAMR theory verification."""
