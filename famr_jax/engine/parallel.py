@@ -24,6 +24,7 @@ this module holds the pieces it is built from, so other code can reuse them:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import resource
@@ -402,13 +403,15 @@ def _cast_floating(tree: Any, dtype) -> Any:
                       tree)
 
 
+@functools.lru_cache(maxsize=256)
 def compute_dtype_apply_fn(apply_fn: Callable[[Params, jax.Array], jax.Array],
                            compute_dtype: str = "float32") -> Callable[[Params, jax.Array], jax.Array]:
   """``apply_fn`` run in ``compute_dtype`` on float32 params, returning float32 logits.
 
   Params and inputs are cast inside the function, so gradients flow back to
   the float32 params (and optimizer state) unchanged in dtype; the loss on the
-  float32 logits, and the anchor term, stay in float32.
+  float32 logits, and the anchor term, stay in float32. Memoized, so compiled
+  steps built on the result are reused.
 
   Example:
     >>> import jax.numpy as jnp

@@ -18,7 +18,8 @@ import optax
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
 from famr_jax.evaluation.metrics import accuracy, batched_apply
-from famr_jax.engine.descent import DescentResult, check_descent_settings, freeze_outside, minibatch_descent
+from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
+                                     make_optimizer, minibatch_descent)
 from famr_jax.engine.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
 from famr_jax.engine.resume import ResumeConfig
 
@@ -53,6 +54,26 @@ def check_finite(name: str, array: np.ndarray) -> None:
   """Refuses inputs with NaN or inf (one-line :class:`FamrError`)."""
   if not np.all(np.isfinite(array)):
     raise FamrError(f"{name} contains NaN or inf values")
+
+
+def cross_entropy_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax.Array,
+                       context: Any = None) -> jax.Array:
+  """Weighted mean softmax cross-entropy of a minibatch ``(x, y)`` (the engine's ``loss_fn`` once bound).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> round(float(cross_entropy_loss(lambda p, x: x, None, (jnp.zeros((2, 2)), jnp.array([0, 1])),
+    ...                                jnp.ones(2))), 4)
+    0.6931
+  """
+  del context
+  xb, yb = batch
+  return jnp.sum(weights * objectives.cross_entropy(apply_fn(params, xb), yb)) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def eval_accuracy(apply_fn: ApplyFn, params: Params, eval_xy: tuple) -> dict[str, jax.Array]:
+  """``{"eval_acc": ...}`` on a monitor set ``(x, y)`` (the engine's ``metrics_fn`` once bound)."""
+  return {"eval_acc": accuracy(batched_apply(apply_fn, params, eval_xy[0]), eval_xy[1])}
 
 
 def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.ndarray,
@@ -110,20 +131,14 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
   else:
     check_finite("training inputs", np.asarray(x))
   if optimizer is None:
-    optimizer = optax.adamw(config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer("adamw", config.lr, config.weight_decay)
   optimizer = freeze_outside(optimizer, trainable_mask)
   forward = compute_dtype_apply_fn(apply_fn, scale.compute_dtype) if scale is not None else apply_fn
-
-  def loss_fn(p, batch, weights, context):
-    xb, yb = batch
-    return jnp.sum(weights * objectives.cross_entropy(forward(p, xb), yb)) / jnp.maximum(jnp.sum(weights), 1.0)
-
+  loss_fn = bind_static(cross_entropy_loss, forward)
   metrics_fn, context = None, None
   if eval_data is not None:
     context = (jnp.asarray(eval_data[0], jnp.float32), jnp.asarray(eval_data[1], jnp.int32))
-
-    def metrics_fn(p, eval_xy):
-      return {"eval_acc": accuracy(batched_apply(apply_fn, p, eval_xy[0]), eval_xy[1])}
+    metrics_fn = bind_static(eval_accuracy, apply_fn)
 
   data = x if sharded else (np.asarray(x, np.float32), np.asarray(y, np.int32))
   return minibatch_descent(loss_fn, params, data,

@@ -31,9 +31,9 @@ import numpy as np
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
 from famr_jax.evaluation.metrics import accuracy
-from famr_jax.engine.descent import DescentResult, check_descent_settings, minibatch_descent
+from famr_jax.engine.descent import DescentResult, bind_static, check_descent_settings, make_optimizer, minibatch_descent
 from famr_jax.engine.training import TrainConfig, train_classifier
-from famr_jax.methods.variants import make_optimizer, pair_retained
+from famr_jax.methods.variants import pair_retained
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -222,6 +222,24 @@ class _Context(NamedTuple):
   monitor_y: jax.Array
 
 
+def baseline_minibatch_loss(method: str, apply_fn: ApplyFn, config: Any, params: Params, batch: tuple,
+                            weights: jax.Array, ctx: _Context) -> jax.Array:
+  """:func:`baseline_loss`, through SalUn's saliency mask (the engine's ``loss_fn`` once bound)."""
+  if ctx.mask is not None:   # gradient only through the salient weights
+    params = jax.tree.map(lambda q, m: m * q + (1.0 - m) * jax.lax.stop_gradient(q), params, ctx.mask)
+  return baseline_loss(method, apply_fn, params, batch, weights, config)
+
+
+def baseline_history(apply_fn: ApplyFn, params: Params, ctx: _Context) -> dict[str, jax.Array]:
+  """Forget accuracy on a monitored sample of the forget set (the engine's ``metrics_fn`` once bound)."""
+  return {"forget_acc": accuracy(apply_fn(params, ctx.monitor_x), ctx.monitor_y)}
+
+
+def forget_set_gradient(apply_fn: ApplyFn, params: Params, x: jax.Array, y: jax.Array) -> Params:
+  """Gradient of the mean cross-entropy over the whole forget set (SalUn's saliency), in chunks."""
+  return jax.grad(lambda q: jnp.mean(objectives.cross_entropy(_batched_logits(apply_fn, q, x), y)))(params)
+
+
 def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
                      y_forget: np.ndarray, config: Any, key: jax.Array, *,
                      retain_data: tuple[np.ndarray, np.ndarray] | None = None,
@@ -284,12 +302,8 @@ def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: n
   mask = None
   if method == "salun":
     # Saliency of SalUn: |gradient of the forgetting loss| on the whole forget set at theta0.
-    def forget_grad(p, x, y):
-      def loss(q):
-        return jnp.mean(objectives.cross_entropy(_batched_logits(apply_fn, q, x), y))
-      return jax.grad(loss)(p)
     t0 = time.perf_counter()
-    compiled = jax.jit(forget_grad).lower(params, jnp.asarray(x_forget), jnp.asarray(y_forget)).compile()
+    compiled = jax.jit(bind_static(forget_set_gradient, apply_fn)).lower(params, jnp.asarray(x_forget), jnp.asarray(y_forget)).compile()
     extra_compile += time.perf_counter() - t0
     t0 = time.perf_counter()
     grads = compiled(params, jnp.asarray(x_forget), jnp.asarray(y_forget))
@@ -299,17 +313,10 @@ def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: n
   monitor = np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), x_forget.shape[0]))[:512]
   ctx = _Context(mask, jnp.asarray(x_forget[monitor]), jnp.asarray(y_forget[monitor]))
 
-  def loss_fn(p, batch, weights, c):
-    if c.mask is not None:   # gradient only through the salient weights
-      p = jax.tree.map(lambda q, m: m * q + (1.0 - m) * jax.lax.stop_gradient(q), p, c.mask)
-    return baseline_loss(method, apply_fn, p, batch, weights, config)
-
-  def metrics_fn(p, c):
-    return {"forget_acc": accuracy(apply_fn(p, c.monitor_x), c.monitor_y)}
-
-  result = minibatch_descent(loss_fn, params, tuple(data), make_optimizer(config.optimizer, config.lr),
+  result = minibatch_descent(bind_static(baseline_minibatch_loss, method, apply_fn, config), params, tuple(data),
+                             make_optimizer(config.optimizer, config.lr),
                              epochs=config.epochs, batch_size=config.batch_size, key=key, context=ctx,
-                             metrics_fn=metrics_fn, initial_metrics=True, desc=method,
+                             metrics_fn=bind_static(baseline_history, apply_fn), initial_metrics=True, desc=method,
                              show_progress=show_progress, max_steps=config.steps)
   return DescentResult(result.params, result.history, result.compile_s + extra_compile,
                        result.run_s + extra_run)

@@ -9,7 +9,6 @@ Algorithm 1, line 7: ``theta <- theta - lr * (g_forget + lam (theta - theta0))``
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Literal, NamedTuple
 
 import jax
@@ -20,7 +19,9 @@ import optax
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
 from famr_jax.evaluation.metrics import accuracy, batched_apply, param_distance
-from famr_jax.engine.descent import DescentResult, check_descent_settings, freeze_outside, minibatch_descent
+from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
+                                     make_optimizer, minibatch_descent)
+from famr_jax.engine.optimizers import StaticMask
 from famr_jax.engine.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
 from famr_jax.engine.resume import ResumeConfig
 
@@ -75,12 +76,8 @@ class FAMRConfig:
     return self
 
   def make_optimizer(self) -> optax.GradientTransformation:
-    """The optax transformation named by ``optimizer``."""
-    if self.optimizer == "sgd":
-      return optax.sgd(self.lr)
-    if self.optimizer == "momentum":
-      return optax.sgd(self.lr, momentum=0.9)
-    return optax.adam(self.lr)
+    """The optax transformation named by ``optimizer`` (one object per setting)."""
+    return make_optimizer(self.optimizer, self.lr)
 
 
 class ForgetContext(NamedTuple):
@@ -90,6 +87,7 @@ class ForgetContext(NamedTuple):
   y_forget: jax.Array | None
   logits0: jax.Array         # the original model's logits on x_forget
   eval_xy: tuple[jax.Array, jax.Array] | None = None   # optional monitor set
+  target_gram: jax.Array | None = None                  # the style loss's target (beta > 0)
 
 
 def forget_history(apply_fn: ApplyFn, params: Params, ctx: ForgetContext) -> dict[str, jax.Array]:
@@ -99,7 +97,7 @@ def forget_history(apply_fn: ApplyFn, params: Params, ctx: ForgetContext) -> dic
   original model, mean entropy, mean uniform KL, ``||theta - theta0||``, and
   the accuracy on the optional monitor set (``eval_acc``).
   """
-  params0, x_forget, y_forget, logits0, eval_xy = ctx
+  params0, x_forget, y_forget, logits0, eval_xy, _ = ctx
   logits = batched_apply(apply_fn, params, x_forget)
   out = {
       "forget_kl_from_original": jnp.mean(objectives.kl_divergence(logits0, logits)),
@@ -179,34 +177,43 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
     raise FamrError("forget-set inputs contain NaN or inf values")
   if config.beta > 0 and (feature_fn is None or target_gram is None):
     raise FamrError("beta > 0 (style forgetting) needs a style layer and a target Gram matrix")
-  optimizer, loss_fn = _famr_loss(apply_fn, config, feature_fn, target_gram, trainable_mask, optimizer, scale)
+  optimizer, loss_fn = _famr_loss(apply_fn, config, feature_fn, trainable_mask, optimizer, scale)
   xf = jnp.asarray(x_forget)
   ctx = ForgetContext(params, xf, None if y_forget is None else jnp.asarray(y_forget, jnp.int32),
                       batched_apply(apply_fn, params, xf),
                       None if eval_data is None else (jnp.asarray(eval_data[0], jnp.float32),
-                                                      jnp.asarray(eval_data[1], jnp.int32)))
+                                                      jnp.asarray(eval_data[1], jnp.int32)),
+                      None if target_gram is None else jnp.asarray(target_gram, jnp.float32))
   return minibatch_descent(loss_fn, params, (x_forget,), optimizer, epochs=config.epochs,
                            batch_size=config.batch_size, key=key, context=ctx,
-                           metrics_fn=functools.partial(forget_history, apply_fn),
+                           metrics_fn=bind_static(forget_history, apply_fn),
                            initial_metrics=True, desc="FAMR", show_progress=show_progress,
                            scale=scale, resume=resume, resume_meta=_famr_resume_meta(config, trainable_mask),
                            max_steps=config.steps)
 
 
-def _famr_loss(apply_fn, config: FAMRConfig, feature_fn, target_gram, trainable_mask, optimizer, scale):
-  """The optimizer and the minibatch loss of FAMR (Eq. 1 with the mean forget loss)."""
+def famr_minibatch_loss(forward: ApplyFn, config: FAMRConfig, feature_fn, mask: StaticMask | None,
+                        params: Params, batch: tuple, weights: jax.Array, ctx: ForgetContext) -> jax.Array:
+  """FAMR's minibatch loss (Eq. 1 with the mean forget loss): the engine's ``loss_fn`` once bound.
+
+  Bound with :func:`famr_jax.engine.descent.bind_static` to its static
+  arguments (the forward pass, the config, the style layer, the anchored
+  leaves), so the compiled step is found again on the next call.
+  """
+  return objectives.famr_objective(
+      forward, params, ctx.params0, batch[0], lam=config.lam, anchor_mask=None if mask is None else mask.tree,
+      alpha=config.alpha, beta=config.beta, feature_fn=feature_fn,
+      target_gram=ctx.target_gram, weights=weights, reduction="mean")
+
+
+def _famr_loss(apply_fn, config: FAMRConfig, feature_fn, trainable_mask, optimizer, scale):
+  """The optimizer and the minibatch loss of FAMR."""
   if optimizer is None:
     optimizer = config.make_optimizer()
   optimizer = freeze_outside(optimizer, trainable_mask)
   # bfloat16 runs the forward pass only; the anchor term stays float32.
   forward = compute_dtype_apply_fn(apply_fn, scale.compute_dtype) if scale is not None else apply_fn
-
-  def loss_fn(p, batch, weights, ctx):
-    return objectives.famr_objective(
-        forward, p, ctx.params0, batch[0], lam=config.lam, anchor_mask=trainable_mask,
-        alpha=config.alpha, beta=config.beta, feature_fn=feature_fn,
-        target_gram=target_gram, weights=weights, reduction="mean")
-  return optimizer, loss_fn
+  return optimizer, bind_static(famr_minibatch_loss, forward, config, feature_fn, StaticMask.of(trainable_mask))
 
 
 def _famr_resume_meta(config: FAMRConfig, trainable_mask) -> dict:
@@ -234,17 +241,18 @@ def _famr_unlearn_sharded(apply_fn, params, x_forget: ShardedData, config: FAMRC
       raise FamrError("forget-set inputs contain NaN or inf values")
   if config.beta > 0 and (feature_fn is None or target_gram is None):
     raise FamrError("beta > 0 (style forgetting) needs a style layer and a target Gram matrix")
-  optimizer, loss_fn = _famr_loss(apply_fn, config, feature_fn, target_gram, trainable_mask, optimizer, scale)
+  optimizer, loss_fn = _famr_loss(apply_fn, config, feature_fn, trainable_mask, optimizer, scale)
   # The history's forget set: the real rows of the global arrays (padding dropped).
   real_rows = jax.jit(lambda a: a[:n])
   xf = real_rows(x_forget.arrays[0])
   yf = real_rows(x_forget.arrays[1]).astype(jnp.int32) if len(x_forget.arrays) == 2 else None
   host_params = jax.tree.map(np.asarray, params)   # the same values on every process
   logits0 = batched_apply(apply_fn, host_params, xf)
-  ctx = ForgetContext(host_params, xf, yf, logits0)
+  ctx = ForgetContext(host_params, xf, yf, logits0, None,
+                      None if target_gram is None else jnp.asarray(target_gram, jnp.float32))
   return minibatch_descent(loss_fn, host_params, ShardedData(x_forget.arrays[:1], n), optimizer,
                            epochs=config.epochs, batch_size=config.batch_size, key=key, context=ctx,
-                           metrics_fn=functools.partial(forget_history, apply_fn),
+                           metrics_fn=bind_static(forget_history, apply_fn),
                            initial_metrics=True, desc="FAMR", show_progress=show_progress,
                            scale=scale, resume=resume, resume_meta=_famr_resume_meta(config, trainable_mask))
 

@@ -12,9 +12,9 @@ phases each round (SCRUB's "epochs"):
   elsewhere.
 
 Both phases share one optimizer state, as in the authors' code. Each phase
-is one jitted ``lax.scan`` over its minibatches (the engine's
-:func:`famr_jax.engine.descent.make_epoch_fn`); the rounds are a short Python
-loop. Like the other baselines, the retained data are ``retain_ratio``
+is one run of the engine (:func:`famr_jax.engine.descent.minibatch_descent`,
+one epoch with a step budget, continuing the shared optimizer state); the
+rounds are a short Python loop. Like the other baselines, the retained data are ``retain_ratio``
 random retained samples per forget sample (a fresh draw each round), in
 minibatches of the same size, so a min phase has ``retain_ratio`` times the
 steps of a max phase (the authors' min phase is a whole pass over the
@@ -33,13 +33,13 @@ from typing import Any, Callable, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
 from famr_jax.evaluation.metrics import accuracy, batched_apply
-from famr_jax.engine.descent import DescentResult, check_descent_settings, make_epoch_fn, steps_per_epoch
-from famr_jax.methods.variants import make_optimizer, pair_retained
+from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, make_optimizer,
+                                     minibatch_descent, steps_per_epoch)
+from famr_jax.methods.variants import pair_retained
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -119,6 +119,16 @@ def _wmean(values, weights):
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def forget_accuracy_metrics(apply_fn: ApplyFn, params: Params, monitor_xy: tuple) -> dict[str, jax.Array]:
+  """``{"forget_acc": ...}`` on a monitored sample of the forget set (the engine's ``metrics_fn``)."""
+  return {"forget_acc": accuracy(apply_fn(params, monitor_xy[0]), monitor_xy[1])}
+
+
+def _with_config(loss_fn, config, params, batch, weights, context):
+  del context
+  return loss_fn(params, batch, weights, config)
+
+
 def scrub_max_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax.Array,
                    config: SCRUBConfig) -> jax.Array:
   """The max phase's loss, to *descend*: ``-mean d(x_f)``; ``batch = (x_f, teacher_logits_f)``.
@@ -192,19 +202,10 @@ def scrub_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_for
   if x_pool.shape[0] == 0:
     raise FamrError("scrub needs retained data")
 
-  optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                          make_optimizer(config.optimizer, config.lr))
+  optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay)
   monitor = np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), n_f))[:512]
-  monitor_x, monitor_y = jnp.asarray(x_forget[monitor]), jnp.asarray(y_forget[monitor])
-
-  def metrics_fn(p, c):
-    del c
-    return {"forget_acc": accuracy(apply_fn(p, monitor_x), monitor_y)}
-
-  max_epoch = make_epoch_fn(lambda p, b, w, c: scrub_max_loss(apply_fn, p, b, w, config), optimizer,
-                            config.batch_size, metrics_fn, step_limit=True)
-  min_epoch = make_epoch_fn(lambda p, b, w, c: scrub_min_loss(apply_fn, p, b, w, config), optimizer,
-                            config.batch_size, metrics_fn, step_limit=True)
+  monitor_xy = (jnp.asarray(x_forget[monitor]), jnp.asarray(y_forget[monitor]))
+  metrics_fn = bind_static(forget_accuracy_metrics, apply_fn)
   n_r = n_f * config.retain_ratio
   max_steps, min_steps = steps_per_epoch(n_f, config.batch_size), steps_per_epoch(n_r, config.batch_size)
   if config.steps is not None:
@@ -212,7 +213,6 @@ def scrub_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_for
     # Draw only the retained samples a budgeted min phase visits (it takes a random order of its
     # draw, so the first min_steps minibatches of n_r draws and a draw of that many are alike).
     n_r = min(n_r, min_steps * config.batch_size)
-  max_limit, min_limit = jnp.asarray(max_steps, jnp.int32), jnp.asarray(min_steps, jnp.int32)
 
   # The teacher's logits, once: on the forget set, and on each round's fresh retained draw.
   t0 = time.perf_counter()
@@ -223,31 +223,23 @@ def scrub_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_for
     retain_rounds.append((jnp.asarray(x_pool[draw]), jnp.asarray(y_pool[draw]),
                           batched_apply(apply_fn, params, x_pool[draw])))
   jax.block_until_ready(retain_rounds)
-  prep_s = time.perf_counter() - t0
+  run_s, compile_s = time.perf_counter() - t0, 0.0
 
-  opt_state = optimizer.init(params)
-  t0 = time.perf_counter()
-  compiled_max = (max_epoch.lower(params, opt_state, forget_data, None, key, max_limit).compile()
-                  if config.max_epochs > 0 else None)
-  compiled_min = min_epoch.lower(params, opt_state, retain_rounds[0], None, key, min_limit).compile()
-  compile_s = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  phases = []
+  phases, opt_state = [], None
   for r in range(config.epochs):
-    if r < config.max_epochs:
-      params, opt_state, m = compiled_max(params, opt_state, forget_data, None,
-                                          jax.random.fold_in(key, 2 * r), max_limit)
-      phases.append(("max", r + 1, m))
-    params, opt_state, m = compiled_min(params, opt_state, retain_rounds[r], None,
-                                        jax.random.fold_in(key, 2 * r + 1), min_limit)
-    phases.append(("min", r + 1, m))
-  jax.block_until_ready(params)
-  run_s = time.perf_counter() - t0 + prep_s
-  metrics = jax.device_get([m for _, _, m in phases])
-  history = [{"phase": phase, "epoch": epoch, **{k: float(v) for k, v in m.items()}}
-             for (phase, epoch, _), m in zip(phases, metrics)]
-  return DescentResult(params, history, compile_s, run_s)
+    for phase, loss_fn, data, steps, k in (
+        ("max", bind_static(scrub_max_loss, apply_fn), forget_data, max_steps, 2 * r),
+        ("min", bind_static(scrub_min_loss, apply_fn), retain_rounds[r], min_steps, 2 * r + 1)):
+      if phase == "max" and r >= config.max_epochs:
+        continue
+      out = minibatch_descent(bind_static(_with_config, loss_fn, config), params, data, optimizer, epochs=1,
+                              max_steps=steps, batch_size=config.batch_size, key=jax.random.fold_in(key, k),
+                              context=monitor_xy, metrics_fn=metrics_fn, show_progress=False,
+                              opt_state=opt_state)
+      params, opt_state = out.params, out.opt_state
+      compile_s, run_s = compile_s + out.compile_s, run_s + out.run_s
+      phases.append({"phase": phase, **out.history[-1], "epoch": r + 1})
+  return DescentResult(params, phases, compile_s, run_s, opt_state)
 
 
 # Tuned once on digits, LeNet5, class 3 (experiments/tune_defaults.py; BUILD_NOTES.md, issue 5,

@@ -53,8 +53,9 @@ import optax
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
 from famr_jax.evaluation.metrics import accuracy, batched_apply
-from famr_jax.engine.descent import (OPTIMIZERS, DescentResult, check_descent_settings, freeze_outside,
-                                   minibatch_descent)
+from famr_jax.engine.descent import (OPTIMIZERS, DescentResult, bind_static, check_descent_settings, freeze_outside,
+                                     make_optimizer, minibatch_descent)
+from famr_jax.engine.optimizers import StaticMask
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -149,22 +150,6 @@ class FAMRVariantConfig:
   def make_optimizer(self) -> optax.GradientTransformation:
     """The optax transformation named by ``optimizer``."""
     return make_optimizer(self.optimizer, self.lr)
-
-
-def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
-  """``sgd``, ``momentum`` (SGD with momentum 0.9) or ``adam`` at learning rate ``lr``.
-
-  Example:
-    >>> make_optimizer("momentum", 0.1) is not None
-    True
-  """
-  if name == "sgd":
-    return optax.sgd(lr)
-  if name == "momentum":
-    return optax.sgd(lr, momentum=0.9)
-  if name == "adam":
-    return optax.adam(lr)
-  raise FamrError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -385,6 +370,24 @@ def forget_class_mask(forget_classes: Sequence[int], num_classes: int) -> np.nda
   return mask
 
 
+def variant_minibatch_loss(step_fn: ApplyFn, config: "FAMRVariantConfig", mask: StaticMask | None,
+                           params: Params, batch: tuple, weights: jax.Array, ctx: "_Context") -> jax.Array:
+  """A variant's minibatch loss (the engine's ``loss_fn`` once bound to its static arguments)."""
+  if mask is not None:   # no gradient through frozen leaves at all (they are not even differentiated)
+    params = jax.tree.map(lambda q, m: q if m else jax.lax.stop_gradient(q), params, mask.tree)
+  return variant_objective(step_fn, params, VariantBatch(*batch), weights, ctx.params0, config, ctx.fisher)
+
+
+def variant_history(step_fn: ApplyFn, has_labels: bool, params: Params, ctx: "_Context") -> dict[str, jax.Array]:
+  """Per-epoch statistics on a monitored sample of the forget set (the engine's ``metrics_fn``)."""
+  logits = step_fn(params, ctx.monitor_x)
+  out = {"forget_kl_from_original": jnp.mean(objectives.kl_divergence(ctx.monitor_logits0, logits)),
+         "forget_entropy": jnp.mean(objectives.entropy(logits))}
+  if has_labels:
+    out["forget_acc"] = accuracy(logits, ctx.monitor_y)
+  return out
+
+
 def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
                          config: FAMRVariantConfig, key: jax.Array, *,
                          y_forget: np.ndarray | None = None,
@@ -502,19 +505,8 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
            else np.asarray(y_forget, np.int32)[monitor])
   ctx = _Context(params, fisher, h_forget[monitor], jnp.asarray(y_mon), logits0_f[monitor])
 
-  def loss_fn(p, batch, weights, c):
-    if mask is not None:   # no gradient through frozen leaves at all (they are not even differentiated)
-      p = jax.tree.map(lambda q, m: q if m else jax.lax.stop_gradient(q), p, mask)
-    return variant_objective(step_fn, p, VariantBatch(*batch), weights, c.params0, config, c.fisher)
-
-  def metrics_fn(p, c):
-    logits = step_fn(p, c.monitor_x)
-    out = {"forget_kl_from_original": jnp.mean(objectives.kl_divergence(c.monitor_logits0, logits)),
-           "forget_entropy": jnp.mean(objectives.entropy(logits))}
-    if y_forget is not None:
-      out["forget_acc"] = accuracy(logits, c.monitor_y)
-    return out
-
+  loss_fn = bind_static(variant_minibatch_loss, step_fn, config, StaticMask.of(mask))
+  metrics_fn = bind_static(variant_history, step_fn, y_forget is not None)
   optimizer = freeze_outside(config.make_optimizer(), mask)
   result = minibatch_descent(loss_fn, params, tuple(data), optimizer, epochs=config.epochs,
                              batch_size=config.batch_size, key=key, context=ctx, metrics_fn=metrics_fn,

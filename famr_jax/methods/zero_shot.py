@@ -340,6 +340,12 @@ class ImpressionSettings:
     return _impression_config(self)
 
 
+@functools.lru_cache(maxsize=64)   # one object per setting: compiled steps are reused
+def _clipped_adamw(lr: float, weight_decay: float, clip_norm: float) -> optax.GradientTransformation:
+  adamw = optax.adamw(lr, weight_decay=weight_decay)
+  return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip_norm > 0 else adamw
+
+
 @dataclasses.dataclass(frozen=True)
 class ZeroShotConfig(ImpressionSettings):
   """Zero-shot unlearning from class impressions (method ``impressions``, Algorithm 1).
@@ -418,8 +424,7 @@ class ZeroShotConfig(ImpressionSettings):
 
   def make_optimizer(self) -> optax.GradientTransformation:
     """AdamW, after global gradient-norm clipping (the authors' ``clip_grad_norm_``)."""
-    adamw = optax.adamw(self.lr, weight_decay=self.weight_decay)
-    return optax.chain(optax.clip_by_global_norm(self.clip_norm), adamw) if self.clip_norm > 0 else adamw
+    return _clipped_adamw(self.lr, self.weight_decay, self.clip_norm)
 
 
 @dataclasses.dataclass(frozen=True)

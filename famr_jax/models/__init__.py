@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import functools
 import math
 import operator
 from typing import Any
@@ -210,6 +211,7 @@ def init_params(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, i
   return flax.core.unfreeze(init(key, x)['params'])
 
 
+@functools.lru_cache(maxsize=256)   # one function per (model, layer): compiled steps are reused
 def make_apply_fn(model: nn.Module) -> ApplyFn:
   """``apply_fn(params, x) -> logits`` for an NHWC float batch ``x``.
 
@@ -235,6 +237,7 @@ def layer_names(model: nn.Module) -> tuple[str, ...]:
   return tuple(model.layer_names)
 
 
+@functools.lru_cache(maxsize=256)   # one function per (model, layer): compiled steps are reused
 def make_feature_fn(model: nn.Module, layer: str) -> ApplyFn:
   """``fn(params, x) -> output of stage layer`` (works under jit and grad).
 
@@ -290,6 +293,7 @@ def make_apply_with_features_fn(
   return apply_with_features_fn
 
 
+@functools.lru_cache(maxsize=256)   # one function per (model, layer): compiled steps are reused
 def make_layer_input_fn(model: nn.Module, layer: str) -> ApplyFn:
   """``fn(params, x) -> the activation that enters stage layer`` (x for the first).
 
@@ -310,6 +314,7 @@ def make_layer_input_fn(model: nn.Module, layer: str) -> ApplyFn:
   return make_feature_fn(model, names[i - 1])
 
 
+@functools.lru_cache(maxsize=256)   # one function per (model, layer): compiled steps are reused
 def make_tail_apply_fn(model: nn.Module, layer: str) -> ApplyFn:
   """``fn(params, h) -> logits``: the model's own stages from ``layer`` on, applied to ``h``.
 
