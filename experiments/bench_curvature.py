@@ -32,7 +32,7 @@ from famr_jax.theory import curvature
 from famr_jax.theory import influence
 from famr_jax.data.datasets import load_dataset
 from famr_jax.models import count_params, create_model, init_params, make_apply_fn
-from famr_jax.theory.verification import lbfgs_minimize
+from famr_jax.theory.minimize import lbfgs_minimize
 
 IMAGE_SHAPES = {'lenet5': (28, 28, 1), 'karpathynet': (32, 32, 3), 'vit_nano': (32, 32, 3),
                 'vit_micro': (32, 32, 3), 'mlp': (8, 8, 1), 'logistic': (8, 8, 1)}

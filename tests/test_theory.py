@@ -17,6 +17,8 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
 
+from famr_jax.theory import minimize
+from famr_jax.theory import problems
 from famr_jax.theory import verification as theory
 from famr_jax.errors import FamrError
 from famr_jax.losses import uniform_kl
@@ -99,11 +101,11 @@ def test_ground_truth_trainer_matches_sklearn(quick_run):
   y = rng.integers(0, _C, size=_N)
   mu = 1.0
   with jax.enable_x64(True):
-    loss = theory._weighted_ce_for(theory._logistic_apply)
+    loss = problems.weighted_ce_for(problems.logistic_apply)
     zeros = {'w': jnp.zeros((_D, _C)), 'b': jnp.zeros((_C,))}
     data = (jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.ones(_N))
-    obj = theory._Objective(loss, data, mu, zeros, _BATCH)
-    params, info = theory._newton_minimize(obj, zeros, grad_tol=1e-10)
+    obj = minimize.Objective(loss, data, mu, zeros, _BATCH)
+    params, info = minimize.newton_minimize(obj, zeros, grad_tol=1e-10)
   assert info.grad_norm <= 1e-10
   # sklearn: C * sum CE + 1/2 ||W||^2; a constant column makes the bias penalized like ours.
   xa = np.hstack([x, np.ones((_N, 1))])
@@ -118,8 +120,8 @@ def test_famr_minimizer_is_stationary_for_the_written_objective(quick_run):
     x_t = jnp.asarray(rng.uniform(size=(12, _D)))
     theta0 = {'w': jnp.asarray(rng.normal(size=(_D, _C))), 'b': jnp.asarray(rng.normal(size=_C))}
     lam = 0.3
-    obj = theory._Objective(theory._kl_loss_for(theory._logistic_apply), x_t, lam, theta0, _BATCH)
-    theta, _ = theory._newton_minimize(obj, theta0, grad_tol=1e-11)
+    obj = minimize.Objective(problems.kl_loss_for(problems.logistic_apply), x_t, lam, theta0, _BATCH)
+    theta, _ = minimize.newton_minimize(obj, theta0, grad_tol=1e-11)
 
     def famr_j(p):  # Eq. 1 with Eq. 2, written out directly
       logits = x_t @ p['w'] + p['b']

@@ -33,8 +33,14 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 FISHER_EXTRA = "fisher"
 
 
-def _chunks(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """``[num_batches, batch_size]`` indices (padded with 0) and 0/1 weights."""
+def padded_chunks(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """``[num_batches, batch_size]`` indices (padded with 0) and 0/1 weights.
+
+  Example:
+    >>> idx, w = padded_chunks(3, 2)
+    >>> idx.tolist(), w.tolist()
+    ([[0, 1], [2, 0]], [[1.0, 1.0], [1.0, 0.0]])
+  """
   num_batches = -(-n // batch_size)
   idx = np.zeros(num_batches * batch_size, np.int32)
   idx[:n] = np.arange(n)
@@ -76,13 +82,14 @@ def diagonal_fisher(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.ndar
   if batch_size <= 0:
     raise FamrError(f"batch size must be positive, got {batch_size}")
   batch_size = min(batch_size, n)
-  idx, weights = _chunks(n, batch_size)
-  return _fisher_jit(apply_fn, params, jnp.asarray(x), jnp.asarray(y), jnp.asarray(idx),
+  idx, weights = padded_chunks(n, batch_size)
+  return chunked_fisher(apply_fn, params, jnp.asarray(x), jnp.asarray(y), jnp.asarray(idx),
                      jnp.asarray(weights), n)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
-def _fisher_jit(apply_fn, params, x, y, idx, weights, n):
+def chunked_fisher(apply_fn, params, x, y, idx, weights, n):
+  """The jitted core of :func:`diagonal_fisher` over :func:`padded_chunks` ``(idx, weights)``."""
   def example_loss(p, xi, yi):
     return objectives.cross_entropy(apply_fn(p, xi[None]), yi[None])[0]
 
@@ -97,6 +104,11 @@ def _fisher_jit(apply_fn, params, x, y, idx, weights, n):
   zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
   total, _ = jax.lax.scan(body, zeros, (idx, weights))
   return jax.tree.map(lambda t: t / n, total)
+
+
+# The old private names, still used by famr_jax/methods/ssd.py until it moves to the public ones.
+_chunks = padded_chunks
+_fisher_jit = chunked_fisher
 
 
 def _checkpoint_metadata(metadata: dict) -> dict:
@@ -124,18 +136,16 @@ def store_fisher(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None
     >>> # famr-jax fisher --checkpoint runs/digits_lenet5   (the CLI front end)
   """
   from famr_jax.io import checkpoints
-  from famr_jax.cli.runs import check_output_free, load_model
 
   source = Path(checkpoint).expanduser().resolve()
   target = source if out is None else Path(out).expanduser().resolve()
-  if target != source:
-    check_output_free(target, overwrite)
-  loaded = load_model(source)
-  if "unlearned" in loaded.metadata:
+  if target != source and target.exists() and not overwrite:
+    raise FamrError(f"output directory {target} already exists: choose another or allow overwriting it")
+  apply_fn, params, metadata, data = _restore(source)
+  if "unlearned" in metadata:
     raise FamrError(f"{source} is an unlearned model; compute the Fisher of the original checkpoint")
-  data = loaded.data
   t0 = time.perf_counter()
-  fisher = jax.block_until_ready(diagonal_fisher(loaded.apply_fn, loaded.params, data.x_train, data.y_train,
+  fisher = jax.block_until_ready(diagonal_fisher(apply_fn, params, data.x_train, data.y_train,
                                                  batch_size=batch_size))
   total_s = time.perf_counter() - t0   # compile included
   metadata = _checkpoint_metadata(checkpoints.read_metadata(source))
@@ -143,9 +153,40 @@ def store_fisher(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None
                         "num_examples": int(len(data.y_train)), "compute_s": total_s}
   extras = {name: tree for name, tree in checkpoints.load_checkpoint(source).extras.items()
             if name != FISHER_EXTRA}
-  checkpoints.save_checkpoint(target, loaded.params, metadata, extras={**extras, FISHER_EXTRA: fisher},
+  checkpoints.save_checkpoint(target, params, metadata, extras={**extras, FISHER_EXTRA: fisher},
                               overwrite=True)
   return {"checkpoint": str(target), "num_examples": int(len(data.y_train)), "compute_s": total_s}
+
+
+def _restore(checkpoint: Path):
+  """``(apply_fn, params, metadata, data)`` of a ``famr-jax train`` checkpoint.
+
+  The same restore as :func:`famr_jax.cli.runs.load_model`, from the layers
+  below theory only (theory may not import the CLI).
+  """
+  from famr_jax import models
+  from famr_jax.data.datasets import load_dataset
+  from famr_jax.engine.training import check_finite
+  from famr_jax.io import checkpoints
+
+  metadata = checkpoints.read_metadata(checkpoint)
+  for key in ("model", "data", "num_classes", "image_shape"):
+    if key not in metadata:
+      raise FamrError(f"{checkpoint} is not a famr-jax model checkpoint (its metadata has no {key!r})")
+  spec = metadata["data"]
+  data = load_dataset(spec.get("dataset", "digits"), data_dir=spec.get("data_dir"),
+                      max_train=spec.get("max_train"), max_test=spec.get("max_test"),
+                      seed=int(metadata.get("seed", 0)))
+  check_finite(f"data set {spec.get('dataset')}", data.x_train)
+  if data.num_classes != metadata["num_classes"] or list(data.image_shape) != list(metadata["image_shape"]):
+    raise FamrError(f"data set {spec.get('dataset')} no longer matches the checkpoint "
+                    f"({data.num_classes} classes {data.image_shape} vs {metadata['num_classes']} "
+                    f"{tuple(metadata['image_shape'])})")
+  model = models.create_model(metadata["model"], data.num_classes, data.image_shape,
+                              **(metadata.get("model_overrides") or {}))
+  template = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), data.image_shape))
+  restored = checkpoints.load_checkpoint(checkpoint, template=template)
+  return models.make_apply_fn(model), restored.params, metadata, data
 
 
 def load_fisher(checkpoint: str | os.PathLike, like: Params | None = None) -> Params:

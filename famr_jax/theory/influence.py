@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from famr_jax.theory import curvature
 from famr_jax.theory.curvature import CGInfo, ExampleLoss, Operator, Params
+from famr_jax.theory.hvp import stack_batches
 from famr_jax.errors import FamrError
 
 __all__ = [
@@ -258,13 +259,13 @@ def actual_loss_change(example_loss: ExampleLoss, params: Params, new_params: Pa
 
 @functools.partial(jax.jit, static_argnames=('example_loss', 'batch_size'))
 def _directional_losses(example_loss, params, delta, points, batch_size):
-  batches, _ = curvature._stack_batches(points, batch_size)  # pylint: disable=protected-access
+  batches, _ = stack_batches(points, batch_size)
   return lax.map(lambda b: jax.jvp(lambda p: example_loss(p, b), (params,), (delta,))[1], batches)
 
 
 @functools.partial(jax.jit, static_argnames=('example_loss', 'batch_size'))
 def _loss_differences(example_loss, params, new_params, points, batch_size):
-  batches, _ = curvature._stack_batches(points, batch_size)  # pylint: disable=protected-access
+  batches, _ = stack_batches(points, batch_size)
   return lax.map(lambda b: example_loss(new_params, b) - example_loss(params, b), batches)
 
 
