@@ -393,12 +393,6 @@ def _own_nodes(scope: ast.AST):
 CYCLE_ALLOWLIST: frozenset[str] = frozenset({
     'famr_jax.evaluation.compare -> famr_jax',
     'famr_jax.evaluation.compare -> famr_jax.cli.runs',
-    'famr_jax.methods.baselines -> famr_jax.methods.registry',
-    'famr_jax.methods.famr -> famr_jax.methods.registry',
-    'famr_jax.methods.scrub -> famr_jax.methods.registry',
-    'famr_jax.methods.ssd -> famr_jax.methods.registry',
-    'famr_jax.methods.variants -> famr_jax.methods.registry',
-    'famr_jax.methods.zero_shot -> famr_jax.methods.registry',
 })
 
 LAYER_ALLOWLIST: frozenset[str] = frozenset({
@@ -422,22 +416,17 @@ PRIVATE_IMPORT_ALLOWLIST: frozenset[str] = frozenset({
 })
 
 SIZE_ALLOWLIST: frozenset[str] = frozenset({
-    'famr_jax.engine.descent',
-    'famr_jax.engine.descent:_scaled_descent',
-    'famr_jax.methods.variants',
     'famr_jax.methods.variants:famr_variant_unlearn',
     'famr_jax.methods.zero_shot',
 })
 
 CLI_FLAG_ALLOWLIST: frozenset[str] = frozenset({
     'famr_jax.data.forget:forget_random: --forget-random',
-    'famr_jax.engine.descent:minibatch_descent: --epochs',
     'famr_jax.evaluation.compare:check_forget_request: --forget-classes',
     'famr_jax.evaluation.compare:check_forget_request: --forget-random',
     'famr_jax.evaluation.compare:check_forget_request: --seeds',
     'famr_jax.evaluation.compare:run_compare: --methods',
     'famr_jax.io.checkpoints:save_checkpoint: --overwrite',
-    'famr_jax.methods.famr:_run_famr: --style-layer',
     'famr_jax.methods.variants:_retained_impressions: --forget-classes',
     'famr_jax.methods.variants:famr_variant_unlearn: --checkpoint',
     'famr_jax.methods.variants:famr_variant_unlearn: --forget-classes',

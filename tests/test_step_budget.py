@@ -91,9 +91,9 @@ def test_explicit_epochs_clear_a_default_budget():
 
 def test_sample_requests_take_the_sample_defaults():
   spec = get_method("ga")
-  assert spec.default_config("lenet5", "classes") == spec.defaults("lenet5")
+  assert spec.default_config("lenet5", "classes") == GAConfig(epochs=1, lr=0.01)   # the defaults table
   samples = spec.default_config("lenet5", "samples")
-  assert samples.steps is not None and samples == spec.sample_defaults("lenet5")
+  assert samples.steps == 5 and samples.lr == 1e-4 and samples.optimizer == "adam"
   configs = resolve_configs(["ga", "famr-plus"], "lenet5", forget_kind="samples", flags={"lr": 1e-4})
   assert configs["ga"].steps == samples.steps and configs["ga"].lr == 1e-4
   assert resolve_configs(["ga"], "lenet5", forget_kind="classes")["ga"].steps is None

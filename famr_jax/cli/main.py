@@ -26,7 +26,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 # Shown by `unlearn --help` and `compare --help`: why a method's defaults depend on the request.
-_DEFAULTS_NOTE = ("Each method starts from its defaults for the request: a class request (--forget-classes) "
+_DEFAULTS_NOTE = ("Without --method, a class request runs famr-plus (the FAMR variant measured closest to a "
+                  "retrained model) and a sample request runs famr; --beta/--style-layer (style forgetting) "
+                  "select famr. "
+                  "Each method starts from its defaults for the request: a class request (--forget-classes) "
                   "runs epochs over the forget set; a sample request (--forget-random, --forget-samples) "
                   "runs a step budget (--steps), the same number of steps on a forget set of any size. "
                   "--epochs without --steps means epochs.")
@@ -184,19 +187,25 @@ def _cmd_unlearn(args) -> int:
   from famr_jax.methods.registry import get_method
   from famr_jax.cli.runs import UnlearnRun, unlearn_model
 
+  from famr_jax.methods.defaults import RECOMMENDED
   run = dataclasses.replace(cf.build_config(UnlearnRun, args, exclude=("method_config", "scale", "resume")),
                             **_scale_configs(args))
+  kind = "classes" if run.forget_classes else "samples"
+  given = {k[len("method__"):]: v for k, v in vars(args).items() if k.startswith("method__")}
+  if run.method is None:
+    # The recommended method for the request; style options (--beta, --style-layer) are FAMR's own.
+    run = dataclasses.replace(run, method="famr" if {"beta", "style_layer"} & set(given) else RECOMMENDED[kind])
   spec = get_method(run.method)
   meta = checkpoints.read_metadata(run.checkpoint)
   fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-  given = {k[len("method__"):]: v for k, v in vars(args).items() if k.startswith("method__")}
   foreign = sorted(set(given) - fields)
   if foreign:
     raise FamrError(f"method {run.method!r} has no option "
                     + ", ".join("--" + f.replace("_", "-") for f in foreign))
   from famr_jax.methods.registry import with_overrides
-  kind = "classes" if run.forget_classes else "samples"
   config = with_overrides(spec.default_config(meta.get("model", ""), kind), given)
+  if getattr(config, "beta", 0) > 0 and getattr(config, "style_layer", "") is None:
+    raise FamrError("style forgetting (--beta > 0) needs --style-layer naming a layer of the model")
   rep = unlearn_model(dataclasses.replace(run, method_config=config))
   _print_summary(rep, run.out)
   return 0

@@ -92,7 +92,8 @@ class UnlearnRun:
   Attributes:
     checkpoint: the trained model (its metadata names data set and model).
     out: output directory (report.json, plots, the unlearned checkpoint).
-    method: a registered method name (``famr``, ...).
+    method: a registered method name (``famr``, ...); None: the recommended one for the
+      request (``famr-plus`` for classes, ``famr`` for samples; ``famr_jax.methods.defaults.RECOMMENDED``).
     forget_classes: classes to forget.
     forget_samples: training-set indices to forget (instead of classes).
     forget_random: fraction of the training set to forget at random.
@@ -105,7 +106,7 @@ class UnlearnRun:
   """
   checkpoint: str
   out: str
-  method: str = "famr"
+  method: str | None = None
   forget_classes: tuple[int, ...] = ()
   forget_samples: tuple[int, ...] = ()
   forget_random: float | None = None
@@ -375,6 +376,9 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
   Returns:
     The report (as written to ``run.out/report.json``).
   """
+  from famr_jax.methods.defaults import RECOMMENDED
+  if run.method is None:
+    run = dataclasses.replace(run, method=RECOMMENDED["classes" if run.forget_classes else "samples"])
   spec = get_method(run.method)
   _check_scale(run)
   if not spec.scales and (not run.scale.is_default or run.resume.enabled):

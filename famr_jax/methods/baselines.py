@@ -33,6 +33,7 @@ from famr_jax.errors import FamrError
 from famr_jax.evaluation.metrics import accuracy
 from famr_jax.engine.descent import DescentResult, bind_static, check_descent_settings, make_optimizer, minibatch_descent
 from famr_jax.engine.training import TrainConfig, train_classifier
+from famr_jax.methods.defaults import default_overrides
 from famr_jax.methods.variants import pair_retained
 
 Params = Any
@@ -351,49 +352,22 @@ def retrain_unlearn(apply_fn: ApplyFn, init_params: Params, x_retain: np.ndarray
 
 # ----------------------------------------------------------------------------- registry
 
-_BASELINE_CONFIGS = {"ft": FTConfig, "ga": GAConfig, "neggrad+": NegGradPlusConfig, "rl": RLConfig,
-                     "salun": SalUnConfig}
-# Defaults tuned once on digits (BUILD_NOTES.md, issue 5, "Defaults"; experiments/tune_defaults.py).
-_BASELINE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ft": dict(epochs=5, lr=0.03),
-    "ga": dict(epochs=1, lr=0.01),
-    "neggrad+": dict(epochs=5, lr=1e-3),
-    "rl": dict(epochs=5, lr=3e-4),
-    "salun": dict(epochs=5, lr=1e-3, retain_ratio=4),
-}
-# Sample forgetting: step budgets, tuned on digits / LeNet5, a random 10%, seeds 0-2
-# (experiments/tune_defaults.py --forget-random 0.1): the same number of steps on a forget
-# set of any size, where the epochs above would take 40x more on Fashion-MNIST's 6,000.
-# Adam wherever it tuned as well as momentum on digits (ties to Adam): its first steps move
-# each weight by about lr whatever the gradient's scale, and Fashion-MNIST's forget-set
-# gradients are 7x digits' (BUILD_NOTES.md, issue 5, "Sample-forgetting defaults").
-_BASELINE_SAMPLE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ft": dict(steps=5, lr=1e-3, optimizer="adam"),
-    "ga": dict(steps=5, lr=1e-4, optimizer="adam"),
-    "neggrad+": dict(steps=25, lr=1e-3),
-    "rl": dict(steps=5, lr=1e-4, optimizer="adam"),
-    "salun": dict(steps=5, lr=1e-4, optimizer="adam", retain_ratio=4),
-}
-_DESCRIPTIONS = {
-    "retrain": "the gold standard: the training recipe on the retained data, from a fresh init",
-    "ft": "fine-tune on retained data (cross-entropy)",
-    "ga": "gradient ascent on the forget set's cross-entropy",
-    "neggrad+": "NegGrad+: w_r CE(retain) - w_f CE(forget)",
-    "rl": "random labels on the forget set + CE on retained data",
-    "salun": "SalUn: weight-saliency mask from the forget gradient, then RL on the salient weights",
-}
+BASELINE_CONFIGS = {"ft": FTConfig, "ga": GAConfig, "neggrad+": NegGradPlusConfig, "rl": RLConfig,
+                    "salun": SalUnConfig}
 
 
 def baseline_defaults(name: str, model_name: str) -> Any:
-  """The default config of the baseline ``name`` (tuned once on digits).
+  """The default config of the baseline ``name`` (see :mod:`famr_jax.methods.defaults`).
 
   Example:
-    >>> baseline_defaults("salun", "lenet5").saliency
-    0.5
+    >>> baseline_defaults("ga", "lenet5").epochs
+    1
   """
   if name == "retrain":
     return TrainConfig()
-  return _BASELINE_CONFIGS[name](**_BASELINE_DEFAULTS.get(name, {}))
+  if name not in BASELINE_CONFIGS:
+    raise FamrError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+  return BASELINE_CONFIGS[name](**default_overrides(name, model_name, "classes"))
 
 
 def baseline_sample_defaults(name: str, model_name: str) -> Any:
@@ -403,10 +377,15 @@ def baseline_sample_defaults(name: str, model_name: str) -> Any:
     >>> baseline_sample_defaults("ga", "lenet5").steps
     5
   """
-  return _BASELINE_CONFIGS[name](**_BASELINE_SAMPLE_DEFAULTS[name])
+  if name == "retrain":
+    return TrainConfig()
+  if name not in BASELINE_CONFIGS:
+    raise FamrError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+  return BASELINE_CONFIGS[name](**default_overrides(name, model_name, "samples"))
 
 
-def _run_baseline(name: str):
+def baseline_task_runner(name: str):
+  """The registry's adapter for the descent baseline ``name``: ``run(task, config)``."""
   def run(task, config) -> DescentResult:
     data, forget = task.data, task.forget
     keep = forget.retain_mask(len(data.y_train))
@@ -418,7 +397,8 @@ def _run_baseline(name: str):
   return run
 
 
-def _run_retrain(task, config: TrainConfig) -> DescentResult:
+def run_retrain_task(task, config: TrainConfig) -> DescentResult:
+  """The registry's adapter: the gold standard (the training recipe on the retained data)."""
   from famr_jax import models
   if task.model is None:
     raise FamrError("retrain needs the model (to initialize it afresh)")
@@ -428,20 +408,3 @@ def _run_retrain(task, config: TrainConfig) -> DescentResult:
   init = models.init_params(task.model, jax.random.fold_in(task.key, 11), data.image_shape)
   return retrain_unlearn(task.apply_fn, init, data.x_train[keep], data.y_train[keep], config,
                          jax.random.fold_in(task.key, 12), show_progress=task.show_progress)
-
-
-def _register() -> None:
-  import functools
-
-  from famr_jax.methods.registry import MethodSpec, register_method
-  register_method(MethodSpec(name="retrain", config_cls=TrainConfig, run=_run_retrain,
-                             defaults=functools.partial(baseline_defaults, "retrain"),
-                             description=_DESCRIPTIONS["retrain"]))
-  for name, cls in _BASELINE_CONFIGS.items():
-    register_method(MethodSpec(name=name, config_cls=cls, run=_run_baseline(name),
-                               defaults=functools.partial(baseline_defaults, name),
-                               sample_defaults=functools.partial(baseline_sample_defaults, name),
-                               description=_DESCRIPTIONS[name]))
-
-
-_register()

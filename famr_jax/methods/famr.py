@@ -22,6 +22,7 @@ from famr_jax.evaluation.metrics import accuracy, batched_apply, param_distance
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
 from famr_jax.engine.optimizers import StaticMask
+from famr_jax.methods.defaults import default_overrides
 from famr_jax.engine.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
 from famr_jax.engine.resume import ResumeConfig
 
@@ -257,55 +258,33 @@ def _famr_unlearn_sharded(apply_fn, params, x_forget: ShardedData, config: FAMRC
                            scale=scale, resume=resume, resume_meta=_famr_resume_meta(config, trainable_mask))
 
 
-# Per-model defaults measured to forget (BUILD_NOTES.md, "FAMR defaults").
-# "mlp" keeps the class defaults (digits sweep: lr 0.1, lambda 0.1, 10 epochs
-# is the cheapest setting that forgets). LeNet5 forget sets are large (6000
-# Fashion-MNIST images, 188 steps an epoch), so a smaller step forgets within
-# 3 epochs (Fashion-MNIST sweep; lr >= 0.01 costs 10+ more retain points).
-# ViTs: lr 0.1 wrecks them (Fashion-MNIST vit_nano retained accuracy 73 -> 12%);
-# the paper's setting forgets vit_nano (forget 5.2%) at a 26-point cost
-# (notes in BUILD_NOTES.md, "Scale-out").
-_VIT_DEFAULTS = {"lr": 1e-4, "lam": 0.1, "epochs": 10}
-_FAMR_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lenet5": {"lr": 1e-3, "lam": 0.1, "epochs": 3},
-    # The least costly setting that forgets in the digits sweep (BUILD_NOTES.md, "FAMR defaults").
-    "karpathynet": {"lr": 1e-2, "lam": 0.01, "epochs": 10},
-    **{name: _VIT_DEFAULTS for name in ("vit_nano", "vit_micro", "vit_ti", "vit_s", "vit_b", "vit_l")},
-}
-
-
 def famr_defaults(model_name: str) -> FAMRConfig:
-  """The default :class:`FAMRConfig` for a model of the library (by name).
+  """The default :class:`FAMRConfig` for a model of the library (by name; see :mod:`famr_jax.methods.defaults`).
 
   Example:
-    >>> famr_defaults("mlp").optimizer
-    'sgd'
+    >>> famr_defaults("mlp").optimizer, famr_defaults("lenet5").lr
+    ('sgd', 0.001)
   """
-  return FAMRConfig(**_FAMR_MODEL_DEFAULTS.get(model_name, {}))
+  return FAMRConfig(**default_overrides("famr", model_name, "classes"))
 
 
 def famr_sample_defaults(model_name: str) -> FAMRConfig:
   """The default :class:`FAMRConfig` for sample forgetting: 25 Adam steps at lr 1e-4.
 
-  Tuned on digits / LeNet5, a random 10% (``experiments/tune_defaults.py --forget-random 0.1``).
-
   Example:
     >>> famr_sample_defaults("lenet5").steps
     25
   """
-  return dataclasses.replace(famr_defaults(model_name), **_FAMR_SAMPLE_DEFAULTS)
+  return FAMRConfig(**default_overrides("famr", model_name, "samples"))
 
 
-# Sample forgetting (BUILD_NOTES.md, issue 5, "Sample-forgetting defaults").
-_FAMR_SAMPLE_DEFAULTS = {"steps": 25, "lr": 1e-4, "optimizer": "adam"}
-
-
-def _run_famr(task, config: FAMRConfig) -> DescentResult:
+def run_famr_task(task, config: FAMRConfig) -> DescentResult:
+  """The registry's adapter: FAMR on an :class:`famr_jax.methods.registry.UnlearnTask`."""
   idx = task.forget.indices
   feature_fn = target_gram = None
   if config.beta > 0:
     if config.style_layer is None or task.model is None:
-      raise FamrError("style forgetting (beta > 0) needs --style-layer naming a layer of the model")
+      raise FamrError("style forgetting (beta > 0) needs style_layer naming a layer of the model")
     from famr_jax import models
     feature_fn = models.make_feature_fn(task.model, config.style_layer)
     retained = task.data.x_train[task.forget.retain_mask(len(task.data.y_train))]
@@ -314,14 +293,3 @@ def _run_famr(task, config: FAMRConfig) -> DescentResult:
                       y_forget=task.data.y_train[idx], feature_fn=feature_fn, target_gram=target_gram,
                       show_progress=task.show_progress, scale=getattr(task, "scale", None),
                       resume=getattr(task, "resume", None))
-
-
-def _register() -> None:
-  from famr_jax.methods.registry import MethodSpec, register_method
-  register_method(MethodSpec(
-      name="famr", config_cls=FAMRConfig, run=_run_famr, defaults=famr_defaults,
-      sample_defaults=famr_sample_defaults, scales=True,
-      description="FAMR (Algorithm 1): uniform-KL forget loss + L2 anchor, on the forget set"))
-
-
-_register()

@@ -1,9 +1,10 @@
-"""The registry of unlearning methods, so the CLI and ``compare`` can run any by name.
+"""The registry of unlearning methods: one explicit table, so the API, CLI and ``compare`` run any by name.
 
 A method is a function ``run(task, config) -> DescentResult`` plus its
-typed config class and per-model defaults. The functions behind each entry
-(e.g. :func:`famr_jax.methods.famr.famr_unlearn`) are the Python API; the
-registry only adapts an :class:`UnlearnTask` to their arguments.
+typed config class; its defaults live in :mod:`famr_jax.methods.defaults`.
+The functions behind each entry (e.g. :func:`famr_jax.methods.famr.famr_unlearn`)
+are the Python API; the registry only adapts an :class:`UnlearnTask` to
+their arguments. Nothing registers itself by being imported.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import jax
 from famr_jax.errors import FamrError
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.descent import DescentResult
+from famr_jax.engine.training import TrainConfig
+from famr_jax.methods import baselines, famr, scrub, ssd, variants, zero_shot
+from famr_jax.methods.defaults import default_overrides
 
 Params = Any
 
@@ -36,31 +40,35 @@ class UnlearnTask(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
-  """One registered method."""
+  """One registered method: a run function over an :class:`UnlearnTask` and its typed config.
+
+  Built-in methods take their defaults from :mod:`famr_jax.methods.defaults`; a
+  method registered by a user may give ``defaults`` / ``sample_defaults``
+  (``model name -> config``) instead.
+  """
   name: str
   config_cls: type
   run: Callable[[UnlearnTask, Any], DescentResult]
-  defaults: Callable[[str], Any]   # model name -> default config
   description: str
   uses_data: bool = True
-  # model name -> default config for sample forgetting (a random subset of the
-  # training set); None: the same as ``defaults``. Sample and class requests
-  # want different schedules: the retrained model still classifies most
-  # forgotten samples correctly, so a sample request calls for a small,
-  # size-independent step budget where a class request runs to convergence.
-  sample_defaults: Callable[[str], Any] | None = None
-  # Whether the method honours UnlearnTask.scale and .resume (data parallel, FSDP, bf16, gradient
-  # accumulation, resumable checkpoints); a run that asks for them of another method is refused.
+  # Whether the method honours UnlearnTask.scale and .resume (FSDP, bf16 and resumable checkpoints in
+  # the CLI's runs); a run that asks for them of another method is refused.
   scales: bool = False
+  defaults: Callable[[str], Any] | None = None
+  sample_defaults: Callable[[str], Any] | None = None
 
-  def default_config(self, model_name: str, forget_kind: str = "classes") -> Any:
-    """The default config for a model and a forget request's kind (``classes`` or ``samples``)."""
-    if forget_kind == "samples" and self.sample_defaults is not None:
-      return self.sample_defaults(model_name)
-    return self.defaults(model_name)
+  def default_config(self, model_name: str = "", forget_kind: str = "classes") -> Any:
+    """The default config for a model and a forget request's kind (``classes`` or ``samples``).
 
-
-_METHODS: dict[str, MethodSpec] = {}
+    Example:
+      >>> get_method("famr-plus").default_config("lenet5").train_from
+      'fc1'
+    """
+    if self.defaults is not None:
+      if forget_kind == "samples" and self.sample_defaults is not None:
+        return self.sample_defaults(model_name)
+      return self.defaults(model_name)
+    return self.config_cls(**default_overrides(self.name, model_name, forget_kind))
 
 
 def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
@@ -81,32 +89,67 @@ def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
   return dataclasses.replace(config, **overrides)
 
 
+def _builtin_methods() -> tuple[MethodSpec, ...]:
+  """The library's methods, in the order the CLI lists them."""
+  variant = lambda name, text: MethodSpec(name, variants.FAMRVariantConfig, variants.run_variant_task, text)
+  baseline = lambda name, text: MethodSpec(name, baselines.BASELINE_CONFIGS[name],
+                                           baselines.baseline_task_runner(name), text)
+  return (
+      MethodSpec("famr", famr.FAMRConfig, famr.run_famr_task,
+                 "FAMR (Algorithm 1): uniform-KL forget loss + L2 anchor, on the forget set", scales=True),
+      variant("famr-retrain-target",
+              "FAMR with the retrain-like target (original prediction minus forgotten classes)"),
+      variant("famr-fisher", "FAMR with the diagonal-Fisher anchor (Fisher stored with the checkpoint)"),
+      variant("famr-curvature", "FAMR with the exact Gauss-Newton anchor of the retained loss (one HVP per step)"),
+      variant("famr-function", "FAMR with a function-space anchor KL(p0 || p) on retained samples"),
+      variant("famr-plus", "retrain-like target + function-space anchor (+ frozen head where tuned)"),
+      MethodSpec("retrain", TrainConfig, baselines.run_retrain_task,
+                 "the gold standard: the training recipe on the retained data, from a fresh init"),
+      baseline("ft", "fine-tune on retained data (cross-entropy)"),
+      baseline("ga", "gradient ascent on the forget set's cross-entropy"),
+      baseline("neggrad+", "NegGrad+: w_r CE(retain) - w_f CE(forget)"),
+      baseline("rl", "random labels on the forget set + CE on retained data"),
+      baseline("salun", "SalUn: weight-saliency mask from the forget gradient, then RL on the salient weights"),
+      MethodSpec("scrub", scrub.SCRUBConfig, scrub.run_scrub_task,
+                 "SCRUB: ascend the teacher-student KL on forget data, descend CE + KL on retained data"),
+      MethodSpec("ssd", ssd.SSDConfig, ssd.run_ssd_task,
+                 "SSD: dampen the weights far more important (diagonal importance) to the forget set than to "
+                 "the data"),
+      MethodSpec("impressions", zero_shot.ZeroShotConfig, zero_shot.run_zero_shot_task,
+                 "zero-shot class unlearning from class impressions (Algorithm 1), no data", uses_data=False),
+      MethodSpec("famr-zeroshot", zero_shot.ZeroShotFAMRConfig, zero_shot.run_famr_zero_shot_task,
+                 "zero-shot FAMR: uniform-KL + L2 anchor on forget-class impressions, no data", uses_data=False),
+  )
+
+
+# The registry: the built-in table, then whatever a user registers.
+_METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _builtin_methods()}
+
+
 def register_method(spec: MethodSpec) -> MethodSpec:
-  """Adds a method to the registry (a later registration under the same name replaces it)."""
+  """Adds a method to the registry (a later registration under the same name replaces it).
+
+  Example:
+    >>> spec = get_method("ga")
+    >>> register_method(dataclasses.replace(spec, name="my-ga")).name in method_names()
+    True
+  """
   _METHODS[spec.name] = spec
   return spec
 
 
 def method_names() -> tuple[str, ...]:
-  """Names of every registered method."""
-  _load_builtin_methods()
-  return tuple(sorted(_METHODS))
+  """Names of every registered method, in table order.
+
+  Example:
+    >>> method_names()[:2]
+    ('famr', 'famr-retrain-target')
+  """
+  return tuple(_METHODS)
 
 
 def get_method(name: str) -> MethodSpec:
   """The method registered as ``name``, or a one-line :class:`FamrError` listing the others."""
-  _load_builtin_methods()
   if name not in _METHODS:
-    raise FamrError(f"unknown method {name!r}; valid methods: {', '.join(sorted(_METHODS))}")
+    raise FamrError(f"unknown method {name!r}; valid methods: {', '.join(_METHODS)}")
   return _METHODS[name]
-
-
-def _load_builtin_methods() -> None:
-  # Importing the modules registers their methods; done lazily to keep
-  # `import famr_jax.methods.registry` free of import cycles.
-  import famr_jax.methods.famr  # noqa: F401
-  import famr_jax.methods.zero_shot  # noqa: F401
-  import famr_jax.methods.variants  # noqa: F401
-  import famr_jax.methods.baselines  # noqa: F401
-  import famr_jax.methods.scrub  # noqa: F401
-  import famr_jax.methods.ssd  # noqa: F401

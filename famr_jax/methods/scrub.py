@@ -36,6 +36,7 @@ import numpy as np
 
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
+from famr_jax.methods.defaults import default_overrides
 from famr_jax.evaluation.metrics import accuracy, batched_apply
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, make_optimizer,
                                      minibatch_descent, steps_per_epoch)
@@ -242,51 +243,20 @@ def scrub_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_for
   return DescentResult(params, phases, compile_s, run_s, opt_state)
 
 
-# Tuned once on digits, LeNet5, class 3 (experiments/tune_defaults.py; BUILD_NOTES.md, issue 5,
-# "SCRUB and SSD"): the authors' schedule with a retain_ratio of 1 lost 40 points of retain
-# accuracy there; a min phase 8x the max phase's steps repairs what the ascent breaks. As a step
-# budget (5 max steps, 40 min steps a round: a whole pass on digits' class 3, identical there), so
-# that the unbounded ascent takes the same number of steps on a forget set of any size: with
-# passes, Fashion-MNIST's 6,000-image class took 188 ascent steps a round and collapsed the model.
-_CLASS_DEFAULTS = dict(lr=2e-4, retain_ratio=8, steps=5)
-# Sample requests (digits, a random 10%, 3 seeds): the same (tied best with a whole pass).
-_SAMPLE_DEFAULTS: dict[str, Any] = {}
-
-
 def scrub_defaults(model_name: str) -> SCRUBConfig:
-  """The registry's default for class requests: the authors' losses, lr 2e-4, 8 retained per forget sample, 5 steps.
-
-  Example:
-    >>> scrub_defaults("lenet5").retain_ratio
-    8
-  """
-  return SCRUBConfig(**_CLASS_DEFAULTS)
+  """The default for class requests (see :mod:`famr_jax.methods.defaults`)."""
+  return SCRUBConfig(**default_overrides("scrub", model_name, "classes"))
 
 
 def scrub_sample_defaults(model_name: str) -> SCRUBConfig:
-  """The registry's default for sample requests (tuned on digits, a random 10%).
-
-  Example:
-    >>> scrub_sample_defaults("lenet5").steps
-    5
-  """
-  return SCRUBConfig(**{**_CLASS_DEFAULTS, **_SAMPLE_DEFAULTS})
+  """The default for sample requests (see :mod:`famr_jax.methods.defaults`)."""
+  return SCRUBConfig(**default_overrides("scrub", model_name, "samples"))
 
 
-def _run_scrub(task, config: SCRUBConfig) -> DescentResult:
+def run_scrub_task(task, config: SCRUBConfig) -> DescentResult:
+  """The registry's adapter: SCRUB on an :class:`famr_jax.methods.registry.UnlearnTask`."""
   data, forget = task.data, task.forget
   keep = forget.retain_mask(len(data.y_train))
   idx = forget.indices
   return scrub_unlearn(task.apply_fn, task.params, data.x_train[idx], data.y_train[idx], config, task.key,
                        retain_data=(data.x_train[keep], data.y_train[keep]), show_progress=task.show_progress)
-
-
-def _register() -> None:
-  from famr_jax.methods.registry import MethodSpec, register_method
-  register_method(MethodSpec(
-      name="scrub", config_cls=SCRUBConfig, run=_run_scrub, defaults=scrub_defaults,
-      sample_defaults=scrub_sample_defaults,
-      description="SCRUB: ascend the teacher-student KL on forget data, descend CE + KL on retained data"))
-
-
-_register()

@@ -44,6 +44,7 @@ import numpy as np
 
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
+from famr_jax.methods.defaults import default_overrides
 from famr_jax.engine.descent import DescentResult
 
 Params = Any
@@ -233,37 +234,18 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
   return DescentResult(new_params, [], timer["compile"], timer["run"])
 
 
-# Tuned once on digits, LeNet5, class 3 (experiments/tune_defaults.py; BUILD_NOTES.md, issue 5,
-# "SCRUB and SSD"): the paper's alpha 10 with minibatch importances forgot 8.7-76% of the class
-# depending on the batch size; per-example (Fisher) importances with alpha 1, lam 0.1 matched the
-# retrained model, and reuse the checkpoint's stored Fisher.
-_CLASS_DEFAULTS = dict(importance="fisher", alpha=1.0, lam=0.1)
-# Sample requests (digits, a random 10%, 3 seeds): a random 10% is no more important to any weight
-# than the data as a whole, so a low alpha dampens weights the retained data need; alpha 5, lam 1.
-_SAMPLE_DEFAULTS: dict[str, Any] = dict(alpha=5.0, lam=1.0)
-
-
 def ssd_defaults(model_name: str) -> SSDConfig:
-  """The registry's default for class requests: Fisher importances, alpha 1, lam 0.1.
-
-  Example:
-    >>> ssd_defaults("lenet5").importance
-    'fisher'
-  """
-  return SSDConfig(**_CLASS_DEFAULTS)
+  """The default for class requests (see :mod:`famr_jax.methods.defaults`)."""
+  return SSDConfig(**default_overrides("ssd", model_name, "classes"))
 
 
 def ssd_sample_defaults(model_name: str) -> SSDConfig:
-  """The registry's default for sample requests (tuned on digits, a random 10%).
-
-  Example:
-    >>> ssd_sample_defaults("lenet5").alpha
-    5.0
-  """
-  return SSDConfig(**{**_CLASS_DEFAULTS, **_SAMPLE_DEFAULTS})
+  """The default for sample requests (see :mod:`famr_jax.methods.defaults`)."""
+  return SSDConfig(**default_overrides("ssd", model_name, "samples"))
 
 
-def _run_ssd(task, config: SSDConfig) -> DescentResult:
+def run_ssd_task(task, config: SSDConfig) -> DescentResult:
+  """The registry's adapter: SSD on an :class:`famr_jax.methods.registry.UnlearnTask`."""
   from famr_jax.io.checkpoints import read_metadata
   from famr_jax.theory.fisher import FISHER_EXTRA, load_fisher
   config.validate()
@@ -276,13 +258,3 @@ def _run_ssd(task, config: SSDConfig) -> DescentResult:
   idx = forget.indices
   return ssd_unlearn(task.apply_fn, task.params, data.x_train[idx], data.y_train[idx], config, task.key,
                      train_data=(data.x_train, data.y_train), importance_full=importance_full)
-
-
-def _register() -> None:
-  from famr_jax.methods.registry import MethodSpec, register_method
-  register_method(MethodSpec(
-      name="ssd", config_cls=SSDConfig, run=_run_ssd, defaults=ssd_defaults, sample_defaults=ssd_sample_defaults,
-      description="SSD: dampen the weights far more important (diagonal importance) to the forget set than to the data"))
-
-
-_register()

@@ -41,7 +41,6 @@ sample.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any, Callable, Literal, NamedTuple, Sequence
 
@@ -53,9 +52,10 @@ import optax
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
 from famr_jax.evaluation.metrics import accuracy, batched_apply
-from famr_jax.engine.descent import (OPTIMIZERS, DescentResult, bind_static, check_descent_settings, freeze_outside,
+from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
 from famr_jax.engine.optimizers import StaticMask
+from famr_jax.methods.defaults import default_overrides
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -541,67 +541,35 @@ def _retained_impressions(model, params, forget_classes, num_classes, input_shap
 
 # ----------------------------------------------------------------------------- registry
 
-# The registered variants: presets of one config (any flag changes any of them).
-# Defaults tuned once on digits (notes/leaderboard.md, "Defaults"), never on
-# the evaluation tasks.
-_TUNED = dict(epochs=5, lr=0.01, lam=0.1, optimizer="sgd")
-VARIANT_PRESETS: dict[str, dict[str, Any]] = {
-    "famr-retrain-target": dict(_TUNED, target="retrain"),
-    "famr-fisher": dict(_TUNED, anchor="fisher", curvature_weight=10.0),
-    "famr-curvature": dict(_TUNED, anchor="gauss-newton", curvature_weight=100.0, lr=1e-3, optimizer="adam"),
-    "famr-function": dict(_TUNED, retain_weight=3.0),
-    "famr-plus": dict(_TUNED, target="retrain", retain_weight=1.0),
-}
-# Per-model changes to a preset: famr-plus trains the dense tail only (the
-# convolutional head is frozen and run once), tuned on LeNet5 / digits; the
-# KarpathyNet entry is the analogous split (its one dense stage), not tuned.
-_MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "lenet5": {"famr-plus": dict(train_from="fc1")},
-    "karpathynet": {"famr-plus": dict(train_from="fc")},
-}
-
-# Sample forgetting (a random subset of the training set): Adam step budgets, tuned on
-# digits / LeNet5, a random 10%, seeds 0-2 (experiments/tune_defaults.py --forget-random 0.1;
-# why Adam: famr_jax/baselines.py). The retrain-like target is defined for classes only, so
-# those presets have none.
-SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
-    "famr-fisher": dict(steps=25, lr=1e-4, optimizer="adam"),
-    "famr-curvature": dict(steps=10),
-    "famr-function": dict(steps=25, lr=1e-4, optimizer="adam"),
-}
-
-_DESCRIPTIONS = {
-    "famr-retrain-target": "FAMR with the retrain-like target (original prediction minus forgotten classes)",
-    "famr-fisher": "FAMR with the diagonal-Fisher anchor (Fisher stored with the checkpoint)",
-    "famr-curvature": "FAMR with the exact Gauss-Newton anchor of the retained loss (one HVP per step)",
-    "famr-function": "FAMR with a function-space anchor KL(p0 || p) on retained samples",
-    "famr-plus": "retrain-like target + function-space anchor (+ frozen head where tuned)",
-}
+VARIANTS = ("famr-retrain-target", "famr-fisher", "famr-curvature", "famr-function", "famr-plus")
 
 
 def variant_defaults(name: str, model_name: str) -> FAMRVariantConfig:
-  """The default config of the registered variant ``name`` for a model of the library.
+  """The default config of the variant ``name`` for a model (see :mod:`famr_jax.methods.defaults`).
 
   Example:
-    >>> variant_defaults("famr-fisher", "lenet5").anchor
-    'fisher'
+    >>> variant_defaults("famr-plus", "lenet5").train_from
+    'fc1'
   """
-  if name not in VARIANT_PRESETS:
-    raise FamrError(f"unknown FAMR variant {name!r}; valid: {', '.join(VARIANT_PRESETS)}")
-  return FAMRVariantConfig(**{**VARIANT_PRESETS[name], **_MODEL_PRESETS.get(model_name, {}).get(name, {})})
+  if name not in VARIANTS:
+    raise FamrError(f"unknown FAMR variant {name!r}; valid: {', '.join(VARIANTS)}")
+  return FAMRVariantConfig(**default_overrides(name, model_name, "classes"))
 
 
 def variant_sample_defaults(name: str, model_name: str) -> FAMRVariantConfig:
   """The default config of the variant ``name`` for sample forgetting (a step budget).
 
   Example:
-    >>> variant_sample_defaults("famr-curvature", "lenet5").steps
-    10
+    >>> variant_sample_defaults("famr-function", "mlp").steps
+    25
   """
-  return dataclasses.replace(variant_defaults(name, model_name), **SAMPLE_PRESETS.get(name, {}))
+  if name not in VARIANTS:
+    raise FamrError(f"unknown FAMR variant {name!r}; valid: {', '.join(VARIANTS)}")
+  return FAMRVariantConfig(**default_overrides(name, model_name, "samples"))
 
 
-def _run_variant(task, config: FAMRVariantConfig) -> DescentResult:
+def run_variant_task(task, config: FAMRVariantConfig) -> DescentResult:
+  """The registry's adapter: a FAMR variant on an :class:`famr_jax.methods.registry.UnlearnTask`."""
   from famr_jax.theory.fisher import load_fisher, missing_fisher_message
   config.validate()
   data, forget = task.data, task.forget
@@ -621,15 +589,3 @@ def _run_variant(task, config: FAMRVariantConfig) -> DescentResult:
                               num_classes=forget.num_classes, retain_data=retain, fisher=fisher,
                               model=task.model, input_shape=data.image_shape,
                               show_progress=task.show_progress)
-
-
-def _register() -> None:
-  from famr_jax.methods.registry import MethodSpec, register_method
-  for name in VARIANT_PRESETS:
-    register_method(MethodSpec(
-        name=name, config_cls=FAMRVariantConfig, run=_run_variant,
-        defaults=functools.partial(variant_defaults, name), description=_DESCRIPTIONS[name],
-        sample_defaults=(functools.partial(variant_sample_defaults, name) if name in SAMPLE_PRESETS else None)))
-
-
-_register()

@@ -1002,31 +1002,17 @@ def _check_class_request(task) -> None:
     raise FamrError("zero-shot methods forget whole classes: use --forget-classes")
 
 
-def _run_zero_shot(task, config: ZeroShotConfig) -> DescentResult:
+def run_zero_shot_task(task, config: ZeroShotConfig) -> DescentResult:
+  """The registry's adapter: zero-shot unlearning (no data) on an UnlearnTask."""
   _check_class_request(task)
   num_classes, input_shape = _task_inputs(task)
   return zero_shot_unlearn(task.model, task.params, task.forget.classes, num_classes, input_shape,
                            config, task.key, show_progress=task.show_progress).descent_result()
 
 
-def _run_famr_zero_shot(task, config: ZeroShotFAMRConfig) -> DescentResult:
+def run_famr_zero_shot_task(task, config: ZeroShotFAMRConfig) -> DescentResult:
+  """The registry's adapter: zero-shot FAMR (no data) on an UnlearnTask."""
   _check_class_request(task)
   num_classes, input_shape = _task_inputs(task)
   return famr_zero_shot_unlearn(task.model, task.params, task.forget.classes, num_classes, input_shape,
                                 config, task.key, show_progress=task.show_progress).descent_result()
-
-
-def _register() -> None:
-  from famr_jax.methods.registry import MethodSpec, register_method
-  register_method(MethodSpec(
-      name="impressions", config_cls=ZeroShotConfig, run=_run_zero_shot, defaults=zero_shot_defaults,
-      description="zero-shot class unlearning from class impressions (Algorithm 1), no data",
-      uses_data=False))
-  register_method(MethodSpec(
-      name="famr-zeroshot", config_cls=ZeroShotFAMRConfig, run=_run_famr_zero_shot,
-      defaults=famr_zero_shot_defaults,
-      description="zero-shot FAMR: uniform-KL + L2 anchor on forget-class impressions, no data",
-      uses_data=False))
-
-
-_register()
