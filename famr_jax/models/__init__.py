@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from famr_jax.errors import FamrError
 from famr_jax.models.base import STAGE_OUTPUTS, stage_index
 from famr_jax.models.karpathynet import KarpathyNet
+from famr_jax.models.layers import Conv, conv_formulation, set_conv_formulation
 from famr_jax.models.lenet5 import LeNet5
 from famr_jax.models.logistic import LogisticRegression
 from famr_jax.models.mlp import MLP
@@ -50,6 +51,7 @@ from famr_jax.models.vit import VIT_PRESETS, ViT, ViTConfig, auto_patch_size, vi
 
 __all__ = [
     'MODEL_NAMES',
+    'Conv',
     'KarpathyNet',
     'LeNet5',
     'LogisticRegression',
@@ -58,6 +60,7 @@ __all__ = [
     'ViTConfig',
     'VIT_PRESETS',
     'auto_patch_size',
+    'conv_formulation',
     'count_params',
     'create_model',
     'init_params',
@@ -68,6 +71,7 @@ __all__ = [
     'make_layer_input_fn',
     'make_tail_apply_fn',
     'merge_params',
+    'set_conv_formulation',
     'split_params',
     'tail_param_mask',
     'vit_config',

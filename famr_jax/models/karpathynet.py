@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 
 from famr_jax.models.base import flatten, max_pool2, run_stages
+from famr_jax.models.layers import Conv
 
 
 class KarpathyNet(nn.Module):
@@ -14,7 +15,9 @@ class KarpathyNet(nn.Module):
   The ConvNetJS CIFAR-10 demo (Karpathy), used by the class-impressions paper:
   conv 16@5x5 pad 2, ReLU, pool 2; conv 20@5x5 pad 2, ReLU, pool 2;
   conv 20@5x5 pad 2, ReLU, pool 2; dense num_classes. Stages
-  ``("conv1", "conv2", "conv3", "fc")``; ``fc`` flattens its input.
+  ``("conv1", "conv2", "conv3", "fc")``; ``fc`` flattens its input. The
+  convolutions are ``layers.Conv`` (``nn.Conv``'s params; im2col on CPU,
+  ``lax.conv`` elsewhere).
 
   Pooling is floor mode like ConvNetJS and PyTorch, except that an axis of size
   1 stays 1 (``base.max_pool2``), so the net is defined on tiny inputs. The
@@ -44,7 +47,7 @@ class KarpathyNet(nn.Module):
   ) -> jax.Array:
     def conv_stage(name: str, features: int):
       def fn(h):
-        h = nn.Conv(features, (5, 5), padding=((2, 2), (2, 2)), name=name)(h)
+        h = Conv(features, (5, 5), padding=((2, 2), (2, 2)), name=name)(h)
         return max_pool2(nn.relu(h))
       return name, fn
 

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 
 from famr_jax.models.base import flatten, max_pool2, run_stages, valid_or_same_padding
+from famr_jax.models.layers import Conv
 
 
 class LeNet5(nn.Module):
@@ -22,6 +23,8 @@ class LeNet5(nn.Module):
   ======  ==================================================================
 
   On 28x28 this is the classic network (61,706 params with 10 classes).
+  The convolutions are ``layers.Conv`` (``nn.Conv``'s params; im2col on CPU,
+  ``lax.conv`` elsewhere).
 
   Small inputs: conv2 is VALID on every spatial axis where its 5x5 kernel fits
   (input size >= 5) and SAME (padding 2) on an axis where it does not. Pooling
@@ -52,12 +55,12 @@ class LeNet5(nn.Module):
       self, x: jax.Array, *, start: str | None = None, stop: str | None = None
   ) -> jax.Array:
     def conv1(h):
-      h = nn.Conv(6, (5, 5), padding=((2, 2), (2, 2)), name='conv1')(h)
+      h = Conv(6, (5, 5), padding=((2, 2), (2, 2)), name='conv1')(h)
       return max_pool2(nn.relu(h))
 
     def conv2(h):
       padding = valid_or_same_padding(h.shape[1:3], 5)
-      h = nn.Conv(16, (5, 5), padding=padding, name='conv2')(h)
+      h = Conv(16, (5, 5), padding=padding, name='conv2')(h)
       return max_pool2(nn.relu(h))
 
     stages = (

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from famr_jax.errors import FamrError
 from famr_jax.models.base import run_stages
+from famr_jax.models.layers import Conv
 
 _LN_EPSILON = 1e-6  # as in the original ViT and timm
 
@@ -141,7 +142,8 @@ class Embed(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     p = self.patch_size
-    x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding='VALID', name='patch')(x)
+    # Stride = kernel: on CPU ("auto" im2col) a reshape + matmul, on GPU cuDNN.
+    x = Conv(self.hidden_dim, (p, p), strides=(p, p), padding='VALID', name='patch')(x)
     n, h, w, d = x.shape
     x = x.reshape(n, h * w, d)
     cls = self.param('cls', nn.initializers.zeros, (1, 1, d), jnp.float32)
