@@ -249,3 +249,9 @@ def famr_objective(apply_fn: ApplyFn, params: Params, params0: Params, x: jax.Ar
   """
   return (forget_loss(apply_fn, params, x, **forget_kwargs)
           + l2_anchor(params, params0, lam, anchor_mask))
+
+
+# ----------------------------------------------------------------------------- variants and baselines
+
+
+# ----------------------------------------------------------------------------- zero-shot
