@@ -358,7 +358,14 @@ def main(argv=None) -> int:
   parser.add_argument('--repeats', type=int, default=1, help='timed calls per side; the best is kept')
   parser.add_argument('--rows', default='train,karpathy,famr,zeroshot,impressions',
                       help='comma-separated subset of the rows')
+  parser.add_argument('--loop', default='auto', choices=('auto', 'steps', 'scan'),
+                      help="the engine's loop form (default: the library's per-backend choice)")
+  parser.add_argument('--conv', default='auto', choices=('auto', 'im2col', 'lax'),
+                      help="the models' convolution formulation (default: the library's per-backend choice)")
   args = parser.parse_args(argv)
+  from famr_jax.engine.descent import set_loop_form
+  set_loop_form(args.loop)
+  models.set_conv_formulation(args.conv)
   try:
     import torch
   except ImportError:
@@ -377,8 +384,9 @@ def main(argv=None) -> int:
   x, y, n_lenet, source = load_fashion(n_lenet)
   print(f'famr-jax {fj.__version__}, jax {jax.__version__} ({jax.default_backend()}), '
         f'torch {torch.__version__} ({args.threads} threads); LeNet5 data: {source}; '
-        f'{"quick" if q else "full"} run, best of {args.repeats}', flush=True)
-  results = {'quick': q, 'threads': args.threads, 'repeats': args.repeats, 'data': source, 'rows': {}}
+        f'{"quick" if q else "full"} run, best of {args.repeats}; loop {args.loop}, conv {args.conv}',
+        flush=True)
+  results = {'quick': q, 'loop': args.loop, 'conv': args.conv, 'threads': args.threads, 'repeats': args.repeats, 'data': source, 'rows': {}}
 
   # The LeNet5 params of the later rows: after the training row's epoch (or the init).
   model = models.create_model('lenet5', NUM_CLASSES, LENET_SHAPE)

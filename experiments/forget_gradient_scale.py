@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from famr_jax import losses as objectives
-from famr_jax.evaluation.compare import CompareRun, seed_forget_set
+from famr_jax.cli.compare_run import CompareRun, seed_forget_set
 from famr_jax.theory.curvature import tree_norm
 from famr_jax.errors import FamrError
 from famr_jax.theory.influence import forget_gradient

@@ -34,7 +34,8 @@ os.environ.setdefault("FAMR_JAX_NO_PROGRESS", "1")
 import jax
 import numpy as np
 
-from famr_jax.evaluation.compare import CompareRun, gold_reference, score_against_gold, seed_forget_set
+from famr_jax.cli.compare_run import CompareRun, seed_forget_set
+from famr_jax.evaluation.leaderboard import gold_reference, score_against_gold
 from famr_jax.errors import FamrError
 from famr_jax.methods.registry import UnlearnTask, get_method, with_overrides
 from famr_jax.cli.runs import load_model, retrain_gold_standard

@@ -7,8 +7,8 @@ reports a readable list of violations.
   imports; ``from famr_jax.x import y`` counts as importing ``famr_jax.x.y``
   when ``y`` is a submodule);
 * layering: a module imports its own layer or lower ones only (:data:`RANK`);
-  io, data and models import nothing of the package but errors and their own
-  subpackage;
+  data and models import nothing of the package but errors and their own
+  subpackage; io imports those and errors only (:data:`ISOLATED`);
 * no private cross-module imports (``from famr_jax.x import _y``, or
   ``x._y`` on an imported famr_jax module);
 * no module over 600 lines, no function (methods and nested defs included)
@@ -38,18 +38,20 @@ MAX_FUNCTION_LINES = 100
 # Layers, low to high. A module may import modules of its own layer or lower.
 # ``root`` is the package's __init__ and the front door famr_jax/api.py.
 RANK = {
-    'errors': 0,
-    'io': 1, 'data': 1, 'models': 1,
-    'losses': 2,
-    'engine': 3,
-    'theory': 4,
-    'methods': 5,
-    'evaluation': 6,
-    'root': 7,
-    'cli': 8,
+    'errors': 0, 'version': 0,
+    'data': 1, 'models': 1,
+    'io': 2,
+    'losses': 3,
+    'engine': 4,
+    'theory': 5,
+    'methods': 6,
+    'evaluation': 7,
+    'root': 8,
+    'cli': 9,
 }
-# Leaf subpackages: besides their own modules they may import errors only.
-ISOLATED = {'io': {'errors'}, 'data': {'errors'}, 'models': {'errors'}}
+# Foundation subpackages: besides their own modules they may import only these. io restores saved
+# models (it builds a model and reads a data set's description), so it may import data and models.
+ISOLATED = {'data': {'errors'}, 'models': {'errors'}, 'io': {'errors', 'data', 'models'}}
 
 _FLAG = re.compile(r'(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*')
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from famr_jax.cli.main import main
-from famr_jax.evaluation.compare import GAP_METRICS, score, summarize
+from famr_jax.evaluation.leaderboard import GAP_METRICS, score, summarize
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_summarize_scores_only_the_seeds_that_did_not_diverge():
 
 def test_score_against_gold_zero_for_the_gold_itself_and_nan_when_diverged(trained_digits):
   import jax
-  from famr_jax.evaluation.compare import gold_reference, score_against_gold
+  from famr_jax.evaluation.leaderboard import gold_reference, score_against_gold
   from famr_jax.data.forget import forget_classes
   t = trained_digits
   forget = forget_classes(t.data.y_train, [3], t.data.num_classes)

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_leaderboard_commands(sub, cf) -> None:
   """``famr-jax fisher`` and ``famr-jax compare`` (issue 5)."""
-  from famr_jax.evaluation.compare import CompareRun
+  from famr_jax.cli.compare_run import CompareRun
 
   fisher = sub.add_parser("fisher", help="compute the diagonal Fisher of a checkpoint and store it with it")
   fisher.add_argument("--checkpoint", required=True)
@@ -125,7 +125,7 @@ def _cmd_fisher(args) -> int:
 
 def _cmd_compare(args) -> int:
   from famr_jax.cli import flags as cf
-  from famr_jax.evaluation.compare import CompareRun, run_compare
+  from famr_jax.cli.compare_run import CompareRun, run_compare
 
   missing = [f"--{name}" for name in ("checkpoint", "out") if not hasattr(args, name)]
   if missing:
@@ -133,7 +133,7 @@ def _cmd_compare(args) -> int:
   run = cf.build_config(CompareRun, args)
   flags = {k[len("method__"):]: v for k, v in vars(args).items() if k.startswith("method__")}
   board = run_compare(run, flags=flags)
-  from famr_jax.evaluation.compare import format_leaderboard
+  from famr_jax.evaluation.leaderboard import format_leaderboard
   print(format_leaderboard(board))
   print(f"wrote {os.path.abspath(run.out)}/leaderboard.json, leaderboard.md, leaderboard.png")
   return 0
@@ -299,7 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return _COMMANDS[args.command](args)
   except FamrError as e:
-    print(f"famr-jax: error: {e}", file=sys.stderr)
+    from famr_jax.io.outputs import OutputExists
+    hint = " (--overwrite replaces it)" if isinstance(e, OutputExists) else ""
+    print(f"famr-jax: error: {e}{hint}", file=sys.stderr)
     return 2
   except Exception as e:  # noqa: BLE001 - only RunStopped is handled, the rest re-raised
     from famr_jax.engine.resume import RunStopped

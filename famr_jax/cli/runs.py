@@ -15,9 +15,8 @@ import dataclasses
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -28,6 +27,8 @@ from famr_jax.io import checkpoints
 from famr_jax.evaluation import report
 from famr_jax.data.datasets import Dataset, load_dataset
 from famr_jax.errors import FamrError
+from famr_jax.io.outputs import check_output_free, staged_directory
+from famr_jax.io.saved_model import load_model as load_saved_model
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
 from famr_jax.methods.registry import UnlearnTask, get_method
 from famr_jax.evaluation.metrics import evaluate_unlearning
@@ -135,32 +136,6 @@ class DemoRun:
 
 # ----------------------------------------------------------------------------- helpers
 
-@contextlib.contextmanager
-def staged_directory(out: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-  """Yields a fresh staging directory that replaces ``out`` only on success."""
-  target = Path(out).expanduser().resolve()
-  if target.exists() and not overwrite:
-    raise FamrError(f"output directory {target} already exists: choose another or pass --overwrite")
-  target.parent.mkdir(parents=True, exist_ok=True)
-  staging = target.parent / f".{target.name}.staging-{uuid.uuid4().hex[:8]}"
-  staging.mkdir()
-  try:
-    yield staging
-    if target.exists():
-      shutil.rmtree(target)
-    staging.rename(target)
-  finally:
-    if staging.exists():
-      shutil.rmtree(staging, ignore_errors=True)
-
-
-def check_output_free(out: str | os.PathLike, overwrite: bool) -> None:
-  """Refuses an existing output directory before any work is done."""
-  target = Path(out).expanduser().resolve()
-  if target.exists() and not overwrite:
-    raise FamrError(f"output directory {target} already exists: choose another or pass --overwrite")
-
-
 def build_model(name: str, data: Dataset, overrides: dict | None = None):
   """Model, apply_fn for a data set (one place that knows the models package)."""
   model = models.create_model(name, data.num_classes, data.image_shape, **(overrides or {}))
@@ -204,20 +179,18 @@ def load_model(checkpoint: str | os.PathLike) -> LoadedModel:
   A checkpoint whose params do not match the architecture its metadata
   names is refused with a one-line :class:`FamrError`.
   """
-  metadata = checkpoints.read_metadata(checkpoint)
-  for key in ("model", "data", "num_classes", "image_shape"):
-    if key not in metadata:
-      raise FamrError(f"{checkpoint} is not a famr-jax model checkpoint (its metadata has no {key!r})")
+  saved = load_saved_model(checkpoint)
+  metadata = saved.metadata
+  if "data" not in metadata:
+    raise FamrError(f"{checkpoint} records no data set (its metadata has no 'data')")
   data_config = DataConfig(**metadata["data"])
   data = data_config.load(seed=int(metadata.get("seed", 0)))
   if data.num_classes != metadata["num_classes"] or list(data.image_shape) != list(metadata["image_shape"]):
     raise FamrError(f"data set {data_config.dataset} no longer matches the checkpoint "
                     f"({data.num_classes} classes {data.image_shape} vs {metadata['num_classes']} "
                     f"{tuple(metadata['image_shape'])})")
-  model, apply_fn = build_model(metadata["model"], data, metadata.get("model_overrides"))
-  template = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), data.image_shape))
-  restored = checkpoints.load_checkpoint(checkpoint, template=template)
-  return LoadedModel(model, apply_fn, restored.params, metadata, data)
+  model, apply_fn, params = saved.model, saved.apply_fn, saved.params
+  return LoadedModel(model, apply_fn, params, metadata, data)
 
 
 def make_forget_set(run: UnlearnRun | DemoRun, data: Dataset) -> ForgetSet:

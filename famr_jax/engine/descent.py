@@ -27,6 +27,7 @@ How it runs (chosen by measurement, see ``experiments/bench_engine.py``):
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import time
@@ -47,8 +48,8 @@ from famr_jax.engine.resume import ResumeConfig
 from famr_jax.errors import FamrError
 
 __all__ = ["DescentResult", "EpochBatches", "LOOPS", "LossFn", "MetricsFn", "OPTIMIZERS", "SegmentPlan",
-           "bind_static", "check_descent_settings", "epoch_batches", "freeze_outside", "make_optimizer", "minibatch_descent",
-           "plan_segments", "prepare_descent", "resolve_loop", "step_schedule", "steps_per_epoch", "typed_key"]
+           "bind_static", "check_descent_settings", "epoch_batches", "freeze_outside", "loop_form", "make_optimizer",
+           "minibatch_descent", "plan_segments", "prepare_descent", "resolve_loop", "set_loop_form", "step_schedule", "steps_per_epoch", "typed_key"]
 
 Params = Any
 Batch = tuple[jax.Array, ...]
@@ -108,6 +109,39 @@ def typed_key(key: Any) -> jax.Array:
   return jax.random.wrap_key_data(key)   # a legacy uint32[2] key: the same bits
 
 
+_DEFAULT_LOOP = ["auto"]   # what "auto" means; set by loop_form / set_loop_form
+
+
+def set_loop_form(loop: str) -> None:
+  """Sets what ``loop="auto"`` means for every later descent (``"auto"`` restores the per-backend choice).
+
+  Example:
+    >>> set_loop_form("scan"); resolve_loop("auto")
+    'scan'
+    >>> set_loop_form("auto")
+  """
+  if loop not in LOOPS:
+    raise FamrError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+  _DEFAULT_LOOP[0] = loop
+
+
+@contextlib.contextmanager
+def loop_form(loop: str):
+  """Within the block, ``loop="auto"`` means ``loop`` (benchmarks, tests).
+
+  Example:
+    >>> with loop_form("steps"):
+    ...   resolve_loop("auto")
+    'steps'
+  """
+  previous = _DEFAULT_LOOP[0]
+  set_loop_form(loop)
+  try:
+    yield
+  finally:
+    _DEFAULT_LOOP[0] = previous
+
+
 def resolve_loop(loop: str) -> str:
   """``"steps"`` or ``"scan"`` for ``loop`` on the default backend (see the module doc).
 
@@ -117,6 +151,8 @@ def resolve_loop(loop: str) -> str:
   """
   if loop not in LOOPS:
     raise FamrError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+  if loop == "auto":
+    loop = _DEFAULT_LOOP[0]
   if loop != "auto":
     return loop
   return "steps" if jax.default_backend() == "cpu" else "scan"
@@ -128,6 +164,7 @@ class _Program(NamedTuple):
   segment: Any     # jitted (params, opt_state, data, context, indices, weights, start, limit, loss_acc)
   epoch: Any       # jitted (key_data, epoch) -> (indices, weights)
   metrics: Any     # jitted (params, context, loss_acc) -> dict, incl. the epoch's mean "loss"
+  warmed: set      # argument signatures already compiled (see _warm_up)
 
 
 _PROGRAMS: "collections.OrderedDict[Any, _Program]" = collections.OrderedDict()
@@ -237,14 +274,14 @@ def _program(loss_fn, optimizer, metrics_fn, plan: SegmentPlan, mesh, masked: bo
 
   segment = make_segment_fn(loss_fn, optimizer, plan, mesh=mesh, masked=masked)
   if shardings is None:
-    program = _Program(jax.jit(segment, donate_argnums=(0, 1, 8)), jax.jit(epoch), jax.jit(metrics))
+    program = _Program(jax.jit(segment, donate_argnums=(0, 1, 8)), jax.jit(epoch), jax.jit(metrics), set())
   else:
     param_sh, opt_sh, data_sh, ctx_sh, rep = shardings
     program = _Program(
         jax.jit(segment, in_shardings=(param_sh, opt_sh, data_sh, ctx_sh, rep, rep, rep, rep, (rep, rep)),
                 out_shardings=(param_sh, opt_sh, (rep, rep)), donate_argnums=(0, 1, 8)),
         jax.jit(epoch, in_shardings=(rep, rep), out_shardings=(rep, rep)),
-        jax.jit(metrics, in_shardings=(param_sh, ctx_sh, (rep, rep)), out_shardings=rep))
+        jax.jit(metrics, in_shardings=(param_sh, ctx_sh, (rep, rep)), out_shardings=rep), set())
   _PROGRAMS[cache_key] = program
   while len(_PROGRAMS) > _MAX_PROGRAMS:
     _PROGRAMS.popitem(last=False)
@@ -461,8 +498,20 @@ def _run(prep: PreparedDescent, *, epochs: int, last_steps: int, loop: str, desc
   return params, opt_state, history, compile_s, run_s
 
 
+def _signature(*trees) -> tuple:
+  leaves, treedef = jax.tree.flatten(trees)
+  return treedef, tuple((np.shape(a), jnp.result_type(a), getattr(a, "sharding", None)) for a in leaves)
+
+
 def _warm_up(prep: PreparedDescent, params, opt_state, loss_acc, has_metrics: bool) -> float:
-  """Compiles the programs for these shapes ahead of the first step (nothing when cached); seconds."""
+  """Compiles the programs for these shapes ahead of the first step (nothing when cached); seconds.
+
+  Compiling ahead keeps compilation out of ``run_s``; a signature seen before
+  is skipped outright, since even tracing for ``lower`` costs a repeat call time.
+  """
+  signature = _signature(params, opt_state, prep.data, prep.context, loss_acc, has_metrics)
+  if signature in prep.program.warmed:
+    return 0.0
   t0 = time.perf_counter()
   program, s = prep.program, prep.scalar
   idx = jax.eval_shape(program.epoch, prep.key_data, s(0))
@@ -470,6 +519,7 @@ def _warm_up(prep: PreparedDescent, params, opt_state, loss_acc, has_metrics: bo
   if has_metrics:
     program.metrics.lower(params, prep.context, loss_acc).compile()
   program.epoch.lower(prep.key_data, s(0)).compile()
+  program.warmed.add(signature)
   return time.perf_counter() - t0
 
 

@@ -89,7 +89,7 @@ def format_table(metrics: Mapping[str, Mapping[str, Any]], *, markdown: bool = F
                    for r in rows)
 
 
-def _pyplot():
+def pyplot():
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -99,7 +99,7 @@ def _pyplot():
 def plot_forgetting(history: Sequence[Mapping[str, float]], path: str | os.PathLike, *,
                     title: str = "FAMR: forgetting over epochs") -> None:
   """Forget accuracy and KL(p_original || p) on the forget set vs epoch (FAMR Figure 1)."""
-  plt = _pyplot()
+  plt = pyplot()
   epochs = [h["epoch"] for h in history]
   fig, ax1 = plt.subplots(figsize=(6, 4))
   if all("forget_acc" in h for h in history):
@@ -120,7 +120,7 @@ def plot_forgetting(history: Sequence[Mapping[str, float]], path: str | os.PathL
 def plot_class_accuracy(per_class: Mapping[str, Sequence[float]], forget_classes: Sequence[int],
                         path: str | os.PathLike, *, class_names: Sequence[str] | None = None) -> None:
   """Per-class test accuracy bars, one bar group per class, one bar per model."""
-  plt = _pyplot()
+  plt = pyplot()
   import numpy as np
   roles = list(per_class)
   num_classes = len(next(iter(per_class.values())))

@@ -36,6 +36,7 @@ class UnlearnTask(NamedTuple):
   scale: Any = None        # a famr_jax.engine.parallel.ScaleConfig for methods that use the minibatch engine
   resume: Any = None       # a famr_jax.engine.resume.ResumeConfig (resumable checkpoints), likewise
   checkpoint: str | None = None   # the original checkpoint's directory (stored extras, e.g. a Fisher)
+  input_shape: tuple[int, ...] | None = None   # (H, W, C) of one input, for data-free methods
 
 
 @dataclasses.dataclass(frozen=True)

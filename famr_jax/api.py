@@ -1,0 +1,173 @@
+"""The front door: :func:`unlearn` runs any registered method with one signature.
+
+Every method takes the same arguments in the same order -- the model as
+``apply_fn(params, x) -> logits`` and its params, the forget request, a PRNG
+key -- plus the training data for methods that read it, and returns an
+:class:`UnlearnResult`. Which method to use (measured, ``docs/results.md``):
+
+* a whole class, with the training data: ``"famr-plus"``;
+* samples (a random or given subset), with the data: ``"famr"`` (its sample defaults);
+* a whole class with no data at all: ``"impressions"``;
+* how close is that to a retrain: :func:`famr_jax.compare`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from famr_jax.data.datasets import Dataset
+from famr_jax.data.forget import ForgetSet
+from famr_jax.engine.descent import typed_key
+from famr_jax.errors import FamrError
+from famr_jax.methods.registry import UnlearnTask, get_method, method_names, with_overrides
+
+Params = Any
+ApplyFn = Callable[[Params, jax.Array], jax.Array]
+
+
+class UnlearnResult(NamedTuple):
+  """What :func:`unlearn` returns: the new params, the per-epoch history and the cost.
+
+  Attributes:
+    params: the unlearned params (same structure as the input params).
+    history: one dict of metrics per epoch (epoch 0: before any step, for most methods).
+    method: the method's name.
+    config: the config it ran with (defaults plus overrides).
+    run_s: seconds of work, compilation excluded.
+    compile_s: seconds of compilation (0 when every program came from the cache).
+  """
+  params: Params
+  history: list[dict[str, float]]
+  method: str
+  config: Any
+  run_s: float
+  compile_s: float
+
+  def __repr__(self) -> str:
+    # Compact in a notebook: no params dump, the last epoch's metrics only.
+    leaves = jax.tree.leaves(self.params)
+    size = sum(int(np.size(a)) for a in leaves)
+    last = {k: round(v, 4) for k, v in (self.history[-1] if self.history else {}).items()
+            if isinstance(v, (int, float))}
+    return (f"UnlearnResult(method={self.method!r}, run_s={self.run_s:.2f}, compile_s={self.compile_s:.2f}, "
+            f"params={size:,} in {len(leaves)} arrays, last={last})")
+
+
+def as_dataset(data: Any, num_classes: int) -> Dataset:
+  """``data`` as a :class:`famr_jax.Dataset`: a Dataset, or training arrays ``(x, y)`` (no test split).
+
+  Example:
+    >>> import numpy as np
+    >>> d = as_dataset((np.zeros((4, 2, 2, 1), np.float32), np.array([0, 1, 0, 1])), 2)
+    >>> d.x_train.shape, d.image_shape, len(d.x_test)
+    ((4, 2, 2, 1), (2, 2, 1), 0)
+  """
+  if isinstance(data, Dataset):
+    return data
+  if not (isinstance(data, (tuple, list)) and len(data) == 2):
+    raise FamrError("data must be a famr_jax.Dataset or a pair (x_train, y_train) of arrays")
+  x, y = np.asarray(data[0], np.float32), np.asarray(data[1])
+  if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+    raise FamrError(f"data (x, y) must have shapes (N, ...) and (N,); got {x.shape} and {y.shape}")
+  if not np.issubdtype(y.dtype, np.integer) or (len(y) and (y.min() < 0 or y.max() >= num_classes)):
+    raise FamrError(f"labels y must be integers in [0, {num_classes}) (the forget request's class count)")
+  if not np.all(np.isfinite(x)):
+    raise FamrError("data x contains NaN or inf values")
+  y = y.astype(np.int32)
+  return Dataset("arrays", x, y, x[:0], y[:0], int(num_classes), tuple(x.shape[1:]), ())
+
+
+def _check_request(forget: Any, data: Dataset | None) -> None:
+  if not isinstance(forget, ForgetSet):
+    raise FamrError("forget must be a ForgetSet: famr_jax.forget_classes, forget_samples or forget_random")
+  if data is not None and forget.indices.size and int(forget.indices.max()) >= len(data.y_train):
+    raise FamrError(f"the forget request indexes {int(forget.indices.max()) + 1} training examples but data "
+                    f"holds {len(data.y_train)}")
+
+
+def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, key: jax.Array, *,
+            data: Any = None, config: Any = None, model: Any = None, model_name: str = "",
+            input_shape: Sequence[int] | None = None, checkpoint: str | None = None, scale: Any = None,
+            resume: Any = None, show_progress: bool = False, **overrides: Any) -> UnlearnResult:
+  """Runs the registered unlearning ``method`` on a model.
+
+  Args:
+    method: a registered name (:func:`famr_jax.method_names`): ``"famr-plus"``, ``"famr"``,
+      ``"impressions"``, ``"ga"``, ...
+    apply_fn: ``apply_fn(params, x) -> logits`` (Linen ``model.apply``, an NNX
+      ``nnx.split`` pair wrapped in a function, or any plain function).
+    params: the trained params (a pytree; never modified).
+    forget: what to forget: :func:`famr_jax.forget_classes`, ``forget_samples`` or ``forget_random``.
+    key: a PRNG key, ``jax.random.key(seed)`` or ``jax.random.PRNGKey(seed)``.
+    data: the training data ``(x, y)`` (or a :class:`famr_jax.Dataset`); ``None`` for data-free
+      methods (``impressions``, ``famr-zeroshot``).
+    config: the method's config (default: its defaults for ``model_name`` and the request's kind).
+    model: what a method needs beyond ``apply_fn`` to split the model into a frozen head and a
+      trainable tail (``famr-plus``'s ``train_from``, activation-space impressions): a famr-jax
+      model, or model parts (:mod:`famr_jax.models`).
+    model_name: a famr-jax model name, for its tuned defaults ("" for the generic ones).
+    input_shape: ``(H, W, C)`` of one input, for data-free methods (default: from ``data`` or
+      inferred from the params).
+    checkpoint: a checkpoint directory, for methods that read stored extras (a diagonal Fisher).
+    scale: a :class:`famr_jax.ScaleConfig` (data parallel, bf16, gradient accumulation), for
+      methods that support it.
+    resume: a :class:`famr_jax.ResumeConfig` (resumable checkpoints), likewise.
+    show_progress: progress bars.
+    **overrides: config fields to change from the defaults (``lr=1e-3``, ``epochs=2``, ...).
+
+  Returns:
+    An :class:`UnlearnResult`.
+
+  Raises:
+    FamrError: an unknown method or option, a missing or malformed input (one line).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np, famr_jax as fj
+    >>> x = np.eye(3, dtype=np.float32).repeat(10, 0); y = np.arange(3).repeat(10)
+    >>> apply_fn = lambda p, x: x @ p["w"]
+    >>> params = {"w": 4.0 * jnp.eye(3)}
+    >>> r = fj.unlearn("famr-plus", apply_fn, params, fj.forget_classes(y, [1], 3), jax.random.PRNGKey(0),
+    ...                data=(x, y), epochs=20)
+    >>> int(jnp.argmax(apply_fn(r.params, x[10:11]))) != 1, int(jnp.argmax(apply_fn(r.params, x[:1])))
+    (True, 0)
+  """
+  spec = get_method(method)
+  if not isinstance(forget, ForgetSet):
+    _check_request(forget, None)
+  dataset = as_dataset(data, forget.num_classes) if data is not None else None
+  if spec.uses_data and dataset is None:
+    raise FamrError(f"method {method!r} reads the training data: pass data=(x_train, y_train)")
+  _check_request(forget, dataset)
+  key = typed_key(key)
+  defaulted = config is None
+  if config is None:
+    config = spec.default_config(model_name, forget.kind)
+  elif not isinstance(config, spec.config_cls):
+    raise FamrError(f"config for {method!r} must be a {spec.config_cls.__name__}, got {type(config).__name__}")
+  if overrides:
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+    if unknown:
+      raise FamrError(f"method {method!r} has no option {', '.join(unknown)}")
+    config = with_overrides(config, overrides)
+  if hasattr(config, "validate"):
+    config.validate()
+  if (scale is not None or resume is not None) and not spec.scales:
+    raise FamrError(f"method {method!r} does not take scale or resume settings")
+  if input_shape is None and dataset is not None:
+    input_shape = dataset.image_shape
+  if model is None and not spec.uses_data:
+    model = apply_fn   # data-free methods on a plain function: pixel-space impressions, the whole model tuned
+    if defaulted and getattr(config, "impression_space", None) == "activation":
+      config = dataclasses.replace(config, impression_space="pixel")   # no layers to take activations at
+  task = UnlearnTask(apply_fn, params, model, dataset, forget, key, show_progress, scale=scale, resume=resume,
+                     checkpoint=checkpoint, input_shape=None if input_shape is None else tuple(input_shape))
+  result = spec.run(task, config)
+  return UnlearnResult(result.params, list(result.history), method, config, float(result.run_s),
+                       float(result.compile_s))
+
+
+__all__ = ["UnlearnResult", "as_dataset", "method_names", "unlearn"]

@@ -1,0 +1,168 @@
+"""``famr-jax compare``: :func:`famr_jax.evaluation.compare.compare` on a checkpoint, with files.
+
+For each seed, the gold standard is the checkpoint's own training recipe
+retrained on the retained data (:func:`famr_jax.cli.runs.retrain_gold_standard`),
+optionally from a cache of retrained checkpoints. Writes ``leaderboard.json``
+(every seed and method), ``leaderboard.md`` (mean ± std over seeds) and
+``leaderboard.png`` (average gap vs time fraction), through a staging directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from famr_jax.data.forget import ForgetSet, forget_classes, forget_random
+from famr_jax.engine.training import TrainConfig
+from famr_jax.errors import FamrError
+from famr_jax.evaluation.compare import DEFAULT_METHODS, Gold, compare, read_method_config, resolve_configs
+from famr_jax.evaluation.leaderboard import format_leaderboard, plot_leaderboard
+from famr_jax.evaluation.report import write_json
+from famr_jax.io import checkpoints
+from famr_jax.io.outputs import check_output_free, staged_directory
+from famr_jax.cli.runs import load_model, retrain_gold_standard
+from famr_jax.theory.fisher import missing_fisher_message
+from famr_jax.version import __version__
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareRun:
+  """``famr-jax compare``: a leaderboard of unlearning methods against the retrained model.
+
+  Attributes:
+    checkpoint: the trained model (its metadata names data set, model and training recipe).
+    out: output directory (leaderboard.json, leaderboard.md, leaderboard.png).
+    methods: registered method names to compare (default: every FAMR variant and baseline but retrain).
+    forget_classes: classes to forget.
+    forget_random: fraction of the training set to forget at random (drawn per seed).
+    seeds: number of seeds (0, 1, ...): each retrains the gold standard and reruns every method.
+    method_config: JSON file {method: {option: value}} of per-method hyperparameters.
+    overwrite: replace ``out`` if it exists.
+    gold_cache: directory of retrained gold-standard checkpoints, reused when the checkpoint,
+      forget set, seed and recipe match (the retrain is deterministic); new ones are added.
+  """
+  checkpoint: str
+  out: str
+  methods: tuple[str, ...] = ()
+  forget_classes: tuple[int, ...] = ()
+  forget_random: float | None = None
+  seeds: int = 3
+  method_config: str | None = None
+  overwrite: bool = False
+  gold_cache: str | None = None
+
+
+def _gold_key(checkpoint: str, forget: ForgetSet, seed: int, train_config: Any) -> str:
+  """A digest of what determines the gold-standard retrain (its cache key)."""
+  import hashlib
+  h = hashlib.blake2b(digest_size=10)
+  h.update(json.dumps({"checkpoint": str(Path(checkpoint).expanduser().resolve()), "seed": seed,
+                       "train": dataclasses.asdict(train_config), "kind": forget.kind,
+                       "classes": list(forget.classes)}, sort_keys=True).encode())
+  h.update(np.ascontiguousarray(forget.indices, np.int64).tobytes())
+  return f"seed{seed}-{h.hexdigest()}"
+
+
+def gold_standard(run: CompareRun, loaded, forget: ForgetSet, seed: int, train_config: Any,
+                  show_progress: bool, log=print) -> Gold:
+  """The retrained model of one seed, from ``run.gold_cache`` when there."""
+  path = None
+  if run.gold_cache:
+    path = Path(run.gold_cache).expanduser().resolve() / _gold_key(run.checkpoint, forget, seed, train_config)
+    if path.is_dir():
+      restored = checkpoints.load_checkpoint(path, template=loaded.params)
+      info = restored.metadata["gold"]
+      log(f"seed {seed}: gold standard from the cache {path}")
+      return Gold(restored.params, float(info["run_s"]), float(info["compile_s"]))
+  gold = retrain_gold_standard(loaded.model, loaded.apply_fn, loaded.data, forget, train_config, seed,
+                               show_progress)
+  if path is not None:
+    checkpoints.save_checkpoint(path, gold.params, {"gold": {"seed": seed, "run_s": gold.run_s,
+                                                             "compile_s": gold.compile_s,
+                                                             "forget": forget.describe(),
+                                                             "checkpoint": str(Path(run.checkpoint).resolve())}})
+  return Gold(gold.params, gold.run_s, gold.compile_s)
+
+
+def check_forget_request(run: CompareRun) -> None:
+  """Exactly one forget request, and a random fraction strictly inside (0, 1)."""
+  if bool(run.forget_classes) == (run.forget_random is not None):
+    raise FamrError("name exactly one forget set: --forget-classes or --forget-random")
+  if run.forget_random is not None and not 0.0 < float(run.forget_random) < 1.0:
+    raise FamrError(f"--forget-random must lie strictly between 0 and 1, got {run.forget_random}")
+  if run.seeds <= 0:
+    raise FamrError(f"--seeds must be positive, got {run.seeds}")
+
+
+def seed_forget_set(run: CompareRun, data, seed: int) -> ForgetSet:
+  """The forget set of one seed: the classes, or a random draw (as ``famr-jax unlearn --seed``)."""
+  if run.forget_classes:
+    return forget_classes(data.y_train, run.forget_classes, data.num_classes)
+  return forget_random(jax.random.fold_in(jax.random.key(seed), 1), run.forget_random,
+                       len(data.y_train), data.num_classes)
+
+
+def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show_progress: bool = True,
+                log=print) -> dict:
+  """Runs the leaderboard of a checkpoint and writes it to ``run.out``.
+
+  Args:
+    run: a :class:`CompareRun`.
+    flags: method options given on the command line (applied to every compared
+      method that has the option; ``--method-config`` entries override them).
+    show_progress: progress bars.
+    log: where the per-run lines go.
+
+  Returns:
+    The leaderboard (as written to ``leaderboard.json``).
+  """
+  check_forget_request(run)
+  per_method = read_method_config(run.method_config)
+  check_output_free(run.out, run.overwrite)
+  metadata = checkpoints.read_metadata(run.checkpoint)
+  if "unlearned" in metadata:
+    raise FamrError(f"{run.checkpoint} is already an unlearned model; compare from the original checkpoint")
+  if "train_config" not in metadata:
+    raise FamrError(f"{run.checkpoint} records no training recipe, so the gold standard cannot be retrained")
+  train_config = TrainConfig(**metadata["train_config"])
+  has_fisher = "fisher" in metadata.get("extras", {})
+  methods = tuple(run.methods)
+  if not methods:
+    methods = DEFAULT_METHODS
+    if not has_fisher:   # the default list runs on a fresh checkpoint: leave out what needs a stored Fisher
+      methods = tuple(m for m in methods if m != "famr-fisher")
+      log(f"famr-fisher left out: {run.checkpoint} has no stored Fisher "
+          f"(famr-jax fisher --checkpoint {run.checkpoint} adds it)")
+  if len(set(methods)) != len(methods):
+    raise FamrError("a method is listed more than once in --methods")
+  configs = resolve_configs(methods, metadata.get("model", ""), flags=flags, per_method=per_method,
+                            train_config=train_config,
+                            forget_kind="classes" if run.forget_classes else "samples")
+  needs_fisher = [m for m, c in configs.items() if getattr(c, "anchor", None) == "fisher"]
+  if needs_fisher and not has_fisher:
+    raise FamrError(f"{', '.join(needs_fisher)}: " + missing_fisher_message(run.checkpoint))
+
+  loaded = load_model(run.checkpoint)
+  checkpoint = str(Path(run.checkpoint).expanduser().resolve())
+  board = compare(methods, loaded.apply_fn, loaded.params, loaded.data,
+                  lambda seed: seed_forget_set(run, loaded.data, seed), retrain=None, seeds=run.seeds,
+                  configs=configs, model=loaded.model, model_name=metadata.get("model", ""),
+                  checkpoint=checkpoint, show_progress=show_progress, log=log,
+                  gold_fn=lambda seed, forget: gold_standard(run, loaded, forget, seed, train_config,
+                                                             show_progress, log))
+  board = {
+      "famr_jax_version": __version__, "checkpoint": checkpoint, "dataset": loaded.data.name,
+      "model": metadata.get("model"),
+      "forget": ({"kind": "classes", "classes": list(run.forget_classes)} if run.forget_classes
+                 else {"kind": "random", "fraction": float(run.forget_random)}),
+      **board, "train_config": dataclasses.asdict(train_config)}
+  with staged_directory(run.out, run.overwrite) as staging:
+    write_json(staging / "leaderboard.json", board)
+    (staging / "leaderboard.md").write_text(format_leaderboard(board) + "\n")
+    plot_leaderboard(board, staging / "leaderboard.png")
+  return board

@@ -1,0 +1,207 @@
+"""The leaderboard's scoring: distance of an unlearned model to the retrained gold standard.
+
+As in the SalUn / Unlearn-Sparse benchmark, a method is scored by its distance
+to the model retrained without the forget set:
+
+* ``gaps``: ``|metric - metric_retrained|`` in percentage points for forget
+  accuracy, retain accuracy, test accuracy and MIA-efficacy
+  (:func:`famr_jax.evaluation.metrics.evaluate_unlearning`), and the **average gap**, their mean;
+* ``kl_to_retrained``: mean ``KL(p_retrained || p_method)`` (nats) over the
+  test images of the retained classes (class forgetting) or all test images
+  (sample forgetting);
+* ``time_fraction``: the method's run time (compilation excluded) over the
+  retrain's.
+
+:func:`summarize`, :func:`format_leaderboard` and :func:`plot_leaderboard`
+turn the rows of :func:`famr_jax.evaluation.compare.compare` into tables.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from famr_jax import losses as objectives
+from famr_jax.data.forget import ForgetSet
+from famr_jax.evaluation.metrics import batched_apply, evaluate_unlearning
+from famr_jax.evaluation.report import pyplot
+
+GAP_METRICS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy")
+ORIGINAL = "original"
+
+
+def kl_test_mask(data, forget: ForgetSet) -> np.ndarray:
+  """Test images the KL to the retrained model is measured on: retained classes (or all, for samples)."""
+  if forget.kind == "classes":
+    return ~np.isin(data.y_test, forget.classes)
+  return np.ones(len(data.y_test), bool)
+
+
+def score(metrics: Mapping[str, Any], gold: Mapping[str, Any]) -> dict[str, float]:
+  """Per-metric gaps ``|m - m_retrained|`` in percentage points and their mean ``avg_gap``.
+
+  Example:
+    >>> g = score({"forget_acc": 0.1, "retain_acc": 0.9, "test_acc": 0.8, "mia_efficacy": 1.0},
+    ...           {"forget_acc": 0.0, "retain_acc": 0.9, "test_acc": 0.8, "mia_efficacy": 0.98})
+    >>> round(g["avg_gap"], 6)
+    3.0
+  """
+  gaps = {m: 100.0 * abs(float(metrics[m]) - float(gold[m])) for m in GAP_METRICS}
+  gaps["avg_gap"] = float(np.mean([gaps[m] for m in GAP_METRICS]))
+  return gaps
+
+
+def _kl(logits_ref: np.ndarray, logits: np.ndarray) -> float:
+  return float(np.mean(np.asarray(objectives.kl_divergence(logits_ref, logits))))
+
+
+class GoldReference(NamedTuple):
+  """What every method of one forget request is scored against: the retrained model's metrics and its
+  logits on the test images the KL is measured on (``kl_mask``)."""
+  metrics: dict
+  logits: np.ndarray
+  kl_mask: np.ndarray
+
+
+def gold_reference(apply_fn, gold_params, data, forget: ForgetSet, params0, seed: int) -> GoldReference:
+  """The :class:`GoldReference` of a retrained model (``params0``: the original, for the KL metrics)."""
+  mask = kl_test_mask(data, forget)
+  metrics = evaluate_unlearning(apply_fn, gold_params, data, forget, params0=params0, mia_seed=seed)
+  return GoldReference(metrics, np.asarray(batched_apply(apply_fn, gold_params, data.x_test[mask])), mask)
+
+
+class Scored(NamedTuple):
+  """One unlearned model against the gold standard; all NaN when it diverged."""
+  metrics: dict
+  gaps: dict
+  kl: float
+  diverged: bool
+
+
+def score_against_gold(apply_fn, params, data, forget: ForgetSet, params0, gold: GoldReference,
+                       seed: int) -> Scored:
+  """Metrics, gaps to the retrained model (points) and ``KL(p_retrained || p)`` of ``params``.
+
+  A model with non-finite params or logits is *diverged*: scored as NaN, never a crash.
+  """
+  finite = all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(params))
+  logits = np.asarray(batched_apply(apply_fn, params, data.x_test[gold.kl_mask])) if finite else None
+  if not (finite and np.all(np.isfinite(logits))):
+    nan = float("nan")
+    return Scored({k: nan for k in GAP_METRICS}, {**{k: nan for k in GAP_METRICS}, "avg_gap": nan}, nan, True)
+  m = evaluate_unlearning(apply_fn, params, data, forget, params0=params0, mia_seed=seed)
+  return Scored(m, score(m, gold.metrics), _kl(gold.logits, logits), False)
+
+
+def metrics_line(m: Mapping[str, Any]) -> str:
+  """The four scored metrics of one model on one line (percent)."""
+  return " ".join(f"{k} {100 * float(m[k]):.1f}" for k in GAP_METRICS)
+
+
+SUMMARY_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy")
+
+
+def _num(value) -> float:
+  """A float from a row (JSON writes NaN as null)."""
+  return float("nan") if value is None else float(value)
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+  """Mean and std over seeds of every method's metrics (in %), gaps, KL and time.
+
+  Example:
+    >>> r = [{"method": "a", "metrics": {"forget_acc": 0.1, "retain_acc": 1, "test_acc": 1, "mia_efficacy": 1},
+    ...       "gaps": {"avg_gap": 2.0}, "avg_gap": 2.0, "kl_to_retrained": 0.1, "time_fraction": 0.01,
+    ...       "compile_s": 1.0, "time_s": 1.0, "wall_s": 1.0}] * 2
+    >>> summarize(r)["a"]["avg_gap"]
+    {'mean': 2.0, 'std': 0.0, 'n': 2}
+  """
+  out: dict[str, dict[str, dict[str, float]]] = {}
+  for name in dict.fromkeys(r["method"] for r in rows):
+    every = [r for r in rows if r["method"] == name]
+    # Scores over the seeds where the method did not diverge (the count of those that did is kept).
+    mine = [r for r in every if not r.get("diverged", False)] or every
+    values: dict[str, list[float]] = {}
+    for r in mine:
+      for k in SUMMARY_KEYS:
+        values.setdefault(k, []).append(100.0 * _num(r["metrics"][k]))
+      for k, v in r["gaps"].items():
+        if k != "avg_gap":
+          values.setdefault(f"gap_{k}", []).append(_num(v))
+      for k in ("avg_gap", "kl_to_retrained", "time_fraction", "compile_s", "time_s", "wall_s"):
+        values.setdefault(k, []).append(_num(r[k]))
+    values["time_percent"] = [100.0 * v for v in values["time_fraction"]]
+    out[name] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in values.items()}
+    out[name]["diverged"] = {"mean": float(sum(bool(r.get("diverged", False)) for r in every)),
+                             "std": 0.0, "n": len(every)}
+  return out
+
+
+def _pm(stat: Mapping[str, float], digits: int = 1) -> str:
+  if stat is None or not math.isfinite(stat["mean"]):
+    return "-"
+  return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def format_leaderboard(board: Mapping[str, Any]) -> str:
+  """The markdown tables of a leaderboard: metrics and gaps, mean ± std over seeds, sorted by average gap."""
+  summary = board["summary"]
+  gold = board["retrained"]
+  forget = board["forget"]
+  what = (f"classes {forget['classes']}" if forget["kind"] == "classes"
+          else f"a random {100 * forget['fraction']:.0f}% of the training set")
+  def rank(m):
+    gap = summary[m]["avg_gap"]["mean"]
+    return (summary[m]["diverged"]["mean"] > 0, gap if math.isfinite(gap) else math.inf)
+  order = sorted(summary, key=rank)
+
+  def name_cell(m):
+    d = summary[m]["diverged"]
+    return m if not d["mean"] else f"{m} (diverged in {int(d['mean'])} of {d['n']} seeds)"
+  gold_stat = lambda k: {"mean": float(np.mean([100 * g["metrics"][k] for g in gold])),
+                         "std": float(np.std([100 * g["metrics"][k] for g in gold]))}
+  retrain_s = {"mean": float(np.mean([g["run_s"] for g in gold])), "std": float(np.std([g["run_s"] for g in gold]))}
+  lines = [f"{board['model']} on {board['dataset']}, forgetting {what}; {len(board['seeds'])} seed(s); "
+           f"retraining took {_pm(retrain_s)} s (compile excluded).", "",
+           "| method | forget acc % | retain acc % | test acc % | MIA-efficacy % | avg gap (pts) | "
+           "KL to retrained | time % of retrain | compile s |",
+           "|---|---|---|---|---|---|---|---|---|",
+           f"| **retrained (gold)** | {_pm(gold_stat('forget_acc'))} | {_pm(gold_stat('retain_acc'))} | "
+           f"{_pm(gold_stat('test_acc'))} | {_pm(gold_stat('mia_efficacy'))} | 0 | 0 | 100 | - |"]
+  for m in order:
+    s = summary[m]
+    lines.append(f"| {name_cell(m)} | {_pm(s['forget_acc'])} | {_pm(s['retain_acc'])} | {_pm(s['test_acc'])} | "
+                 f"{_pm(s['mia_efficacy'])} | **{_pm(s['avg_gap'], 2)}** | {_pm(s['kl_to_retrained'], 4)} | "
+                 f"{_pm(s['time_percent'], 2)} | {_pm(s['compile_s'])} |")
+  lines += ["", "Gaps to the retrained model (percentage points, mean ± std over seeds):", "",
+            "| method | forget acc | retain acc | test acc | MIA-efficacy | avg gap |", "|---|---|---|---|---|---|"]
+  for m in order:
+    s = summary[m]
+    lines.append(f"| {name_cell(m)} | " + " | ".join(_pm(s[f"gap_{k}"], 2) for k in GAP_METRICS)
+                 + f" | {_pm(s['avg_gap'], 2)} |")
+  return "\n".join(lines)
+
+
+def plot_leaderboard(board: Mapping[str, Any], path) -> None:
+  """Average gap vs wall time (percent of retraining, log scale), one point per method, std as error bars."""
+  plt = pyplot()
+  summary = board["summary"]
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for name, s in summary.items():
+    if not math.isfinite(s["avg_gap"]["mean"]):
+      continue   # diverged on every seed
+    x = max(s["time_percent"]["mean"], 1e-3)
+    ax.errorbar(x, s["avg_gap"]["mean"], xerr=s["time_percent"]["std"], yerr=s["avg_gap"]["std"], fmt="o",
+                capsize=3)
+    ax.annotate(name, (x, s["avg_gap"]["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+  ax.set_xscale("log")
+  ax.set_xlabel("wall time, % of retraining (compile excluded; original at 0.001)")
+  ax.set_ylabel("average gap to retrained (pts)")
+  ax.set_title(f"{board['model']} / {board['dataset']}: distance to the gold standard vs cost")
+  ax.grid(True, which="both", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
