@@ -142,7 +142,8 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
     raise FamrError("a method is listed more than once in --methods")
   configs = resolve_configs(methods, metadata.get("model", ""), flags=flags, per_method=per_method,
                             train_config=train_config,
-                            forget_kind="classes" if run.forget_classes else "samples")
+                            forget_kind="classes" if run.forget_classes else "samples",
+                            option_name=lambda f: "--" + f.replace("_", "-"))
   needs_fisher = [m for m, c in configs.items() if getattr(c, "anchor", None) == "fisher"]
   if needs_fisher and not has_fisher:
     raise FamrError(f"{', '.join(needs_fisher)}: " + missing_fisher_message(run.checkpoint))

@@ -44,7 +44,7 @@ from famr_jax.engine.batching import (EpochBatches, SegmentPlan, epoch_batches, 
 from famr_jax.engine.optimizers import OPTIMIZERS, check_descent_settings, freeze_outside, make_optimizer
 from famr_jax.engine.parallel import ScaleConfig, ShardedData
 from famr_jax.engine.progress import progress
-from famr_jax.engine.resume import ResumeConfig
+from famr_jax.engine.resume import ResumeConfig, data_digest, open_resumer
 from famr_jax.errors import FamrError
 
 __all__ = ["DescentResult", "EpochBatches", "LOOPS", "LossFn", "MetricsFn", "OPTIMIZERS", "SegmentPlan",
@@ -290,18 +290,6 @@ def _program(loss_fn, optimizer, metrics_fn, plan: SegmentPlan, mesh, masked: bo
 
 # ----------------------------------------------------------------------------- placement
 
-def _data_digest(arrays: Sequence[np.ndarray], max_bytes: int = 1 << 26) -> str:
-  """A BLAKE2 digest of the data (every row up to 64 MiB per array, evenly spaced rows beyond)."""
-  import hashlib
-  h = hashlib.blake2b(digest_size=16)
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    h.update(str((a.shape, a.dtype.str)).encode())
-    stride = max(1, -(-a.nbytes // max_bytes)) if a.nbytes > max_bytes else 1
-    h.update(np.ascontiguousarray(a[::stride]).tobytes())
-  return h.hexdigest()
-
-
 def _own_copy(tree: Any) -> Any:
   # The step donates its params and optimizer state: never donate the caller's buffers.
   def copy(a):
@@ -361,13 +349,13 @@ def prepare_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
   if isinstance(data, ShardedData):
     if mesh is None:
       raise FamrError("ShardedData needs a device mesh: pass ScaleConfig(data_parallel=True)")
-    arrays, n, data_digest = tuple(data.arrays), int(data.num_examples), None   # shapes are checked instead
+    arrays, n, fingerprint_digest = tuple(data.arrays), int(data.num_examples), None   # shapes are checked instead
   else:
     host = tuple(a if isinstance(a, jax.Array) and mesh is None else np.asarray(a) for a in data)
     n = int(host[0].shape[0])
     if any(a.shape[0] != n for a in host):
       raise FamrError("data arrays must share their first axis")
-    data_digest = _data_digest([np.asarray(a) for a in host]) if digest else None
+    fingerprint_digest = data_digest([np.asarray(a) for a in host]) if digest else None
     arrays = parallel.shard_rows(host, mesh).arrays if mesh is not None else tuple(jnp.asarray(a) for a in host)
   plan = plan_segments(n, batch_size, num_devices=num_devices, grad_accum=scale.grad_accum,
                        segment_steps=segment_steps)
@@ -395,37 +383,10 @@ def prepare_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
       program=program, params=params, opt_state=opt_state, data=arrays, context=context,
       key_data=put_rep(key_data), zero_acc=(np.zeros((), np.float32), np.zeros((), np.float32)),
       scalar=lambda v: np.asarray(v, np.int32), plan=plan, mesh=mesh, num_examples=n,
-      data_digest=data_digest, replicate=put_rep)
+      data_digest=fingerprint_digest, replicate=put_rep)
 
 
 # ----------------------------------------------------------------------------- the driver
-
-def _tree_spec(tree: Any) -> dict[str, list]:
-  from famr_jax.io.checkpoints import tree_shapes
-  return tree_shapes(jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), tree))
-
-
-def _open_resumer(resume: ResumeConfig, prep: PreparedDescent, *, epochs: int, batch_size: int, key_data,
-                  scale: ScaleConfig, initial_metrics: bool, resume_meta: Mapping[str, Any] | None):
-  """The run's :class:`famr_jax.engine.resume.Resumer` and what it restored (None: a fresh run)."""
-  from famr_jax.engine.resume import Resumer
-  fingerprint = {
-      "engine": {"epochs": epochs, "batch_size": batch_size, "num_examples": prep.num_examples,
-                 "example_shapes": [[list(a.shape[1:]), str(a.dtype)] for a in prep.data],
-                 "params": _tree_spec(prep.params), "optimizer_state": _tree_spec(prep.opt_state),
-                 "key": np.asarray(key_data).tolist(), "compute_dtype": scale.compute_dtype,
-                 "checkpoint_every": resume.checkpoint_every, "initial_metrics": initial_metrics,
-                 "data_digest": prep.data_digest},
-      "run": dict(resume_meta or {})}
-  resumer = Resumer(resume, fingerprint)
-  try:
-    restored = resumer.restore({"params": prep.params, "opt_state": prep.opt_state,
-                                "loss_acc": prep.replicate(prep.zero_acc)})
-  except BaseException:
-    resumer.close()
-    raise
-  return resumer, restored
-
 
 class _Position(NamedTuple):
   epoch: int = 0
@@ -597,7 +558,7 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
                          masked=True, digest=resume is not None, opt_state=opt_state)
   resumer, restored = None, None
   if resume is not None:   # checked before compiling, so a refused resume costs nothing
-    resumer, restored = _open_resumer(resume, prep, epochs=epochs, batch_size=batch_size,
+    resumer, restored = open_resumer(resume, prep, epochs=epochs, batch_size=batch_size,
                                       key_data=jax.random.key_data(key), scale=scale,
                                       initial_metrics=initial_metrics, resume_meta=resume_meta)
   try:

@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from famr_jax.errors import FamrError
@@ -193,3 +194,47 @@ class Resumer:
     """Waits for pending writes and releases the manager."""
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def data_digest(arrays: Sequence[np.ndarray], max_bytes: int = 1 << 26) -> str:
+  """A BLAKE2 digest of the data (every row up to 64 MiB per array, evenly spaced rows beyond)."""
+  import hashlib
+  h = hashlib.blake2b(digest_size=16)
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.shape, a.dtype.str)).encode())
+    stride = max(1, -(-a.nbytes // max_bytes)) if a.nbytes > max_bytes else 1
+    h.update(np.ascontiguousarray(a[::stride]).tobytes())
+  return h.hexdigest()
+
+
+def tree_spec(tree: Any) -> dict[str, list]:
+  """Shapes and dtypes of a pytree, as the fingerprint records them."""
+  from famr_jax.io.checkpoints import tree_shapes
+  return tree_shapes(jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), tree))
+
+
+def open_resumer(resume: ResumeConfig, prep: Any, *, epochs: int, batch_size: int, key_data,
+                  scale: Any, initial_metrics: bool, resume_meta: Mapping[str, Any] | None):
+  """The run's :class:`Resumer` and what it restored (None: a fresh run).
+
+  ``prep`` is the engine's :class:`famr_jax.engine.descent.PreparedDescent`; the
+  fingerprint holds every setting that changes the result, the data's shapes
+  and digest and the PRNG key, so a changed run is refused, naming the keys.
+  """
+  fingerprint = {
+      "engine": {"epochs": epochs, "batch_size": batch_size, "num_examples": prep.num_examples,
+                 "example_shapes": [[list(a.shape[1:]), str(a.dtype)] for a in prep.data],
+                 "params": tree_spec(prep.params), "optimizer_state": tree_spec(prep.opt_state),
+                 "key": np.asarray(key_data).tolist(), "compute_dtype": scale.compute_dtype,
+                 "checkpoint_every": resume.checkpoint_every, "initial_metrics": initial_metrics,
+                 "data_digest": prep.data_digest},
+      "run": dict(resume_meta or {})}
+  resumer = Resumer(resume, fingerprint)
+  try:
+    restored = resumer.restore({"params": prep.params, "opt_state": prep.opt_state,
+                                "loss_acc": prep.replicate(prep.zero_acc)})
+  except BaseException:
+    resumer.close()
+    raise
+  return resumer, restored

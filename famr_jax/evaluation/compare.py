@@ -61,7 +61,8 @@ def read_method_config(path: str | None) -> dict[str, dict[str, Any]]:
 
 def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[str, Any] | None = None,
                     per_method: Mapping[str, Mapping[str, Any]] | None = None,
-                    train_config: Any = None, forget_kind: str = "classes") -> dict[str, Any]:
+                    train_config: Any = None, forget_kind: str = "classes",
+                    option_name: Callable[[str], str] = str) -> dict[str, Any]:
   """Each method's config: its defaults, then the flags it has, then its JSON entry.
 
   The defaults are the method's for the model and the request's kind
@@ -69,8 +70,9 @@ def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[s
   ``retrain`` takes the checkpoint's training recipe (``train_config``); the
   shared flags do not apply to it, only its JSON entry.
   Unknown methods (listed or in the JSON) and options a method does not
-  have are one-line :class:`FamrError`s; JSON entries of registered methods
-  that are not compared are ignored (one file can serve several runs).
+  have are one-line :class:`FamrError`s (``option_name`` spells an option in
+  them: the CLI's flags); JSON entries of registered methods that are not
+  compared are ignored (one file can serve several runs).
   """
   from famr_jax.methods.registry import get_method, with_overrides
 
@@ -97,7 +99,7 @@ def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[s
     configs[name] = config
   unused = sorted(set(flags) - used_flags)
   if unused:
-    raise FamrError("no compared method has option " + ", ".join(unused))
+    raise FamrError("no compared method has option " + ", ".join(option_name(f) for f in unused))
   return configs
 
 

@@ -42,7 +42,7 @@ def load_model(checkpoint: str | os.PathLike) -> SavedModel:
     >>> m = models.create_model("logistic", 3, (2, 2, 1))
     >>> p = models.init_params(m, jax.random.key(0), (2, 2, 1))
     >>> d = os.path.join(tempfile.mkdtemp(), "ckpt")
-    >>> checkpoints.save_checkpoint(d, p, {"model": "logistic", "num_classes": 3, "image_shape": [2, 2, 1]})
+    >>> _ = checkpoints.save_checkpoint(d, p, {"model": "logistic", "num_classes": 3, "image_shape": [2, 2, 1]})
     >>> load_model(d)
     SavedModel(model='logistic', classes=3, image_shape=(2, 2, 1), params=15)
   """
