@@ -248,7 +248,7 @@ def test_bad_variant_settings():
   with pytest.raises(FamrError, match="whole classes"):
     famr_variant_unlearn(_linear, p, x, FAMRVariantConfig(target="retrain"), jax.random.key(0),
                          show_progress=False)
-  with pytest.raises(FamrError, match="famr-jax fisher"):
+  with pytest.raises(FamrError, match="needs the diagonal Fisher: pass fisher"):
     famr_variant_unlearn(_linear, p, x, FAMRVariantConfig(anchor="fisher"), jax.random.key(0),
                          show_progress=False)
   with pytest.raises(FamrError, match="retained data"):
