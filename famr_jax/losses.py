@@ -10,6 +10,10 @@ the anchor strength lambda would silently change meaning with |T|. The public
 ``forget_loss`` therefore takes ``reduction="mean"`` by default (the loss
 Algorithm 1 steps on) and ``reduction="sum"`` for the paper's exact Eq. 2,
 which the theory module uses.
+
+Sections: FAMR's objective; statistics of logits and params (accuracy,
+confidence, distance); the losses of the FAMR variants, the baselines and
+SCRUB; zero-shot unlearning.
 """
 
 from __future__ import annotations
