@@ -10,6 +10,10 @@ the anchor strength lambda would silently change meaning with |T|. The public
 ``forget_loss`` therefore takes ``reduction="mean"`` by default (the loss
 Algorithm 1 steps on) and ``reduction="sum"`` for the paper's exact Eq. 2,
 which the theory module uses.
+
+Sections: FAMR's objective; statistics of logits and params (accuracy,
+confidence, distance); the losses of the FAMR variants, the baselines and
+SCRUB; zero-shot unlearning.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
+
+from famr_jax.errors import FamrError
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -251,7 +257,234 @@ def famr_objective(apply_fn: ApplyFn, params: Params, params0: Params, x: jax.Ar
           + l2_anchor(params, params0, lam, anchor_mask))
 
 
+# ----------------------------------------------------------------------------- statistics
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Fraction of rows whose argmax equals the label (NaN for an empty set).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(accuracy(jnp.array([[0.0, 1.0], [1.0, 0.0]]), jnp.array([1, 1])))
+    0.5
+  """
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def per_class_accuracy(logits: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+  """``[C]`` accuracy of each true class (NaN for a class absent from ``labels``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> per_class_accuracy(jnp.array([[0.0, 1.0], [1.0, 0.0]]), jnp.array([1, 1]), 2).tolist()[1]
+    0.5
+  """
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  onehot = jax.nn.one_hot(labels, num_classes)
+  return (correct @ onehot) / jnp.sum(onehot, axis=0)
+
+
+def true_class_confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Softmax probability of the true label: the MIA feature of SalUn.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> true_class_confidence(jnp.zeros((1, 4)), jnp.array([2])).tolist()
+    [0.25]
+  """
+  probs = jax.nn.softmax(logits, -1)
+  return jnp.take_along_axis(probs, labels[:, None].astype(jnp.int32), -1)[:, 0]
+
+
+def param_distance(params: Params, params0: Params) -> jax.Array:
+  """``||theta - theta0||_2`` over the whole pytree.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(param_distance({"w": jnp.array([3.0, 4.0])}, {"w": jnp.zeros(2)}))
+    5.0
+  """
+  return jnp.sqrt(tree_sq_distance(params, params0))
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+  """``sum(w v) / max(sum(w), 1)``: the mean over a minibatch's real examples (``w`` 0 on padding).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(weighted_mean(jnp.array([1.0, 3.0, 100.0]), jnp.array([1.0, 1.0, 0.0])))
+    2.0
+  """
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 # ----------------------------------------------------------------------------- variants and baselines
+
+
+def retrain_target(logits0: jax.Array, forget_classes: jax.Array) -> jax.Array:
+  """The retrain-like target: ``softmax(logits0)`` with the forgotten classes removed and renormalized.
+
+  Computed as a softmax over the retained logits only (the forgotten ones set
+  to ``-inf``), so it is exact and stable for logits of any size.
+
+  Args:
+    logits0: ``[B, C]`` the original model's logits on forget samples.
+    forget_classes: ``[C]`` bool mask of the forgotten classes (not all True).
+
+  Returns:
+    ``[B, C]`` probabilities: zero on forgotten classes, each row summing to one.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> retrain_target(jnp.log(jnp.array([[0.5, 0.3, 0.2]])), jnp.array([True, False, False])).tolist()
+    [[0.0, 0.6000000238418579, 0.4000000059604645]]
+  """
+  return jax.nn.softmax(jnp.where(forget_classes, -jnp.inf, logits0), axis=-1)
+
+
+def target_kl(target: jax.Array, logits: jax.Array) -> jax.Array:
+  """Per-example ``KL(t || softmax(logits))`` with ``0 log 0 = 0`` (targets may have zeros).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> round(float(target_kl(jnp.full((1, 4), 0.25), jnp.zeros((1, 4)))[0]), 6)
+    0.0
+  """
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  log_t = jnp.log(jnp.where(target > 0, target, 1.0))
+  return jnp.sum(jnp.where(target > 0, target * (log_t - log_p), 0.0), axis=-1)
+
+
+def fisher_anchor(params: Params, params0: Params, fisher: Params, lam: float,
+                  curvature_weight: float = 1.0) -> jax.Array:
+  """``1/2 sum_i (c F_ii + lam) (theta_i - theta0_i)^2``: the diagonal-Fisher anchor.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(fisher_anchor({"w": jnp.array([1.0, 2.0])}, {"w": jnp.zeros(2)},
+    ...                     {"w": jnp.array([4.0, 0.0])}, lam=1.0))
+    4.5
+  """
+  terms = jax.tree.map(lambda p, p0, f: jnp.sum((curvature_weight * f + lam) * jnp.square(p - p0)),
+                       params, params0, fisher)
+  return 0.5 * sum(jax.tree.leaves(terms), jnp.zeros((), jnp.float32))
+
+
+def curvature_anchor(params: Params, params0: Params, matvec: Callable[[Params], Params],
+                     lam: float, curvature_weight: float = 1.0) -> jax.Array:
+  """``1/2 d^T (c H + lam I) d`` with ``d = theta - theta0`` and ``H v = matvec(v)``, by one product.
+
+  ``H d`` is computed once, at ``stop_gradient(d)``, and the value is written
+  as ``<d, Hd> - 1/2 <sg(d), Hd>``: its value is ``1/2 d^T H d`` and its
+  gradient is ``H d`` exactly (``H`` symmetric), with no differentiation
+  through the product. ``matvec`` must not depend on ``params`` (it is the
+  curvature at ``theta0``).
+
+  Args:
+    params: the current params.
+    params0: the anchor.
+    matvec: ``v -> H v`` (e.g. :func:`famr_jax.theory.curvature.hvp` or
+      :func:`famr_jax.theory.curvature.gauss_newton_hvp` at ``params0``).
+    lam: isotropic strength.
+    curvature_weight: the weight ``c`` of ``H``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> H = jnp.array([[2.0, 1.0], [1.0, 3.0]])
+    >>> f = lambda p: curvature_anchor(p, jnp.zeros(2), lambda v: H @ v, lam=0.5)
+    >>> jax.grad(f)(jnp.array([1.0, -1.0])).tolist()   # (H + 0.5 I) d
+    [1.5, -2.5]
+  """
+  d = jax.tree.map(jnp.subtract, params, params0)
+  d_fixed = jax.lax.stop_gradient(d)
+  hd = jax.lax.stop_gradient(matvec(d_fixed))
+  dot = lambda a, b: sum(jax.tree.leaves(jax.tree.map(lambda x, y: jnp.sum(x * y), a, b)),
+                         jnp.zeros((), jnp.float32))
+  quad = dot(d, hd) - 0.5 * dot(d_fixed, hd)
+  return curvature_weight * quad + 0.5 * lam * tree_sq_distance(params, params0)
+
+
+def baseline_loss(method: str, apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax.Array,
+                  config: Any) -> jax.Array:
+  """The minibatch loss of a descent baseline (``ft``, ``ga``, ``neggrad+``, ``rl`` or ``salun``).
+
+  ``batch`` is ``(x_f, y_f[, x_r, y_r])`` with ``x_r`` ``[B, k, ...]``; for
+  ``rl`` / ``salun``, ``y_f`` holds the random labels. ``config`` gives the
+  weights ``w_f`` / ``w_r`` where the method has them.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> b = (jnp.ones((2, 2)), jnp.array([0, 1]))
+    >>> round(float(baseline_loss("ga", lambda p, x: x @ p, jnp.zeros((2, 2)), b, jnp.ones(2), None)), 4)
+    -0.6931
+  """
+  x_f, y_f = batch[0], batch[1]
+  if method == "ga":
+    return -weighted_mean(cross_entropy(apply_fn(params, x_f), y_f), weights)
+  x_r, y_r = batch[2], batch[3]
+  w_r = jnp.repeat(weights, x_r.shape[1])
+  ce_r = weighted_mean(cross_entropy(apply_fn(params, x_r.reshape((-1,) + x_r.shape[2:])), y_r.reshape(-1)), w_r)
+  if method == "ft":
+    return ce_r
+  ce_f = weighted_mean(cross_entropy(apply_fn(params, x_f), y_f), weights)
+  if method == "neggrad+":
+    return config.w_r * ce_r - config.w_f * ce_f
+  if method in ("rl", "salun"):
+    return ce_f + config.w_r * ce_r
+  raise FamrError(f"unknown baseline {method!r}; valid: ft, ga, neggrad+, rl, salun")
+
+
+def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
+  """Per-example ``T^2 KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et al.'s KD loss).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(distill_kl(jnp.zeros((1, 3)), jnp.zeros((1, 3)), 4.0)[0])
+    0.0
+    >>> round(float(distill_kl(jnp.array([[0.0, 0.0]]), jnp.array([[2.0, 0.0]]), 2.0)[0]), 4)
+    0.4438
+  """
+  t = temperature
+  log_p_s = jax.nn.log_softmax(student_logits / t, axis=-1)
+  log_p_t = jax.nn.log_softmax(teacher_logits / t, axis=-1)
+  return t * t * jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+
+
+def scrub_max_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax.Array, config: Any) -> jax.Array:
+  """SCRUB's max phase loss, to *descend*: ``-mean d(x_f)``; ``batch = (x_f, teacher_logits_f)``.
+
+  ``config`` (a :class:`famr_jax.methods.scrub.SCRUBConfig`) gives the temperature.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from famr_jax.methods.scrub import SCRUBConfig
+    >>> b = (jnp.ones((1, 2)), jnp.array([[2.0, 0.0]]))
+    >>> cfg = SCRUBConfig(temperature=2.0)
+    >>> round(float(scrub_max_loss(lambda p, x: x @ p, jnp.zeros((2, 2)), b, jnp.ones(1), cfg)), 4)
+    -0.4438
+  """
+  x, teacher = batch
+  return -weighted_mean(distill_kl(apply_fn(params, x), teacher, config.temperature), weights)
+
+
+def scrub_min_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax.Array, config: Any) -> jax.Array:
+  """SCRUB's min phase loss: ``gamma CE + alpha d`` on ``batch = (x_r, y_r, teacher_logits_r)``.
+
+  ``config`` (a :class:`famr_jax.methods.scrub.SCRUBConfig`) gives ``gamma``, ``alpha`` and the temperature.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from famr_jax.methods.scrub import SCRUBConfig
+    >>> b = (jnp.ones((1, 2)), jnp.array([0]), jnp.zeros((1, 2)))
+    >>> cfg = SCRUBConfig(gamma=1.0)
+    >>> round(float(scrub_min_loss(lambda p, x: x @ p, jnp.zeros((2, 2)), b, jnp.ones(1), cfg)), 4)
+    0.6931
+  """
+  x, y, teacher = batch
+  logits = apply_fn(params, x)
+  per_example = (config.gamma * cross_entropy(logits, y)
+                 + config.alpha * distill_kl(logits, teacher, config.temperature))
+  return weighted_mean(per_example, weights)
 
 
 # ----------------------------------------------------------------------------- zero-shot

@@ -396,36 +396,19 @@ CYCLE_ALLOWLIST: frozenset[str] = frozenset({
 })
 
 LAYER_ALLOWLIST: frozenset[str] = frozenset({
-    'famr_jax.engine.training -> famr_jax.evaluation.metrics',
-    'famr_jax.methods.baselines -> famr_jax.evaluation.metrics',
-    'famr_jax.methods.famr -> famr_jax.evaluation.metrics',
-    'famr_jax.methods.scrub -> famr_jax.evaluation.metrics',
-    'famr_jax.methods.variants -> famr_jax.evaluation.metrics',
     'famr_jax.methods.zero_shot -> famr_jax.evaluation.metrics',
 })
 
 PRIVATE_IMPORT_ALLOWLIST: frozenset[str] = frozenset({
     'famr_jax.cli.main -> famr_jax.cli.flags._Deferred',
     'famr_jax.cli.main -> famr_jax.cli.flags._parser_for',
-    'famr_jax.methods.ssd -> famr_jax.methods.variants._timed',
-    'famr_jax.methods.ssd -> famr_jax.theory.fisher._chunks',
-    'famr_jax.methods.ssd -> famr_jax.theory.fisher._fisher_jit',
 })
 
 SIZE_ALLOWLIST: frozenset[str] = frozenset({
-    'famr_jax.methods.variants:famr_variant_unlearn',
     'famr_jax.methods.zero_shot',
 })
 
 CLI_FLAG_ALLOWLIST: frozenset[str] = frozenset({
-    'famr_jax.data.forget:forget_random: --forget-random',
-    'famr_jax.io.checkpoints:save_checkpoint: --overwrite',
-    'famr_jax.methods.variants:_retained_impressions: --forget-classes',
-    'famr_jax.methods.variants:famr_variant_unlearn: --checkpoint',
-    'famr_jax.methods.variants:famr_variant_unlearn: --forget-classes',
-    'famr_jax.methods.variants:famr_variant_unlearn: --function-data',
-    'famr_jax.methods.variants:famr_variant_unlearn: --target',
-    'famr_jax.methods.variants:variant_objective: --checkpoint',
     'famr_jax.methods.zero_shot:_check_class_request: --forget-classes',
 })
 

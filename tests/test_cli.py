@@ -114,8 +114,8 @@ BAD_UNLEARN = [
     (["--forget-classes", "3", "--beta", "1", "--style-layer", "conv9"], "unknown layer"),
     (["--forget-classes", "3", "--method", "ssd", "--alpha", "0"], "selection weight alpha"),
     (["--forget-classes", "3", "--method", "scrub", "--temperature", "-1"], "temperature"),
-    (["--forget-classes", "3", "--method", "ga", "--data-parallel"], "runs on one device"),
-    (["--forget-classes", "3", "--method", "salun", "--checkpoint-every", "10"], "runs on one device"),
+    (["--forget-classes", "3", "--method", "ssd", "--data-parallel"], "runs on one device"),
+    (["--forget-classes", "3", "--method", "ssd", "--checkpoint-every", "10"], "runs on one device"),
 ]
 
 

@@ -248,10 +248,63 @@ def test_bad_variant_settings():
   with pytest.raises(FamrError, match="whole classes"):
     famr_variant_unlearn(_linear, p, x, FAMRVariantConfig(target="retrain"), jax.random.key(0),
                          show_progress=False)
-  with pytest.raises(FamrError, match="famr-jax fisher"):
+  with pytest.raises(FamrError, match="needs the diagonal Fisher: pass fisher"):
     famr_variant_unlearn(_linear, p, x, FAMRVariantConfig(anchor="fisher"), jax.random.key(0),
                          show_progress=False)
   with pytest.raises(FamrError, match="retained data"):
     famr_variant_unlearn(_linear, p, x, FAMRVariantConfig(retain_weight=1.0), jax.random.key(0),
                          show_progress=False)
   assert dataclasses.replace(variants.variant_defaults("famr-plus", "lenet5"), lr=0.5).lr == 0.5
+
+
+def _scale_problem():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(60, D)).astype(np.float32)
+  y = (np.arange(60) % C).astype(np.int32)
+  params = {"w": rng.normal(size=(D, C)).astype(np.float32), "b": np.zeros(C, np.float32)}
+  return x[y == 0], y[y == 0], (x[y != 0], y[y != 0]), params
+
+
+def _famr_plus(x_f, y_f, retain, params, **kwargs):
+  cfg = dataclasses.replace(variants.variant_defaults("famr-plus", "mlp"), train_from=None, epochs=3,
+                            batch_size=4, optimizer="adam", lr=0.05)
+  return famr_variant_unlearn(_linear, params, x_f, cfg, jax.random.key(5), y_forget=y_f, forget_classes=[0],
+                              retain_data=retain, show_progress=False, **kwargs)
+
+
+def _ga(x_f, y_f, retain, params, **kwargs):
+  from famr_jax.methods.baselines import GAConfig, baseline_unlearn
+  del retain
+  return baseline_unlearn("ga", _linear, params, x_f, y_f, GAConfig(epochs=3, batch_size=4, lr=0.05),
+                          jax.random.key(5), show_progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("run", [_famr_plus, _ga], ids=["famr-plus", "ga"])
+def test_gradient_accumulation_gives_the_same_params(run):
+  from famr_jax.engine.parallel import ScaleConfig
+  problem = _scale_problem()
+  plain = run(*problem)
+  accumulated = run(*problem, scale=ScaleConfig(grad_accum=2))
+  for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(accumulated.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(np.asarray(plain.params["w"]), problem[3]["w"])   # it did move
+
+
+def test_variant_stopped_and_resumed_is_bit_identical(tmp_path):
+  from famr_jax.engine.resume import ResumeConfig, RunStopped
+  problem = _scale_problem()   # 15 forget samples in batches of 4: 4 steps per epoch, 12 in all
+  with pytest.raises(RunStopped) as stopped:
+    _famr_plus(*problem, resume=ResumeConfig(str(tmp_path / "a"), checkpoint_every=3, stop_after_steps=5))
+  assert stopped.value.step == 7            # saves at rows 3 and 4 of each epoch: steps 3, 4, 7 >= 5
+  resumed = _famr_plus(*problem, resume=ResumeConfig(str(tmp_path / "a"), checkpoint_every=3))
+  uninterrupted = _famr_plus(*problem, resume=ResumeConfig(str(tmp_path / "b"), checkpoint_every=3))
+  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(uninterrupted.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert resumed.history == uninterrupted.history
+  # Another variant setting is another run: the checkpoint refuses it, naming the setting.
+  with pytest.raises(FamrError, match="retain_weight"):
+    famr_variant_unlearn(_linear, problem[3], problem[0], dataclasses.replace(
+        variants.variant_defaults("famr-plus", "mlp"), train_from=None, epochs=3, batch_size=4,
+        optimizer="adam", lr=0.05, retain_weight=0.5), jax.random.key(5), y_forget=problem[1],
+        forget_classes=[0], retain_data=problem[2], show_progress=False,
+        resume=ResumeConfig(str(tmp_path / "a"), checkpoint_every=3, stop_after_steps=1))

@@ -356,7 +356,10 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
   _check_scale(run)
   if not spec.scales and (not run.scale.is_default or run.resume.enabled):
     raise FamrError(f"method {run.method!r} runs on one device in float32 without resumable checkpoints; "
-                    "the scale and checkpoint flags apply to 'famr' (and to training)")
+                    "the scale and checkpoint flags apply to the methods that descend (famr, its variants, "
+                    "the baselines) and to training")
+  if run.method == "scrub" and run.resume.enabled:
+    raise FamrError("scrub runs several descents and cannot resume: drop --checkpoint-every")
   check_output_free(run.out, run.overwrite)
   loaded = load_model(run.checkpoint)
   if "unlearned" in loaded.metadata:

@@ -120,7 +120,7 @@ def forget_random(key: jax.Array, fraction: float, num_train: int, num_classes: 
     10
   """
   if not 0.0 < float(fraction) < 1.0:
-    raise FamrError(f"--forget-random must lie strictly between 0 and 1, got {fraction}")
+    raise FamrError(f"fraction must lie strictly between 0 and 1, got {fraction}")
   count = max(1, int(round(fraction * num_train)))
   idx = np.asarray(jax.random.choice(key, num_train, (count,), replace=False))
   return forget_samples(idx, num_train, num_classes)

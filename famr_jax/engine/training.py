@@ -17,9 +17,9 @@ import optax
 
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.evaluation.metrics import accuracy, batched_apply
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
+from famr_jax.engine.forward import batched_apply
 from famr_jax.engine.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
 from famr_jax.engine.resume import ResumeConfig
 
@@ -73,7 +73,7 @@ def cross_entropy_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights:
 
 def eval_accuracy(apply_fn: ApplyFn, params: Params, eval_xy: tuple) -> dict[str, jax.Array]:
   """``{"eval_acc": ...}`` on a monitor set ``(x, y)`` (the engine's ``metrics_fn`` once bound)."""
-  return {"eval_acc": accuracy(batched_apply(apply_fn, params, eval_xy[0]), eval_xy[1])}
+  return {"eval_acc": objectives.accuracy(batched_apply(apply_fn, params, eval_xy[0]), eval_xy[1])}
 
 
 def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.ndarray,

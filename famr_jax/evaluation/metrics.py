@@ -1,6 +1,7 @@
-"""Unlearning metrics: accuracies, forget-set statistics and MIA-efficacy.
+"""Unlearning metrics: the report's accuracies, forget-set statistics and MIA-efficacy.
 
-The per-example quantities are pure, jit-compiled JAX functions. The one
+The per-example statistics are pure JAX functions of :mod:`famr_jax.losses`
+(re-exported here); the forward passes are :mod:`famr_jax.engine.forward`'s. The one
 non-JAX piece is the membership-inference attack, an RBF support-vector
 classifier from scikit-learn, exactly as the SalUn benchmark defines it.
 """
@@ -16,67 +17,15 @@ import numpy as np
 
 from famr_jax import losses as objectives
 from famr_jax.data.forget import ForgetSet
+from famr_jax.engine.forward import batched_apply
+# The statistics live with the losses (methods and the engine use them); they stay importable from here.
+from famr_jax.losses import accuracy, param_distance, per_class_accuracy, true_class_confidence
+
+__all__ = ["accuracy", "batched_apply", "evaluate_unlearning", "mia_efficacy", "param_distance",
+           "per_class_accuracy", "true_class_confidence"]
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
-
-
-@partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
-def batched_apply(apply_fn: ApplyFn, params: Params, x: jax.Array,
-                  batch_size: int = 1024) -> jax.Array:
-  """``apply_fn(params, x)`` evaluated in chunks with ``lax.map`` (bounded memory).
-
-  Compiled once per ``apply_fn``, shapes and batch size (an eager ``lax.map`` would
-  recompile its freshly made body on every call).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> batched_apply(lambda p, x: x * p, 2.0, jnp.arange(5.0)[:, None], 2)[:, 0].tolist()
-    [0.0, 2.0, 4.0, 6.0, 8.0]
-  """
-  n = x.shape[0]
-  if n <= batch_size:
-    return apply_fn(params, x)
-  num_batches = -(-n // batch_size)
-  pad = num_batches * batch_size - n
-  xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-  out = jax.lax.map(lambda xb: apply_fn(params, xb), xp.reshape((num_batches, batch_size) + x.shape[1:]))
-  return out.reshape((num_batches * batch_size,) + out.shape[2:])[:n]
-
-
-def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Fraction of rows whose argmax equals the label (NaN for an empty set).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> float(accuracy(jnp.array([[0.0, 1.0], [1.0, 0.0]]), jnp.array([1, 1])))
-    0.5
-  """
-  return jnp.mean(jnp.argmax(logits, -1) == labels)
-
-
-def per_class_accuracy(logits: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
-  """``[C]`` accuracy of each true class (NaN for a class absent from ``labels``).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> per_class_accuracy(jnp.array([[0.0, 1.0], [1.0, 0.0]]), jnp.array([1, 1]), 2).tolist()[1]
-    0.5
-  """
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  onehot = jax.nn.one_hot(labels, num_classes)
-  return (correct @ onehot) / jnp.sum(onehot, axis=0)
-
-
-def true_class_confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Softmax probability of the true label: the MIA feature of SalUn."""
-  probs = jax.nn.softmax(logits, -1)
-  return jnp.take_along_axis(probs, labels[:, None].astype(jnp.int32), -1)[:, 0]
-
-
-def param_distance(params: Params, params0: Params) -> jax.Array:
-  """``||theta - theta0||_2`` over the whole pytree."""
-  return jnp.sqrt(objectives.tree_sq_distance(params, params0))
 
 
 def mia_efficacy(conf_retain_train: np.ndarray, conf_test: np.ndarray,

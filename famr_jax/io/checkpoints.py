@@ -115,7 +115,7 @@ def save_checkpoint(directory: str | os.PathLike, params: Params, metadata: dict
 
   target = Path(directory).expanduser().resolve()
   if target.exists() and not overwrite:
-    raise FamrError(f"{target} already exists: choose another directory or pass overwrite (--overwrite)")
+    raise FamrError(f"{target} already exists: choose another directory or pass overwrite=True")
   extras = dict(extras or {})
   for name in extras:
     if name in ("params", METADATA_FILE) or not name.isidentifier():

@@ -22,6 +22,7 @@ comparable epoch for epoch.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable, Literal, NamedTuple
 
 import jax
@@ -30,9 +31,13 @@ import numpy as np
 
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.evaluation.metrics import accuracy
 from famr_jax.engine.descent import DescentResult, bind_static, check_descent_settings, make_optimizer, minibatch_descent
+from famr_jax.engine.forward import batched_apply, timed_call
+from famr_jax.engine.parallel import ScaleConfig, compute_dtype_apply_fn
+from famr_jax.engine.resume import ResumeConfig
 from famr_jax.engine.training import TrainConfig, train_classifier
+# The pure loss lives in famr_jax.losses; it stays importable from here.
+from famr_jax.losses import baseline_loss
 from famr_jax.methods.defaults import default_overrides
 from famr_jax.methods.variants import pair_retained
 
@@ -178,42 +183,6 @@ def saliency_mask(grads: Params, fraction: float) -> Params:
   return jax.tree.map(lambda g: (jnp.abs(g) >= threshold).astype(jnp.float32), grads)
 
 
-def _wmean(values, weights):
-  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
-def baseline_loss(method: str, apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax.Array,
-                  config: Any) -> jax.Array:
-  """The minibatch loss of a descent baseline.
-
-  ``batch`` is ``(x_f, y_f[, x_r, y_r])`` with ``x_r`` ``[B, k, ...]``; for
-  ``rl`` / ``salun``, ``y_f`` holds the random labels.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> apply_fn = lambda p, x: x @ p
-    >>> b = (jnp.ones((2, 2)), jnp.array([0, 1]))
-    >>> round(float(baseline_loss("ga", apply_fn, jnp.zeros((2, 2)), b, jnp.ones(2), GAConfig())), 4)
-    -0.6931
-  """
-  x_f, y_f = batch[0], batch[1]
-  if method == "ga":
-    return -_wmean(objectives.cross_entropy(apply_fn(params, x_f), y_f), weights)
-  x_r, y_r = batch[2], batch[3]
-  k = x_r.shape[1]
-  w_r = jnp.repeat(weights, k)
-  ce_r = _wmean(objectives.cross_entropy(apply_fn(params, x_r.reshape((-1,) + x_r.shape[2:])),
-                                         y_r.reshape(-1)), w_r)
-  if method == "ft":
-    return ce_r
-  ce_f = _wmean(objectives.cross_entropy(apply_fn(params, x_f), y_f), weights)
-  if method == "neggrad+":
-    return config.w_r * ce_r - config.w_f * ce_f
-  if method in ("rl", "salun"):
-    return ce_f + config.w_r * ce_r
-  raise FamrError(f"unknown baseline {method!r}; valid: {', '.join(BASELINES)}")
-
-
 # ----------------------------------------------------------------------------- runs
 
 
@@ -233,19 +202,25 @@ def baseline_minibatch_loss(method: str, apply_fn: ApplyFn, config: Any, params:
 
 def baseline_history(apply_fn: ApplyFn, params: Params, ctx: _Context) -> dict[str, jax.Array]:
   """Forget accuracy on a monitored sample of the forget set (the engine's ``metrics_fn`` once bound)."""
-  return {"forget_acc": accuracy(apply_fn(params, ctx.monitor_x), ctx.monitor_y)}
+  return {"forget_acc": objectives.accuracy(apply_fn(params, ctx.monitor_x), ctx.monitor_y)}
 
 
 def forget_set_gradient(apply_fn: ApplyFn, params: Params, x: jax.Array, y: jax.Array) -> Params:
   """Gradient of the mean cross-entropy over the whole forget set (SalUn's saliency), in chunks."""
-  return jax.grad(lambda q: jnp.mean(objectives.cross_entropy(_batched_logits(apply_fn, q, x), y)))(params)
+  return jax.grad(lambda q: jnp.mean(objectives.cross_entropy(batched_apply(apply_fn, q, x, 512), y)))(params)
+
+
+def salient_weights(apply_fn: ApplyFn, fraction: float, params: Params, x: jax.Array, y: jax.Array) -> Params:
+  """SalUn's mask: :func:`saliency_mask` of :func:`forget_set_gradient` at ``params`` (one program)."""
+  return saliency_mask(forget_set_gradient(apply_fn, params, x, y), fraction)
 
 
 def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
                      y_forget: np.ndarray, config: Any, key: jax.Array, *,
                      retain_data: tuple[np.ndarray, np.ndarray] | None = None,
                      forget_classes: tuple[int, ...] = (), num_classes: int | None = None,
-                     show_progress: bool = True) -> DescentResult:
+                     show_progress: bool = True, scale: ScaleConfig | None = None,
+                     resume: ResumeConfig | None = None) -> DescentResult:
   """Runs the descent baseline ``method`` (``ft``, ``ga``, ``neggrad+``, ``rl`` or ``salun``).
 
   Args:
@@ -260,6 +235,10 @@ def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: n
     forget_classes: forgotten classes: random labels are drawn among the retained classes.
     num_classes: the model's class count (default: from the logits).
     show_progress: progress bar.
+    scale: optional :class:`famr_jax.engine.parallel.ScaleConfig` (data parallel,
+      FSDP, bfloat16 forward pass in the steps, gradient accumulation).
+    resume: optional :class:`famr_jax.engine.resume.ResumeConfig`: save resumable
+      checkpoints; rerunning the same call continues where it stopped.
 
   Returns:
     A :class:`famr_jax.engine.descent.DescentResult`.
@@ -273,8 +252,6 @@ def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: n
     >>> int(jnp.argmax((x @ r.params)[0]))
     1
   """
-  import time
-
   if method not in BASELINES:
     raise FamrError(f"unknown baseline {method!r}; valid: {', '.join(BASELINES)}")
   config.validate()
@@ -282,61 +259,57 @@ def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: n
   y_forget = np.asarray(y_forget, np.int32)
   if x_forget.shape[0] == 0:
     raise FamrError("the forget set is empty")
-  extra_compile = extra_run = 0.0
   t0 = time.perf_counter()
-  if num_classes is None:
-    num_classes = int(jax.eval_shape(apply_fn, params, jnp.asarray(x_forget[:1])).shape[-1])
-  labels = y_forget
-  if method in ("rl", "salun"):
-    allowed = np.ones(num_classes, bool)
-    allowed[list(forget_classes)] = False
-    labels = random_wrong_labels(jax.random.fold_in(key, 4), y_forget, allowed)
-  data = [x_forget, labels]
-  if method != "ga":
-    if retain_data is None:
-      raise FamrError(f"{method} needs retained data")
-    x_pool, y_pool = np.asarray(retain_data[0], np.float32), np.asarray(retain_data[1], np.int32)
-    pick = pair_retained(jax.random.fold_in(key, 1), x_forget.shape[0], x_pool.shape[0], config.retain_ratio)
-    data += [x_pool[pick], y_pool[pick]]
-  extra_run += time.perf_counter() - t0
-
+  data = _baseline_data(method, apply_fn, params, x_forget, y_forget, config, key, retain_data=retain_data,
+                        forget_classes=forget_classes, num_classes=num_classes)
+  extra_compile, extra_run = 0.0, time.perf_counter() - t0
   mask = None
   if method == "salun":
     # Saliency of SalUn: |gradient of the forgetting loss| on the whole forget set at theta0.
-    t0 = time.perf_counter()
-    compiled = jax.jit(bind_static(forget_set_gradient, apply_fn)).lower(params, jnp.asarray(x_forget), jnp.asarray(y_forget)).compile()
-    extra_compile += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    grads = compiled(params, jnp.asarray(x_forget), jnp.asarray(y_forget))
-    mask = jax.block_until_ready(saliency_mask(grads, config.saliency))
-    extra_run += time.perf_counter() - t0
-
+    mask, extra_compile, run_s = timed_call(bind_static(salient_weights, apply_fn, config.saliency), params,
+                                            jnp.asarray(x_forget), jnp.asarray(y_forget))
+    extra_run += run_s
   monitor = np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), x_forget.shape[0]))[:512]
   ctx = _Context(mask, jnp.asarray(x_forget[monitor]), jnp.asarray(y_forget[monitor]))
-
-  result = minibatch_descent(bind_static(baseline_minibatch_loss, method, apply_fn, config), params, tuple(data),
+  # bfloat16 runs the steps' forward passes only; the history stays float32.
+  forward = compute_dtype_apply_fn(apply_fn, scale.compute_dtype) if scale is not None else apply_fn
+  meta = {"baseline": method, "config": dataclasses.asdict(config),
+          "forget_classes": [int(c) for c in forget_classes]}
+  result = minibatch_descent(bind_static(baseline_minibatch_loss, method, forward, config), params, data,
                              make_optimizer(config.optimizer, config.lr),
                              epochs=config.epochs, batch_size=config.batch_size, key=key, context=ctx,
                              metrics_fn=bind_static(baseline_history, apply_fn), initial_metrics=True, desc=method,
-                             show_progress=show_progress, max_steps=config.steps)
-  return DescentResult(result.params, result.history, result.compile_s + extra_compile,
-                       result.run_s + extra_run)
+                             show_progress=show_progress, max_steps=config.steps, scale=scale, resume=resume,
+                             resume_meta=meta)
+  return result._replace(compile_s=result.compile_s + extra_compile, run_s=result.run_s + extra_run)
 
 
-def _batched_logits(apply_fn, params, x, chunk: int = 512):
-  """Logits of ``x`` in chunks with ``lax.map`` (bounded memory under ``grad``)."""
-  n = x.shape[0]
-  if n <= chunk:
-    return apply_fn(params, x)
-  num = -(-n // chunk)
-  xp = jnp.concatenate([x, jnp.zeros((num * chunk - n,) + x.shape[1:], x.dtype)])
-  out = jax.lax.map(lambda xb: apply_fn(params, xb), xp.reshape((num, chunk) + x.shape[1:]))
-  return out.reshape((num * chunk,) + out.shape[2:])[:n]
+def _baseline_data(method, apply_fn, params, x_forget, y_forget, config, key, *, retain_data, forget_classes,
+                   num_classes) -> tuple:
+  """The engine's data: ``(x_f, y_f)`` (random wrong labels for ``rl`` / ``salun``), plus ``(x_r, y_r)``
+  of ``retain_ratio`` paired retained samples per forget sample for every method but ``ga``."""
+  labels = y_forget
+  if method in ("rl", "salun"):
+    if num_classes is None:
+      num_classes = int(jax.eval_shape(apply_fn, params, jnp.asarray(x_forget[:1])).shape[-1])
+    allowed = np.ones(num_classes, bool)
+    allowed[list(forget_classes)] = False
+    labels = random_wrong_labels(jax.random.fold_in(key, 4), y_forget, allowed)
+  if method == "ga":
+    return (x_forget, labels)
+  if retain_data is None:
+    raise FamrError(f"{method} needs retained data: pass retain_data")
+  x_pool, y_pool = np.asarray(retain_data[0], np.float32), np.asarray(retain_data[1], np.int32)
+  pick = pair_retained(jax.random.fold_in(key, 1), x_forget.shape[0], x_pool.shape[0], config.retain_ratio)
+  return (x_forget, labels, x_pool[pick], y_pool[pick])
 
 
 def retrain_unlearn(apply_fn: ApplyFn, init_params: Params, x_retain: np.ndarray, y_retain: np.ndarray,
-                    config: TrainConfig, key: jax.Array, *, show_progress: bool = True) -> DescentResult:
+                    config: TrainConfig, key: jax.Array, *, show_progress: bool = True,
+                    scale: ScaleConfig | None = None, resume: ResumeConfig | None = None) -> DescentResult:
   """The ``retrain`` method: the training recipe on the retained data from ``init_params``.
+
+  ``scale`` and ``resume`` are :func:`famr_jax.engine.training.train_classifier`'s.
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np
@@ -347,7 +320,7 @@ def retrain_unlearn(apply_fn: ApplyFn, init_params: Params, x_retain: np.ndarray
     5
   """
   return train_classifier(apply_fn, init_params, x_retain, y_retain, config, key, show_progress=show_progress,
-                          desc="retrain")
+                          desc="retrain", scale=scale, resume=resume)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -393,7 +366,8 @@ def baseline_task_runner(name: str):
     return baseline_unlearn(name, task.apply_fn, task.params, data.x_train[idx], data.y_train[idx], config,
                             task.key, retain_data=(data.x_train[keep], data.y_train[keep]),
                             forget_classes=forget.classes, num_classes=forget.num_classes,
-                            show_progress=task.show_progress)
+                            show_progress=task.show_progress, scale=getattr(task, "scale", None),
+                            resume=getattr(task, "resume", None))
   return run
 
 
@@ -401,10 +375,11 @@ def run_retrain_task(task, config: TrainConfig) -> DescentResult:
   """The registry's adapter: the gold standard (the training recipe on the retained data)."""
   from famr_jax import models
   if task.model is None:
-    raise FamrError("retrain needs the model (to initialize it afresh)")
+    raise FamrError("retrain needs the model (to initialize it afresh): pass model")
   data, forget = task.data, task.forget
   keep = forget.retain_mask(len(data.y_train))
   # A fresh init drawn from the task's key (the gold standard of `compare` uses another one).
   init = models.init_params(task.model, jax.random.fold_in(task.key, 11), data.image_shape)
   return retrain_unlearn(task.apply_fn, init, data.x_train[keep], data.y_train[keep], config,
-                         jax.random.fold_in(task.key, 12), show_progress=task.show_progress)
+                         jax.random.fold_in(task.key, 12), show_progress=task.show_progress,
+                         scale=getattr(task, "scale", None), resume=getattr(task, "resume", None))

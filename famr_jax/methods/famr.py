@@ -18,13 +18,14 @@ import optax
 
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.evaluation.metrics import accuracy, batched_apply, param_distance
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
+from famr_jax.engine.forward import batched_apply
 from famr_jax.engine.optimizers import StaticMask
-from famr_jax.methods.defaults import default_overrides
 from famr_jax.engine.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
 from famr_jax.engine.resume import ResumeConfig
+from famr_jax.losses import accuracy, param_distance
+from famr_jax.methods.defaults import default_overrides
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]

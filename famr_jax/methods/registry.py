@@ -92,9 +92,10 @@ def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
 
 def _builtin_methods() -> tuple[MethodSpec, ...]:
   """The library's methods, in the order the CLI lists them."""
-  variant = lambda name, text: MethodSpec(name, variants.FAMRVariantConfig, variants.run_variant_task, text)
+  variant = lambda name, text: MethodSpec(name, variants.FAMRVariantConfig, variants.run_variant_task, text,
+                                        scales=True)
   baseline = lambda name, text: MethodSpec(name, baselines.BASELINE_CONFIGS[name],
-                                           baselines.baseline_task_runner(name), text)
+                                           baselines.baseline_task_runner(name), text, scales=True)
   return (
       MethodSpec("famr", famr.FAMRConfig, famr.run_famr_task,
                  "FAMR (Algorithm 1): uniform-KL forget loss + L2 anchor, on the forget set", scales=True),
@@ -105,14 +106,15 @@ def _builtin_methods() -> tuple[MethodSpec, ...]:
       variant("famr-function", "FAMR with a function-space anchor KL(p0 || p) on retained samples"),
       variant("famr-plus", "retrain-like target + function-space anchor (+ frozen head where tuned)"),
       MethodSpec("retrain", TrainConfig, baselines.run_retrain_task,
-                 "the gold standard: the training recipe on the retained data, from a fresh init"),
+                 "the gold standard: the training recipe on the retained data, from a fresh init", scales=True),
       baseline("ft", "fine-tune on retained data (cross-entropy)"),
       baseline("ga", "gradient ascent on the forget set's cross-entropy"),
       baseline("neggrad+", "NegGrad+: w_r CE(retain) - w_f CE(forget)"),
       baseline("rl", "random labels on the forget set + CE on retained data"),
       baseline("salun", "SalUn: weight-saliency mask from the forget gradient, then RL on the salient weights"),
       MethodSpec("scrub", scrub.SCRUBConfig, scrub.run_scrub_task,
-                 "SCRUB: ascend the teacher-student KL on forget data, descend CE + KL on retained data"),
+                 "SCRUB: ascend the teacher-student KL on forget data, descend CE + KL on retained data",
+                 scales=True),
       MethodSpec("ssd", ssd.SSDConfig, ssd.run_ssd_task,
                  "SSD: dampen the weights far more important (diagonal importance) to the forget set than to "
                  "the data"),

@@ -36,10 +36,13 @@ import numpy as np
 
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.methods.defaults import default_overrides
-from famr_jax.evaluation.metrics import accuracy, batched_apply
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, make_optimizer,
                                      minibatch_descent, steps_per_epoch)
+from famr_jax.engine.forward import batched_apply
+from famr_jax.engine.parallel import ScaleConfig, compute_dtype_apply_fn
+# The pure losses live in famr_jax.losses; they stay importable from here.
+from famr_jax.losses import distill_kl, scrub_max_loss, scrub_min_loss
+from famr_jax.methods.defaults import default_overrides
 from famr_jax.methods.variants import pair_retained
 
 Params = Any
@@ -100,29 +103,9 @@ class SCRUBConfig:
     return self
 
 
-def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
-  """Per-example ``T^2 KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et al.'s KD loss).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> float(distill_kl(jnp.zeros((1, 3)), jnp.zeros((1, 3)), 4.0)[0])
-    0.0
-    >>> round(float(distill_kl(jnp.array([[0.0, 0.0]]), jnp.array([[2.0, 0.0]]), 2.0)[0]), 4)
-    0.4438
-  """
-  t = temperature
-  log_p_s = jax.nn.log_softmax(student_logits / t, axis=-1)
-  log_p_t = jax.nn.log_softmax(teacher_logits / t, axis=-1)
-  return t * t * jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
-
-
-def _wmean(values, weights):
-  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
 def forget_accuracy_metrics(apply_fn: ApplyFn, params: Params, monitor_xy: tuple) -> dict[str, jax.Array]:
   """``{"forget_acc": ...}`` on a monitored sample of the forget set (the engine's ``metrics_fn``)."""
-  return {"forget_acc": accuracy(apply_fn(params, monitor_xy[0]), monitor_xy[1])}
+  return {"forget_acc": objectives.accuracy(apply_fn(params, monitor_xy[0]), monitor_xy[1])}
 
 
 def _with_config(loss_fn, config, params, batch, weights, context):
@@ -130,42 +113,10 @@ def _with_config(loss_fn, config, params, batch, weights, context):
   return loss_fn(params, batch, weights, config)
 
 
-def scrub_max_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax.Array,
-                   config: SCRUBConfig) -> jax.Array:
-  """The max phase's loss, to *descend*: ``-mean d(x_f)``; ``batch = (x_f, teacher_logits_f)``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> apply_fn = lambda p, x: x @ p
-    >>> b = (jnp.ones((1, 2)), jnp.array([[2.0, 0.0]]))
-    >>> round(float(scrub_max_loss(apply_fn, jnp.zeros((2, 2)), b, jnp.ones(1), SCRUBConfig(temperature=2.0))), 4)
-    -0.4438
-  """
-  x, teacher = batch
-  return -_wmean(distill_kl(apply_fn(params, x), teacher, config.temperature), weights)
-
-
-def scrub_min_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax.Array,
-                   config: SCRUBConfig) -> jax.Array:
-  """The min phase's loss: ``gamma CE + alpha d`` on ``batch = (x_r, y_r, teacher_logits_r)``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> apply_fn = lambda p, x: x @ p
-    >>> b = (jnp.ones((1, 2)), jnp.array([0]), jnp.zeros((1, 2)))
-    >>> round(float(scrub_min_loss(apply_fn, jnp.zeros((2, 2)), b, jnp.ones(1), SCRUBConfig(gamma=1.0))), 4)
-    0.6931
-  """
-  x, y, teacher = batch
-  logits = apply_fn(params, x)
-  per_example = (config.gamma * objectives.cross_entropy(logits, y)
-                 + config.alpha * distill_kl(logits, teacher, config.temperature))
-  return _wmean(per_example, weights)
-
-
 def scrub_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forget: np.ndarray,
                   config: SCRUBConfig, key: jax.Array, *,
-                  retain_data: tuple[np.ndarray, np.ndarray], show_progress: bool = True) -> DescentResult:
+                  retain_data: tuple[np.ndarray, np.ndarray], show_progress: bool = True,
+                  scale: ScaleConfig | None = None) -> DescentResult:
   """Runs SCRUB from the trained ``params`` (the teacher, and the student's start).
 
   Args:
@@ -177,6 +128,9 @@ def scrub_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_for
     key: PRNG key (minibatch orders, retained draws).
     retain_data: ``(x, y)`` retained training data.
     show_progress: unused (rounds are few); kept for the registry's interface.
+    scale: optional :class:`famr_jax.engine.parallel.ScaleConfig` for every phase
+      (data parallel, FSDP, bfloat16 forward pass in the steps, gradient
+      accumulation). SCRUB runs several descents, so it does not resume.
 
   Returns:
     A :class:`famr_jax.engine.descent.DescentResult`; ``history`` has one entry
@@ -226,17 +180,19 @@ def scrub_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_for
   jax.block_until_ready(retain_rounds)
   run_s, compile_s = time.perf_counter() - t0, 0.0
 
+  # bfloat16 runs the steps' forward passes only; the teacher's logits and the history stay float32.
+  forward = compute_dtype_apply_fn(apply_fn, scale.compute_dtype) if scale is not None else apply_fn
   phases, opt_state = [], None
   for r in range(config.epochs):
     for phase, loss_fn, data, steps, k in (
-        ("max", bind_static(scrub_max_loss, apply_fn), forget_data, max_steps, 2 * r),
-        ("min", bind_static(scrub_min_loss, apply_fn), retain_rounds[r], min_steps, 2 * r + 1)):
+        ("max", bind_static(scrub_max_loss, forward), forget_data, max_steps, 2 * r),
+        ("min", bind_static(scrub_min_loss, forward), retain_rounds[r], min_steps, 2 * r + 1)):
       if phase == "max" and r >= config.max_epochs:
         continue
       out = minibatch_descent(bind_static(_with_config, loss_fn, config), params, data, optimizer, epochs=1,
                               max_steps=steps, batch_size=config.batch_size, key=jax.random.fold_in(key, k),
                               context=monitor_xy, metrics_fn=metrics_fn, show_progress=False,
-                              opt_state=opt_state)
+                              opt_state=opt_state, scale=scale)
       params, opt_state = out.params, out.opt_state
       compile_s, run_s = compile_s + out.compile_s, run_s + out.run_s
       phases.append({"phase": phase, **out.history[-1], "epoch": r + 1})
@@ -255,8 +211,12 @@ def scrub_sample_defaults(model_name: str) -> SCRUBConfig:
 
 def run_scrub_task(task, config: SCRUBConfig) -> DescentResult:
   """The registry's adapter: SCRUB on an :class:`famr_jax.methods.registry.UnlearnTask`."""
+  resume = getattr(task, "resume", None)
+  if resume is not None and resume.enabled:
+    raise FamrError("scrub runs several descents and cannot resume: pass resume=None")
   data, forget = task.data, task.forget
   keep = forget.retain_mask(len(data.y_train))
   idx = forget.indices
   return scrub_unlearn(task.apply_fn, task.params, data.x_train[idx], data.y_train[idx], config, task.key,
-                       retain_data=(data.x_train[keep], data.y_train[keep]), show_progress=task.show_progress)
+                       retain_data=(data.x_train[keep], data.y_train[keep]), show_progress=task.show_progress,
+                       scale=getattr(task, "scale", None))

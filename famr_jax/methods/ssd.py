@@ -44,8 +44,10 @@ import numpy as np
 
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
+from famr_jax.engine.descent import DescentResult, bind_static
+from famr_jax.engine.forward import timed_call
 from famr_jax.methods.defaults import default_overrides
-from famr_jax.engine.descent import DescentResult
+from famr_jax.theory.fisher import chunked_fisher, padded_chunks
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -143,8 +145,7 @@ def minibatch_importance(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np
 
 def _minibatch_indices(n: int, batch_size: int, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
   """``[num_batches, batch]`` rows of ``permutation(key, n)`` (the last padded) and 0/1 weights."""
-  from famr_jax.theory.fisher import _chunks
-  idx, weights = _chunks(n, min(batch_size, n))   # the Fisher's chunking, in a random order
+  idx, weights = padded_chunks(n, min(batch_size, n))   # the Fisher's chunking, in a random order
   return np.asarray(jax.random.permutation(key, n))[idx], weights
 
 
@@ -161,6 +162,14 @@ def _minibatch_importance(apply_fn, params, x, y, idx, weights):
   zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
   total, _ = jax.lax.scan(body, zeros, (idx, weights))
   return jax.tree.map(lambda t: t / idx.shape[0], total)
+
+
+def _fisher_importance(apply_fn, n, params, x, y, idx, weights):
+  return chunked_fisher(apply_fn, params, x, y, idx, weights, n)
+
+
+def _dampen_by(alpha, lam, params, importance_full, importance_forget):
+  return dampen(params, importance_full, importance_forget, alpha, lam)
 
 
 def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forget: np.ndarray,
@@ -194,8 +203,6 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
     >>> np.asarray(r.params, np.float64).round(4).tolist()   # e0's weights scaled by []_D / []_Df = 1/6
     [[0.1667, 0.0], [0.0, 1.0]]
   """
-  from famr_jax.theory import fisher
-
   config.validate()
   x_forget = np.asarray(x_forget, np.float32)
   y_forget = np.asarray(y_forget, np.int32)
@@ -203,11 +210,10 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
     raise FamrError("the forget set is empty")
   if importance_full is None and train_data is None:
     raise FamrError("SSD needs the training set's importance: the training data or a precomputed one")
-  from famr_jax.methods.variants import _timed   # jit, compile (reported apart, as for descent methods), run
   timer = {"compile": 0.0, "run": 0.0}
 
-  def timed(fn, *args):
-    out, compile_s, run_s = _timed(fn, *args)
+  def timed(fn, *args):   # compiled apart from running (reported apart, as for descent methods)
+    out, compile_s, run_s = timed_call(fn, *args)
     timer["compile"] += compile_s
     timer["run"] += run_s
     return out
@@ -216,11 +222,11 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
     t0 = time.perf_counter()
     n = x.shape[0]
     if config.importance == "fisher":
-      idx, weights = fisher._chunks(n, min(config.batch_size, n))
-      fn = lambda p, *a: fisher._fisher_jit(apply_fn, p, *a, n)
+      idx, weights = padded_chunks(n, min(config.batch_size, n))
+      fn = bind_static(_fisher_importance, apply_fn, n)
     else:
       idx, weights = _minibatch_indices(n, config.batch_size, k)
-      fn = lambda p, *a: _minibatch_importance(apply_fn, p, *a)
+      fn = bind_static(_minibatch_importance, apply_fn)
     data = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(idx), jnp.asarray(weights))
     timer["run"] += time.perf_counter() - t0   # moving the data to the device
     return timed(fn, params, *data)
@@ -229,8 +235,7 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
     importance_full = importance(np.asarray(train_data[0], np.float32), np.asarray(train_data[1], np.int32),
                                  jax.random.fold_in(key, 0))
   importance_forget = importance(x_forget, y_forget, jax.random.fold_in(key, 1))
-  new_params = timed(lambda p, f, g: dampen(p, f, g, config.alpha, config.lam),
-                     params, importance_full, importance_forget)
+  new_params = timed(bind_static(_dampen_by, config.alpha, config.lam), params, importance_full, importance_forget)
   return DescentResult(new_params, [], timer["compile"], timer["run"])
 
 

@@ -41,7 +41,6 @@ sample.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import jax
@@ -51,10 +50,14 @@ import optax
 
 from famr_jax import losses as objectives
 from famr_jax.errors import FamrError
-from famr_jax.evaluation.metrics import accuracy, batched_apply
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
+from famr_jax.engine.forward import batched_apply, timed_call
 from famr_jax.engine.optimizers import StaticMask
+from famr_jax.engine.parallel import ScaleConfig, compute_dtype_apply_fn
+from famr_jax.engine.resume import ResumeConfig
+# The objective's pure pieces live in famr_jax.losses; they stay importable from here.
+from famr_jax.losses import curvature_anchor, fisher_anchor, retrain_target, target_kl
 from famr_jax.methods.defaults import default_overrides
 
 Params = Any
@@ -152,95 +155,7 @@ class FAMRVariantConfig:
     return make_optimizer(self.optimizer, self.lr)
 
 
-# ----------------------------------------------------------------------------- pure pieces
-
-
-def retrain_target(logits0: jax.Array, forget_classes: jax.Array) -> jax.Array:
-  """The retrain-like target: ``softmax(logits0)`` with the forgotten classes removed and renormalized.
-
-  Computed as a softmax over the retained logits only (the forgotten ones set
-  to ``-inf``), so it is exact and stable for logits of any size.
-
-  Args:
-    logits0: ``[B, C]`` the original model's logits on forget samples.
-    forget_classes: ``[C]`` bool mask of the forgotten classes (not all True).
-
-  Returns:
-    ``[B, C]`` probabilities: zero on forgotten classes, each row summing to one.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> retrain_target(jnp.log(jnp.array([[0.5, 0.3, 0.2]])), jnp.array([True, False, False])).tolist()
-    [[0.0, 0.6000000238418579, 0.4000000059604645]]
-  """
-  masked = jnp.where(forget_classes, -jnp.inf, logits0)
-  return jax.nn.softmax(masked, axis=-1)
-
-
-def target_kl(target: jax.Array, logits: jax.Array) -> jax.Array:
-  """Per-example ``KL(t || softmax(logits))`` with ``0 log 0 = 0`` (targets may have zeros).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> round(float(target_kl(jnp.full((1, 4), 0.25), jnp.zeros((1, 4)))[0]), 6)
-    0.0
-  """
-  log_p = jax.nn.log_softmax(logits, axis=-1)
-  log_t = jnp.log(jnp.where(target > 0, target, 1.0))
-  return jnp.sum(jnp.where(target > 0, target * (log_t - log_p), 0.0), axis=-1)
-
-
-def fisher_anchor(params: Params, params0: Params, fisher: Params, lam: float,
-                  curvature_weight: float = 1.0) -> jax.Array:
-  """``1/2 sum_i (c F_ii + lam) (theta_i - theta0_i)^2``: the diagonal-Fisher anchor.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> float(fisher_anchor({"w": jnp.array([1.0, 2.0])}, {"w": jnp.zeros(2)},
-    ...                     {"w": jnp.array([4.0, 0.0])}, lam=1.0))
-    4.5
-  """
-  terms = jax.tree.map(lambda p, p0, f: jnp.sum((curvature_weight * f + lam) * jnp.square(p - p0)),
-                       params, params0, fisher)
-  return 0.5 * sum(jax.tree.leaves(terms), jnp.zeros((), jnp.float32))
-
-
-def curvature_anchor(params: Params, params0: Params, matvec: Callable[[Params], Params],
-                     lam: float, curvature_weight: float = 1.0) -> jax.Array:
-  """``1/2 d^T (c H + lam I) d`` with ``d = theta - theta0`` and ``H v = matvec(v)``, by one product.
-
-  ``H d`` is computed once, at ``stop_gradient(d)``, and the value is written
-  as ``<d, Hd> - 1/2 <sg(d), Hd>``: its value is ``1/2 d^T H d`` and its
-  gradient is ``H d`` exactly (``H`` symmetric), with no differentiation
-  through the product. ``matvec`` must not depend on ``params`` (it is the
-  curvature at ``theta0``).
-
-  Args:
-    params: the current params.
-    params0: the anchor.
-    matvec: ``v -> H v`` (e.g. :func:`famr_jax.theory.curvature.hvp` or
-      :func:`famr_jax.theory.curvature.gauss_newton_hvp` at ``params0``).
-    lam: isotropic strength.
-    curvature_weight: the weight ``c`` of ``H``.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> H = jnp.array([[2.0, 1.0], [1.0, 3.0]])
-    >>> f = lambda p: curvature_anchor(p, jnp.zeros(2), lambda v: H @ v, lam=0.5)
-    >>> jax.grad(f)(jnp.array([1.0, -1.0])).tolist()   # (H + 0.5 I) d
-    [1.5, -2.5]
-  """
-  d = jax.tree.map(jnp.subtract, params, params0)
-  d_fixed = jax.lax.stop_gradient(d)
-  hd = jax.lax.stop_gradient(matvec(d_fixed))
-  dot = lambda a, b: sum(jax.tree.leaves(jax.tree.map(lambda x, y: jnp.sum(x * y), a, b)),
-                         jnp.zeros((), jnp.float32))
-  quad = dot(d, hd) - 0.5 * dot(d_fixed, hd)
-  return curvature_weight * quad + 0.5 * lam * objectives.tree_sq_distance(params, params0)
-
-
-def _wmean(values: jax.Array, weights: jax.Array) -> jax.Array:
-  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+# ----------------------------------------------------------------------------- the objective
 
 
 class VariantBatch(NamedTuple):
@@ -271,7 +186,7 @@ def retained_matvec(apply_fn: ApplyFn, params0: Params, x: jax.Array, y: jax.Arr
   total = jnp.maximum(jnp.sum(weights), 1.0)
   if kind == "hessian":
     def loss(p):
-      return _wmean(objectives.cross_entropy(apply_fn(p, x), y), weights)
+      return objectives.weighted_mean(objectives.cross_entropy(apply_fn(p, x), y), weights)
     return lambda v: curvature.hvp(loss, params0, v)
   if kind == "gauss-newton":
     def output_hvp(logits, u):
@@ -303,7 +218,7 @@ def variant_objective(apply_fn: ApplyFn, params: Params, batch: VariantBatch, we
     >>> float(variant_objective(apply_fn, p0, b, jnp.ones(4), p0, FAMRVariantConfig()))
     0.0
   """
-  loss = config.alpha * _wmean(target_kl(batch.target, apply_fn(params, batch.x_forget)), weights)
+  loss = config.alpha * objectives.weighted_mean(target_kl(batch.target, apply_fn(params, batch.x_forget)), weights)
   if config.needs_retain_pool:
     if batch.x_retain is None:
       raise FamrError("this variant needs retained samples in its batches")
@@ -313,12 +228,12 @@ def variant_objective(apply_fn: ApplyFn, params: Params, batch: VariantBatch, we
   if config.retain_weight > 0:
     z0_r = batch.logits0_retain.reshape((-1,) + batch.logits0_retain.shape[2:])
     kl = objectives.kl_divergence(z0_r, apply_fn(params, x_r))
-    loss = loss + config.retain_weight * _wmean(kl, w_r)
+    loss = loss + config.retain_weight * objectives.weighted_mean(kl, w_r)
   if config.anchor == "l2":
     loss = loss + objectives.l2_anchor(params, params0, config.lam)
   elif config.anchor == "fisher":
     if fisher is None:
-      raise FamrError("the Fisher anchor needs a diagonal Fisher (famr-jax fisher --checkpoint DIR)")
+      raise FamrError("anchor='fisher' needs the diagonal Fisher: pass fisher")
     loss = loss + fisher_anchor(params, params0, fisher, config.lam, config.curvature_weight)
   else:
     y_r = batch.y_retain.reshape(-1)
@@ -338,16 +253,6 @@ class _Context(NamedTuple):
   monitor_logits0: jax.Array
 
 
-def _timed(fn: Callable, *args) -> tuple[Any, float, float]:
-  """``fn(*args)`` jit-compiled: ``(output, compile seconds, run seconds)``."""
-  t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  out = jax.block_until_ready(compiled(*args))
-  return out, compile_s, time.perf_counter() - t0
-
-
 def pair_retained(key: jax.Array, num_forget: int, num_retain: int, ratio: int) -> np.ndarray:
   """``[num_forget, ratio]`` indices into the retained pool, uniform, without replacement when possible.
 
@@ -364,7 +269,12 @@ def pair_retained(key: jax.Array, num_forget: int, num_retain: int, ratio: int) 
 
 
 def forget_class_mask(forget_classes: Sequence[int], num_classes: int) -> np.ndarray:
-  """``[C]`` bool mask of the forgotten classes."""
+  """``[C]`` bool mask of the forgotten classes.
+
+  Example:
+    >>> forget_class_mask([1], 3).tolist()
+    [False, True, False]
+  """
   mask = np.zeros(num_classes, bool)
   mask[list(forget_classes)] = True
   return mask
@@ -384,8 +294,21 @@ def variant_history(step_fn: ApplyFn, has_labels: bool, params: Params, ctx: "_C
   out = {"forget_kl_from_original": jnp.mean(objectives.kl_divergence(ctx.monitor_logits0, logits)),
          "forget_entropy": jnp.mean(objectives.entropy(logits))}
   if has_labels:
-    out["forget_acc"] = accuracy(logits, ctx.monitor_y)
+    out["forget_acc"] = objectives.accuracy(logits, ctx.monitor_y)
   return out
+
+
+class _Timer:
+  """Adds up the compile and run seconds of the one-off programs around the descent."""
+
+  def __init__(self):
+    self.compile_s = self.run_s = 0.0
+
+  def forward(self, apply_fn: ApplyFn, params: Params, x: jax.Array) -> jax.Array:
+    """``apply_fn(params, x)`` in chunks, compiled once per ``apply_fn`` and shapes."""
+    out, compile_s, run_s = timed_call(bind_static(batched_apply, apply_fn), params, x)
+    self.compile_s, self.run_s = self.compile_s + compile_s, self.run_s + run_s
+    return out
 
 
 def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
@@ -397,7 +320,9 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
                          fisher: Params | None = None,
                          model: Any = None,
                          input_shape: Sequence[int] | None = None,
-                         show_progress: bool = True) -> DescentResult:
+                         show_progress: bool = True,
+                         scale: ScaleConfig | None = None,
+                         resume: ResumeConfig | None = None) -> DescentResult:
   """Forgets ``x_forget`` with a FAMR variant, anchored at ``params``.
 
   Args:
@@ -416,6 +341,10 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
     model: the Flax module (for ``train_from`` and activation-space impressions).
     input_shape: ``(H, W, C)`` (for impressions; default ``x_forget.shape[1:]``).
     show_progress: progress bar.
+    scale: optional :class:`famr_jax.engine.parallel.ScaleConfig` (data parallel,
+      FSDP, bfloat16 forward pass in the steps, gradient accumulation).
+    resume: optional :class:`famr_jax.engine.resume.ResumeConfig`: save resumable
+      checkpoints; rerunning the same call continues where it stopped.
 
   Returns:
     A :class:`famr_jax.engine.descent.DescentResult`. ``compile_s`` adds the
@@ -440,79 +369,83 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
   if not np.all(np.isfinite(x_forget)):
     raise FamrError("forget-set inputs contain NaN or inf values")
   if config.anchor == "fisher" and fisher is None:
-    raise FamrError("the Fisher anchor needs the diagonal Fisher: compute it with "
-                    "'famr-jax fisher --checkpoint DIR' and pass it")
-  compile_s = run_s = 0.0
-
-  # Frozen head: its output is computed once; only the tail runs per step.
-  mask = None
-  step_fn = apply_fn
-  head_fn = None
-  if config.train_from is not None:
-    from famr_jax.methods.zero_shot import split_model
-    if model is None:
-      raise FamrError("train_from (a frozen head) needs the Flax model")
-    split = split_model(model, params, config.train_from)
-    head_fn, step_fn, mask = split.head_fn, split.tail_fn, split.trainable_mask
-
-  def forward(fn):
-    return lambda p, x: batched_apply(fn, p, x)
-
+    raise FamrError("anchor='fisher' needs the diagonal Fisher: pass fisher "
+                    "(famr_jax.theory.fisher.diagonal_fisher or load_fisher)")
+  head_fn, step_fn, mask = _frozen_head(apply_fn, params, config, model)
+  timer = _Timer()
   xf = jnp.asarray(x_forget)
-  logits0_f, c, r = _timed(forward(apply_fn), params, xf)
-  compile_s, run_s = compile_s + c, run_s + r
+  logits0_f = timer.forward(apply_fn, params, xf)
   num_classes = int(num_classes or logits0_f.shape[-1])
-  if config.target == "retrain":
-    if not forget_classes:
-      raise FamrError("the retrain-like target forgets whole classes: use --forget-classes "
-                      "(or --target uniform for sample forgetting)")
-    target = retrain_target(logits0_f, jnp.asarray(forget_class_mask(forget_classes, num_classes)))
-  else:
-    target = jnp.full((x_forget.shape[0], num_classes), 1.0 / num_classes, jnp.float32)
-  h_forget = xf
-  if head_fn is not None:
-    h_forget, c, r = _timed(forward(head_fn), params, xf)
-    compile_s, run_s = compile_s + c, run_s + r
-  data = [h_forget, target]
-
+  h_forget = xf if head_fn is None else timer.forward(head_fn, params, xf)
+  data = (h_forget, _forget_targets(config, logits0_f, forget_classes, num_classes))
   if config.needs_retain_pool:
-    pool_key = jax.random.fold_in(key, 1)
-    if config.function_data == "retain":
-      if retain_data is None:
-        raise FamrError("this variant needs retained data (or --function-data impressions)")
-      x_pool, y_pool = np.asarray(retain_data[0], np.float32), np.asarray(retain_data[1], np.int32)
-      pick = pair_retained(pool_key, x_forget.shape[0], x_pool.shape[0], config.retain_ratio)
-      x_r = jnp.asarray(x_pool[pick.reshape(-1)])
-      y_r = y_pool[pick.reshape(-1)]
-      z0_r, c, r = _timed(forward(apply_fn), params, x_r)
-      compile_s, run_s = compile_s + c, run_s + r
-      if head_fn is not None:
-        x_r, c, r = _timed(forward(head_fn), params, x_r)
-        compile_s, run_s = compile_s + c, run_s + r
-    else:
-      x_r, y_r, z0_r, c, r = _retained_impressions(model if model is not None else apply_fn, params,
-                                                   forget_classes, num_classes,
-                                                   input_shape or x_forget.shape[1:], config,
-                                                   jax.random.fold_in(key, 2), x_forget.shape[0],
-                                                   pool_key, show_progress)
-      compile_s, run_s = compile_s + c, run_s + r
-    n, k = x_forget.shape[0], config.retain_ratio
-    data += [jnp.reshape(x_r, (n, k) + tuple(x_r.shape[1:])), jnp.reshape(jnp.asarray(y_r), (n, k)),
-             jnp.reshape(z0_r, (n, k, num_classes))]
+    data += _retained_pool(apply_fn, head_fn, params, x_forget.shape, config, key, timer, retain_data=retain_data,
+                           forget_classes=forget_classes, num_classes=num_classes, model=model,
+                           input_shape=input_shape, show_progress=show_progress)
 
   monitor = np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), x_forget.shape[0]))[:MONITOR_SIZE]
   y_mon = (np.full(len(monitor), -1, np.int32) if y_forget is None
            else np.asarray(y_forget, np.int32)[monitor])
   ctx = _Context(params, fisher, h_forget[monitor], jnp.asarray(y_mon), logits0_f[monitor])
 
-  loss_fn = bind_static(variant_minibatch_loss, step_fn, config, StaticMask.of(mask))
+  # bfloat16 runs the steps' forward passes only; targets, anchors and the history stay float32.
+  forward = compute_dtype_apply_fn(step_fn, scale.compute_dtype) if scale is not None else step_fn
+  loss_fn = bind_static(variant_minibatch_loss, forward, config, StaticMask.of(mask))
   metrics_fn = bind_static(variant_history, step_fn, y_forget is not None)
   optimizer = freeze_outside(config.make_optimizer(), mask)
-  result = minibatch_descent(loss_fn, params, tuple(data), optimizer, epochs=config.epochs,
+  meta = {"famr_variant": dataclasses.asdict(config), "forget_classes": [int(c) for c in forget_classes],
+          "labels": y_forget is not None, "fisher": fisher is not None}
+  result = minibatch_descent(loss_fn, params, data, optimizer, epochs=config.epochs,
                              batch_size=config.batch_size, key=key, context=ctx, metrics_fn=metrics_fn,
                              initial_metrics=True, desc="FAMR variant", show_progress=show_progress,
-                             max_steps=config.steps)
-  return DescentResult(result.params, result.history, result.compile_s + compile_s, result.run_s + run_s)
+                             max_steps=config.steps, scale=scale, resume=resume, resume_meta=meta)
+  return result._replace(compile_s=result.compile_s + timer.compile_s, run_s=result.run_s + timer.run_s)
+
+
+def _frozen_head(apply_fn: ApplyFn, params: Params, config: FAMRVariantConfig, model: Any):
+  """``(head_fn, step_fn, trainable_mask)``: with ``train_from``, the head's output is computed once
+  and only the tail runs per step; without, ``(None, apply_fn, None)``."""
+  if config.train_from is None:
+    return None, apply_fn, None
+  from famr_jax.methods.zero_shot import split_model
+  if model is None:
+    raise FamrError("train_from (a frozen head) needs the Flax model: pass model")
+  split = split_model(model, params, config.train_from)
+  return split.head_fn, split.tail_fn, split.trainable_mask
+
+
+def _forget_targets(config: FAMRVariantConfig, logits0: jax.Array, forget_classes: Sequence[int],
+                    num_classes: int) -> jax.Array:
+  """``[N, C]`` target distribution of each forget sample."""
+  if config.target == "uniform":
+    return jnp.full((logits0.shape[0], num_classes), 1.0 / num_classes, jnp.float32)
+  if not forget_classes:
+    raise FamrError("target='retrain' forgets whole classes: pass forget_classes "
+                    "(or use target='uniform' for sample forgetting)")
+  return retrain_target(logits0, jnp.asarray(forget_class_mask(forget_classes, num_classes)))
+
+
+def _retained_pool(apply_fn, head_fn, params, forget_shape, config: FAMRVariantConfig, key, timer: _Timer, *,
+                   retain_data, forget_classes, num_classes, model, input_shape, show_progress) -> tuple:
+  """The retained fields of the variant's data: ``(x_r [N, k, ...], y_r [N, k], logits0_r [N, k, C])``."""
+  n, k = forget_shape[0], config.retain_ratio
+  pool_key = jax.random.fold_in(key, 1)
+  if config.function_data == "retain":
+    if retain_data is None:
+      raise FamrError("this variant needs retained data: pass retain_data (or function_data='impressions')")
+    x_pool, y_pool = np.asarray(retain_data[0], np.float32), np.asarray(retain_data[1], np.int32)
+    pick = pair_retained(pool_key, n, x_pool.shape[0], k).reshape(-1)
+    x_r, y_r = jnp.asarray(x_pool[pick]), y_pool[pick]
+    z0_r = timer.forward(apply_fn, params, x_r)
+    if head_fn is not None:
+      x_r = timer.forward(head_fn, params, x_r)
+  else:
+    x_r, y_r, z0_r, compile_s, run_s = _retained_impressions(
+        model if model is not None else apply_fn, params, forget_classes, num_classes,
+        input_shape or forget_shape[1:], config, jax.random.fold_in(key, 2), n, pool_key, show_progress)
+    timer.compile_s, timer.run_s = timer.compile_s + compile_s, timer.run_s + run_s
+  return (jnp.reshape(x_r, (n, k) + tuple(x_r.shape[1:])), jnp.reshape(jnp.asarray(y_r), (n, k)),
+          jnp.reshape(z0_r, (n, k, num_classes)))
 
 
 def _retained_impressions(model, params, forget_classes, num_classes, input_shape, config, key,
@@ -522,7 +455,7 @@ def _retained_impressions(model, params, forget_classes, num_classes, input_shap
 
   from famr_jax.methods.impressions import ImpressionConfig, class_impressions
   if not forget_classes:
-    raise FamrError("impressions stand in for retained classes: use --forget-classes")
+    raise FamrError("impressions stand in for retained classes: pass forget_classes")
   retain = [c for c in range(num_classes) if c not in set(forget_classes)]
   space = "activation" if config.train_from is not None else "pixel"
   imp = class_impressions(model, params, retain, num_classes, tuple(input_shape),
@@ -588,4 +521,5 @@ def run_variant_task(task, config: FAMRVariantConfig) -> DescentResult:
                               y_forget=data.y_train[idx], forget_classes=forget.classes,
                               num_classes=forget.num_classes, retain_data=retain, fisher=fisher,
                               model=task.model, input_shape=data.image_shape,
-                              show_progress=task.show_progress)
+                              show_progress=task.show_progress, scale=getattr(task, "scale", None),
+                              resume=getattr(task, "resume", None))

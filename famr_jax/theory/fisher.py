@@ -106,11 +106,6 @@ def chunked_fisher(apply_fn, params, x, y, idx, weights, n):
   return jax.tree.map(lambda t: t / n, total)
 
 
-# The old private names, still used by famr_jax/methods/ssd.py until it moves to the public ones.
-_chunks = padded_chunks
-_fisher_jit = chunked_fisher
-
-
 def _checkpoint_metadata(metadata: dict) -> dict:
   """A checkpoint's metadata minus what :func:`save_checkpoint` writes itself."""
   return {k: v for k, v in metadata.items() if k not in ("format", "param_shapes", "extras")}
