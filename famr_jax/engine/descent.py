@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import AxisType, Mesh
 
 from famr_jax.engine import parallel
 from famr_jax.engine.batching import (EpochBatches, SegmentPlan, epoch_batches, padded_epoch, plan_segments,
@@ -164,7 +165,6 @@ class _Program(NamedTuple):
   segment: Any     # jitted (params, opt_state, data, context, indices, weights, start, limit, loss_acc)
   epoch: Any       # jitted (key_data, epoch) -> (indices, weights)
   metrics: Any     # jitted (params, context, loss_acc) -> dict, incl. the epoch's mean "loss"
-  warmed: set      # argument signatures already compiled (see _warm_up)
 
 
 _PROGRAMS: "collections.OrderedDict[Any, _Program]" = collections.OrderedDict()
@@ -274,14 +274,14 @@ def _program(loss_fn, optimizer, metrics_fn, plan: SegmentPlan, mesh, masked: bo
 
   segment = make_segment_fn(loss_fn, optimizer, plan, mesh=mesh, masked=masked)
   if shardings is None:
-    program = _Program(jax.jit(segment, donate_argnums=(0, 1, 8)), jax.jit(epoch), jax.jit(metrics), set())
+    program = _Program(jax.jit(segment, donate_argnums=(0, 1, 8)), jax.jit(epoch), jax.jit(metrics))
   else:
     param_sh, opt_sh, data_sh, ctx_sh, rep = shardings
     program = _Program(
         jax.jit(segment, in_shardings=(param_sh, opt_sh, data_sh, ctx_sh, rep, rep, rep, rep, (rep, rep)),
                 out_shardings=(param_sh, opt_sh, (rep, rep)), donate_argnums=(0, 1, 8)),
         jax.jit(epoch, in_shardings=(rep, rep), out_shardings=(rep, rep)),
-        jax.jit(metrics, in_shardings=(param_sh, ctx_sh, (rep, rep)), out_shardings=rep), set())
+        jax.jit(metrics, in_shardings=(param_sh, ctx_sh, (rep, rep)), out_shardings=rep))
   _PROGRAMS[cache_key] = program
   while len(_PROGRAMS) > _MAX_PROGRAMS:
     _PROGRAMS.popitem(last=False)
@@ -303,7 +303,7 @@ class PreparedDescent(NamedTuple):
   """Everything placed on the devices, and the compiled-program handles, before the first step.
 
   ``program.segment(params, opt_state, data, context, indices, weights,
-  scalar(start), scalar(limit), zero_acc)`` runs ``plan.segment_steps`` steps
+  scalar(start), scalar(limit), zero_acc())`` runs ``plan.segment_steps`` steps
   of the epoch whose ``(indices, weights)`` come from ``program.epoch(key_data,
   scalar(epoch))`` (see :func:`make_segment_fn`). Built by :func:`prepare_descent`.
   """
@@ -313,7 +313,7 @@ class PreparedDescent(NamedTuple):
   data: tuple
   context: Any
   key_data: Any
-  zero_acc: Any
+  zero_acc: Callable[[], Any]   # a fresh (device) running-loss accumulator: the step donates it
   scalar: Callable[[int], Any]
   plan: SegmentPlan
   mesh: Any
@@ -339,50 +339,53 @@ def prepare_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
     ...                     key=jax.random.key(0))
     >>> idx, w = d.program.epoch(d.key_data, d.scalar(0))
     >>> p, s, acc = d.program.segment(d.params, d.opt_state, d.data, d.context, idx, w, d.scalar(0),
-    ...                               d.scalar(2), d.zero_acc)
+    ...                               d.scalar(2), d.zero_acc())
     >>> d.plan.num_batches, float(acc[1])
     (2, 8.0)
   """
   scale = (scale or ScaleConfig()).validate()
-  mesh = parallel.make_data_mesh(scale.num_devices) if scale.sharded else None
-  num_devices = 1 if mesh is None else mesh.size
+  # One placement path for one device and many: explicit shardings on a mesh (this process's first
+  # device when unsharded), so every call of a program sees the same argument placements and the
+  # compiled step is found again instead of recompiled for committed-vs-uncommitted inputs.
+  if scale.sharded:
+    mesh = parallel.make_data_mesh(scale.num_devices)
+  else:
+    mesh = Mesh(np.array(jax.local_devices()[:1]), (parallel.DATA_AXIS,), axis_types=(AxisType.Auto,))
   if isinstance(data, ShardedData):
-    if mesh is None:
+    if not scale.sharded:
       raise FamrError("ShardedData needs a device mesh: pass ScaleConfig(data_parallel=True)")
     arrays, n, fingerprint_digest = tuple(data.arrays), int(data.num_examples), None   # shapes are checked instead
   else:
-    host = tuple(a if isinstance(a, jax.Array) and mesh is None else np.asarray(a) for a in data)
+    host = tuple(a if isinstance(a, jax.Array) and not scale.sharded else np.asarray(a) for a in data)
     n = int(host[0].shape[0])
     if any(a.shape[0] != n for a in host):
       raise FamrError("data arrays must share their first axis")
     fingerprint_digest = data_digest([np.asarray(a) for a in host]) if digest else None
-    arrays = parallel.shard_rows(host, mesh).arrays if mesh is not None else tuple(jnp.asarray(a) for a in host)
-  plan = plan_segments(n, batch_size, num_devices=num_devices, grad_accum=scale.grad_accum,
+    arrays = (parallel.shard_rows(host, mesh).arrays if scale.sharded
+              else tuple(jax.device_put(a, parallel.replicated(mesh)) for a in host))
+  plan = plan_segments(n, batch_size, num_devices=mesh.size, grad_accum=scale.grad_accum,
                        segment_steps=segment_steps)
   key = typed_key(key)
   key_impl = jax.random.key_impl(key)
   key_data = np.asarray(jax.random.key_data(key))
-  if mesh is not None:
-    rep = parallel.replicated(mesh)
-    shard = lambda tree: parallel.tree_shardings(tree, mesh, fsdp=scale.fsdp, min_size=scale.fsdp_min_size)
-    param_sh = shard(params)
-    params = _own_copy(parallel.put_tree(params, param_sh))
-    opt_sh = shard(jax.eval_shape(optimizer.init, params))
-    opt_state = (jax.jit(optimizer.init, out_shardings=opt_sh)(params) if opt_state is None
-                 else _own_copy(parallel.put_tree(opt_state, opt_sh)))
-    ctx_sh = shard(context)
-    context = parallel.put_tree(context, ctx_sh)
-    shardings = (param_sh, opt_sh, tuple(parallel.batch_sharding(mesh) for _ in arrays), ctx_sh, rep)
-    put_rep = lambda x: parallel.put_tree(x, jax.tree.map(lambda _: rep, x))
-  else:
-    params = _own_copy(params)
-    opt_state = optimizer.init(params) if opt_state is None else _own_copy(opt_state)
-    shardings, put_rep = None, lambda x: jax.tree.map(jnp.asarray, x)
-  program = _program(loss_fn, optimizer, metrics_fn, plan, mesh, masked, key_impl, shardings)
+  rep = parallel.replicated(mesh)
+  shard = lambda tree: parallel.tree_shardings(tree, mesh, fsdp=scale.fsdp, min_size=scale.fsdp_min_size)
+  param_sh = shard(params)
+  params = _own_copy(parallel.put_tree(params, param_sh))
+  opt_sh = shard(jax.eval_shape(optimizer.init, params))
+  opt_state = (jax.jit(optimizer.init, out_shardings=opt_sh)(params) if opt_state is None
+               else _own_copy(parallel.put_tree(opt_state, opt_sh)))
+  ctx_sh = shard(context)
+  context = parallel.put_tree(context, ctx_sh)
+  shardings = (param_sh, opt_sh, tuple(parallel.batch_sharding(mesh) if scale.sharded else rep for _ in arrays),
+               ctx_sh, rep)
+  put_rep = lambda x: parallel.put_tree(x, jax.tree.map(lambda _: rep, x))
+  program = _program(loss_fn, optimizer, metrics_fn, plan, mesh if scale.sharded else None, masked, key_impl,
+                     shardings)
   return PreparedDescent(
       program=program, params=params, opt_state=opt_state, data=arrays, context=context,
-      key_data=put_rep(key_data), zero_acc=(np.zeros((), np.float32), np.zeros((), np.float32)),
-      scalar=lambda v: np.asarray(v, np.int32), plan=plan, mesh=mesh, num_examples=n,
+      key_data=put_rep(key_data), zero_acc=lambda: put_rep((jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))),
+      scalar=lambda v: np.asarray(v, np.int32), plan=plan, mesh=mesh if scale.sharded else None, num_examples=n,
       data_digest=fingerprint_digest, replicate=put_rep)
 
 
@@ -399,7 +402,7 @@ def _run(prep: PreparedDescent, *, epochs: int, last_steps: int, loop: str, desc
          has_metrics: bool) -> tuple[Params, Any, list[dict[str, float]], float, float]:
   """Runs the epochs of a prepared descent; returns ``(params, opt_state, history, compile_s, run_s)``."""
   program, plan = prep.program, prep.plan
-  params, opt_state, loss_acc, pos, history = prep.params, prep.opt_state, prep.zero_acc, _Position(), []
+  params, opt_state, loss_acc, pos, history = prep.params, prep.opt_state, prep.zero_acc(), _Position(), []
   if restored is not None:
     state, meta = restored
     params, opt_state, loss_acc = state["params"], state["opt_state"], tuple(state["loss_acc"])
@@ -407,10 +410,10 @@ def _run(prep: PreparedDescent, *, epochs: int, last_steps: int, loop: str, desc
     total = (epochs - 1) * plan.num_batches + last_steps
     logging.getLogger("famr_jax").info("resuming %s from step %d of %d (%s)", desc, pos.step, total,
                                        resumer.directory)
+  clock = _CompileClock().__enter__()   # compilation happens on first calls: timed apart from run_s
   t0 = time.perf_counter()
-  compile_s = _warm_up(prep, params, opt_state, loss_acc, has_metrics)
   if initial_metrics and has_metrics and restored is None:
-    m0 = jax.device_get(program.metrics(params, prep.context, prep.zero_acc))
+    m0 = jax.device_get(program.metrics(params, prep.context, prep.zero_acc()))
     history.append({"epoch": 0, **{k: float(v) for k, v in m0.items() if k != "loss"}})
   pending: list[tuple[int, Any]] = []   # (epoch, device metrics) not yet fetched: no host sync per step
 
@@ -422,7 +425,6 @@ def _run(prep: PreparedDescent, *, epochs: int, last_steps: int, loop: str, desc
   width = 1 if loop == "steps" else plan.segment_steps
   every = resume.checkpoint_every if resume is not None else None
   last_saved, done_here = pos.step, 0
-  t0 = time.perf_counter()
   for epoch in progress(range(pos.epoch, epochs), desc=desc, enabled=show_progress, total=epochs - pos.epoch):
     limit = last_steps if epoch == epochs - 1 else plan.num_batches
     indices, weights = program.epoch(prep.key_data, prep.scalar(epoch))
@@ -446,42 +448,42 @@ def _run(prep: PreparedDescent, *, epochs: int, last_steps: int, loop: str, desc
           flush()
           at = (epoch + 1, 0) if end_of_epoch else (epoch, row)
           resumer.save(step, {"params": params, "opt_state": opt_state,
-                              "loss_acc": prep.zero_acc if end_of_epoch else loss_acc},
+                              "loss_acc": prep.zero_acc() if end_of_epoch else loss_acc},
                        {"epoch": at[0], "row": at[1], "step": step, "history": history})
           last_saved = step
         if stop and not finished:
           from famr_jax.engine.resume import RunStopped
           raise RunStopped(step, str(resumer.directory))
-    loss_acc = prep.zero_acc
+    loss_acc = prep.zero_acc()
   jax.block_until_ready(params)
-  run_s = time.perf_counter() - t0
+  clock.__exit__()
+  compile_s = clock.seconds
+  run_s = max(time.perf_counter() - t0 - compile_s, 0.0)
   flush()
   return params, opt_state, history, compile_s, run_s
 
 
-def _signature(*trees) -> tuple:
-  leaves, treedef = jax.tree.flatten(trees)
-  return treedef, tuple((np.shape(a), jnp.result_type(a), getattr(a, "sharding", None)) for a in leaves)
+class _CompileClock:
+  """Seconds of XLA compilation while active (JAX's own compile-duration events), to keep out of ``run_s``."""
+  EVENTS = ("/jax/core/compile/backend_compile_duration", "/jax/core/compile/jaxpr_trace_duration",
+            "/jax/core/compile/jaxpr_to_mlir_module_duration")
 
+  def __init__(self):
+    self.seconds = 0.0
 
-def _warm_up(prep: PreparedDescent, params, opt_state, loss_acc, has_metrics: bool) -> float:
-  """Compiles the programs for these shapes ahead of the first step (nothing when cached); seconds.
+  def _listen(self, event: str, duration: float, **kwargs) -> None:
+    if event in self.EVENTS:
+      self.seconds += float(duration)
 
-  Compiling ahead keeps compilation out of ``run_s``; a signature seen before
-  is skipped outright, since even tracing for ``lower`` costs a repeat call time.
-  """
-  signature = _signature(params, opt_state, prep.data, prep.context, loss_acc, has_metrics)
-  if signature in prep.program.warmed:
-    return 0.0
-  t0 = time.perf_counter()
-  program, s = prep.program, prep.scalar
-  idx = jax.eval_shape(program.epoch, prep.key_data, s(0))
-  program.segment.lower(params, opt_state, prep.data, prep.context, *idx, s(0), s(0), loss_acc).compile()
-  if has_metrics:
-    program.metrics.lower(params, prep.context, loss_acc).compile()
-  program.epoch.lower(prep.key_data, s(0)).compile()
-  program.warmed.add(signature)
-  return time.perf_counter() - t0
+  def __enter__(self) -> "_CompileClock":
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    try:
+      jax.monitoring.unregister_event_duration_listener(self._listen)
+    except (AttributeError, ValueError):   # an older JAX: it stays registered, harmlessly
+      pass
 
 
 def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | ShardedData,

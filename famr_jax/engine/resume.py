@@ -233,7 +233,7 @@ def open_resumer(resume: ResumeConfig, prep: Any, *, epochs: int, batch_size: in
   resumer = Resumer(resume, fingerprint)
   try:
     restored = resumer.restore({"params": prep.params, "opt_state": prep.opt_state,
-                                "loss_acc": prep.replicate(prep.zero_acc)})
+                                "loss_acc": prep.zero_acc()})
   except BaseException:
     resumer.close()
     raise
