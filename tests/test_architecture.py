@@ -417,7 +417,6 @@ PRIVATE_IMPORT_ALLOWLIST: frozenset[str] = frozenset({
 
 SIZE_ALLOWLIST: frozenset[str] = frozenset({
     'famr_jax.methods.variants:famr_variant_unlearn',
-    'famr_jax.methods.zero_shot',
 })
 
 CLI_FLAG_ALLOWLIST: frozenset[str] = frozenset({
@@ -433,7 +432,6 @@ CLI_FLAG_ALLOWLIST: frozenset[str] = frozenset({
     'famr_jax.methods.variants:famr_variant_unlearn: --function-data',
     'famr_jax.methods.variants:famr_variant_unlearn: --target',
     'famr_jax.methods.variants:variant_objective: --checkpoint',
-    'famr_jax.methods.zero_shot:_check_class_request: --forget-classes',
 })
 
 ALLOWLISTS = {
