@@ -488,3 +488,109 @@ def scrub_min_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax
 
 
 # ----------------------------------------------------------------------------- zero-shot
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+  """``sum(values * weights) / max(sum(weights), 1)``: the mean over the real (weight 1) examples.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(weighted_mean(jnp.array([1.0, 3.0, 100.0]), jnp.array([1.0, 1.0, 0.0])))
+    2.0
+  """
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+  """Per-example cross-entropy against ``(1 - s) onehot + s / C`` (PyTorch's ``label_smoothing=s``).
+
+  On a confident logit vector (``p_y ~ 1``) its gradient in the logits is
+  ``p - q ~ (s - s/C)`` on the label and ``-s/C`` elsewhere: it never
+  vanishes, and descending it *lowers* the label's logit. That is why the
+  as-published sign of zero-shot unlearning forgets (notes/impressions.md).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> round(float(smoothed_cross_entropy(jnp.zeros((1, 4)), jnp.array([2]), 0.1)[0]), 4)
+    1.3863
+  """
+  num_classes = logits.shape[-1]
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  target = (1.0 - smoothing) * jax.nn.one_hot(labels, num_classes) + smoothing / num_classes
+  return -jnp.sum(target * log_p, axis=-1)
+
+
+def class_margin(logits: jax.Array, labels: jax.Array, competitors: jax.Array | None = None) -> jax.Array:
+  """Per-example ``z_y - max_{j != y, j in competitors} z_j`` (positive: classified as ``y``).
+
+  Args:
+    logits: ``[B, C]``.
+    labels: ``[B]`` ints.
+    competitors: optional ``[C]`` bool mask of the classes ``y`` competes
+      with (default: all others).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> class_margin(jnp.array([[3.0, 1.0, 2.0]]), jnp.array([0])).tolist()
+    [1.0]
+  """
+  num_classes = logits.shape[-1]
+  others = jnp.ones((num_classes,), bool) if competitors is None else competitors
+  others = others[None, :] & ~jax.nn.one_hot(labels, num_classes, dtype=bool)
+  best_other = jnp.max(jnp.where(others, logits, -jnp.inf), axis=-1)
+  label_logit = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), -1)[:, 0]
+  return label_logit - best_other
+
+
+def forget_margin_loss(logits: jax.Array, labels: jax.Array, retain_classes: jax.Array,
+                       margin: float) -> jax.Array:
+  """Per-example ``relu(z_y - max_{j retained} z_j + margin)``: pushes a forget class below every retained one.
+
+  Zero once the example's label logit is at least ``margin`` below the best
+  retained class's (it is then classified as a retained class, not as
+  another forgotten one).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> z = jnp.array([[5.0, 1.0, 4.0], [0.0, 3.0, 0.0]])
+    >>> forget_margin_loss(z, jnp.array([0, 0]), jnp.array([False, True, False]), 1.0).tolist()
+    [5.0, 0.0]
+  """
+  return jax.nn.relu(class_margin(logits, labels, retain_classes) + margin)
+
+
+def retain_margin_loss(logits: jax.Array, labels: jax.Array, margin: float) -> jax.Array:
+  """Per-example ``relu(margin - (z_y - max_{j != y} z_j))``: keeps a retained example classified.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> retain_margin_loss(jnp.array([[2.0, 1.5], [9.0, 0.0]]), jnp.array([0, 0]), 1.0).tolist()
+    [0.5, 0.0]
+  """
+  return jax.nn.relu(margin - class_margin(logits, labels))
+
+
+def masked_kl(logits0: jax.Array, logits: jax.Array, retain_classes: jax.Array) -> jax.Array:
+  """Per-example ``KL(q0 || p)``, ``q0 = softmax(logits0)`` restricted to the retained classes, renormalized.
+
+  ``q0`` is what the original model predicts once the forget classes are
+  ruled out, the natural target of class unlearning (a model retrained
+  without the forget classes approximates it). Its minimizer puts zero
+  mass on the forget classes and keeps the original odds among the
+  retained ones. On a confident forget example ``p ~ onehot(c)`` the
+  gradient in the logits is ``p - q0 ~ onehot(c) - q0``: it does not vanish
+  until the forget class is gone.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> z0 = jnp.log(jnp.array([[0.5, 0.25, 0.25]]))
+    >>> keep = jnp.array([False, True, True])
+    >>> round(float(masked_kl(z0, jnp.log(jnp.array([[0.0, 0.5, 0.5]])), keep)[0]), 6)
+    0.0
+    >>> round(float(masked_kl(z0, z0, keep)[0]), 4)    # log 2: half the mass is on class 0
+    0.6931
+  """
+  log_q = jax.nn.log_softmax(jnp.where(retain_classes, logits0, -jnp.inf), axis=-1)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  terms = jnp.where(retain_classes, jnp.exp(log_q) * (log_q - log_p), 0.0)
+  return jnp.sum(terms, axis=-1)

@@ -405,11 +405,9 @@ PRIVATE_IMPORT_ALLOWLIST: frozenset[str] = frozenset({
 })
 
 SIZE_ALLOWLIST: frozenset[str] = frozenset({
-    'famr_jax.methods.zero_shot',
 })
 
 CLI_FLAG_ALLOWLIST: frozenset[str] = frozenset({
-    'famr_jax.methods.zero_shot:_check_class_request: --forget-classes',
 })
 
 ALLOWLISTS = {

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from famr_jax import models
+from famr_jax.engine.parallel import CompileCounter
 from famr_jax.errors import FamrError
 from famr_jax.methods.impressions import (ImpressionConfig, class_impressions, optimize_impressions,
                                   save_impression_grid, xavier_normal_std)
@@ -97,7 +98,9 @@ def test_impressions_are_deterministic(trained_digits):
   a = class_impressions(d.model, d.params, [1, 2], 10, d.data.image_shape, cfg, jax.random.key(5))
   b = class_impressions(d.model, d.params, [1, 2], 10, d.data.image_shape, cfg, jax.random.key(5))
   np.testing.assert_array_equal(a.inputs, b.inputs)
-  c = class_impressions(d.model, d.params, [1, 2], 10, d.data.image_shape, cfg, jax.random.key(6))
+  with CompileCounter() as count:   # another key, same shapes: nothing compiles again
+    c = class_impressions(d.model, d.params, [1, 2], 10, d.data.image_shape, cfg, jax.random.key(6))
+  assert count.count == 0
   assert not np.array_equal(a.inputs, c.inputs)
 
 

@@ -15,9 +15,12 @@ from famr_jax.errors import FamrError
 from famr_jax.data.forget import forget_classes
 from famr_jax.methods.registry import UnlearnTask, get_method
 from famr_jax.evaluation.metrics import evaluate_unlearning
-from famr_jax.methods.zero_shot import (ZeroShotConfig, ZeroShotFAMRConfig, differential_losses,
-                                famr_zero_shot_unlearn, first_responsive_layer, infer_input_shape,
-                                masked_kl, split_model, zero_shot_unlearn)
+from famr_jax.losses import masked_kl
+from famr_jax.methods.head_tail import first_responsive_layer, infer_input_shape, split_model
+from famr_jax.methods.zero_shot import (ZeroShotConfig, ZeroShotFAMRConfig, famr_zero_shot_unlearn,
+                                        zero_shot_unlearn)
+from famr_jax.engine.parallel import CompileCounter
+from famr_jax.methods.zero_shot_descent import differential_losses, scale_jitter
 
 TINY = dict(impressions_per_class=10, impression_steps=200)
 
@@ -134,14 +137,42 @@ def test_entry_points_take_no_data_and_the_registry_never_reads_it(trained_digit
     assert len(result.history) == 3
 
 
-def test_deterministic(trained_digits):
+def test_deterministic_and_compiled_once(trained_digits):
   d = trained_digits
   cfg = ZeroShotConfig(epochs=3, **TINY)
   a = zero_shot_unlearn(d.model, d.params, [2], 10, d.data.image_shape, cfg, jax.random.key(7), show_progress=False)
-  b = zero_shot_unlearn(d.model, d.params, [2], 10, d.data.image_shape, cfg, jax.random.key(7), show_progress=False)
+  with CompileCounter() as count:
+    b = zero_shot_unlearn(d.model, d.params, [2], 10, d.data.image_shape, cfg, jax.random.key(7), show_progress=False)
+  assert count.count == 0
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert a.history == b.history
+
+
+def test_joint_steps_forget_digits_and_keep_the_rest(trained_digits):
+  """One step per (forget, retain) pair of minibatches: the same spec as the default's separate passes."""
+  d = trained_digits
+  r = zero_shot_unlearn(d.model, d.params, [1, 2, 3, 4], 10, d.data.image_shape,
+                        ZeroShotConfig(separate_steps=False), jax.random.key(0), show_progress=False)
+  forget = forget_classes(d.data.y_train, [1, 2, 3, 4], 10)
+  before = evaluate_unlearning(d.apply_fn, d.params, d.data, forget)
+  after = evaluate_unlearning(d.apply_fn, r.params, d.data, forget)
+  assert after["forget_acc"] <= 0.05
+  assert after["retain_acc"] >= before["retain_acc"] - 0.03
+  assert [h["epoch"] for h in r.history] == list(range(31)) and "loss" in r.history[-1]
+
+
+def test_scale_jitter_is_log_uniform_and_new_every_epoch():
+  """The jitter's draws: log t uniform on [log scale_min, 0], different rows and epochs differ."""
+  h = jnp.ones((4000, 1))
+  t = np.asarray(scale_jitter(jax.random.key(0), 0, jnp.arange(4000), h, 0.01))[:, 0]
+  log_t = np.log(t) / np.log(0.01)             # uniform on [0, 1]
+  assert log_t.min() >= 0 and log_t.max() <= 1
+  assert abs(log_t.mean() - 0.5) < 0.02 and abs(log_t.var() - 1 / 12) < 0.01
+  other = np.asarray(scale_jitter(jax.random.key(1), 0, jnp.arange(4000), h, 0.01))[:, 0]
+  retain = np.asarray(scale_jitter(jax.random.key(0), 1, jnp.arange(4000), h, 0.01))[:, 0]
+  assert np.mean(t == other) < 0.01 and np.mean(t == retain) < 0.01
+  assert np.array_equal(np.asarray(scale_jitter(jax.random.key(0), 0, jnp.arange(3), h[:3], 1.0)), np.ones((3, 1)))
 
 
 def test_zero_shot_famr_tail_only(trained_digits):

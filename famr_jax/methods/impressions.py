@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from famr_jax.errors import FamrError
+from famr_jax.models.parts import ModelParts, as_parts, identity_head, is_layered_model
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -125,7 +126,8 @@ class ImpressionSet(NamedTuple):
   def summary(self) -> str:
     """One line: how many impressions of each class were kept."""
     kept = " ".join(f"{c}:{k}" for c, k in zip(self.classes, self.kept_per_class.tolist()))
-    where = "pixel space" if self.space == "pixel" else f"activation space at the input of {self.layer}"
+    where = ("pixel space" if self.space == "pixel"
+             else f"activation space at the input of {self.layer or 'the tail'}")
     return (f"class impressions ({where}): kept {int(self.kept_per_class.sum())} of "
             f"{self.num_per_class * len(self.classes)} ({kept} of {self.num_per_class} per class)")
 
@@ -226,34 +228,50 @@ def optimize_impressions(tail_fn: ApplyFn, params: Params, targets: jax.Array, x
   return x, logits
 
 
-def _is_layered_model(model: Any) -> bool:
-  return hasattr(model, "layer_names") and hasattr(model, "apply")
-
-
 def impression_target(model: Any, params: Params, input_shape: Sequence[int],
                       config: ImpressionConfig) -> tuple[ApplyFn, tuple[int, ...], str | None]:
   """``(tail_fn, shape, layer)``: the function impressions maximize, their shape, their stage.
 
-  ``model`` is a Flax module of ``famr_jax.models`` or, for pixel space only,
-  a plain ``apply_fn(params, x) -> logits``.
+  ``model`` is a Flax module of ``famr_jax.models``, a
+  :class:`famr_jax.models.parts.ModelParts` (any model cut by the user), or,
+  for pixel space only, a plain ``apply_fn(params, x) -> logits``. The
+  returned function is the same object on every call with the same model, so
+  the compiled optimization is reused.
 
   Raises:
-    FamrError: unknown layer, or activation space without a layered model.
+    FamrError: unknown layer, or activation space without a layered model or parts.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda p, x: x.reshape(len(x), -1) @ p
+    >>> fn, shape, layer = impression_target(apply_fn, jnp.ones((4, 2)), (2, 2, 1),
+    ...                                      ImpressionConfig(space="pixel"))
+    >>> fn is apply_fn, shape, layer
+    (True, (2, 2, 1), None)
   """
-  from famr_jax import models# local: models imports nothing from here
+  from famr_jax import models   # local: models imports nothing from here
 
   input_shape = tuple(int(s) for s in input_shape)
   if config.space == "pixel":
-    apply_fn = models.make_apply_fn(model) if _is_layered_model(model) else model
-    return apply_fn, input_shape, None
-  if not _is_layered_model(model):
-    raise FamrError("activation-space impressions need a model with named layers "
-                    "(pass the Flax module), or use the pixel space")
-  layer = config.layer or models.layer_names(model)[-1]
-  tail_fn = models.make_tail_apply_fn(model, layer)
-  layer_input_fn = models.make_layer_input_fn(model, layer)
-  shape = jax.eval_shape(lambda p: layer_input_fn(p, jnp.zeros((1, *input_shape), jnp.float32)), params)
-  return tail_fn, tuple(shape.shape[1:]), layer
+    if isinstance(model, ModelParts):
+      return model.apply_fn, input_shape, None
+    return (models.make_apply_fn(model) if is_layered_model(model) else model), input_shape, None
+  if not (isinstance(model, ModelParts) or is_layered_model(model)):
+    raise FamrError("activation-space impressions need a model with named layers or ModelParts "
+                    "(famr_jax.models.parts: linen_parts, nnx_parts, or your own head_fn and tail_fn), "
+                    "or use the pixel space")
+  parts = as_parts(model, params, config.layer)
+  if parts.head_fn is identity_head:
+    raise FamrError("activation-space impressions need a model cut into a head and a tail "
+                    "(these parts have no head); use the pixel space")
+  shape = jax.eval_shape(parts.head_fn, params, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+  return parts.tail_fn, tuple(shape.shape[1:]), parts.layer
+
+
+# One jitted function for every call: with the same tail_fn (memoized by the
+# model builders) and shapes, a second call compiles nothing.
+_OPTIMIZE = jax.jit(optimize_impressions,
+                    static_argnames=("tail_fn", "steps", "lr", "beta", "lower", "upper", "log_softmax"))
 
 
 def class_impressions(model: Any, params: Params, classes: Sequence[int], num_classes: int,
@@ -262,7 +280,9 @@ def class_impressions(model: Any, params: Params, classes: Sequence[int], num_cl
   """Class impressions of ``classes``, all optimized at once; keeps those classified as their target.
 
   Args:
-    model: a Flax module of ``famr_jax.models`` (any space) or a plain
+    model: a Flax module of ``famr_jax.models`` (any space), a
+      :class:`famr_jax.models.parts.ModelParts` (any space: activation
+      impressions at the input of its tail), or a plain
       ``apply_fn(params, x) -> logits`` (pixel space only).
     params: the trained model's params.
     classes: the classes to make impressions for.
@@ -302,8 +322,7 @@ def class_impressions(model: Any, params: Params, classes: Sequence[int], num_cl
     x0 = xavier_normal_std(shape) * jax.random.normal(key, (len(targets), *shape), jnp.float32)
     lower, upper = (0.0 if config.nonnegative else None), None
 
-  run = jax.jit(optimize_impressions,
-                static_argnames=("tail_fn", "steps", "lr", "beta", "lower", "upper", "log_softmax"))
+  run = _OPTIMIZE
   kwargs = dict(tail_fn=tail_fn, steps=config.steps, lr=float(config.lr), beta=float(config.beta),
                 lower=lower, upper=upper, log_softmax=config.objective == "log_softmax")
   t0 = time.perf_counter()
