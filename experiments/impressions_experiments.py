@@ -150,7 +150,7 @@ def impression_stats(model, params, data, seed: int) -> list[dict]:
 
 def plot_accuracy_change(original, unlearned, forget, path, title, class_names=None) -> None:
   """Change in per-class test accuracy (the paper's Figures 3-4): red forgotten, green retained."""
-  plt = report._pyplot()
+  plt = report.pyplot()
   delta = 100 * (np.asarray(unlearned, float) - np.asarray(original, float))
   classes = np.arange(len(delta))
   colors = ["tab:red" if c in set(forget) else "tab:green" for c in classes]

@@ -131,7 +131,7 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
     >>> apply_fn = lambda p, x: x @ p["w"]
     >>> params = {"w": 4.0 * jnp.eye(3)}
     >>> r = fj.unlearn("famr-plus", apply_fn, params, fj.forget_classes(y, [1], 3), jax.random.PRNGKey(0),
-    ...                data=(x, y), epochs=20)
+    ...                data=(x, y), epochs=50, lr=0.5)
     >>> int(jnp.argmax(apply_fn(r.params, x[10:11]))) != 1, int(jnp.argmax(apply_fn(r.params, x[:1])))
     (True, 0)
   """

@@ -490,17 +490,6 @@ def scrub_min_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax
 # ----------------------------------------------------------------------------- zero-shot
 
 
-def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-  """``sum(values * weights) / max(sum(weights), 1)``: the mean over the real (weight 1) examples.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> float(weighted_mean(jnp.array([1.0, 3.0, 100.0]), jnp.array([1.0, 1.0, 0.0])))
-    2.0
-  """
-  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
   """Per-example cross-entropy against ``(1 - s) onehot + s / C`` (PyTorch's ``label_smoothing=s``).
 

@@ -1,6 +1,5 @@
 """Metrics against NumPy references and a hand-built membership-inference case."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

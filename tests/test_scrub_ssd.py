@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from famr_jax.errors import FamrError
-from famr_jax.methods.scrub import SCRUBConfig, distill_kl, scrub_max_loss, scrub_min_loss, scrub_unlearn
+from famr_jax.losses import distill_kl
+from famr_jax.methods.scrub import SCRUBConfig, scrub_max_loss, scrub_min_loss, scrub_unlearn
 from famr_jax.methods.ssd import SSDConfig, dampening_factors, ssd_unlearn
 
 

@@ -41,7 +41,7 @@ from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_s
 from famr_jax.engine.forward import batched_apply
 from famr_jax.engine.parallel import ScaleConfig, compute_dtype_apply_fn
 # The pure losses live in famr_jax.losses; they stay importable from here.
-from famr_jax.losses import distill_kl, scrub_max_loss, scrub_min_loss
+from famr_jax.losses import scrub_max_loss, scrub_min_loss
 from famr_jax.methods.defaults import default_overrides
 from famr_jax.methods.variants import pair_retained
 
