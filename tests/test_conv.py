@@ -152,7 +152,13 @@ def test_param_tree_and_init_equal_flax_conv():
 
 
 def test_auto_override_and_explicit_formulation():
-  assert resolve_formulation('auto') == ('im2col' if jax.default_backend() == 'cpu' else 'lax')
+  from famr_jax.models.layers import in_loop_body
+  assert resolve_formulation('auto') == 'lax'
+  with in_loop_body():   # a scan body on CPU takes im2col
+    assert resolve_formulation('auto') == ('im2col' if jax.default_backend() == 'cpu' else 'lax')
+    with conv_formulation('lax'):   # an explicit setting wins
+      assert resolve_formulation('auto') == 'lax'
+  assert resolve_formulation('auto') == 'lax'
   with conv_formulation('lax'):
     assert resolve_formulation('auto') == 'lax'
     assert resolve_formulation('im2col') == 'im2col'  # an explicit choice wins
@@ -161,7 +167,7 @@ def test_auto_override_and_explicit_formulation():
     assert resolve_formulation('auto') == 'lax'
   with pytest.raises(RuntimeError), conv_formulation('lax'):
     raise RuntimeError('restored on the way out')
-  assert resolve_formulation('auto') == ('im2col' if jax.default_backend() == 'cpu' else 'lax')
+  assert resolve_formulation('auto') == 'lax'
   previous = set_conv_formulation('im2col')
   assert previous is None and resolve_formulation('auto') == 'im2col'
   set_conv_formulation('auto')

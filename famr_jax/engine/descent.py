@@ -47,6 +47,7 @@ from famr_jax.engine.parallel import ScaleConfig, ShardedData
 from famr_jax.engine.progress import progress
 from famr_jax.engine.resume import ResumeConfig, data_digest, open_resumer
 from famr_jax.errors import FamrError
+from famr_jax.models import layers
 
 __all__ = ["DescentResult", "EpochBatches", "LOOPS", "LossFn", "MetricsFn", "OPTIMIZERS", "SegmentPlan",
            "bind_static", "check_descent_settings", "epoch_batches", "freeze_outside", "loop_form", "make_optimizer",
@@ -272,7 +273,14 @@ def _program(loss_fn, optimizer, metrics_fn, plan: SegmentPlan, mesh, masked: bo
     out["loss"] = loss_acc[0] / jnp.maximum(loss_acc[1], 1.0)
     return out
 
-  segment = make_segment_fn(loss_fn, optimizer, plan, mesh=mesh, masked=masked)
+  steps_fn = make_segment_fn(loss_fn, optimizer, plan, mesh=mesh, masked=masked)
+
+  def segment(*args):
+    if plan.segment_steps == 1:
+      return steps_fn(*args)
+    with layers.in_loop_body():   # a scan's body: XLA:CPU wants the im2col convolution there
+      return steps_fn(*args)
+
   if shardings is None:
     program = _Program(jax.jit(segment, donate_argnums=(0, 1, 8)), jax.jit(epoch), jax.jit(metrics))
   else:

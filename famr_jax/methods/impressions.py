@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from famr_jax.errors import FamrError
+from famr_jax.models.layers import in_loop_body
 from famr_jax.models.parts import ModelParts, as_parts, identity_head, is_layered_model
 
 Params = Any
@@ -223,7 +224,8 @@ def optimize_impressions(tail_fn: ApplyFn, params: Params, targets: jax.Array, x
     return (project(optax.apply_updates(x, updates)), opt_state), None
 
   x0 = project(x0)
-  (x, _), _ = jax.lax.scan(step, (x0, optimizer.init(x0)), None, length=steps)
+  with in_loop_body():   # pixel-space impressions differentiate through convolutions in this scan
+    (x, _), _ = jax.lax.scan(step, (x0, optimizer.init(x0)), None, length=steps)
   logits = jax.vmap(lambda xi: tail_fn(params, xi[None])[0])(x)
   return x, logits
 

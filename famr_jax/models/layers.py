@@ -5,14 +5,16 @@ slower inside a ``lax.scan`` (or any loop body) than in a lone jitted step; the
 same convolution written as *im2col* (the ``kh * kw`` shifted slices of the
 padded input concatenated on the channel axis, then one matmul against the
 kernel reshaped to ``[kh * kw * cin, cout]``) has no such penalty and was
-measured ~4x faster for LeNet5 training on CPU. On a GPU, cuDNN's convolution
-is the fast one. So :class:`Conv` chooses per backend:
+measured ~4x faster for LeNet5 training on CPU in a scan (but slower than
+``lax`` in a Python loop of jitted steps). On a GPU, cuDNN's convolution is
+the fast one. So :class:`Conv` chooses by where it is traced:
 
 =============  ==============================================================
 formulation    computation
 =============  ==============================================================
-``"auto"``     ``"im2col"`` when ``jax.default_backend() == "cpu"``, else
-               ``"lax"`` (the default; ``conv_formulation`` can redefine it)
+``"auto"``     ``"lax"``, except ``"im2col"`` on CPU inside :func:`in_loop_body`
+               (the engine's scan, the impressions' scan); ``conv_formulation``
+               can redefine it
 ``"im2col"``   slices + concatenate + matmul; a non-overlapping conv (stride
                equal to the kernel, e.g. a ViT patch embedding) is a reshape
                + matmul instead
@@ -128,8 +130,30 @@ def resolve_formulation(formulation: Formulation = 'auto') -> str:
     return formulation
   if _AUTO_OVERRIDE is not None:
     return _AUTO_OVERRIDE
-  # XLA:CPU's convolution backward pass is the slow one; GPUs keep cuDNN.
-  return 'im2col' if jax.default_backend() == 'cpu' else 'lax'
+  # lax.conv (cuDNN on GPUs) everywhere by default; code that traces a convolution's backward pass
+  # inside a loop body on XLA:CPU, where it is slow, asks for im2col with `in_loop_body`.
+  return 'lax'
+
+
+@contextlib.contextmanager
+def in_loop_body() -> Iterator[None]:
+  """Within the block, ``"auto"`` convolutions traced on XLA:CPU use im2col (a no-op elsewhere).
+
+  For code that traces a convolution's backward pass inside a ``lax.scan`` or
+  loop body, which XLA:CPU runs several times slower than the same step
+  alone; the im2col matmul has no such penalty (``experiments/bench_engine.py``).
+  An explicit :func:`conv_formulation` setting wins.
+
+  Example:
+    >>> with in_loop_body():
+    ...   resolve_formulation('auto') == ('im2col' if jax.default_backend() == 'cpu' else 'lax')
+    True
+  """
+  if _AUTO_OVERRIDE is not None or jax.default_backend() != 'cpu':
+    yield
+    return
+  with conv_formulation('im2col'):
+    yield
 
 
 def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
