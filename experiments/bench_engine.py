@@ -51,6 +51,7 @@ import optax
 
 import famr_jax as fj
 from famr_jax import models
+from famr_jax.engine.optimizers import make_optimizer
 
 LENET_SHAPE = (28, 28, 1)
 KARPATHY_SHAPE = (32, 32, 3)
@@ -274,7 +275,7 @@ def row_training(torch, name, image_shape, x, y, n, repeats):
 
   def call():
     return fj.train_classifier(apply_fn, params0, x, y, config, jax.random.key(1),
-                               optimizer=optax.adam(1e-3), show_progress=False)
+                               optimizer=make_optimizer("adam", 1e-3), show_progress=False)
   wall, result = timed(call, repeats)
   xt, yt = nchw(torch, x), torch.from_numpy(y.astype(np.int64))
   torch_s = min(torch_train_epoch(torch, twin, xt, yt, 128, 1e-3) for _ in range(repeats))
