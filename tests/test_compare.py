@@ -171,3 +171,18 @@ def test_step_budget_runs_with_data_parallel(checkpoints, tmp_path):
                "--data-parallel", "--out", str(out)]) == 0
   report = json.loads((out / "report.json").read_text())
   assert report["config"]["method"]["steps"] == 25
+
+
+def test_default_list_runs_on_a_fresh_checkpoint(checkpoints, tmp_path, capsys):
+  # First contact: no --methods, a checkpoint with no stored Fisher. famr-fisher is left out with a
+  # one-line note; every other default method runs.
+  plain, _ = checkpoints
+  out = tmp_path / "board"
+  assert main(["compare", "--checkpoint", str(plain), "--forget-classes", "3", "--seeds", "1", "--epochs", "1",
+               "--out", str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "famr-fisher left out" in printed
+  board = json.loads((out / "leaderboard.json").read_text())
+  from famr_jax.evaluation.compare import DEFAULT_METHODS
+  assert board["methods"] == ["original", *[m for m in DEFAULT_METHODS if m != "famr-fisher"]]
+  assert not any(row["diverged"] for row in board["runs"])

@@ -262,16 +262,8 @@ def resources_report(scale: ScaleConfig | None) -> dict:
 
 # ----------------------------------------------------------------------------- runs
 
-def train_model(run: TrainRun, *, show_progress: bool = True) -> dict:
-  """Trains a classifier from scratch and saves it as a checkpoint at ``run.out``.
-
-  Returns:
-    The checkpoint's metadata (with ``test_acc`` and timings).
-  """
-  run.train.validate()
-  _check_scale(run)
-  check_output_free(run.out, run.overwrite)
-  data = run.data.load(run.seed)
+def _train_original(run, data: Dataset, show_progress: bool):
+  """Trains the run's model from its seed: ``(model, apply_fn, DescentResult, metadata)``."""
   model, apply_fn = build_model(run.model, data)
   params = models.init_params(model, jax.random.key(run.seed), data.image_shape)
   result = train_classifier(apply_fn, params, data.x_train, data.y_train, run.train,
@@ -282,6 +274,20 @@ def train_model(run: TrainRun, *, show_progress: bool = True) -> dict:
                            == data.y_test))
   metadata = _model_metadata(run.model, run.data, data, run.train, run.seed, result.run_s,
                              result.compile_s, test_acc)
+  return model, apply_fn, result, metadata
+
+
+def train_model(run: TrainRun, *, show_progress: bool = True) -> dict:
+  """Trains a classifier from scratch and saves it as a checkpoint at ``run.out``.
+
+  Returns:
+    The checkpoint's metadata (with ``test_acc`` and timings).
+  """
+  run.train.validate()
+  _check_scale(run)
+  check_output_free(run.out, run.overwrite)
+  data = run.data.load(run.seed)
+  model, apply_fn, result, metadata = _train_original(run, data, show_progress)
   metadata["history"] = result.history
   extras = {}
   if run.fisher:   # issue 5: the Fisher anchor's curvature, computed once after training
@@ -400,16 +406,7 @@ def run_demo(run: DemoRun, *, show_progress: bool = True) -> dict:
   check_output_free(run.out, run.overwrite)
   data = run.data.load(run.seed)
   forget = make_forget_set(run, data)
-  model, apply_fn = build_model(run.model, data)
-  params = models.init_params(model, jax.random.key(run.seed), data.image_shape)
-  trained = train_classifier(apply_fn, params, data.x_train, data.y_train, run.train,
-                             jax.random.fold_in(jax.random.key(run.seed), 1),
-                             show_progress=show_progress, desc=f"train {run.model}",
-                             scale=run.scale, resume=_stage_resume(run.resume, run.out, "train"))
-  test_acc = float(np.mean(np.argmax(np.asarray(jax.jit(apply_fn)(trained.params, data.x_test)), -1)
-                           == data.y_test))
-  metadata = _model_metadata(run.model, run.data, data, run.train, run.seed, trained.run_s,
-                             trained.compile_s, test_acc)
+  model, apply_fn, trained, metadata = _train_original(run, data, show_progress)
   with staged_directory(run.out, run.overwrite) as staging:
     checkpoints.save_checkpoint(staging / "original", trained.params, metadata)
     rep = _unlearn_and_report(

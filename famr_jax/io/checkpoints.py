@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,6 +22,7 @@ import jax
 import numpy as np
 
 from famr_jax.errors import FamrError
+from famr_jax.io.outputs import check_output_free, staged_directory
 
 FORMAT = "famr-jax-checkpoint/1"
 METADATA_FILE = "famr_jax.json"
@@ -114,8 +113,7 @@ def save_checkpoint(directory: str | os.PathLike, params: Params, metadata: dict
   import orbax.checkpoint as ocp
 
   target = Path(directory).expanduser().resolve()
-  if target.exists() and not overwrite:
-    raise FamrError(f"{target} already exists: choose another directory or pass overwrite=True")
+  check_output_free(target, overwrite)
   extras = dict(extras or {})
   for name in extras:
     if name in ("params", METADATA_FILE) or not name.isidentifier():
@@ -127,22 +125,13 @@ def save_checkpoint(directory: str | os.PathLike, params: Params, metadata: dict
       "extras": {name: tree_shapes(tree) for name, tree in extras.items()},
   }
   text = json.dumps(description, indent=2, default=_json_default)  # fail before writing anything
-  target.parent.mkdir(parents=True, exist_ok=True)
-  staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-  try:
-    staging.mkdir()
+  with staged_directory(target, overwrite) as staging:
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(staging / "params", params)
     for name, tree in extras.items():
       checkpointer.save(staging / name, tree)
     checkpointer.wait_until_finished()
     (staging / METADATA_FILE).write_text(text)
-    if target.exists():
-      shutil.rmtree(target)
-    staging.rename(target)
-  finally:
-    if staging.exists():
-      shutil.rmtree(staging, ignore_errors=True)
   return target
 
 
