@@ -222,3 +222,29 @@ def test_bad_cuts():
     zero_shot_unlearn(Twice(), params, [0], 2, (4,), ZeroShotConfig(), jax.random.key(0))
   with pytest.raises(FamrError, match="cannot cut a plain apply_fn"):
     zero_shot_unlearn(plain_apply, {}, [0], 2, (4,), ZeroShotConfig(tail_layer="w2"), jax.random.key(0))
+
+
+def test_front_door_frozen_head_and_style_loss_with_nnx_parts(digits, nnx_model):
+  # famr-plus with the parts' cut as its frozen head, and FAMR's style loss on the parts' head output,
+  # through famr_jax.unlearn on a model the library never saw.
+  import famr_jax as fj
+  graphdef, state, apply_fn = nnx_model
+  parts = nnx_parts(graphdef, state, "fc2", digits.x_test[:1])
+  x, y = digits.x_train, digits.y_train
+  forget = fj.forget_classes(y, [FORGET], 10)
+  r = fj.unlearn("famr-plus", apply_fn, state, forget, jax.random.key(0), data=(x, y), model=parts)
+  for name in ("conv1", "fc1"):   # the head: bit-identical
+    for a, b in zip(jax.tree.leaves(state[name]), jax.tree.leaves(r.params[name])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  test = digits.y_test == FORGET
+  pred = lambda p, m: np.argmax(np.asarray(apply_fn(p, digits.x_test[m])), -1) == digits.y_test[m]
+  assert pred(r.params, test).mean() <= 0.1 and pred(r.params, ~test).mean() >= pred(state, ~test).mean() - 0.03
+  plain = fj.unlearn("famr", apply_fn, state, forget, jax.random.key(0), data=(x, y), model=parts, epochs=1)
+  styled = fj.unlearn("famr", apply_fn, state, forget, jax.random.key(0), data=(x, y), model=parts, epochs=1,
+                      beta=1.0)
+  diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(plain.params),
+                                                            jax.tree.leaves(styled.params)))
+  assert diff > 0   # the style term moved the weights
+  with pytest.raises(FamrError, match="differs from the model parts' cut"):
+    fj.unlearn("famr", apply_fn, state, forget, jax.random.key(0), data=(x, y), model=parts, beta=1.0,
+               style_layer="fc1")

@@ -287,15 +287,37 @@ def famr_sample_defaults(model_name: str) -> FAMRConfig:
   return FAMRConfig(**default_overrides("famr", model_name, "samples"))
 
 
+def style_features(model: Any, style_layer: str | None) -> Callable[[Params, jax.Array], jax.Array]:
+  """The style loss's ``feature_fn(params, x)``: a famr-jax model's stage output, or ModelParts' head output.
+
+  For :class:`famr_jax.models.parts.ModelParts` (any model: Linen, NNX, plain
+  functions) the style features are the activation entering the parts' cut,
+  ``head_fn(params, x)``; ``style_layer`` must then be None or name that cut.
+
+  Example:
+    >>> from famr_jax import models
+    >>> f = style_features(models.create_model("mlp", 10, (8, 8, 1)), "fc1")
+    >>> callable(f)
+    True
+  """
+  from famr_jax import models
+  from famr_jax.models.parts import ModelParts
+  if isinstance(model, ModelParts):
+    if style_layer not in (None, model.layer):
+      raise FamrError(f"style_layer {style_layer!r} differs from the model parts' cut ({model.layer!r})")
+    return model.head_fn
+  if style_layer is None or model is None or not hasattr(model, "layer_names"):
+    raise FamrError("style forgetting (beta > 0) needs style_layer naming a layer of a famr-jax model, "
+                    "or model parts (famr_jax.models.parts) whose head output is the style layer")
+  return models.make_feature_fn(model, style_layer)
+
+
 def run_famr_task(task, config: FAMRConfig) -> DescentResult:
   """The registry's adapter: FAMR on an :class:`famr_jax.methods.registry.UnlearnTask`."""
   idx = task.forget.indices
   feature_fn = target_gram = None
   if config.beta > 0:
-    if config.style_layer is None or task.model is None:
-      raise FamrError("style forgetting (beta > 0) needs style_layer naming a layer of the model")
-    from famr_jax import models
-    feature_fn = models.make_feature_fn(task.model, config.style_layer)
+    feature_fn = style_features(task.model, config.style_layer)
     retained = task.data.x_train[task.forget.retain_mask(len(task.data.y_train))]
     target_gram = objectives.mean_gram(jax.jit(feature_fn), task.params, jnp.asarray(retained))
   return famr_unlearn(task.apply_fn, task.params, task.data.x_train[idx], config, task.key,

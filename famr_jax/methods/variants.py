@@ -405,11 +405,12 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
 def _frozen_head(apply_fn: ApplyFn, params: Params, config: FAMRVariantConfig, model: Any):
   """``(head_fn, step_fn, trainable_mask)``: with ``train_from``, the head's output is computed once
   and only the tail runs per step; without, ``(None, apply_fn, None)``."""
-  if config.train_from is None:
-    return None, apply_fn, None
+  from famr_jax.models.parts import ModelParts
+  if config.train_from is None and not isinstance(model, ModelParts):
+    return None, apply_fn, None   # model parts given: their cut is the frozen head
   from famr_jax.methods.zero_shot import split_model
   if model is None:
-    raise FamrError("train_from (a frozen head) needs the Flax model: pass model")
+    raise FamrError("train_from (a frozen head) needs the model: pass a famr-jax model or model parts")
   split = split_model(model, params, config.train_from)
   return split.head_fn, split.tail_fn, split.trainable_mask
 
