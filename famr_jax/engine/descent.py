@@ -405,10 +405,18 @@ class _Position(NamedTuple):
   step: int = 0    # steps done in the whole run
 
 
-def _run(prep: PreparedDescent, *, epochs: int, last_steps: int, loop: str, desc: str, show_progress: bool,
-         resumer, resume: ResumeConfig | None, restored, initial_metrics: bool,
-         has_metrics: bool) -> tuple[Params, Any, list[dict[str, float]], float, float]:
-  """Runs the epochs of a prepared descent; returns ``(params, opt_state, history, compile_s, run_s)``."""
+def _run(prep: PreparedDescent, **kwargs) -> tuple[Params, Any, list[dict[str, float]], float, float]:
+  """Runs the epochs of a prepared descent; returns ``(params, opt_state, history, compile_s, run_s)``.
+
+  Compilation happens on first calls; JAX's compile events time it apart from ``run_s``.
+  """
+  with _CompileClock() as clock:
+    return _run_epochs(prep, clock=clock, **kwargs)
+
+
+def _run_epochs(prep: PreparedDescent, *, clock: _CompileClock, epochs: int, last_steps: int, loop: str,
+                desc: str, show_progress: bool, resumer, resume: ResumeConfig | None, restored,
+                initial_metrics: bool, has_metrics: bool) -> tuple[Params, Any, list[dict[str, float]], float, float]:
   program, plan = prep.program, prep.plan
   params, opt_state, loss_acc, pos, history = prep.params, prep.opt_state, prep.zero_acc(), _Position(), []
   if restored is not None:
@@ -418,7 +426,6 @@ def _run(prep: PreparedDescent, *, epochs: int, last_steps: int, loop: str, desc
     total = (epochs - 1) * plan.num_batches + last_steps
     logging.getLogger("famr_jax").info("resuming %s from step %d of %d (%s)", desc, pos.step, total,
                                        resumer.directory)
-  clock = _CompileClock().__enter__()   # compilation happens on first calls: timed apart from run_s
   t0 = time.perf_counter()
   if initial_metrics and has_metrics and restored is None:
     m0 = jax.device_get(program.metrics(params, prep.context, prep.zero_acc()))
@@ -464,7 +471,6 @@ def _run(prep: PreparedDescent, *, epochs: int, last_steps: int, loop: str, desc
           raise RunStopped(step, str(resumer.directory))
     loss_acc = prep.zero_acc()
   jax.block_until_ready(params)
-  clock.__exit__()
   compile_s = clock.seconds
   run_s = max(time.perf_counter() - t0 - compile_s, 0.0)
   flush()
