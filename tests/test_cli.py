@@ -108,6 +108,7 @@ BAD_UNLEARN = [
     (["--forget-classes", "3", "--epochs", "0"], "epochs"),
     (["--forget-classes", "3", "--lam", "-1"], "lambda"),
     (["--forget-classes", "3", "--method", "magic"], "unknown method"),
+    (["--forget-classes", "3", "--method", "ga", "--lr", "1e9", "--epochs", "30"], "ga diverged"),
     (["--forget-classes", "x"], "comma-separated"),
     (["--forget-random", "1.5"], "between 0 and 1"),
     (["--forget-classes", "3", "--beta", "1"], "--style-layer"),

@@ -317,6 +317,9 @@ def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, para
                      scale=scale, resume=_stage_resume(resume, out, "unlearn") if out else None,
                      checkpoint=checkpoint)
   result = spec.run(task, method_config)
+  if not all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(result.params)):
+    raise FamrError(f"{method} diverged (non-finite params); nothing was written: try a smaller --lr or "
+                    "fewer --steps / --epochs")
   timings["unlearn"] = result.run_s
   compile_times["unlearn"] = result.compile_s
   metrics = {"original": evaluate_unlearning(apply_fn, params, data, forget, mia_seed=seed),
