@@ -396,12 +396,9 @@ CYCLE_ALLOWLIST: frozenset[str] = frozenset({
 })
 
 LAYER_ALLOWLIST: frozenset[str] = frozenset({
-    'famr_jax.methods.zero_shot -> famr_jax.evaluation.metrics',
 })
 
 PRIVATE_IMPORT_ALLOWLIST: frozenset[str] = frozenset({
-    'famr_jax.cli.main -> famr_jax.cli.flags._Deferred',
-    'famr_jax.cli.main -> famr_jax.cli.flags._parser_for',
 })
 
 SIZE_ALLOWLIST: frozenset[str] = frozenset({

@@ -101,6 +101,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, prefix: str 
                           metavar=_metavar(tp), help=hints_doc.get(name))
 
 
+def flag_type(tp, flag: str):
+  """An argparse ``type=`` for values of type ``tp`` whose errors name ``flag`` (one line, exit 2)."""
+  return _Deferred(_parser_for(tp, flag))
+
+
 class _Deferred:
   """Wraps a converter so FamrError passes through argparse untouched."""
 

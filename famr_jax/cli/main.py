@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on its data set")
   evaluate.add_argument("--checkpoint", required=True)
-  evaluate.add_argument("--forget-classes", type=cf._Deferred(cf._parser_for(tuple[int, ...], "--forget-classes")),
+  evaluate.add_argument("--forget-classes", type=cf.flag_type(tuple[int, ...], "--forget-classes"),
                         default=())
   evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
@@ -104,7 +104,7 @@ def _add_leaderboard_commands(sub, cf) -> None:
   fisher = sub.add_parser("fisher", help="compute the diagonal Fisher of a checkpoint and store it with it")
   fisher.add_argument("--checkpoint", required=True)
   fisher.add_argument("--out", default=None, help="write a copy with the Fisher here (default: in place)")
-  fisher.add_argument("--batch-size", type=cf._Deferred(cf._parser_for(int, "--batch-size")), default=256)
+  fisher.add_argument("--batch-size", type=cf.flag_type(int, "--batch-size"), default=256)
   fisher.add_argument("--overwrite", action="store_true")
 
   compare = sub.add_parser("compare", help="leaderboard: every method vs the retrained gold standard",

@@ -50,7 +50,8 @@ from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_s
                                      minibatch_descent)
 from famr_jax.engine.optimizers import StaticMask
 from famr_jax.errors import FamrError
-from famr_jax.evaluation.metrics import accuracy, batched_apply, param_distance
+from famr_jax.engine.forward import batched_apply
+from famr_jax.losses import accuracy, param_distance
 from famr_jax.methods.head_tail import (HeadTailSplit, ResponsiveLayers, first_responsive_layer,
                                         head_output_is_nonnegative, infer_input_shape, last_layer, split_model)
 from famr_jax.methods.impressions import ImpressionConfig, ImpressionSet
