@@ -47,7 +47,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import famr_jax as fj
 from famr_jax import models

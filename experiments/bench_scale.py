@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from famr_jax import models
-from famr_jax import losses as objectives
+from famr_jax import losses
 from famr_jax.engine.descent import prepare_descent
 from famr_jax.engine.parallel import CompileCounter, ScaleConfig, compute_dtype_apply_fn, peak_memory
 
@@ -69,7 +69,7 @@ def bench_one(model_name: str, devices: int, args) -> dict:
   forward = compute_dtype_apply_fn(apply_fn, args.compute_dtype)
 
   def loss_fn(p, batch, weights, params0):   # FAMR, Eq. 1 (mean uniform KL + anchor)
-    return objectives.famr_objective(forward, p, params0, batch[0], lam=0.1, weights=weights,
+    return losses.famr_objective(forward, p, params0, batch[0], lam=0.1, weights=weights,
                                      reduction="mean")
 
   n = args.batch * args.steps

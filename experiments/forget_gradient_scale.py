@@ -18,7 +18,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from famr_jax import losses as objectives
+from famr_jax import losses
 from famr_jax.cli.compare_run import CompareRun, seed_forget_set
 from famr_jax.theory.curvature import tree_norm
 from famr_jax.errors import FamrError
@@ -42,8 +42,8 @@ def main(argv=None) -> int:
       n = len(forget.indices)
 
       def example_loss(q, batch):   # per-example cross-entropy: the loss the unlearning steps see
-        return objectives.cross_entropy(m.apply_fn(q, batch[0]), batch[1])
-      loss = jnp.mean(objectives.cross_entropy(batched_apply(m.apply_fn, m.params, x), y))
+        return losses.cross_entropy(m.apply_fn(q, batch[0]), batch[1])
+      loss = jnp.mean(losses.cross_entropy(batched_apply(m.apply_fn, m.params, x), y))
       grad = jax.tree.map(lambda g: g / n, forget_gradient(example_loss, m.params, (x, y)))
       per = jax.jit(jax.vmap(lambda xi, yi: tree_norm(jax.grad(
           lambda q: example_loss(q, (xi[None], yi[None]))[0])(m.params))))(x[:args.per_sample], y[:args.per_sample])

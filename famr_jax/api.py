@@ -81,9 +81,7 @@ def as_dataset(data: Any, num_classes: int) -> Dataset:
   return Dataset("arrays", x, y, x[:0], y[:0], int(num_classes), tuple(x.shape[1:]), ())
 
 
-def _check_request(forget: Any, data: Dataset | None) -> None:
-  if not isinstance(forget, ForgetSet):
-    raise FamrError("forget must be a ForgetSet: famr_jax.forget_classes, forget_samples or forget_random")
+def _check_request(forget: ForgetSet, data: Dataset | None) -> None:
   if data is not None and forget.indices.size and int(forget.indices.max()) >= len(data.y_train):
     raise FamrError(f"the forget request indexes {int(forget.indices.max()) + 1} training examples but data "
                     f"holds {len(data.y_train)}")
@@ -137,7 +135,7 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
   """
   spec = get_method(method)
   if not isinstance(forget, ForgetSet):
-    _check_request(forget, None)
+    raise FamrError("forget must be a ForgetSet: famr_jax.forget_classes, forget_samples or forget_random")
   dataset = as_dataset(data, forget.num_classes) if data is not None else None
   if spec.uses_data and dataset is None:
     raise FamrError(f"method {method!r} reads the training data: pass data=(x_train, y_train)")

@@ -172,11 +172,6 @@ _PROGRAMS: "collections.OrderedDict[Any, _Program]" = collections.OrderedDict()
 _MAX_PROGRAMS = 128
 
 
-def clear_program_cache() -> None:
-  """Forgets every cached compiled program (tests; long sessions that change models often)."""
-  _PROGRAMS.clear()
-
-
 def _value_and_grads(loss_fn, plan: SegmentPlan, constrain, params, data, context, indices, weights):
   if plan.grad_accum == 1:
     batch = tuple(constrain(a[indices]) for a in data)
@@ -260,6 +255,9 @@ def make_segment_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, pl
 def _program(loss_fn, optimizer, metrics_fn, plan: SegmentPlan, mesh, masked: bool, key_impl,
              shardings) -> _Program:
   sh_leaves, sh_tree = jax.tree.flatten(shardings)
+  # Rows past the epoch's end (padding to whole segments) or past a step budget must be skipped; a
+  # scan that never has such rows keeps no lax.cond in its body.
+  masked = masked or plan.num_segments * plan.segment_steps > plan.num_batches
   cache_key = (loss_fn, optimizer, metrics_fn, plan, mesh, masked, str(key_impl), tuple(sh_leaves), sh_tree)
   if cache_key in _PROGRAMS:
     _PROGRAMS.move_to_end(cache_key)
@@ -327,18 +325,19 @@ class PreparedDescent(NamedTuple):
   mesh: Any
   num_examples: int
   data_digest: str | None
-  replicate: Callable[[Any], Any]   # places a host pytree like the scalars (replicated on the mesh)
 
 
 def prepare_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | ShardedData,
                     optimizer: optax.GradientTransformation, *, batch_size: int, key: jax.Array,
                     context: Any = None, metrics_fn: MetricsFn | None = None,
                     scale: ScaleConfig | None = None, segment_steps: int | None = None,
-                    masked: bool = True, digest: bool = False, opt_state: Any = None) -> PreparedDescent:
+                    masked: bool = False, digest: bool = False, opt_state: Any = None) -> PreparedDescent:
   """Places params, optimizer state, data and context on the devices and fetches the programs.
 
   The first half of :func:`minibatch_descent`, public so that benchmarks time
-  exactly the engine's program.
+  exactly the engine's program. ``masked``: a caller may end an epoch early
+  (a step budget), so a scan skips its rows at or past ``limit`` (padding rows
+  are always skipped).
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np, optax
@@ -394,7 +393,7 @@ def prepare_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
       program=program, params=params, opt_state=opt_state, data=arrays, context=context,
       key_data=put_rep(key_data), zero_acc=lambda: put_rep((jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))),
       scalar=lambda v: np.asarray(v, np.int32), plan=plan, mesh=mesh if scale.sharded else None, num_examples=n,
-      data_digest=fingerprint_digest, replicate=put_rep)
+      data_digest=fingerprint_digest)
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -410,11 +409,11 @@ def _run(prep: PreparedDescent, **kwargs) -> tuple[Params, Any, list[dict[str, f
 
   Compilation happens on first calls; JAX's compile events time it apart from ``run_s``.
   """
-  with _CompileClock() as clock:
+  with parallel.CompileCounter() as clock:
     return _run_epochs(prep, clock=clock, **kwargs)
 
 
-def _run_epochs(prep: PreparedDescent, *, clock: _CompileClock, epochs: int, last_steps: int, loop: str,
+def _run_epochs(prep: PreparedDescent, *, clock: parallel.CompileCounter, epochs: int, last_steps: int, loop: str,
                 desc: str, show_progress: bool, resumer, resume: ResumeConfig | None, restored,
                 initial_metrics: bool, has_metrics: bool) -> tuple[Params, Any, list[dict[str, float]], float, float]:
   program, plan = prep.program, prep.plan
@@ -475,29 +474,6 @@ def _run_epochs(prep: PreparedDescent, *, clock: _CompileClock, epochs: int, las
   run_s = max(time.perf_counter() - t0 - compile_s, 0.0)
   flush()
   return params, opt_state, history, compile_s, run_s
-
-
-class _CompileClock:
-  """Seconds of XLA compilation while active (JAX's own compile-duration events), to keep out of ``run_s``."""
-  EVENTS = ("/jax/core/compile/backend_compile_duration", "/jax/core/compile/jaxpr_trace_duration",
-            "/jax/core/compile/jaxpr_to_mlir_module_duration")
-
-  def __init__(self):
-    self.seconds = 0.0
-
-  def _listen(self, event: str, duration: float, **kwargs) -> None:
-    if event in self.EVENTS:
-      self.seconds += float(duration)
-
-  def __enter__(self) -> "_CompileClock":
-    jax.monitoring.register_event_duration_secs_listener(self._listen)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    try:
-      jax.monitoring.unregister_event_duration_listener(self._listen)
-    except (AttributeError, ValueError):   # an older JAX: it stays registered, harmlessly
-      pass
 
 
 def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | ShardedData,
@@ -571,7 +547,7 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
   key = typed_key(key)
   prep = prepare_descent(loss_fn, params, data, optimizer, batch_size=batch_size, key=key, context=context,
                          metrics_fn=metrics_fn, scale=scale, segment_steps=segment_steps,
-                         masked=True, digest=resume is not None, opt_state=opt_state)
+                         masked=max_steps is not None, digest=resume is not None, opt_state=opt_state)
   resumer, restored = None, None
   if resume is not None:   # checked before compiling, so a refused resume costs nothing
     resumer, restored = open_resumer(resume, prep, epochs=epochs, batch_size=batch_size,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from famr_jax import losses as objectives
+from famr_jax import losses
 from famr_jax.errors import FamrError
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
@@ -68,12 +68,12 @@ def cross_entropy_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights:
   """
   del context
   xb, yb = batch
-  return jnp.sum(weights * objectives.cross_entropy(apply_fn(params, xb), yb)) / jnp.maximum(jnp.sum(weights), 1.0)
+  return jnp.sum(weights * losses.cross_entropy(apply_fn(params, xb), yb)) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def eval_accuracy(apply_fn: ApplyFn, params: Params, eval_xy: tuple) -> dict[str, jax.Array]:
   """``{"eval_acc": ...}`` on a monitor set ``(x, y)`` (the engine's ``metrics_fn`` once bound)."""
-  return {"eval_acc": objectives.accuracy(batched_apply(apply_fn, params, eval_xy[0]), eval_xy[1])}
+  return {"eval_acc": losses.accuracy(batched_apply(apply_fn, params, eval_xy[0]), eval_xy[1])}
 
 
 def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.ndarray,

@@ -19,7 +19,6 @@ import jax
 import numpy as np
 
 from famr_jax.data.forget import ForgetSet
-from famr_jax.engine.descent import typed_key
 from famr_jax.errors import FamrError
 from famr_jax.evaluation.leaderboard import (ORIGINAL, gold_reference, metrics_line, score_against_gold,
                                              summarize)
@@ -142,6 +141,8 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
     get_method(name)   # unknown names fail before any work
   if isinstance(seeds, bool) or int(seeds) != seeds or seeds <= 0:
     raise FamrError(f"seeds must be a positive integer, got {seeds}")
+  if retrain is None and gold_fn is None:
+    raise FamrError("compare needs retrain(x_retain, y_retain, key), the gold standard's training recipe")
   forget_of = forget if callable(forget) else (lambda seed: forget)
   configs = dict(configs or {})
   rows, gold_rows = [], []
@@ -158,7 +159,7 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
         + metrics_line(reference.metrics))
     rows.append(_row(seed, ORIGINAL, apply_fn, params, data, request, params, reference, gold, 0.0, 0.0, 0.0, log))
     for name in methods:
-      task = UnlearnTask(apply_fn, params, model, data, request, typed_key(jax.random.key(seed)), show_progress,
+      task = UnlearnTask(apply_fn, params, model, data, request, jax.random.key(seed), show_progress,
                          checkpoint=checkpoint)
       t0 = time.perf_counter()
       result = get_method(name).run(task, configs[name])

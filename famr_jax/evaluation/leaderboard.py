@@ -24,7 +24,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from famr_jax import losses as objectives
+from famr_jax import losses
 from famr_jax.data.forget import ForgetSet
 from famr_jax.evaluation.metrics import batched_apply, evaluate_unlearning
 from famr_jax.evaluation.report import pyplot
@@ -55,7 +55,7 @@ def score(metrics: Mapping[str, Any], gold: Mapping[str, Any]) -> dict[str, floa
 
 
 def _kl(logits_ref: np.ndarray, logits: np.ndarray) -> float:
-  return float(np.mean(np.asarray(objectives.kl_divergence(logits_ref, logits))))
+  return float(np.mean(np.asarray(losses.kl_divergence(logits_ref, logits))))
 
 
 class GoldReference(NamedTuple):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax import losses as objectives
+from famr_jax import losses
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.forward import batched_apply
 # The statistics live with the losses (methods and the engine use them); they stay importable from here.
@@ -64,11 +64,11 @@ def _forward_stats(apply_fn, params, x, y, logits_ref, num_classes):
   stats = {
       "correct": jnp.argmax(logits, -1) == y,
       "confidence": true_class_confidence(logits, y),
-      "ce": objectives.cross_entropy(logits, y),
-      "entropy": objectives.entropy(logits),
+      "ce": losses.cross_entropy(logits, y),
+      "entropy": losses.entropy(logits),
   }
   if logits_ref is not None:
-    stats["kl_from_original"] = objectives.kl_divergence(logits_ref, logits)
+    stats["kl_from_original"] = losses.kl_divergence(logits_ref, logits)
   return stats
 
 

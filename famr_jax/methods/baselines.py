@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax import losses as objectives
+from famr_jax import losses
+from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
 from famr_jax.engine.descent import DescentResult, bind_static, check_descent_settings, make_optimizer, minibatch_descent
 from famr_jax.engine.forward import batched_apply, timed_call
@@ -202,12 +203,12 @@ def baseline_minibatch_loss(method: str, apply_fn: ApplyFn, config: Any, params:
 
 def baseline_history(apply_fn: ApplyFn, params: Params, ctx: _Context) -> dict[str, jax.Array]:
   """Forget accuracy on a monitored sample of the forget set (the engine's ``metrics_fn`` once bound)."""
-  return {"forget_acc": objectives.accuracy(apply_fn(params, ctx.monitor_x), ctx.monitor_y)}
+  return {"forget_acc": losses.accuracy(apply_fn(params, ctx.monitor_x), ctx.monitor_y)}
 
 
 def forget_set_gradient(apply_fn: ApplyFn, params: Params, x: jax.Array, y: jax.Array) -> Params:
   """Gradient of the mean cross-entropy over the whole forget set (SalUn's saliency), in chunks."""
-  return jax.grad(lambda q: jnp.mean(objectives.cross_entropy(batched_apply(apply_fn, q, x, 512), y)))(params)
+  return jax.grad(lambda q: jnp.mean(losses.cross_entropy(batched_apply(apply_fn, q, x, 512), y)))(params)
 
 
 def salient_weights(apply_fn: ApplyFn, fraction: float, params: Params, x: jax.Array, y: jax.Array) -> Params:
@@ -269,7 +270,7 @@ def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: n
     mask, extra_compile, run_s = timed_call(bind_static(salient_weights, apply_fn, config.saliency), params,
                                             jnp.asarray(x_forget), jnp.asarray(y_forget))
     extra_run += run_s
-  monitor = np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), x_forget.shape[0]))[:512]
+  monitor = monitor_rows(key, x_forget.shape[0])
   ctx = _Context(mask, jnp.asarray(x_forget[monitor]), jnp.asarray(y_forget[monitor]))
   # bfloat16 runs the steps' forward passes only; the history stays float32.
   forward = compute_dtype_apply_fn(apply_fn, scale.compute_dtype) if scale is not None else apply_fn

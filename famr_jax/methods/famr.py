@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from famr_jax import losses as objectives
+from famr_jax import losses
+from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
@@ -52,7 +53,7 @@ class FAMRConfig:
     style_layer: model stage whose output feeds the Gram style loss (``beta > 0``);
       the target Gram is the mean over the retained training data.
     steps: a step budget replacing ``epochs``: this many optimizer steps in all,
-      whatever the forget set's size (none = ``epochs`` passes; one device only).
+      whatever the forget set's size (none = ``epochs`` passes).
   """
   epochs: int = 10
   lr: float = 0.1
@@ -82,9 +83,6 @@ class FAMRConfig:
     return make_optimizer(self.optimizer, self.lr)
 
 
-HISTORY_SIZE = 1024   # forget examples the per-epoch history is measured on
-
-
 class ForgetContext(NamedTuple):
   """What FAMR's jitted epoch needs besides the minibatch (a jit argument)."""
   params0: Params            # the anchor theta0
@@ -105,9 +103,9 @@ def forget_history(apply_fn: ApplyFn, params: Params, ctx: ForgetContext) -> dic
   params0, x_forget, y_forget, logits0, eval_xy, _ = ctx
   logits = batched_apply(apply_fn, params, x_forget)
   out = {
-      "forget_kl_from_original": jnp.mean(objectives.kl_divergence(logits0, logits)),
-      "forget_entropy": jnp.mean(objectives.entropy(logits)),
-      "forget_uniform_kl": jnp.mean(objectives.uniform_kl(logits)),
+      "forget_kl_from_original": jnp.mean(losses.kl_divergence(logits0, logits)),
+      "forget_entropy": jnp.mean(losses.entropy(logits)),
+      "forget_uniform_kl": jnp.mean(losses.uniform_kl(logits)),
       "param_distance": param_distance(params, params0),
   }
   if y_forget is not None:
@@ -138,7 +136,7 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
     key: PRNG key for the minibatch order.
     y_forget: optional labels of the forget set, only for the history's
       forget accuracy (the objective itself needs no labels). The history is
-      measured on a fixed random sample of ``HISTORY_SIZE`` forget examples.
+      measured on a fixed random sample of forget examples (``monitor_rows``).
     feature_fn: style-layer features ``feature_fn(params, x)`` (for ``beta > 0``).
     target_gram: target Gram matrix of the style loss (for ``beta > 0``).
     trainable_mask: optional pytree of bools: only True leaves are updated and
@@ -184,9 +182,7 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
   if config.beta > 0 and (feature_fn is None or target_gram is None):
     raise FamrError("beta > 0 (style forgetting) needs a style layer and a target Gram matrix")
   optimizer, loss_fn = _famr_loss(apply_fn, config, feature_fn, trainable_mask, optimizer, scale)
-  # The per-epoch history is measured on a fixed random sample of the forget set (all of it when
-  # smaller): on Fashion-MNIST's 6,000-image class, whole-set passes cost as much as the descent.
-  monitor = np.sort(np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), len(x_forget)))[:HISTORY_SIZE])
+  monitor = monitor_rows(key, len(x_forget))
   xf = jnp.asarray(x_forget[monitor])
   y_mon = None if y_forget is None else jnp.asarray(np.asarray(y_forget)[monitor], jnp.int32)
   ctx = ForgetContext(params, xf, y_mon,
@@ -210,7 +206,7 @@ def famr_minibatch_loss(forward: ApplyFn, config: FAMRConfig, feature_fn, mask: 
   arguments (the forward pass, the config, the style layer, the anchored
   leaves), so the compiled step is found again on the next call.
   """
-  return objectives.famr_objective(
+  return losses.famr_objective(
       forward, params, ctx.params0, batch[0], lam=config.lam, anchor_mask=None if mask is None else mask.tree,
       alpha=config.alpha, beta=config.beta, feature_fn=feature_fn,
       target_gram=ctx.target_gram, weights=weights, reduction="mean")
@@ -319,7 +315,7 @@ def run_famr_task(task, config: FAMRConfig) -> DescentResult:
   if config.beta > 0:
     feature_fn = style_features(task.model, config.style_layer)
     retained = task.data.x_train[task.forget.retain_mask(len(task.data.y_train))]
-    target_gram = objectives.mean_gram(jax.jit(feature_fn), task.params, jnp.asarray(retained))
+    target_gram = losses.mean_gram(jax.jit(feature_fn), task.params, jnp.asarray(retained))
   return famr_unlearn(task.apply_fn, task.params, task.data.x_train[idx], config, task.key,
                       y_forget=task.data.y_train[idx], feature_fn=feature_fn, target_gram=target_gram,
                       show_progress=task.show_progress, scale=getattr(task, "scale", None),

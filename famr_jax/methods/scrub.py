@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax import losses as objectives
+from famr_jax import losses
+from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, make_optimizer,
                                      minibatch_descent, steps_per_epoch)
@@ -105,7 +106,7 @@ class SCRUBConfig:
 
 def forget_accuracy_metrics(apply_fn: ApplyFn, params: Params, monitor_xy: tuple) -> dict[str, jax.Array]:
   """``{"forget_acc": ...}`` on a monitored sample of the forget set (the engine's ``metrics_fn``)."""
-  return {"forget_acc": objectives.accuracy(apply_fn(params, monitor_xy[0]), monitor_xy[1])}
+  return {"forget_acc": losses.accuracy(apply_fn(params, monitor_xy[0]), monitor_xy[1])}
 
 
 def _with_config(loss_fn, config, params, batch, weights, context):
@@ -158,7 +159,7 @@ def scrub_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_for
     raise FamrError("scrub needs retained data")
 
   optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay)
-  monitor = np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), n_f))[:512]
+  monitor = monitor_rows(key, n_f)
   monitor_xy = (jnp.asarray(x_forget[monitor]), jnp.asarray(y_forget[monitor]))
   metrics_fn = bind_static(forget_accuracy_metrics, apply_fn)
   n_r = n_f * config.retain_ratio

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax import losses as objectives
+from famr_jax import losses
 from famr_jax.errors import FamrError
 from famr_jax.engine.descent import DescentResult, bind_static
 from famr_jax.engine.forward import timed_call
@@ -152,7 +152,7 @@ def _minibatch_indices(n: int, batch_size: int, key: jax.Array) -> tuple[np.ndar
 @functools.partial(jax.jit, static_argnums=(0,))
 def _minibatch_importance(apply_fn, params, x, y, idx, weights):
   def batch_loss(p, b_idx, b_w):
-    ce = objectives.cross_entropy(apply_fn(p, x[b_idx]), y[b_idx])
+    ce = losses.cross_entropy(apply_fn(p, x[b_idx]), y[b_idx])
     return jnp.sum(ce * b_w) / jnp.sum(b_w)
 
   def body(acc, spec):

@@ -48,7 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from famr_jax import losses as objectives
+from famr_jax import losses
+from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
@@ -66,7 +67,6 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 TARGETS = ("uniform", "retrain")
 ANCHORS = ("l2", "fisher", "gauss-newton", "hessian")
 FUNCTION_DATA = ("retain", "impressions")
-MONITOR_SIZE = 512   # forget examples the per-epoch history is measured on
 
 
 # ----------------------------------------------------------------------------- config
@@ -186,7 +186,7 @@ def retained_matvec(apply_fn: ApplyFn, params0: Params, x: jax.Array, y: jax.Arr
   total = jnp.maximum(jnp.sum(weights), 1.0)
   if kind == "hessian":
     def loss(p):
-      return objectives.weighted_mean(objectives.cross_entropy(apply_fn(p, x), y), weights)
+      return losses.weighted_mean(losses.cross_entropy(apply_fn(p, x), y), weights)
     return lambda v: curvature.hvp(loss, params0, v)
   if kind == "gauss-newton":
     def output_hvp(logits, u):
@@ -218,7 +218,7 @@ def variant_objective(apply_fn: ApplyFn, params: Params, batch: VariantBatch, we
     >>> float(variant_objective(apply_fn, p0, b, jnp.ones(4), p0, FAMRVariantConfig()))
     0.0
   """
-  loss = config.alpha * objectives.weighted_mean(target_kl(batch.target, apply_fn(params, batch.x_forget)), weights)
+  loss = config.alpha * losses.weighted_mean(target_kl(batch.target, apply_fn(params, batch.x_forget)), weights)
   if config.needs_retain_pool:
     if batch.x_retain is None:
       raise FamrError("this variant needs retained samples in its batches")
@@ -227,10 +227,10 @@ def variant_objective(apply_fn: ApplyFn, params: Params, batch: VariantBatch, we
     w_r = jnp.repeat(weights, k)
   if config.retain_weight > 0:
     z0_r = batch.logits0_retain.reshape((-1,) + batch.logits0_retain.shape[2:])
-    kl = objectives.kl_divergence(z0_r, apply_fn(params, x_r))
-    loss = loss + config.retain_weight * objectives.weighted_mean(kl, w_r)
+    kl = losses.kl_divergence(z0_r, apply_fn(params, x_r))
+    loss = loss + config.retain_weight * losses.weighted_mean(kl, w_r)
   if config.anchor == "l2":
-    loss = loss + objectives.l2_anchor(params, params0, config.lam)
+    loss = loss + losses.l2_anchor(params, params0, config.lam)
   elif config.anchor == "fisher":
     if fisher is None:
       raise FamrError("anchor='fisher' needs the diagonal Fisher: pass fisher")
@@ -291,10 +291,10 @@ def variant_minibatch_loss(step_fn: ApplyFn, config: "FAMRVariantConfig", mask: 
 def variant_history(step_fn: ApplyFn, has_labels: bool, params: Params, ctx: "_Context") -> dict[str, jax.Array]:
   """Per-epoch statistics on a monitored sample of the forget set (the engine's ``metrics_fn``)."""
   logits = step_fn(params, ctx.monitor_x)
-  out = {"forget_kl_from_original": jnp.mean(objectives.kl_divergence(ctx.monitor_logits0, logits)),
-         "forget_entropy": jnp.mean(objectives.entropy(logits))}
+  out = {"forget_kl_from_original": jnp.mean(losses.kl_divergence(ctx.monitor_logits0, logits)),
+         "forget_entropy": jnp.mean(losses.entropy(logits))}
   if has_labels:
-    out["forget_acc"] = objectives.accuracy(logits, ctx.monitor_y)
+    out["forget_acc"] = losses.accuracy(logits, ctx.monitor_y)
   return out
 
 
@@ -383,7 +383,7 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
                            forget_classes=forget_classes, num_classes=num_classes, model=model,
                            input_shape=input_shape, show_progress=show_progress)
 
-  monitor = np.asarray(jax.random.permutation(jax.random.fold_in(key, 3), x_forget.shape[0]))[:MONITOR_SIZE]
+  monitor = monitor_rows(key, x_forget.shape[0])
   y_mon = (np.full(len(monitor), -1, np.int32) if y_forget is None
            else np.asarray(y_forget, np.int32)[monitor])
   ctx = _Context(params, fisher, h_forget[monitor], jnp.asarray(y_mon), logits0_f[monitor])

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from famr_jax import losses as objectives
+from famr_jax import losses
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      minibatch_descent)
 from famr_jax.engine.optimizers import StaticMask
@@ -301,9 +301,9 @@ def impression_history(tail_fn: ApplyFn, params: Params, ctx: ImpressionContext)
   return {
       "forget_impression_acc": accuracy(logits_f, ctx.y_forget),
       "retain_impression_acc": accuracy(logits_r, ctx.y_retain),
-      "forget_margin": jnp.mean(objectives.class_margin(logits_f, ctx.y_forget)),
-      "retain_margin": jnp.mean(objectives.class_margin(logits_r, ctx.y_retain)),
-      "forget_kl_from_original": jnp.mean(objectives.kl_divergence(ctx.logits0_forget, logits_f)),
+      "forget_margin": jnp.mean(losses.class_margin(logits_f, ctx.y_forget)),
+      "retain_margin": jnp.mean(losses.class_margin(logits_r, ctx.y_retain)),
+      "forget_kl_from_original": jnp.mean(losses.kl_divergence(ctx.logits0_forget, logits_f)),
       "param_distance": param_distance(params, ctx.params0),
   }
 
@@ -383,12 +383,12 @@ def famr_zero_shot_loss(tail_fn: ApplyFn, lam: float, retain_weight: float, mask
   ``retain_weight * KL(p0 || p)`` on the second.
   """
   h_f, h_r, logits0_r = batch
-  famr = objectives.famr_objective(tail_fn, params, ctx.params0, h_f, lam=lam, anchor_mask=mask.tree,
+  famr = losses.famr_objective(tail_fn, params, ctx.params0, h_f, lam=lam, anchor_mask=mask.tree,
                                    weights=weights, reduction="mean")
   if retain_weight == 0:
     return famr
-  kl = objectives.kl_divergence(logits0_r, tail_fn(params, h_r))
-  return famr + retain_weight * objectives.weighted_mean(kl, weights)
+  kl = losses.kl_divergence(logits0_r, tail_fn(params, h_r))
+  return famr + retain_weight * losses.weighted_mean(kl, weights)
 
 
 def _at_scales(setup: ZeroShotSetup, scale_min: float) -> ZeroShotSetup:

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax import losses as objectives
+from famr_jax import losses
 from famr_jax.data.forget import validate_classes
 from famr_jax.engine.descent import bind_static, minibatch_descent, typed_key
 from famr_jax.engine.progress import progress
@@ -142,15 +142,15 @@ def stream_loss(tail_fn: ApplyFn, kind: str, coef: float, setting: float, params
   """
   logits = tail_fn(params, h)
   if kind == "cross_entropy":
-    values = objectives.smoothed_cross_entropy(logits, y, setting)
+    values = losses.smoothed_cross_entropy(logits, y, setting)
   elif kind == "forget_margin":
-    values = objectives.forget_margin_loss(logits, y, ctx.retain_classes, setting)
+    values = losses.forget_margin_loss(logits, y, ctx.retain_classes, setting)
   elif kind == "retain_margin":
-    values = objectives.retain_margin_loss(logits, y, setting)
+    values = losses.retain_margin_loss(logits, y, setting)
   else:
     logits0 = jax.lax.stop_gradient(tail_fn(ctx.params0, h))
-    values = objectives.masked_kl(logits0, logits, ctx.retain_classes)
-  return coef * objectives.weighted_mean(values, weights)
+    values = losses.masked_kl(logits0, logits, ctx.retain_classes)
+  return coef * losses.weighted_mean(values, weights)
 
 
 def differential_losses(tail_fn: ApplyFn, config) -> tuple[StreamLoss, StreamLoss]:
@@ -276,7 +276,7 @@ def differential_descent(tail_fn: ApplyFn, params: Params, ctx: ImpressionContex
     if use_retain:
       stages.append((bind_static(pass_loss, retain_loss, scale_min, 1), (jnp.arange(n_r, dtype=jnp.int32),)))
   joint = bind_static(joint_loss, forget_loss, retain_loss, scale_min)
-  device_metrics, losses = [metrics(params, ctx)], []
+  device_metrics, epoch_losses = [metrics(params, ctx)], []
   compile_s = run_s = 0.0
   opt_state = None
   for epoch in progress(range(config.epochs), desc="zero-shot unlearning", enabled=show_progress):
@@ -295,7 +295,7 @@ def differential_descent(tail_fn: ApplyFn, params: Params, ctx: ImpressionContex
       n = int(data[0].shape[0])
       loss_sum, count = loss_sum + r.history[-1]["loss"] * n, count + n
     device_metrics.append(metrics(params, ctx))
-    losses.append(loss_sum / count)
-  history = [{"epoch": e, **{k: float(v) for k, v in m.items()}, **({"loss": losses[e - 1]} if e else {})}
+    epoch_losses.append(loss_sum / count)
+  history = [{"epoch": e, **{k: float(v) for k, v in m.items()}, **({"loss": epoch_losses[e - 1]} if e else {})}
              for e, m in enumerate(jax.device_get(device_metrics))]
   return DifferentialRun(params, history, compile_s, run_s)

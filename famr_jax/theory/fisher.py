@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax import losses as objectives
+from famr_jax import losses
 from famr_jax.errors import FamrError
 
 Params = Any
@@ -91,7 +91,7 @@ def diagonal_fisher(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.ndar
 def chunked_fisher(apply_fn, params, x, y, idx, weights, n):
   """The jitted core of :func:`diagonal_fisher` over :func:`padded_chunks` ``(idx, weights)``."""
   def example_loss(p, xi, yi):
-    return objectives.cross_entropy(apply_fn(p, xi[None]), yi[None])[0]
+    return losses.cross_entropy(apply_fn(p, xi[None]), yi[None])[0]
 
   per_example_grad = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))
 
