@@ -178,7 +178,7 @@ def test_default_list_runs_on_a_fresh_checkpoint(checkpoints, tmp_path, capsys):
   # one-line note; every other default method runs.
   plain, _ = checkpoints
   out = tmp_path / "board"
-  assert main(["compare", "--checkpoint", str(plain), "--forget-classes", "3", "--seeds", "1", "--epochs", "1",
+  assert main(["compare", "--checkpoint", str(plain), "--forget-classes", "3", "--seeds", "1", "--steps", "2",
                "--out", str(out)]) == 0
   printed = capsys.readouterr().out
   assert "famr-fisher left out" in printed
