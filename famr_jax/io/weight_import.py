@@ -14,7 +14,8 @@ Sources:
 ``torchvision:resnet18|resnet34|``       torchvision's ``state_dict()`` of that architecture;
 ``resnet50|alexnet|resnet18_cifar``      ``resnet18_cifar`` is the CIFAR ResNet-18 (3x3 stem,
                                          no max pool) in torchvision's names. The input channel
-                                         count is read from ``conv1`` / ``features.0``.
+                                         count (and a ResNet's first-stage width, if not 64)
+                                         is read from ``conv1`` / ``features.0``.
 ``hf-vit`` / ``hf-vit:PRESET``           a Hugging Face ``google/vit-*`` file (ViTForImageClassification
                                          or ViTModel), into famr-jax's ViT
 ``timm:NAME``                            a timm ``vit_*`` file (class-token pooling)
@@ -116,10 +117,16 @@ def _convert_torchvision(arch: str, state_dict, image_size: int, num_classes: in
     raise FamrError(f"the weights are not torchvision's {arch}: missing key {first!r}")
   channels = int(np.shape(state_dict[first])[1])
   head = _HEAD_STAGE.get(arch, "fc")
-  source_classes = head_classes(state_dict, ("classifier.6" if arch == "alexnet" else "fc") + ".weight")
+  head_key = ("classifier.6" if arch == "alexnet" else "fc") + ".weight"
+  source_classes = head_classes(state_dict, head_key)
+  if source_classes is None:
+    raise FamrError(f"the weights are not torchvision's {arch}: missing key {head_key!r}")
   classes = int(num_classes or source_classes or 0)
   shape = (image_size, image_size, channels)
-  model = models.create_model(arch, classes, shape)
+  # A narrower ResNet of the same layout (first-stage width != 64) keeps its width; the depth is the named one's.
+  width = int(np.shape(state_dict[first])[0])
+  overrides = {"width": width} if arch != "alexnet" and width != 64 else {}
+  model = models.create_model(arch, classes, shape, **overrides)
   template = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), shape))
   stats_template = models.init_batch_stats(model, shape) if models.has_batch_norm(model) else None
   params, stats, head_loaded = map_state_dict(state_dict, template, stats_template, architecture=arch,
@@ -132,7 +139,7 @@ def _convert_torchvision(arch: str, state_dict, image_size: int, num_classes: in
     model = models.with_batch_stats(model, stats)
   base = _CIFAR10 if arch == "resnet18_cifar" else _IMAGENET
   resize = image_size if arch == "resnet18_cifar" else round(image_size * 256 / 224)
-  return Converted(arch, {}, model, params, stats if stats_template is not None else None, classes, shape,
+  return Converted(arch, overrides, model, params, stats if stats_template is not None else None, classes, shape,
                    {"source_classes": source_classes, "head": head_info},
                    _recipe(base, channels, image_size, resize))
 
