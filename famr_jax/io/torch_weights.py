@@ -137,8 +137,24 @@ def _torch_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ..
   return shape
 
 
+_SUBMODULE = re.compile(r"^(conv|bn|downsample_)(\d+)$")
+_LEAF_ORDER = ("kernel", "scale", "bias", "mean", "var")
+
+
+def _module_order(path: tuple[str, ...], stages: tuple[str, ...]) -> tuple:
+  """Sort key putting famr-jax paths in torchvision's module order (conv1, bn1, conv2, ..., downsample)."""
+  inner = []
+  for part in path[1:-1]:
+    m = _SUBMODULE.match(part)
+    inner.append((100 if m.group(1) == "downsample_" else 0) + 2 * int(m.group(2)) + (m.group(1) == "bn")
+                 if m else 0)
+  stage = stages.index(path[0]) if path[0] in stages else len(stages)
+  leaf = _LEAF_ORDER.index(path[-1]) if path[-1] in _LEAF_ORDER else len(_LEAF_ORDER)
+  return (stage, tuple(inner), leaf)
+
+
 def map_state_dict(state_dict: Mapping[str, np.ndarray], params_template: Any, stats_template: Any, *,
-                   architecture: str, head_stage: str) -> tuple[dict, dict, bool]:
+                   architecture: str, head_stage: str, stages: tuple[str, ...] = ()) -> tuple[dict, dict, bool]:
   """Maps a torchvision state dict onto famr-jax params and statistics, refusing any mismatch.
 
   Args:
@@ -147,6 +163,7 @@ def map_state_dict(state_dict: Mapping[str, np.ndarray], params_template: Any, s
     stats_template: its ``batch_stats`` (None or {} without BatchNorm).
     architecture: the name used in messages.
     head_stage: the classifier stage; its shape may differ (another class count).
+    stages: the model's stage names in order (to name the first offending key in module order).
 
   Returns:
     ``(params, batch_stats, head_loaded)``: float32 NumPy pytrees; the head
@@ -159,6 +176,7 @@ def map_state_dict(state_dict: Mapping[str, np.ndarray], params_template: Any, s
   """
   expected = [("params", p, leaf) for p, leaf in _paths(params_template)]
   expected += [("stats", p, leaf) for p, leaf in _paths(stats_template or {})]
+  expected.sort(key=lambda e: _module_order(e[1], stages))
   wanted = {torch_key(p) for _, p, _ in expected}
   for key in state_dict:
     if key not in wanted and not key.endswith(IGNORED_SUFFIXES):

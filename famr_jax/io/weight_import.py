@@ -29,8 +29,8 @@ the image size's patch grid.
 Class count (``num_classes``, default: the file's): when it differs from the
 file's, the classifier is re-initialised and the metadata says so: a ViT's head
 to zeros (the ViT fine-tuning recipe, Dosovitskiy et al. 2021), a CNN's last
-layer with the model's own initializer from ``seed`` (as ``torchvision``
-fine-tuning replaces ``fc``). Every other key must be present with its exact
+layer with the model's own initializer (LeCun normal kernel, zero bias) from
+``seed`` (as torchvision fine-tuning replaces ``fc`` by a new layer). Every other key must be present with its exact
 shape; a missing, unexpected or misshapen key is refused by name.
 """
 
@@ -111,6 +111,22 @@ def _recipe(base: Mapping[str, list], channels: int, size: int, resize: int) -> 
   return {**base, "resize": resize, "crop": size}
 
 
+def lecun_normal_dense(features: int, classes: int, seed: int) -> dict:
+  """A new Dense layer as flax initializes it: LeCun normal kernel (truncated at 2 std), zero bias (NumPy, seeded).
+
+  Example:
+    >>> lecun_normal_dense(4, 3, 0)["kernel"].shape
+    (4, 3)
+  """
+  rng = np.random.default_rng(seed)
+  draws = rng.standard_normal((features, classes))
+  while np.any(np.abs(draws) > 2):   # truncate at two standard deviations by redrawing
+    bad = np.abs(draws) > 2
+    draws[bad] = rng.standard_normal(int(bad.sum()))
+  std = np.sqrt(1.0 / features) / 0.87962566103423978   # flax's variance_scaling(1, fan_in, truncated_normal)
+  return {"kernel": (draws * std).astype(np.float32), "bias": np.zeros((classes,), np.float32)}
+
+
 def _convert_torchvision(arch: str, state_dict, image_size: int, num_classes: int | None, seed: int) -> Converted:
   first = "features.0.weight" if arch == "alexnet" else "conv1.weight"
   if first not in state_dict or np.ndim(state_dict[first]) != 4:
@@ -127,14 +143,16 @@ def _convert_torchvision(arch: str, state_dict, image_size: int, num_classes: in
   width = int(np.shape(state_dict[first])[0])
   overrides = {"width": width} if arch != "alexnet" and width != 64 else {}
   model = models.create_model(arch, classes, shape, **overrides)
-  template = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), shape))
-  stats_template = models.init_batch_stats(model, shape) if models.has_batch_norm(model) else None
+  # One abstract trace gives both shapes (params, and the running statistics of a BatchNorm model).
+  variables = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *shape), np.float32))
+  template = dict(variables["params"])
+  stats_template = dict(variables[models.BATCH_STATS]) if models.has_batch_norm(model) else None
   params, stats, head_loaded = map_state_dict(state_dict, template, stats_template, architecture=arch,
-                                              head_stage=head)
+                                              head_stage=head, stages=models.layer_names(model))
   head_info = "loaded"
   if not head_loaded:
-    params[head] = jax.tree.map(np.asarray, models.init_params(model, jax.random.key(seed), shape)[head])
-    head_info = f"re-initialised ({source_classes} -> {classes} classes; the model's initializer, seed {seed})"
+    params[head] = lecun_normal_dense(template[head]["kernel"].shape[0], classes, seed)
+    head_info = f"re-initialised ({source_classes} -> {classes} classes; LeCun normal kernel, zero bias, seed {seed})"
   if stats_template is not None:
     model = models.with_batch_stats(model, stats)
   base = _CIFAR10 if arch == "resnet18_cifar" else _IMAGENET
@@ -251,7 +269,7 @@ def import_weights(source: str, weights: str | os.PathLike, out: str | os.PathLi
     >>> try:
     ...   import_weights("torchvision:vgg16", "w.safetensors", tempfile.mkdtemp() + "/m", image_size=32)
     ... except FamrError as e:
-    ...   print(str(e)[:34])
+    ...   print(str(e).split(";")[0])
     unknown weight source 'torchvision:vgg16'
   """
   import famr_jax

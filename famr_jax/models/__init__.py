@@ -519,10 +519,10 @@ def make_train_apply_fn(model: nn.Module) -> ApplyFn:
   start from a trained model use eval-mode statistics (``make_apply_fn``).
 
   Example:
-    >>> import jax, jax.numpy as jnp
+    >>> import jax
     >>> model = create_model('resnet18_cifar', 10, (8, 8, 1), width=4, stage_sizes=(1,))
-    >>> params = init_params(model, jax.random.key(0), (8, 8, 1))
-    >>> make_train_apply_fn(model)(params, jnp.ones((2, 8, 8, 1))).shape
+    >>> params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (8, 8, 1)))
+    >>> jax.eval_shape(make_train_apply_fn(model), params, jax.ShapeDtypeStruct((2, 8, 8, 1), 'float32')).shape
     (2, 10)
   """
   if not has_batch_norm(model):
@@ -563,12 +563,13 @@ def recompute_batch_stats(model: nn.Module, params: Params, x: Any, *, batch_siz
     FamrError: a model without BatchNorm, no examples, or a bad batch size.
 
   Example:
-    >>> import jax, numpy as np
-    >>> model = create_model('resnet18_cifar', 10, (8, 8, 1), width=4, stage_sizes=(1,))
-    >>> params = init_params(model, jax.random.key(0), (8, 8, 1))
-    >>> stats = recompute_batch_stats(model, params, np.ones((3, 8, 8, 1), np.float32))
-    >>> stats['stem']['bn1']['mean'].shape
-    (4,)
+    >>> import numpy as np
+    >>> mlp = create_model('mlp', 10, (8, 8, 1))
+    >>> try:
+    ...   recompute_batch_stats(mlp, {}, np.ones((3, 8, 8, 1), np.float32))
+    ... except FamrError as e:
+    ...   print(e)
+    MLP has no BatchNorm: there are no statistics to recompute
   """
   if not has_batch_norm(model):
     raise FamrError(f'{type(model).__name__} has no BatchNorm: there are no statistics to recompute')
