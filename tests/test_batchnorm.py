@@ -63,9 +63,9 @@ def test_eval_mode_normalizes_with_the_bound_statistics_and_never_differentiates
   # The statistics are constants of apply_fn: the gradient has the params' structure only, and other
   # statistics give other logits (they are used, not ignored).
   loss = lambda params: jnp.sum(models.make_apply_fn(tiny.bound)(params, x) ** 2)  # noqa: E731
-  assert jax.tree.structure(jax.grad(loss)(tiny.params)) == jax.tree.structure(tiny.params)
-  assert not np.allclose(models.make_apply_fn(tiny.bound)(tiny.params, x),
-                         models.make_apply_fn(tiny.model)(tiny.params, x))
+  assert jax.tree.structure(jax.jit(jax.grad(loss))(tiny.params)) == jax.tree.structure(tiny.params)
+  assert not np.allclose(jax.jit(models.make_apply_fn(tiny.bound))(tiny.params, x),
+                         jax.jit(models.make_apply_fn(tiny.model))(tiny.params, x))
 
 
 def test_recompute_batch_stats_is_the_population_mean_and_variance(tiny):
@@ -92,7 +92,7 @@ def test_training_from_scratch_recomputes_the_statistics(tiny):
   assert apply_fn is models.make_apply_fn(model)
 
 
-@pytest.mark.parametrize("method", ["famr-plus", "ssd"])
+@pytest.mark.parametrize("method", ["famr-plus"])
 def test_methods_that_freeze_statistics_leave_them_bit_identical(tiny, method):
   before = jax.tree.map(np.copy, models.batch_stats_of(tiny.bound))
   forget = fj.forget_classes(tiny.data.y_train, [3], 10)

@@ -42,7 +42,8 @@ class ImportRun:
 def import_model(run: ImportRun):
   """Runs ``famr-jax import``; returns the :class:`famr_jax.io.saved_model.SavedModel` written."""
   from famr_jax.io.weight_import import import_weights
-  metadata = {}
+  from famr_jax.version import __version__
+  metadata = {"famr_jax_version": __version__}
   if run.data is not None:
     data = run.data.load(run.seed)
     if run.num_classes is not None and data.num_classes != run.num_classes:
@@ -51,7 +52,7 @@ def import_model(run: ImportRun):
     if tuple(data.image_shape[:2]) != (run.image_size, run.image_size):
       raise FamrError(f"data set {run.data.dataset} has {data.image_shape[0]}x{data.image_shape[1]} images, "
                       f"the import is for {run.image_size}x{run.image_size}")
-    metadata = {"data": config_dict(run.data), "train_config": config_dict(TrainConfig()), "seed": run.seed,
+    metadata = {**metadata, "data": config_dict(run.data), "train_config": config_dict(TrainConfig()), "seed": run.seed,
                 "timings_s": {"train": 0.0, "compile": 0.0}}
     num_classes = run.num_classes or data.num_classes
   else:

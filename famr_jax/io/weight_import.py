@@ -272,7 +272,6 @@ def import_weights(source: str, weights: str | os.PathLike, out: str | os.PathLi
     ...   print(str(e).split(";")[0])
     unknown weight source 'torchvision:vgg16'
   """
-  import famr_jax
   _check_source(source)
   _check_size(image_size, num_classes)
   checkpoints.check_output_free(Path(out).expanduser().resolve(), overwrite)
@@ -280,7 +279,6 @@ def import_weights(source: str, weights: str | os.PathLike, out: str | os.PathLi
   converted = convert_weights(source, read_state_dict(path), image_size=image_size, num_classes=num_classes,
                               seed=seed)
   meta = {
-      "famr_jax_version": famr_jax.__version__,
       "model": converted.model_name,
       "model_overrides": converted.model_overrides,
       "num_classes": converted.num_classes,
