@@ -131,6 +131,12 @@ def test_bad_weight_files_are_one_line_errors(tmp_path, capsys, monkeypatch):
   assert main(["import", "--from", "torchvision:vgg16", "--weights", str(corrupt), "--image-size", "16",
                "--out", out]) == 2
   assert "unknown weight source" in capsys.readouterr().err
+  # Weights for RGB images and a grey-scale data set to record: refused before anything is written.
+  rgb = tmp_path / "rgb.safetensors"
+  safetensors_numpy.save_file(_small_resnet18(), str(rgb))
+  assert main(["import", "--from", "torchvision:resnet18", "--weights", str(rgb), "--image-size", "8",
+               "--dataset", "digits", "--out", out]) == 2
+  assert "take 3-channel images, the data set has 1 channels" in capsys.readouterr().err
   # A .pth goes through torch.load(weights_only=True) when torch is there ...
   pth = tmp_path / "w.pth"
   torch.save({k: torch.from_numpy(v) for k, v in _small_resnet18().items()}, pth)

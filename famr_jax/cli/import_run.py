@@ -57,11 +57,6 @@ def import_model(run: ImportRun):
     num_classes = run.num_classes or data.num_classes
   else:
     num_classes = run.num_classes
-  saved = import_weights(run.source, run.weights, run.out, image_size=run.image_size, num_classes=num_classes,
-                         seed=run.seed, metadata=metadata, overwrite=run.overwrite)
-  if run.data is not None and list(saved.metadata["image_shape"]) != list(data.image_shape):
-    import shutil
-    shutil.rmtree(run.out, ignore_errors=True)   # written by this call a moment ago
-    raise FamrError(f"data set {run.data.dataset} has images {tuple(data.image_shape)}, the weights expect "
-                    f"{tuple(saved.metadata['image_shape'])}")
-  return saved
+  return import_weights(run.source, run.weights, run.out, image_size=run.image_size, num_classes=num_classes,
+                        seed=run.seed, metadata=metadata, overwrite=run.overwrite,
+                        channels=None if run.data is None else int(data.image_shape[2]))

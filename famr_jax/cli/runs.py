@@ -359,9 +359,10 @@ def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, para
     checkpoints.save_checkpoint(staging / "retrained", gold.params,
                                 {**base_metadata, "retrained_without": forget.describe()},
                                 extras=stats_extras(gold_model))
-  checkpoints.save_checkpoint(staging / "unlearned", result.params, extras=stats_extras(model), metadata=
-                    {**base_metadata, "unlearned": {"method": method, "forget": forget.describe(),
-                                                    "config": config_dict(method_config)}})
+  checkpoints.save_checkpoint(staging / "unlearned", result.params,
+                              {**base_metadata, "unlearned": {"method": method, "forget": forget.describe(),
+                                                              "config": config_dict(method_config)}},
+                              extras=stats_extras(model))   # a BatchNorm model's statistics, unchanged
   rep = report.build_report(
       version=famr_jax.__version__, dataset=data.name, model=model_name, method=method,
       forget=forget.describe(),

@@ -241,7 +241,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def import_weights(source: str, weights: str | os.PathLike, out: str | os.PathLike, *, image_size: int,
                    num_classes: int | None = None, seed: int = 0, metadata: Mapping[str, Any] | None = None,
-                   overwrite: bool = False) -> SavedModel:
+                   overwrite: bool = False, channels: int | None = None) -> SavedModel:
   """Imports a torchvision / Hugging Face / timm weight file as a famr-jax checkpoint at ``out``.
 
   Args:
@@ -255,6 +255,8 @@ def import_weights(source: str, weights: str | os.PathLike, out: str | os.PathLi
     seed: seed of a re-initialised CNN head.
     metadata: extra metadata to store (e.g. the data set the CLI records).
     overwrite: replace ``out`` (only once the new checkpoint is complete).
+    channels: the input channels the caller's data has (None: any); weights
+      for another count are refused before anything is written.
 
   Returns:
     The imported model as :class:`famr_jax.io.saved_model.SavedModel` (what
@@ -278,6 +280,9 @@ def import_weights(source: str, weights: str | os.PathLike, out: str | os.PathLi
   path = Path(weights).expanduser()
   converted = convert_weights(source, read_state_dict(path), image_size=image_size, num_classes=num_classes,
                               seed=seed)
+  if channels is not None and converted.image_shape[2] != channels:
+    raise FamrError(f"the weights take {converted.image_shape[2]}-channel images, the data set has {channels} "
+                    "channels")
   meta = {
       "model": converted.model_name,
       "model_overrides": converted.model_overrides,

@@ -112,13 +112,10 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, start: str | None = None, stop: str | None = None,
                train: bool = False) -> jax.Array:
-    def stem(h):
-      h = Stem(self.width, self.cifar_stem, name='stem')(h, train)
-      return h
-
+    stem = Stem(self.width, self.cifar_stem, name='stem')
     bottleneck = self.block == 'bottleneck'
     expansion = 4 if bottleneck else 1
-    stages = [('stem', stem)]
+    stages = [('stem', lambda h: stem(h, train))]
     in_channels = self.width
     for i, n in enumerate(self.stage_sizes):
       width = self.width * 2 ** i
