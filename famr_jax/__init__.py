@@ -28,6 +28,7 @@ from famr_jax.evaluation.leaderboard import format_leaderboard
 from famr_jax.evaluation.metrics import accuracy, batched_apply, evaluate_unlearning, mia_efficacy
 from famr_jax.io.checkpoints import load_checkpoint, save_checkpoint
 from famr_jax.io.saved_model import SavedModel, load_model
+from famr_jax.io.weight_import import convert_weights, import_weights
 from famr_jax.losses import famr_objective, forget_loss, gram_matrix, l2_anchor, style_loss, uniform_kl
 from famr_jax.methods.famr import FAMRConfig, famr_defaults, famr_unlearn
 from famr_jax.methods.impressions import ImpressionConfig, class_impressions
@@ -40,7 +41,7 @@ from famr_jax.theory.verification import TheoryConfig, run_theory_verification
 __all__ = [
     # the front door
     "unlearn", "UnlearnResult", "compare", "format_leaderboard", "method_names", "get_method", "register_method",
-    "MethodSpec", "load_model", "SavedModel",
+    "MethodSpec", "load_model", "SavedModel", "import_weights", "convert_weights",
     # forget requests and data
     "ForgetSet", "forget_classes", "forget_samples", "forget_random", "Dataset", "load_dataset",
     # the engine

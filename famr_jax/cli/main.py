@@ -1,4 +1,4 @@
-"""The ``famr-jax`` command line: demo, train, unlearn, evaluate, verify-theory.
+"""The ``famr-jax`` command line: demo, train, unlearn, evaluate, verify-theory, import.
 
 Every flag comes from a typed config (``famr_jax.cli.runs``, ``TrainConfig``,
 the methods' configs), so the CLI and the Python API share one set of
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
   _add_leaderboard_commands(sub, cf)
+  _add_import_command(sub, cf)
 
   theory = _theory_config()
   if theory is not None:
@@ -113,6 +114,38 @@ def _add_leaderboard_commands(sub, cf) -> None:
   seen: set[str] = set()
   for cls in _method_config_classes():
     cf.add_config_flags(compare, cls, dest_prefix="method__", seen=seen)
+
+
+def _add_import_command(sub, cf) -> None:
+  """``famr-jax import`` (issue 15)."""
+  imp = sub.add_parser("import", help="import torchvision / Hugging Face / timm weights as a checkpoint")
+  imp.add_argument("--from", dest="source", required=True,
+                   help="torchvision:resnet18|resnet34|resnet50|alexnet|resnet18_cifar, hf-vit[:PRESET], timm:vit_NAME")
+  imp.add_argument("--weights", required=True, help="a .safetensors file (.pth only with torch installed)")
+  imp.add_argument("--out", required=True)
+  imp.add_argument("--image-size", type=cf.flag_type(int, "--image-size"), required=True)
+  imp.add_argument("--num-classes", type=cf.flag_type(int, "--num-classes"), default=None,
+                   help="default: the file's; another count re-initialises the head (said in the metadata)")
+  imp.add_argument("--seed", type=cf.flag_type(int, "--seed"), default=0)
+  imp.add_argument("--overwrite", action="store_true")
+  imp.add_argument("--dataset", default=None, help="record this data set (then unlearn / evaluate accept it)")
+  imp.add_argument("--data-dir", default=None)
+  imp.add_argument("--max-train", type=cf.flag_type(int, "--max-train"), default=None)
+  imp.add_argument("--max-test", type=cf.flag_type(int, "--max-test"), default=None)
+
+
+def _cmd_import(args) -> int:
+  from famr_jax.cli.import_run import ImportRun, import_model
+  from famr_jax.cli.runs import DataConfig
+  data = None if args.dataset is None else DataConfig(args.dataset, args.data_dir, args.max_train, args.max_test)
+  run = ImportRun(args.source, args.weights, args.out, args.image_size, args.num_classes, args.seed,
+                  args.overwrite, data)
+  saved = import_model(run)
+  info = saved.metadata["imported"]
+  print(f"imported {run.source} ({saved.metadata['model']}, {saved.metadata['num_classes']} classes, "
+        f"{tuple(saved.metadata['image_shape'])} inputs; head {info['head']})")
+  print(f"checkpoint: {os.path.abspath(run.out)}")
+  return 0
 
 
 def _cmd_fisher(args) -> int:
@@ -277,7 +310,7 @@ def _print_summary(rep: dict, out: str) -> None:
 
 _COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "unlearn": _cmd_unlearn,
              "evaluate": _cmd_evaluate, "verify-theory": _cmd_verify_theory,
-             "fisher": _cmd_fisher, "compare": _cmd_compare}
+             "fisher": _cmd_fisher, "compare": _cmd_compare, "import": _cmd_import}
 
 
 def _log_to_stderr() -> None:

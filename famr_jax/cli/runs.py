@@ -207,6 +207,26 @@ def make_forget_set(run: UnlearnRun | DemoRun, data: Dataset) -> ForgetSet:
                        len(data.y_train), data.num_classes)
 
 
+def stats_extras(model) -> dict:
+  """``{"batch_stats": ...}`` for a checkpoint of a BatchNorm model (its bound statistics), else ``{}``."""
+  stats = models.batch_stats_of(model)
+  return {} if stats is None else {models.BATCH_STATS: stats}
+
+
+def train_and_recompute(model, apply_fn, params, x, y, train: TrainConfig, key, **kwargs):
+  """Trains from scratch; a BatchNorm model trains with batch statistics, then gets recomputed running ones.
+
+  Returns:
+    ``(DescentResult, model, apply_fn)``: the model bound to its recomputed
+    statistics and its eval-mode ``apply_fn`` (unchanged without BatchNorm).
+  """
+  if not models.has_batch_norm(model):
+    return train_classifier(apply_fn, params, x, y, train, key, **kwargs), model, apply_fn
+  result = train_classifier(models.make_train_apply_fn(model), params, x, y, train, key, **kwargs)
+  model = models.with_batch_stats(model, models.recompute_batch_stats(model, result.params, x))
+  return result, model, models.make_apply_fn(model)
+
+
 def retrain_gold_standard(model, apply_fn, data: Dataset, forget: ForgetSet, train: TrainConfig,
                           seed: int, show_progress: bool = True, *, scale: ScaleConfig | None = None,
                           resume: ResumeConfig | None = None):
@@ -266,10 +286,10 @@ def _train_original(run, data: Dataset, show_progress: bool):
   """Trains the run's model from its seed: ``(model, apply_fn, DescentResult, metadata)``."""
   model, apply_fn = build_model(run.model, data)
   params = models.init_params(model, jax.random.key(run.seed), data.image_shape)
-  result = train_classifier(apply_fn, params, data.x_train, data.y_train, run.train,
-                            jax.random.fold_in(jax.random.key(run.seed), 1),
-                            show_progress=show_progress, desc=f"train {run.model}",
-                            scale=run.scale, resume=_stage_resume(run.resume, run.out, "train"))
+  result, model, apply_fn = train_and_recompute(
+      model, apply_fn, params, data.x_train, data.y_train, run.train,
+      jax.random.fold_in(jax.random.key(run.seed), 1), show_progress=show_progress, desc=f"train {run.model}",
+      scale=run.scale, resume=_stage_resume(run.resume, run.out, "train"))
   test_acc = float(np.mean(np.argmax(np.asarray(jax.jit(apply_fn)(result.params, data.x_test)), -1)
                            == data.y_test))
   metadata = _model_metadata(run.model, run.data, data, run.train, run.seed, result.run_s,
@@ -289,7 +309,7 @@ def train_model(run: TrainRun, *, show_progress: bool = True) -> dict:
   data = run.data.load(run.seed)
   model, apply_fn, result, metadata = _train_original(run, data, show_progress)
   metadata["history"] = result.history
-  extras = {}
+  extras = stats_extras(model)
   if run.fisher:   # issue 5: the Fisher anchor's curvature, computed once after training
     from famr_jax.theory.fisher import FISHER_EXTRA, diagonal_fisher
     t0 = time.perf_counter()
@@ -326,16 +346,23 @@ def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, para
              "unlearned": evaluate_unlearning(apply_fn, result.params, data, forget, params0=params,
                                               mia_seed=seed)}
   if retrain:
-    gold = retrain_gold_standard(model, apply_fn, data, forget, train_config, seed, show_progress,
-                                 scale=scale, resume=_stage_resume(resume, out, "retrain") if out else None)
+    keep = forget.retain_mask(len(data.y_train))
+    gold, gold_model, gold_apply_fn = train_and_recompute(
+        model, apply_fn, models.init_params(model, jax.random.key(seed), data.image_shape),
+        data.x_train[keep], data.y_train[keep], train_config, jax.random.fold_in(jax.random.key(seed), 7),
+        show_progress=show_progress, desc="retrain (gold standard)", scale=scale,
+        resume=_stage_resume(resume, out, "retrain") if out else None)
     timings["retrain"] = gold.run_s
     compile_times["retrain"] = gold.compile_s
-    metrics["retrained"] = evaluate_unlearning(apply_fn, gold.params, data, forget, params0=params,
+    metrics["retrained"] = evaluate_unlearning(gold_apply_fn, gold.params, data, forget, params0=params,
                                                mia_seed=seed)
-    checkpoints.save_checkpoint(staging / "retrained", gold.params, {**base_metadata, "retrained_without": forget.describe()})
+    checkpoints.save_checkpoint(staging / "retrained", gold.params,
+                                {**base_metadata, "retrained_without": forget.describe()},
+                                extras=stats_extras(gold_model))
   checkpoints.save_checkpoint(staging / "unlearned", result.params,
-                    {**base_metadata, "unlearned": {"method": method, "forget": forget.describe(),
-                                                    "config": config_dict(method_config)}})
+                              {**base_metadata, "unlearned": {"method": method, "forget": forget.describe(),
+                                                              "config": config_dict(method_config)}},
+                              extras=stats_extras(model))   # a BatchNorm model's statistics, unchanged
   rep = report.build_report(
       version=famr_jax.__version__, dataset=data.name, model=model_name, method=method,
       forget=forget.describe(),
@@ -411,7 +438,7 @@ def run_demo(run: DemoRun, *, show_progress: bool = True) -> dict:
   forget = make_forget_set(run, data)
   model, apply_fn, trained, metadata = _train_original(run, data, show_progress)
   with staged_directory(run.out, run.overwrite) as staging:
-    checkpoints.save_checkpoint(staging / "original", trained.params, metadata)
+    checkpoints.save_checkpoint(staging / "original", trained.params, metadata, extras=stats_extras(model))
     rep = _unlearn_and_report(
         staging=staging, model_name=run.model, model=model, apply_fn=apply_fn, params=trained.params,
         data=data, data_config=run.data, train_config=run.train, forget=forget, method="famr",

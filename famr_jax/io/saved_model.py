@@ -55,4 +55,24 @@ def load_model(checkpoint: str | os.PathLike) -> SavedModel:
                               **(metadata.get("model_overrides") or {}))
   template = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), image_shape))
   restored = checkpoints.load_checkpoint(checkpoint, template=template)
+  model = bind_saved_batch_stats(model, image_shape, restored, checkpoint)
   return SavedModel(model, models.make_apply_fn(model), restored.params, metadata)
+
+
+def bind_saved_batch_stats(model: Any, image_shape: tuple[int, int, int], restored: checkpoints.Checkpoint,
+                           checkpoint: Any) -> Any:
+  """``model`` bound to the checkpoint's BatchNorm statistics (``batch_stats`` extra); unchanged without BatchNorm.
+
+  Raises:
+    FamrError: a BatchNorm model's checkpoint without statistics, or with
+      statistics of another architecture.
+  """
+  if not models.has_batch_norm(model):
+    return model
+  stored = restored.metadata.get("extras", {}).get(models.BATCH_STATS)
+  if stored is None:
+    raise FamrError(f"{checkpoint} holds a BatchNorm model but no batch statistics (no "
+                    f"'{models.BATCH_STATS}' extra)")
+  checkpoints.check_compatible(stored, models.init_batch_stats(model, image_shape),
+                               "checkpoint's batch statistics")
+  return models.with_batch_stats(model, restored.extras[models.BATCH_STATS])

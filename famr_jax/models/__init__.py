@@ -41,16 +41,30 @@ import jax
 import jax.numpy as jnp
 
 from famr_jax.errors import FamrError
+from famr_jax.models.alexnet import ALEXNET_MIN_SIZE, AlexNet
 from famr_jax.models.base import STAGE_OUTPUTS, stage_index
+from famr_jax.models.batchnorm import (BATCH_MOMENTS, BATCH_STATS, BatchNorm, BatchStats, accumulate_moments,
+                                       batch_stats_of, has_batch_norm, model_variables)
 from famr_jax.models.karpathynet import KarpathyNet
 from famr_jax.models.layers import Conv, conv_formulation, set_conv_formulation
 from famr_jax.models.lenet5 import LeNet5
 from famr_jax.models.logistic import LogisticRegression
 from famr_jax.models.mlp import MLP
+from famr_jax.models.resnet import RESNET_LAYOUTS, ResNet, resnet_from_layout
 from famr_jax.models.vit import VIT_PRESETS, ViT, ViTConfig, auto_patch_size, vit_config, vit_from_preset
 
 __all__ = [
     'MODEL_NAMES',
+    'AlexNet',
+    'BatchNorm',
+    'BatchStats',
+    'ResNet',
+    'batch_stats_of',
+    'has_batch_norm',
+    'init_batch_stats',
+    'make_train_apply_fn',
+    'recompute_batch_stats',
+    'with_batch_stats',
     'Conv',
     'KarpathyNet',
     'LeNet5',
@@ -83,6 +97,7 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 MODEL_NAMES: tuple[str, ...] = (
     'logistic', 'mlp', 'lenet5', 'karpathynet',
     'vit_nano', 'vit_micro', 'vit_ti', 'vit_s', 'vit_b', 'vit_l',
+    'alexnet', 'resnet18', 'resnet34', 'resnet50', 'resnet18_cifar',
 )
 
 _CLASSES: dict[str, type[nn.Module]] = {
@@ -90,7 +105,9 @@ _CLASSES: dict[str, type[nn.Module]] = {
     'mlp': MLP,
     'lenet5': LeNet5,
     'karpathynet': KarpathyNet,
+    'alexnet': AlexNet,
 }
+RESNET_OVERRIDES = ('width', 'stage_sizes')   # for small test-sized ResNets
 
 
 def _check_image_shape(image_shape: Any) -> tuple[int, int, int]:
@@ -139,6 +156,10 @@ def create_model(
   num_classes = n_classes
   height, width, _ = _check_image_shape(image_shape)
 
+  if name in RESNET_LAYOUTS:
+    return _create_resnet(name, num_classes, overrides)
+  if name == 'alexnet' and min(height, width) < ALEXNET_MIN_SIZE:
+    raise FamrError(f'alexnet needs images of at least {ALEXNET_MIN_SIZE}x{ALEXNET_MIN_SIZE}, got {height}x{width}')
   if name in _CLASSES:
     cls = _CLASSES[name]
     base: dict[str, Any] = {'num_classes': num_classes}
@@ -153,13 +174,25 @@ def create_model(
     if key not in fields or key == 'num_classes':
       raise FamrError(
           f'model {name!r} has no override {key!r}; valid overrides: '
-          f'{", ".join(f for f in fields if f != "num_classes")}'
+          f'{", ".join(f for f in fields if f != "num_classes") or "none"}'
       )
   kwargs = {**base, **overrides}
   _check_fields(name, kwargs, height, width)
   if 'hidden' in kwargs:
     kwargs['hidden'] = tuple(kwargs['hidden'])  # modules must be hashable
   return cls(**kwargs)
+
+
+def _create_resnet(name: str, num_classes: int, overrides: Mapping[str, Any]) -> ResNet:
+  for key, value in overrides.items():
+    if key not in RESNET_OVERRIDES:
+      raise FamrError(f'model {name!r} has no override {key!r}; valid overrides: {", ".join(RESNET_OVERRIDES)}')
+    values = value if key == 'stage_sizes' else (value,)
+    if (not isinstance(values, (tuple, list)) or not values
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)):
+      raise FamrError(f'{name}: {key} must be {"a tuple of " if key == "stage_sizes" else "a "}'
+                      f'positive integer{"s" if key == "stage_sizes" else ""}, got {value!r}')
+  return resnet_from_layout(name, num_classes, **overrides)
 
 
 def _check_fields(name: str, kwargs: Mapping[str, Any], height: int, width: int) -> None:
@@ -227,7 +260,7 @@ def make_apply_fn(model: nn.Module) -> ApplyFn:
     (4, 10)
   """
   def apply_fn(params: Params, x: jax.Array) -> jax.Array:
-    return model.apply({'params': params}, x)
+    return model.apply(model_variables(model, params), x)
   return apply_fn
 
 
@@ -262,7 +295,7 @@ def make_feature_fn(model: nn.Module, layer: str) -> ApplyFn:
   stage_index(layer_names(model), layer)
 
   def feature_fn(params: Params, x: jax.Array) -> jax.Array:
-    return model.apply({'params': params}, x, stop=layer)
+    return model.apply(model_variables(model, params), x, stop=layer)
   return feature_fn
 
 
@@ -291,7 +324,7 @@ def make_apply_with_features_fn(
     stage_index(layer_names(model), layer)
 
   def apply_with_features_fn(params: Params, x: jax.Array):
-    logits, state = model.apply({'params': params}, x, mutable=['intermediates'])
+    logits, state = model.apply(model_variables(model, params), x, mutable=['intermediates'])
     outputs = state['intermediates'][STAGE_OUTPUTS]
     return logits, {layer: outputs[layer] for layer in layers}
   return apply_with_features_fn
@@ -338,7 +371,7 @@ def make_tail_apply_fn(model: nn.Module, layer: str) -> ApplyFn:
   stage_index(layer_names(model), layer)
 
   def tail_apply_fn(params: Params, h: jax.Array) -> jax.Array:
-    return model.apply({'params': params}, h, start=layer)
+    return model.apply(model_variables(model, params), h, start=layer)
   return tail_apply_fn
 
 
@@ -430,3 +463,120 @@ def count_params(params: Any) -> int:
     16
   """
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+# ----------------------------------------------------------------------------- BatchNorm statistics
+# (design: famr_jax.models.batchnorm)
+
+
+def with_batch_stats(model: nn.Module, batch_stats: Any) -> nn.Module:
+  """``model`` carrying the running statistics ``batch_stats`` (its functions normalize with them).
+
+  Args:
+    model: a model with BatchNorm (``has_batch_norm``), e.g. a ResNet.
+    batch_stats: the ``batch_stats`` pytree (``init_batch_stats`` structure).
+
+  Raises:
+    FamrError: a model without BatchNorm, or statistics of another structure.
+
+  Example:
+    >>> import jax
+    >>> model = create_model('resnet18_cifar', 10, (8, 8, 1), width=4, stage_sizes=(1,))
+    >>> stats = init_batch_stats(model, (8, 8, 1))
+    >>> batch_stats_of(with_batch_stats(model, stats))['stem']['bn1']['var'].tolist()
+    [1.0, 1.0, 1.0, 1.0]
+  """
+  if not has_batch_norm(model):
+    raise FamrError(f'{type(model).__name__} has no BatchNorm: it takes no batch statistics')
+  if batch_stats is None:
+    return model.clone(batch_stats=None)
+  return model.clone(batch_stats=BatchStats(batch_stats))
+
+
+def init_batch_stats(model: nn.Module, image_shape: tuple[int, int, int]) -> Params:
+  """The initial running statistics of a BatchNorm model (means 0, variances 1), as NumPy arrays.
+
+  Example:
+    >>> model = create_model('resnet18_cifar', 10, (8, 8, 1), width=4, stage_sizes=(1,))
+    >>> sorted(init_batch_stats(model, (8, 8, 1)))
+    ['layer1_0', 'stem']
+  """
+  shape = _check_image_shape(image_shape)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+  stats = flax.core.unfreeze(abstract.get(BATCH_STATS, {}))
+  import numpy as np   # pylint: disable=import-outside-toplevel
+  return jax.tree_util.tree_map_with_path(
+      lambda path, s: (np.ones if str(getattr(path[-1], 'key', '')) == 'var' else np.zeros)(s.shape, np.float32),
+      stats)
+
+
+@functools.lru_cache(maxsize=64)
+def make_train_apply_fn(model: nn.Module) -> ApplyFn:
+  """``apply_fn(params, x) -> logits`` in training mode: every BatchNorm normalizes with its batch's moments.
+
+  The same function as ``make_apply_fn`` for a model without BatchNorm. Used to
+  train from scratch (``train``, the retrain gold standard); the methods that
+  start from a trained model use eval-mode statistics (``make_apply_fn``).
+
+  Example:
+    >>> import jax
+    >>> model = create_model('resnet18_cifar', 10, (8, 8, 1), width=4, stage_sizes=(1,))
+    >>> params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (8, 8, 1)))
+    >>> jax.eval_shape(make_train_apply_fn(model), params, jax.ShapeDtypeStruct((2, 8, 8, 1), 'float32')).shape
+    (2, 10)
+  """
+  if not has_batch_norm(model):
+    return make_apply_fn(model)
+
+  def train_apply_fn(params: Params, x: jax.Array) -> jax.Array:
+    return model.apply(model_variables(model, params), x, train=True)
+  return train_apply_fn
+
+
+@functools.lru_cache(maxsize=64)
+def _moments_fn(model: nn.Module):
+  def moments(params, x):
+    _, state = model.apply(model_variables(model, params), x, train=True, mutable=[BATCH_MOMENTS])
+    return state[BATCH_MOMENTS]
+  return jax.jit(moments)
+
+
+def recompute_batch_stats(model: nn.Module, params: Params, x: Any, *, batch_size: int = 256) -> Params:
+  """Running statistics recomputed over data: every BatchNorm's population mean and biased variance.
+
+  Runs ``x`` in batches through the train-mode forward (earlier BatchNorms
+  normalize with their batch's moments, as in training) and averages each
+  BatchNorm's batch mean and mean square, weighted by batch size, over all of
+  ``x`` ("precise BN"). With ``batch_size >= len(x)`` the result is exactly the
+  mean and variance of each BatchNorm's input over ``x``.
+
+  Args:
+    model: a model with BatchNorm.
+    params: its params.
+    x: NHWC inputs (NumPy or JAX).
+    batch_size: examples per forward pass.
+
+  Returns:
+    The ``batch_stats`` pytree (float32 NumPy), for ``with_batch_stats``.
+
+  Raises:
+    FamrError: a model without BatchNorm, no examples, or a bad batch size.
+
+  Example:
+    >>> import numpy as np
+    >>> mlp = create_model('mlp', 10, (8, 8, 1))
+    >>> try:
+    ...   recompute_batch_stats(mlp, {}, np.ones((3, 8, 8, 1), np.float32))
+    ... except FamrError as e:
+    ...   print(e)
+    MLP has no BatchNorm: there are no statistics to recompute
+  """
+  if not has_batch_norm(model):
+    raise FamrError(f'{type(model).__name__} has no BatchNorm: there are no statistics to recompute')
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+    raise FamrError(f'batch_size must be a positive integer, got {batch_size!r}')
+  n = int(x.shape[0])
+  if n == 0:
+    raise FamrError('recomputing batch statistics needs at least one example')
+  fn = _moments_fn(model)
+  return accumulate_moments(fn, params, (x[i:i + batch_size] for i in range(0, n, batch_size)))

@@ -181,6 +181,8 @@ def _restore(checkpoint: Path):
                               **(metadata.get("model_overrides") or {}))
   template = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), data.image_shape))
   restored = checkpoints.load_checkpoint(checkpoint, template=template)
+  from famr_jax.io.saved_model import bind_saved_batch_stats   # BatchNorm statistics (eval mode)
+  model = bind_saved_batch_stats(model, tuple(data.image_shape), restored, checkpoint)
   return models.make_apply_fn(model), restored.params, metadata, data
 
 
