@@ -23,6 +23,7 @@ from famr_jax.errors import FamrError
 from famr_jax.evaluation.leaderboard import (ORIGINAL, gold_reference, metrics_line, score_against_gold,
                                              summarize)
 from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.validation import check_config_class, check_images, check_labels, check_model
 
 DEFAULT_METHODS = ("famr", "famr-retrain-target", "famr-fisher", "famr-curvature", "famr-function", "famr-plus",
                    "ft", "ga", "neggrad+", "rl", "salun", "scrub", "ssd")
@@ -143,8 +144,19 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
     raise FamrError(f"seeds must be a positive integer, got {seeds}")
   if retrain is None and gold_fn is None:
     raise FamrError("compare needs retrain(x_retain, y_retain, key), the gold standard's training recipe")
+  if not isinstance(forget, ForgetSet) and not callable(forget):
+    raise FamrError("forget must be a ForgetSet (famr_jax.forget_classes ...) or a function seed -> ForgetSet")
   forget_of = forget if callable(forget) else (lambda seed: forget)
+  if not all(hasattr(data, k) for k in ("x_train", "y_train", "x_test", "y_test", "num_classes")):
+    raise FamrError("compare needs data as a famr_jax.Dataset (train and test arrays; the test set scores "
+                    "the models)")
+  check_images(data.x_train[:1], "data.x_train")
+  check_labels(data.y_train, data.num_classes, "data.y_train")
+  check_model(apply_fn, params, data.num_classes, data.x_train)
   configs = dict(configs or {})
+  for name, config in configs.items():
+    if name in methods:
+      check_config_class(config, name, get_method(name).config_cls)
   rows, gold_rows = [], []
   for seed in range(int(seeds)):
     request = forget_of(seed)

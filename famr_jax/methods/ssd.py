@@ -44,6 +44,7 @@ import numpy as np
 
 from famr_jax import losses
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 from famr_jax.engine.descent import DescentResult, bind_static
 from famr_jax.engine.forward import timed_call
 from famr_jax.methods.defaults import default_overrides
@@ -54,7 +55,7 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class SSDConfig:
+class SSDConfig(CheckedFields):
   """Selective Synaptic Dampening (method ``ssd``).
 
   Attributes:
