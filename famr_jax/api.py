@@ -21,7 +21,7 @@ import numpy as np
 
 from famr_jax.data.datasets import Dataset
 from famr_jax.data.forget import ForgetSet
-from famr_jax.engine.descent import typed_key
+from famr_jax.engine.descent import check_finite_params, typed_key
 from famr_jax.errors import FamrError
 from famr_jax.methods.registry import UnlearnTask, get_method, method_names, with_overrides
 from famr_jax.validation import PROBE_ROWS, check_config_class, check_images, check_labels, check_model
@@ -121,7 +121,9 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
     An :class:`UnlearnResult`.
 
   Raises:
-    FamrError: an unknown method or option, a missing or malformed input (one line).
+    FamrError: an unknown method or option, a missing or malformed input (one line), checked
+      before any work; :class:`famr_jax.errors.Diverged` (a FamrError) when the loss or the
+      params became NaN or inf.
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np, famr_jax as fj
@@ -167,6 +169,7 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
   task = UnlearnTask(apply_fn, params, model, dataset, forget, key, show_progress, scale=scale, resume=resume,
                      checkpoint=checkpoint, input_shape=None if input_shape is None else tuple(input_shape))
   result = spec.run(task, config)
+  check_finite_params(result.params, method)   # methods outside the engine (ssd, zero-shot) too
   return UnlearnResult(result.params, list(result.history), method, config, float(result.run_s),
                        float(result.compile_s))
 

@@ -27,7 +27,7 @@ from famr_jax.io import checkpoints
 from famr_jax.evaluation import report
 from famr_jax.data.datasets import Dataset, load_dataset
 from famr_jax.errors import FamrError
-from famr_jax.validation import CheckedFields
+from famr_jax.validation import CheckedFields, nonfinite_leaf
 from famr_jax.io.outputs import check_output_free, staged_directory
 from famr_jax.io.saved_model import load_model as load_saved_model
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
@@ -191,6 +191,9 @@ def load_model(checkpoint: str | os.PathLike) -> LoadedModel:
                     f"({data.num_classes} classes {data.image_shape} vs {metadata['num_classes']} "
                     f"{tuple(metadata['image_shape'])})")
   model, apply_fn, params = saved.model, saved.apply_fn, saved.params
+  bad = nonfinite_leaf(params)
+  if bad is not None:
+    raise FamrError(f"{checkpoint} holds non-finite params (NaN or inf in {bad}): it is a diverged model")
   return LoadedModel(model, apply_fn, params, metadata, data)
 
 

@@ -7,6 +7,7 @@ here so every method and metric can trust it.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple, Sequence
 
 import jax
@@ -137,7 +138,7 @@ def forget_random(key: jax.Array, fraction: float, num_train: int, num_classes: 
     >>> forget_random(jax.random.key(0), 0.1, 100, 10).indices.size
     10
   """
-  check_number("fraction", fraction, float, Limits(0.0, 1.0, positive=True))
+  check_number("fraction", fraction, float, Limits(-math.inf, math.inf))
   if not 0.0 < float(fraction) < 1.0:
     raise FamrError(f"fraction must lie strictly between 0 and 1, got {fraction}")
   num_train = int(check_number("num_train", num_train, int, Limits(0, 2 ** 62, positive=True)))

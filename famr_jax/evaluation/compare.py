@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from famr_jax.data.forget import ForgetSet
-from famr_jax.errors import FamrError
+from famr_jax.errors import Diverged, FamrError
 from famr_jax.evaluation.leaderboard import (ORIGINAL, gold_reference, metrics_line, score_against_gold,
                                              summarize)
 from famr_jax.methods.registry import UnlearnTask, get_method
@@ -174,10 +175,14 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
       task = UnlearnTask(apply_fn, params, model, data, request, jax.random.key(seed), show_progress,
                          checkpoint=checkpoint)
       t0 = time.perf_counter()
-      result = get_method(name).run(task, configs[name])
-      jax.block_until_ready(result.params)
-      rows.append(_row(seed, name, apply_fn, result.params, data, request, params, reference, gold,
-                       result.run_s, result.compile_s, time.perf_counter() - t0, log))
+      try:
+        result = get_method(name).run(task, configs[name])
+        new_params, run_s, compile_s = jax.block_until_ready(result.params), result.run_s, result.compile_s
+      except Diverged:   # scored as diverged (NaN gaps, counted per method), never a crash
+        new_params = jax.tree.map(lambda a: jnp.full(jnp.shape(a), jnp.nan, jnp.result_type(a)), params)
+        run_s, compile_s = time.perf_counter() - t0, 0.0
+      rows.append(_row(seed, name, apply_fn, new_params, data, request, params, reference, gold,
+                       run_s, compile_s, time.perf_counter() - t0, log))
   return {"methods": [ORIGINAL, *methods], "seeds": list(range(int(seeds))),
           "configs": {name: dataclasses.asdict(c) for name, c in configs.items() if dataclasses.is_dataclass(c)},
           "retrained": gold_rows, "runs": rows, "summary": summarize(rows)}
