@@ -21,10 +21,11 @@ import numpy as np
 
 from famr_jax.data.datasets import Dataset
 from famr_jax.data.forget import ForgetSet
-from famr_jax.engine.descent import check_finite_params, typed_key
+from famr_jax.engine.descent import typed_key
 from famr_jax.errors import FamrError
 from famr_jax.methods.registry import UnlearnTask, get_method, method_names, with_overrides
-from famr_jax.validation import PROBE_ROWS, check_config_class, check_images, check_labels, check_model
+from famr_jax.validation import (PROBE_ROWS, check_config_class, check_finite_params, check_images, check_labels,
+                                 check_model)
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]

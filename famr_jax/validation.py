@@ -31,9 +31,11 @@ import types
 import typing
 from typing import Any, Callable, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from famr_jax.errors import FamrError
+from famr_jax.errors import Diverged, FamrError
 
 MAX_COUNT = 10 ** 7          # epochs, steps, batch sizes, widths ...: more is a typo, not a run
 MAX_MAGNITUDE = 1e6          # any other real-valued setting (a loss weight, a decay, a tolerance)
@@ -266,7 +268,6 @@ def nonfinite_leaf(tree: Any) -> str | None:
     >>> nonfinite_leaf({"w": np.array([1.0, np.nan])})
     "['w']"
   """
-  import jax
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     arr = np.asarray(leaf)
     if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
@@ -294,8 +295,23 @@ def looks_like_probabilities(out: np.ndarray) -> bool:
   return bool(np.all(out >= 0) and np.all(out <= 1) and np.allclose(out.sum(-1), 1.0, rtol=0, atol=1e-3))
 
 
+def _jitted(apply_fn: Callable) -> Callable:
+  try:
+    return _jitted_cached(apply_fn)
+  except TypeError:   # an unhashable callable
+    return jax.jit(apply_fn)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_cached(apply_fn: Callable) -> Callable:
+  return jax.jit(apply_fn)
+
+
 def check_logits_fn(apply_fn: Callable, params: Any, x_probe: np.ndarray, num_classes: int | None) -> int:
-  """Calls ``apply_fn(params, x_probe)`` once and refuses what is not a ``(B, num_classes)`` logits array.
+  """Refuses an ``apply_fn`` whose output on ``x_probe`` is not a ``(B, num_classes)`` logits array.
+
+  The output's structure and shape come from tracing (``jax.eval_shape``); its
+  values from one jitted call (compiled once per ``apply_fn``).
 
   A tuple, list or dict (Flax ``mutable`` outputs, auxiliary losses), a wrong
   shape, NaN or inf, or rows that are probabilities
@@ -303,21 +319,23 @@ def check_logits_fn(apply_fn: Callable, params: Any, x_probe: np.ndarray, num_cl
   ``num_classes`` None accepts any number of classes (at least 2). Returns
   the number of classes.
   """
-  try:
-    out = apply_fn(params, x_probe)
+  try:   # the structure first, by tracing alone (no compilation, no arithmetic)
+    out = jax.eval_shape(apply_fn, params, x_probe)
   except Exception as e:   # noqa: BLE001 - a user's function failing on its input: one line with the cause
     first = (str(e).strip().splitlines() or [""])[0][:200]
     raise FamrError(f"apply_fn(params, x) failed on a batch of shape {tuple(x_probe.shape)}: "
                     f"{type(e).__name__}: {first}") from None
   if isinstance(out, (tuple, list, dict)):
     raise FamrError(f"apply_fn returns a {type(out).__name__}; it must return one array of logits "
-                    f"(batch, {num_classes}): wrap it, e.g. lambda p, x: f(p, x)[0]")
-  if not hasattr(out, "shape") or not hasattr(out, "dtype"):
-    raise FamrError(f"apply_fn returns a {type(out).__name__}, not an array of logits (batch, {num_classes})")
-  want = num_classes if num_classes is not None else (out.shape[-1] if len(out.shape) == 2 else "C")
-  if tuple(out.shape) != (len(x_probe), want) or (num_classes is None and want < 2):
-    raise FamrError(f"apply_fn returns shape {tuple(out.shape)} for a batch of {len(x_probe)}; expected "
+                    f"(batch, {num_classes or 'num_classes'}): wrap it, e.g. lambda p, x: f(p, x)[0]")
+  if not isinstance(out, jax.ShapeDtypeStruct):
+    raise FamrError(f"apply_fn returns a {type(out).__name__}, not an array of logits")
+  shape = tuple(out.shape)
+  if not (len(shape) == 2 and shape[0] == len(x_probe)
+          and (shape[1] == num_classes if num_classes is not None else shape[1] >= 2)):
+    raise FamrError(f"apply_fn returns shape {shape} for a batch of {len(x_probe)}; expected "
                     f"logits of shape ({len(x_probe)}, {num_classes or 'num_classes >= 2'})")
+  out = _jitted(apply_fn)(params, x_probe)   # then the values: one small compiled forward pass
   values = np.asarray(out, np.float64)
   if not np.all(np.isfinite(values)):
     raise FamrError("apply_fn returns NaN or inf logits on the data")
@@ -345,3 +363,21 @@ def check_model(apply_fn: Callable, params: Any, num_classes: int, probe: np.nda
   check_params_finite(params)
   if probe is not None and len(probe):
     check_logits_fn(apply_fn, params, np.asarray(probe[:PROBE_ROWS], np.float32), num_classes)
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def check_finite_params(params: Any, what: str, step: int | None = None) -> None:
+  """Raises :class:`famr_jax.errors.Diverged` when a leaf of ``params`` holds NaN or inf (one host sync).
+
+  Example:
+    >>> check_finite_params({"w": jnp.array([1.0, jnp.inf])}, "train", 7)
+    Traceback (most recent call last):
+    famr_jax.errors.Diverged: train diverged by step 7 (its params hold NaN or inf); nothing was saved: try a smaller learning rate or fewer steps
+  """
+  if not bool(_all_finite(params)):
+    raise Diverged(what, step, "its params hold NaN or inf")

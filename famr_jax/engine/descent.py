@@ -47,6 +47,7 @@ from famr_jax.engine.parallel import ScaleConfig, ShardedData
 from famr_jax.engine.progress import progress
 from famr_jax.engine.resume import ResumeConfig, data_digest, open_resumer
 from famr_jax.errors import Diverged, FamrError
+from famr_jax.validation import check_finite_params
 from famr_jax.models import layers
 
 __all__ = ["DescentResult", "EpochBatches", "LOOPS", "LossFn", "MetricsFn", "OPTIMIZERS", "SegmentPlan",
@@ -398,18 +399,6 @@ def prepare_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
 
 # ----------------------------------------------------------------------------- the driver
 
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def check_finite_params(params: Params, what: str, step: int | None = None) -> None:
-  """Raises :class:`famr_jax.errors.Diverged` when a leaf of ``params`` holds NaN or inf (one host sync)."""
-  if not bool(_all_finite(params)):
-    raise Diverged(what, step, "its params hold NaN or inf")
-
-
 class _Position(NamedTuple):
   epoch: int = 0
   row: int = 0     # steps done in the current epoch
@@ -441,9 +430,8 @@ def _run_epochs(prep: PreparedDescent, *, clock: parallel.CompileCounter, epochs
   if initial_metrics and has_metrics and restored is None:
     m0 = jax.device_get(program.metrics(params, prep.context, prep.zero_acc()))
     history.append({"epoch": 0, **{k: float(v) for k, v in m0.items() if k != "loss"}})
-  # (epoch, step, device metrics) not yet fetched: no host sync per step. Epochs whose metrics are
-  # already computed are fetched at the next epoch's end (no wait), so a divergence stops the run
-  # within an epoch or two; the rest are fetched at a checkpoint or at the end.
+  # (epoch, step, device metrics) not yet fetched: no host sync per step. Metrics already computed are
+  # fetched at an epoch's end without waiting, so a divergence stops the run an epoch or two later.
   pending: list[tuple[int, int, Any]] = []
 
   def fetch(entries):
