@@ -184,6 +184,7 @@ def linear(p, x):
 PARAMS = {"w": W}
 FORGET = fj.forget_classes(Y3, [1], 3)
 DATA = fj.Dataset("arrays", X, Y3, X, Y3, 3, (4, 4, 1), ())
+DIGITS_X8 = fj.load_dataset("digits", max_train=100).x_train[:8]
 
 
 @pytest.fixture
@@ -237,19 +238,22 @@ def test_api_refuses_before_work(call, message, engine_never_runs):
 
 
 def test_logits_of_fresh_networks_are_not_taken_for_probabilities():
-  """The probability test never trips on logits: fresh famr-jax models, and log-probabilities."""
-  x = np.asarray(fj.load_dataset("digits").x_train[:8])
-  for name in ("mlp", "lenet5"):
-    model = fj.models.create_model(name, 10, x.shape[1:])
-    apply_fn = fj.models.make_apply_fn(model)
-    for seed in range(2):
-      params = fj.models.init_params(model, jax.random.key(seed), x.shape[1:])
-      assert validation.check_logits_fn(apply_fn, params, x, 10) == 10
-  zeros = np.zeros((8, 10), np.float32)   # a zero-initialised head
-  assert not validation.looks_like_probabilities(zeros)
-  assert not validation.looks_like_probabilities(np.log(np.full((8, 10), 0.1)))
-  assert validation.looks_like_probabilities(np.full((8, 10), 0.1))
-  assert not validation.looks_like_probabilities(np.full((8, 1), 1.0))   # one column: no test
+  """The probability test never trips on logits: fresh networks' outputs, log-probabilities, zeros."""
+  x = np.asarray(DIGITS_X8)
+  model = fj.models.create_model("mlp", 10, x.shape[1:])
+  params = fj.models.init_params(model, jax.random.key(0), x.shape[1:])
+  assert validation.check_logits_fn(fj.models.make_apply_fn(model), params, x, 10) == 10
+  rng = np.random.default_rng(0)
+  for _ in range(50):   # Glorot-initialised two-layer nets of random widths, in NumPy
+    d, h, c = 64, int(rng.integers(8, 256)), int(rng.integers(2, 20))
+    w1 = rng.normal(size=(d, h)) * np.sqrt(2 / (d + h))
+    w2 = rng.normal(size=(h, c)) * np.sqrt(2 / (h + c))
+    assert not validation.looks_like_probabilities(np.maximum(x.reshape(8, -1) @ w1, 0) @ w2)
+  logits = rng.normal(size=(8, 10))
+  assert not validation.looks_like_probabilities(np.zeros((8, 10)))            # a zero-initialised head
+  assert not validation.looks_like_probabilities(logits - np.log(np.exp(logits).sum(1, keepdims=True)))
+  assert validation.looks_like_probabilities(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+  assert not validation.looks_like_probabilities(np.full((8, 1), 1.0))   # one column: never called so
 
 
 # ----------------------------------------------------------------------------- divergence
