@@ -133,9 +133,10 @@ def _unwrap_optional(tp) -> tuple[Any, bool]:
 
 
 def check_field(label: str, name: str, value: Any, tp: Any) -> Any:
-  """Checks one value of a field declared as ``tp`` (int, float, Optional, tuple of them, Literal).
+  """Checks one value of a field declared as ``tp`` (int, float, Optional or tuple of them).
 
-  Other types pass unchecked. Returns ``value``.
+  Other types pass unchecked (a Literal's choices are checked by the config's
+  ``validate()`` and by the CLI's parser). Returns ``value``.
 
   Example:
     >>> check_field("--epochs", "epochs", 3, int)
@@ -145,10 +146,6 @@ def check_field(label: str, name: str, value: Any, tp: Any) -> Any:
   if value is None and optional:
     return value
   origin = typing.get_origin(tp)
-  if origin is typing.Literal:
-    if value not in typing.get_args(tp):
-      raise FamrError(f"{label} must be one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r}")
-    return value
   if origin is tuple:
     inner = [a for a in typing.get_args(tp) if a is not Ellipsis]
     if len(inner) == 1 or len(set(inner)) == 1:
@@ -170,7 +167,7 @@ def _checked_fields(cls: type) -> tuple[tuple[str, Any], ...]:
 
 
 def check_fields(config: Any) -> Any:
-  """Checks every int, float, tuple and Literal field of a config dataclass; returns it.
+  """Checks every int and float field (plain, Optional or tuple) of a config dataclass; returns it.
 
   Example:
     >>> import dataclasses

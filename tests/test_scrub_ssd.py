@@ -179,7 +179,7 @@ def test_bad_scrub_and_ssd_input():
     SCRUBConfig(temperature=0.0).validate()
   with pytest.raises(FamrError, match="alpha"):
     SSDConfig(alpha=0.0).validate()
-  with pytest.raises(FamrError, match="importance must be one of .minibatch., .fisher."):
+  with pytest.raises(FamrError, match="importance must be minibatch or fisher"):
     SSDConfig(importance="nope").validate()
   with pytest.raises(FamrError, match="empty"):
     ssd_unlearn(_linear, jnp.zeros((2, 2)), np.zeros((0, 2)), np.zeros(0), SSDConfig(), jax.random.key(0),
