@@ -51,7 +51,7 @@ from famr_jax.validation import check_finite_params
 from famr_jax.models import layers
 
 __all__ = ["DescentResult", "EpochBatches", "LOOPS", "LossFn", "MetricsFn", "OPTIMIZERS", "SegmentPlan",
-           "bind_static", "check_descent_settings", "check_finite_params", "epoch_batches", "freeze_outside", "loop_form", "make_optimizer",
+           "bind_static", "check_descent_settings", "epoch_batches", "freeze_outside", "loop_form", "make_optimizer",
            "minibatch_descent", "plan_segments", "prepare_descent", "resolve_loop", "set_loop_form", "step_schedule", "steps_per_epoch", "typed_key"]
 
 Params = Any
