@@ -60,6 +60,7 @@ FIELD_LIMITS: dict[str, Limits] = {
     "lr": Limits(0, MAX_LR, True, "learning rate"),
     "impression_lr": Limits(0, MAX_LR, True, "learning rate"),
     "epochs": Limits(0, MAX_COUNT, True),
+    "steps": Limits(0, MAX_COUNT, False, "step budget"),
     "batch_size": Limits(0, MAX_COUNT, True),
     "grad_accum": Limits(0, MAX_COUNT, True),
     "num_devices": Limits(0, 2 ** 20, True),
