@@ -22,7 +22,7 @@ from famr_jax.engine.descent import DescentResult, bind_static, loop_form, minib
 from famr_jax.engine.parallel import ScaleConfig
 from famr_jax.engine.resume import ResumeConfig, RunStopped
 from famr_jax.engine.training import TrainConfig, train_classifier
-from famr_jax.errors import FamrError
+from famr_jax.errors import Diverged, FamrError
 from famr_jax.evaluation.compare import compare
 from famr_jax.evaluation.leaderboard import format_leaderboard
 from famr_jax.evaluation.metrics import accuracy, batched_apply, evaluate_unlearning, mia_efficacy
@@ -56,5 +56,5 @@ __all__ = [
     # theory
     "influence_estimate", "run_theory_verification", "TheoryConfig",
     # checkpoints, models, errors
-    "save_checkpoint", "load_checkpoint", "models", "FamrError", "__version__",
+    "save_checkpoint", "load_checkpoint", "models", "FamrError", "Diverged", "__version__",
 ]

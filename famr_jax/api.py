@@ -24,6 +24,8 @@ from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.descent import typed_key
 from famr_jax.errors import FamrError
 from famr_jax.methods.registry import UnlearnTask, get_method, method_names, with_overrides
+from famr_jax.validation import (PROBE_ROWS, check_config_class, check_finite_params, check_images, check_labels,
+                                 check_model)
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -67,16 +69,15 @@ def as_dataset(data: Any, num_classes: int) -> Dataset:
     ((4, 2, 2, 1), (2, 2, 1), 0)
   """
   if isinstance(data, Dataset):
+    check_images(data.x_train[:PROBE_ROWS], "data.x_train")
+    check_labels(data.y_train, data.num_classes, "data.y_train")
     return data
   if not (isinstance(data, (tuple, list)) and len(data) == 2):
     raise FamrError("data must be a famr_jax.Dataset or a pair (x_train, y_train) of arrays")
-  x, y = np.asarray(data[0], np.float32), np.asarray(data[1])
-  if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+  x = check_images(data[0], "data x")
+  y = check_labels(data[1], num_classes, "labels y")
+  if len(x) != len(y):
     raise FamrError(f"data (x, y) must have shapes (N, ...) and (N,); got {x.shape} and {y.shape}")
-  if not np.issubdtype(y.dtype, np.integer) or (len(y) and (y.min() < 0 or y.max() >= num_classes)):
-    raise FamrError(f"labels y must be integers in [0, {num_classes}) (the forget request's class count)")
-  if not np.all(np.isfinite(x)):
-    raise FamrError("data x contains NaN or inf values")
   y = y.astype(np.int32)
   return Dataset("arrays", x, y, x[:0], y[:0], int(num_classes), tuple(x.shape[1:]), ())
 
@@ -121,7 +122,9 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
     An :class:`UnlearnResult`.
 
   Raises:
-    FamrError: an unknown method or option, a missing or malformed input (one line).
+    FamrError: an unknown method or option, a missing or malformed input (one line), checked
+      before any work; :class:`famr_jax.errors.Diverged` (a FamrError) when the loss or the
+      params became NaN or inf.
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np, famr_jax as fj
@@ -144,8 +147,8 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
   defaulted = config is None
   if config is None:
     config = spec.default_config(model_name, forget.kind)
-  elif not isinstance(config, spec.config_cls):
-    raise FamrError(f"config for {method!r} must be a {spec.config_cls.__name__}, got {type(config).__name__}")
+  else:
+    check_config_class(config, method, spec.config_cls)
   if overrides:
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
     if unknown:
@@ -157,6 +160,9 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
     raise FamrError(f"method {method!r} does not take scale or resume settings")
   if input_shape is None and dataset is not None:
     input_shape = dataset.image_shape
+  probe = (dataset.x_train if dataset is not None
+           else None if input_shape is None else np.full((2, *input_shape), 0.5, np.float32))
+  check_model(apply_fn, params, forget.num_classes, probe)
   if model is None and not spec.uses_data:
     model = apply_fn   # data-free methods on a plain function: pixel-space impressions, the whole model tuned
     if defaulted and getattr(config, "impression_space", None) == "activation":
@@ -164,6 +170,7 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
   task = UnlearnTask(apply_fn, params, model, dataset, forget, key, show_progress, scale=scale, resume=resume,
                      checkpoint=checkpoint, input_shape=None if input_shape is None else tuple(input_shape))
   result = spec.run(task, config)
+  check_finite_params(result.params, method)   # methods outside the engine (ssd, zero-shot) too
   return UnlearnResult(result.params, list(result.history), method, config, float(result.run_s),
                        float(result.compile_s))
 

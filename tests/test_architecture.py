@@ -38,7 +38,7 @@ MAX_FUNCTION_LINES = 100
 # Layers, low to high. A module may import modules of its own layer or lower.
 # ``root`` is the package's __init__ and the front door famr_jax/api.py.
 RANK = {
-    'errors': 0, 'version': 0,
+    'errors': 0, 'version': 0, 'validation': 0,
     'data': 1, 'models': 1,
     'io': 2,
     'losses': 3,
@@ -51,7 +51,8 @@ RANK = {
 }
 # Foundation subpackages: besides their own modules they may import only these. io restores saved
 # models (it builds a model and reads a data set's description), so it may import data and models.
-ISOLATED = {'data': {'errors'}, 'models': {'errors'}, 'io': {'errors', 'data', 'models'}}
+ISOLATED = {'data': {'errors', 'validation'}, 'models': {'errors', 'validation'},
+            'io': {'errors', 'validation', 'data', 'models'}}
 
 _FLAG = re.compile(r'(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*')
 

@@ -20,6 +20,7 @@ import numpy as np
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random
 from famr_jax.engine.training import TrainConfig
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 from famr_jax.evaluation.compare import DEFAULT_METHODS, Gold, compare, read_method_config, resolve_configs
 from famr_jax.evaluation.leaderboard import format_leaderboard, plot_leaderboard
 from famr_jax.evaluation.report import write_json
@@ -31,7 +32,7 @@ from famr_jax.version import __version__
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareRun:
+class CompareRun(CheckedFields):
   """``famr-jax compare``: a leaderboard of unlearning methods against the retrained model.
 
   Attributes:

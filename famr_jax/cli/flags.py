@@ -14,6 +14,7 @@ import typing
 from typing import Any, Iterable
 
 from famr_jax.errors import FamrError
+from famr_jax.validation import check_field
 
 
 def _unwrap_optional(tp):
@@ -25,8 +26,23 @@ def _unwrap_optional(tp):
   return tp, False
 
 
-def _parser_for(tp, flag: str):
-  """A string -> value converter for one field type (one-line errors)."""
+def _parser_for(tp, flag: str, name: str | None = None):
+  """A string -> value converter for one field type (one-line errors).
+
+  The value is then checked like the config field ``name`` (default: the
+  flag's name) is (:func:`famr_jax.validation.check_field`): ``--lr inf`` or
+  ``--seed 18446744073709551616`` fail while the flags are parsed.
+  """
+  convert = _converter_for(tp, flag)
+  name = name or flag.lstrip("-").replace("-", "_")
+
+  def parse(text):
+    return check_field(flag, name, convert(text), tp)
+  parse.__name__ = convert.__name__
+  return parse
+
+
+def _converter_for(tp, flag: str):
   tp, optional = _unwrap_optional(tp)
   origin = typing.get_origin(tp)
   if origin is typing.Literal:
@@ -97,7 +113,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, prefix: str 
       parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                           default=argparse.SUPPRESS, help=hints_doc.get(name))
     else:
-      parser.add_argument(flag, dest=dest, type=_Deferred(_parser_for(tp, flag)), default=argparse.SUPPRESS,
+      parser.add_argument(flag, dest=dest, type=_Deferred(_parser_for(tp, flag, name)), default=argparse.SUPPRESS,
                           metavar=_metavar(tp), help=hints_doc.get(name))
 
 

@@ -27,6 +27,7 @@ from famr_jax.io import checkpoints
 from famr_jax.evaluation import report
 from famr_jax.data.datasets import Dataset, load_dataset
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields, nonfinite_leaf
 from famr_jax.io.outputs import check_output_free, staged_directory
 from famr_jax.io.saved_model import load_model as load_saved_model
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
@@ -40,7 +41,7 @@ from famr_jax.engine.training import TrainConfig, check_finite, train_classifier
 # ----------------------------------------------------------------------------- configs
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(CheckedFields):
   """Which data set a run uses.
 
   Attributes:
@@ -64,7 +65,7 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainRun:
+class TrainRun(CheckedFields):
   """``famr-jax train``: train a classifier from scratch and save it.
 
   Attributes:
@@ -87,7 +88,7 @@ class TrainRun:
 
 
 @dataclasses.dataclass(frozen=True)
-class UnlearnRun:
+class UnlearnRun(CheckedFields):
   """``famr-jax unlearn``: unlearn a forget set from a saved model.
 
   Attributes:
@@ -120,7 +121,7 @@ class UnlearnRun:
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoRun:
+class DemoRun(CheckedFields):
   """``famr-jax demo``: train, unlearn one class with FAMR, retrain, compare."""
   out: str = "famr-demo"
   model: str = "mlp"
@@ -190,6 +191,9 @@ def load_model(checkpoint: str | os.PathLike) -> LoadedModel:
                     f"({data.num_classes} classes {data.image_shape} vs {metadata['num_classes']} "
                     f"{tuple(metadata['image_shape'])})")
   model, apply_fn, params = saved.model, saved.apply_fn, saved.params
+  bad = nonfinite_leaf(params)
+  if bad is not None:
+    raise FamrError(f"{checkpoint} holds non-finite params (NaN or inf in {bad}): it is a diverged model")
   return LoadedModel(model, apply_fn, params, metadata, data)
 
 

@@ -7,12 +7,16 @@ here so every method and metric can trust it.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple, Sequence
 
 import jax
 import numpy as np
 
 from famr_jax.errors import FamrError
+from famr_jax.validation import MAX_COUNT, Limits, check_classes, check_labels, check_number
+
+_NUM_CLASSES = Limits(1, MAX_COUNT, positive=True)   # at least two classes
 
 
 class ForgetSet(NamedTuple):
@@ -55,14 +59,21 @@ def parse_class_list(text: str) -> tuple[int, ...]:
     raise FamrError(f"forget classes must be comma-separated integers, got {text!r}") from None
 
 
+def _check_num_classes(num_classes: int) -> int:
+  return int(check_number("num_classes", num_classes, int, _NUM_CLASSES))
+
+
 def validate_classes(classes: Sequence[int], num_classes: int) -> tuple[int, ...]:
-  """Checks a list of forget classes: non-empty, in range, unique, not every class.
+  """Checks a list of forget classes: integers, non-empty, in range, unique, not every class.
+
+  ``3.7``, ``True`` or ``"3"`` are refused, never rounded to a class.
 
   Example:
     >>> validate_classes([3], 10)
     (3,)
   """
-  classes = tuple(int(c) for c in classes)
+  num_classes = _check_num_classes(num_classes)
+  classes = check_classes(classes)
   if not classes:
     raise FamrError("the forget set is empty: name at least one class to forget")
   bad = [c for c in classes if not 0 <= c < num_classes]
@@ -86,7 +97,8 @@ def forget_classes(y_train: np.ndarray, classes: Sequence[int], num_classes: int
     ([1, 3], 2)
   """
   classes = validate_classes(classes, num_classes)
-  indices = np.flatnonzero(np.isin(np.asarray(y_train), classes)).astype(np.int64)
+  y_train = check_labels(y_train, num_classes, "training labels y_train")
+  indices = np.flatnonzero(np.isin(y_train, classes)).astype(np.int64)
   if indices.size == 0:
     raise FamrError(f"no training example belongs to forget classes {list(classes)}")
   return ForgetSet("classes", classes, indices, num_classes)
@@ -99,9 +111,16 @@ def forget_samples(indices: Sequence[int], num_train: int, num_classes: int) -> 
     >>> forget_samples([4, 1], 10, 3).indices.tolist()
     [1, 4]
   """
-  idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+  num_train = int(check_number("num_train", num_train, int, Limits(0, 2 ** 62, positive=True)))
+  _check_num_classes(num_classes)
+  idx = np.asarray(indices).reshape(-1)
   if idx.size == 0:
     raise FamrError("the forget set is empty: name at least one sample index")
+  if idx.dtype == bool:
+    raise FamrError("forget sample indices are booleans (a mask?): pass indices, np.flatnonzero(mask)")
+  if not np.issubdtype(idx.dtype, np.integer):
+    raise FamrError(f"forget sample indices must be integers, got dtype {idx.dtype}")
+  idx = idx.astype(np.int64)
   if idx.min() < 0 or idx.max() >= num_train:
     raise FamrError(f"forget sample indices must lie in 0..{num_train - 1}")
   if np.unique(idx).size != idx.size:
@@ -119,8 +138,10 @@ def forget_random(key: jax.Array, fraction: float, num_train: int, num_classes: 
     >>> forget_random(jax.random.key(0), 0.1, 100, 10).indices.size
     10
   """
+  check_number("fraction", fraction, float, Limits(-math.inf, math.inf))
   if not 0.0 < float(fraction) < 1.0:
     raise FamrError(f"fraction must lie strictly between 0 and 1, got {fraction}")
+  num_train = int(check_number("num_train", num_train, int, Limits(0, 2 ** 62, positive=True)))
   count = max(1, int(round(fraction * num_train)))
   idx = np.asarray(jax.random.choice(key, num_train, (count,), replace=False))
   return forget_samples(idx, num_train, num_classes)

@@ -46,7 +46,8 @@ from famr_jax.engine.optimizers import OPTIMIZERS, check_descent_settings, freez
 from famr_jax.engine.parallel import ScaleConfig, ShardedData
 from famr_jax.engine.progress import progress
 from famr_jax.engine.resume import ResumeConfig, data_digest, open_resumer
-from famr_jax.errors import FamrError
+from famr_jax.errors import Diverged, FamrError
+from famr_jax.validation import check_finite_params
 from famr_jax.models import layers
 
 __all__ = ["DescentResult", "EpochBatches", "LOOPS", "LossFn", "MetricsFn", "OPTIMIZERS", "SegmentPlan",
@@ -429,12 +430,27 @@ def _run_epochs(prep: PreparedDescent, *, clock: parallel.CompileCounter, epochs
   if initial_metrics and has_metrics and restored is None:
     m0 = jax.device_get(program.metrics(params, prep.context, prep.zero_acc()))
     history.append({"epoch": 0, **{k: float(v) for k, v in m0.items() if k != "loss"}})
-  pending: list[tuple[int, Any]] = []   # (epoch, device metrics) not yet fetched: no host sync per step
+  # (epoch, step, device metrics) not yet fetched: no host sync per step. Metrics already computed are
+  # fetched at an epoch's end without waiting, so a divergence stops the run an epoch or two later.
+  pending: list[tuple[int, int, Any]] = []
+
+  def fetch(entries):
+    for e, at, m in jax.device_get(entries):
+      loss = float(m.get("loss", 0.0))
+      if not np.isfinite(loss):
+        raise Diverged(desc, at, f"the loss of epoch {e} is {loss}")
+      history.append({"epoch": e, **{k: float(v) for k, v in m.items()}})
 
   def flush():
-    for e, m in jax.device_get(pending):
-      history.append({"epoch": e, **{k: float(v) for k, v in m.items()}})
+    fetch(list(pending))
     pending.clear()
+
+  def fetch_ready():
+    ready = 0
+    while ready < len(pending) and all(a.is_ready() for a in jax.tree.leaves(pending[ready][2])):
+      ready += 1
+    fetch(pending[:ready])
+    del pending[:ready]
 
   width = 1 if loop == "steps" else plan.segment_steps
   every = resume.checkpoint_every if resume is not None else None
@@ -454,12 +470,14 @@ def _run_epochs(prep: PreparedDescent, *, clock: parallel.CompileCounter, epochs
         metrics = program.metrics(params, prep.context, loss_acc)
         if show_progress:   # one scalar per epoch: an honest progress bar; otherwise epochs queue up
           metrics["loss"].block_until_ready()
-        pending.append((epoch + 1, metrics))
+        fetch_ready()
+        pending.append((epoch + 1, step, metrics))
       if resumer is not None and (end_of_epoch or row % every == 0):
         stop = resume.stop_after_steps is not None and done_here >= resume.stop_after_steps
         finished = end_of_epoch and epoch == epochs - 1
         if step // every > last_saved // every or stop or finished:
           flush()
+          check_finite_params(params, desc, step)   # a diverged state is never saved
           at = (epoch + 1, 0) if end_of_epoch else (epoch, row)
           resumer.save(step, {"params": params, "opt_state": opt_state,
                               "loss_acc": prep.zero_acc() if end_of_epoch else loss_acc},
@@ -473,6 +491,7 @@ def _run_epochs(prep: PreparedDescent, *, clock: parallel.CompileCounter, epochs
   compile_s = clock.seconds
   run_s = max(time.perf_counter() - t0 - compile_s, 0.0)
   flush()
+  check_finite_params(params, desc, pos.step + done_here)
   return params, opt_state, history, compile_s, run_s
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 
 DATA_AXIS = "data"
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -50,7 +51,7 @@ Params = Any
 # ----------------------------------------------------------------------------- configs
 
 @dataclasses.dataclass(frozen=True)
-class ScaleConfig:
+class ScaleConfig(CheckedFields):
   """How the minibatch engine uses devices, precision and memory.
 
   The defaults run exactly the single-device engine of famr-jax 0.1
@@ -105,7 +106,7 @@ class ScaleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DistributedConfig:
+class DistributedConfig(CheckedFields):
   """Where a multi-process run finds its peers (``jax.distributed.initialize``).
 
   Attributes:

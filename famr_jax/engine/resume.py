@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 
 
 class RunStopped(Exception):
@@ -46,7 +47,7 @@ class RunStopped(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class ResumeConfig:
+class ResumeConfig(CheckedFields):
   """Where and how often a run saves resumable checkpoints.
 
   Attributes:

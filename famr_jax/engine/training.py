@@ -17,6 +17,8 @@ import optax
 
 from famr_jax import losses
 from famr_jax.errors import FamrError
+from famr_jax.validation import (PROBE_ROWS, CheckedFields, check_images, check_labels, check_logits_fn,
+                                 check_params_finite)
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
 from famr_jax.engine.forward import batched_apply
@@ -28,7 +30,7 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(CheckedFields):
   """How to train a classifier (AdamW on softmax cross-entropy).
 
   Attributes:
@@ -129,7 +131,14 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
     for shard in x.arrays[0].addressable_shards:
       check_finite("training inputs", np.asarray(shard.data))
   else:
-    check_finite("training inputs", np.asarray(x))
+    x = check_images(x, "training inputs x")
+    y = check_labels(y, None, "training labels y")
+    if len(x) != len(y):
+      raise FamrError(f"training inputs x and labels y differ in length: {len(x)} and {len(y)}")
+    check_params_finite(params, "initial params")
+    num_classes = check_logits_fn(apply_fn, params, x[:PROBE_ROWS], None)
+    if len(y) and int(y.max()) >= num_classes:
+      raise FamrError(f"training labels y must lie in [0, {num_classes}) (the model's classes), got {int(y.max())}")
   if optimizer is None:
     optimizer = make_optimizer("adamw", config.lr, config.weight_decay)
   optimizer = freeze_outside(optimizer, trainable_mask)

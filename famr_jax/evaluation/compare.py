@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from famr_jax.data.forget import ForgetSet
-from famr_jax.errors import FamrError
+from famr_jax.errors import Diverged, FamrError
 from famr_jax.evaluation.leaderboard import (ORIGINAL, gold_reference, metrics_line, score_against_gold,
                                              summarize)
 from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.validation import check_config_class, check_images, check_labels, check_model
 
 DEFAULT_METHODS = ("famr", "famr-retrain-target", "famr-fisher", "famr-curvature", "famr-function", "famr-plus",
                    "ft", "ga", "neggrad+", "rl", "salun", "scrub", "ssd")
@@ -143,8 +145,19 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
     raise FamrError(f"seeds must be a positive integer, got {seeds}")
   if retrain is None and gold_fn is None:
     raise FamrError("compare needs retrain(x_retain, y_retain, key), the gold standard's training recipe")
+  if not isinstance(forget, ForgetSet) and not callable(forget):
+    raise FamrError("forget must be a ForgetSet (famr_jax.forget_classes ...) or a function seed -> ForgetSet")
   forget_of = forget if callable(forget) else (lambda seed: forget)
+  if not all(hasattr(data, k) for k in ("x_train", "y_train", "x_test", "y_test", "num_classes")):
+    raise FamrError("compare needs data as a famr_jax.Dataset (train and test arrays; the test set scores "
+                    "the models)")
+  check_images(data.x_train[:1], "data.x_train")
+  check_labels(data.y_train, data.num_classes, "data.y_train")
+  check_model(apply_fn, params, data.num_classes, data.x_train)
   configs = dict(configs or {})
+  for name, config in configs.items():
+    if name in methods:
+      check_config_class(config, name, get_method(name).config_cls)
   rows, gold_rows = [], []
   for seed in range(int(seeds)):
     request = forget_of(seed)
@@ -162,10 +175,14 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
       task = UnlearnTask(apply_fn, params, model, data, request, jax.random.key(seed), show_progress,
                          checkpoint=checkpoint)
       t0 = time.perf_counter()
-      result = get_method(name).run(task, configs[name])
-      jax.block_until_ready(result.params)
-      rows.append(_row(seed, name, apply_fn, result.params, data, request, params, reference, gold,
-                       result.run_s, result.compile_s, time.perf_counter() - t0, log))
+      try:
+        result = get_method(name).run(task, configs[name])
+        new_params, run_s, compile_s = jax.block_until_ready(result.params), result.run_s, result.compile_s
+      except Diverged:   # scored as diverged (NaN gaps, counted per method), never a crash
+        new_params = jax.tree.map(lambda a: jnp.full(jnp.shape(a), jnp.nan, jnp.result_type(a)), params)
+        run_s, compile_s = time.perf_counter() - t0, 0.0
+      rows.append(_row(seed, name, apply_fn, new_params, data, request, params, reference, gold,
+                       run_s, compile_s, time.perf_counter() - t0, log))
   return {"methods": [ORIGINAL, *methods], "seeds": list(range(int(seeds))),
           "configs": {name: dataclasses.asdict(c) for name, c in configs.items() if dataclasses.is_dataclass(c)},
           "retrained": gold_rows, "runs": rows, "summary": summarize(rows)}

@@ -20,6 +20,7 @@ from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.forward import batched_apply
 # The statistics live with the losses (methods and the engine use them); they stay importable from here.
 from famr_jax.losses import accuracy, param_distance, per_class_accuracy, true_class_confidence
+from famr_jax.validation import check_params_finite
 
 __all__ = ["accuracy", "batched_apply", "evaluate_unlearning", "mia_efficacy", "param_distance",
            "per_class_accuracy", "true_class_confidence"]
@@ -100,6 +101,7 @@ def evaluate_unlearning(apply_fn: ApplyFn, params: Params, data, forget: ForgetS
   Returns:
     A dict of floats plus ``per_class_acc`` (a list, test set).
   """
+  check_params_finite(params, "params of the evaluated model")
   x_forget = data.x_train[forget.indices]
   y_forget = data.y_train[forget.indices]
   retain_mask = forget.retain_mask(len(data.y_train))

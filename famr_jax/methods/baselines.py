@@ -32,6 +32,7 @@ import numpy as np
 from famr_jax import losses
 from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 from famr_jax.engine.descent import DescentResult, bind_static, check_descent_settings, make_optimizer, minibatch_descent
 from famr_jax.engine.forward import batched_apply, timed_call
 from famr_jax.engine.parallel import ScaleConfig, compute_dtype_apply_fn
@@ -51,7 +52,7 @@ BASELINES = ("ft", "ga", "neggrad+", "rl", "salun")
 
 
 @dataclasses.dataclass(frozen=True)
-class GAConfig:
+class GAConfig(CheckedFields):
   """Gradient ascent on the forget set (method ``ga``).
 
   Attributes:

@@ -19,6 +19,7 @@ import optax
 from famr_jax import losses
 from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
 from famr_jax.engine.forward import batched_apply
@@ -34,7 +35,7 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class FAMRConfig:
+class FAMRConfig(CheckedFields):
   """Hyperparameters of FAMR (Algorithm 1).
 
   The paper's settings are ``epochs=10, lr=1e-4, lam=0.1`` (its "rho"); on

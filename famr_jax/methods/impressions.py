@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 from famr_jax.models.layers import in_loop_body
 from famr_jax.models.parts import ModelParts, as_parts, identity_head, is_layered_model
 
@@ -46,7 +47,7 @@ SPACES = ("activation", "pixel")
 
 
 @dataclasses.dataclass(frozen=True)
-class ImpressionConfig:
+class ImpressionConfig(CheckedFields):
   """How class impressions are made (Eq. 3).
 
   Attributes:

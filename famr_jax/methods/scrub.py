@@ -37,6 +37,7 @@ import numpy as np
 from famr_jax import losses
 from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, make_optimizer,
                                      minibatch_descent, steps_per_epoch)
 from famr_jax.engine.forward import batched_apply
@@ -51,7 +52,7 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class SCRUBConfig:
+class SCRUBConfig(CheckedFields):
   """SCRUB (method ``scrub``).
 
   Attributes:

@@ -44,17 +44,18 @@ import numpy as np
 
 from famr_jax import losses
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 from famr_jax.engine.descent import DescentResult, bind_static
 from famr_jax.engine.forward import timed_call
 from famr_jax.methods.defaults import default_overrides
-from famr_jax.theory.fisher import chunked_fisher, padded_chunks
+from famr_jax.theory.fisher import accumulator_dtype, chunked_fisher, padded_chunks
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class SSDConfig:
+class SSDConfig(CheckedFields):
   """Selective Synaptic Dampening (method ``ssd``).
 
   Attributes:
@@ -157,9 +158,9 @@ def _minibatch_importance(apply_fn, params, x, y, idx, weights):
 
   def body(acc, spec):
     g = jax.grad(batch_loss)(params, *spec)
-    return jax.tree.map(lambda a, gi: a + jnp.square(gi), acc, g), None
+    return jax.tree.map(lambda a, gi: a + jnp.square(gi).astype(a.dtype), acc, g), None
 
-  zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+  zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), accumulator_dtype(p)), params)
   total, _ = jax.lax.scan(body, zeros, (idx, weights))
   return jax.tree.map(lambda t: t / idx.shape[0], total)
 

@@ -51,6 +51,7 @@ import optax
 from famr_jax import losses
 from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
 from famr_jax.engine.forward import batched_apply, timed_call
@@ -73,7 +74,7 @@ FUNCTION_DATA = ("retain", "impressions")
 
 
 @dataclasses.dataclass(frozen=True)
-class FAMRVariantConfig:
+class FAMRVariantConfig(CheckedFields):
   """One FAMR variant: target, anchor, function anchor and frozen head, composable.
 
   Attributes:

@@ -50,6 +50,7 @@ from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_s
                                      minibatch_descent)
 from famr_jax.engine.optimizers import StaticMask
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 from famr_jax.engine.forward import batched_apply
 from famr_jax.losses import accuracy, param_distance
 from famr_jax.methods.head_tail import (HeadTailSplit, ResponsiveLayers, first_responsive_layer,
@@ -78,7 +79,7 @@ _FAMR_SCALES = 8   # scales per impression in zero-shot FAMR (see ZeroShotFAMRCo
 
 
 @dataclasses.dataclass(frozen=True)
-class ImpressionSettings:
+class ImpressionSettings(CheckedFields):
   """The class-impression and head/tail fields both zero-shot methods share.
 
   Attributes:

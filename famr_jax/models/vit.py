@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 from famr_jax.models.base import run_stages
 from famr_jax.models.layers import Conv
 
@@ -35,7 +36,7 @@ _LN_EPSILON = 1e-6  # as in the original ViT and timm
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(CheckedFields):
   """Architecture of a ViT preset (everything except the class count).
 
   Attributes:

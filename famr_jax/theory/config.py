@@ -5,6 +5,7 @@ import math
 from typing import Literal
 
 from famr_jax.errors import FamrError
+from famr_jax.validation import CheckedFields
 
 __all__ = ['CONVEX', 'NONCONVEX', 'TheoryConfig', 'quick_theory_config']
 
@@ -13,7 +14,7 @@ NONCONVEX = 'non-convex'
 
 
 @dataclasses.dataclass(frozen=True)
-class TheoryConfig:
+class TheoryConfig(CheckedFields):
   """Settings of the theory-verification benchmark.
 
   Attributes:

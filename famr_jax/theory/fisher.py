@@ -62,7 +62,7 @@ def diagonal_fisher(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.ndar
       of the gradient).
 
   Returns:
-    A pytree like ``params`` (float32) of non-negative entries.
+    A pytree like ``params`` (float32; float64 for float64 params) of non-negative entries.
 
   Example:
     >>> import jax.numpy as jnp, numpy as np
@@ -87,6 +87,17 @@ def diagonal_fisher(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.ndar
                      jnp.asarray(weights), n)
 
 
+def accumulator_dtype(leaf) -> jnp.dtype:
+  """The dtype a sum of squared gradients of ``leaf`` is kept in: float32, or float64 for float64 params.
+
+  Example:
+    >>> accumulator_dtype(jnp.zeros(2, jnp.bfloat16)), accumulator_dtype(jnp.zeros(2, jnp.int32))
+    (dtype('float32'), dtype('float32'))
+  """
+  dtype = jnp.result_type(leaf)
+  return jnp.promote_types(dtype, jnp.float32) if jnp.issubdtype(dtype, jnp.floating) else jnp.dtype(jnp.float32)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def chunked_fisher(apply_fn, params, x, y, idx, weights, n):
   """The jitted core of :func:`diagonal_fisher` over :func:`padded_chunks` ``(idx, weights)``."""
@@ -99,9 +110,11 @@ def chunked_fisher(apply_fn, params, x, y, idx, weights, n):
     b_idx, b_w = spec
     grads = per_example_grad(params, x[b_idx], y[b_idx])
     sq = jax.tree.map(lambda g: jnp.tensordot(b_w, jnp.square(g), axes=1), grads)
-    return jax.tree.map(jnp.add, acc, sq), None
+    return jax.tree.map(lambda a, s: a + s.astype(a.dtype), acc, sq), None
 
-  zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+  # The sums keep each leaf's own precision (float64 params: float64 sums; the scan's carry type
+  # must not change across steps).
+  zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), accumulator_dtype(p)), params)
   total, _ = jax.lax.scan(body, zeros, (idx, weights))
   return jax.tree.map(lambda t: t / n, total)
 
