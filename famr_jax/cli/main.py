@@ -229,12 +229,14 @@ def _cmd_evaluate(args) -> int:
 def _cmd_verify_theory(args) -> int:
   import jax
   from famr_jax.cli import flags as cf
-  from famr_jax.cli.runs import staged_directory
+  from famr_jax.io.outputs import staged_directory
+  from famr_jax.theory.report import write_outputs
   from famr_jax.theory.verification import TheoryConfig, format_theory_table, run_theory_verification
 
   config = cf.build_config(TheoryConfig, args, dest_prefix="theory__")
-  with staged_directory(args.out, args.overwrite) as staging:
-    result = run_theory_verification(config, str(staging), jax.random.key(getattr(config, "seed", 0)))
+  with staged_directory(args.out, args.overwrite, command="verify-theory") as staging:
+    result = run_theory_verification(config, None, jax.random.key(getattr(config, "seed", 0)))
+    write_outputs(result, str(staging))
   print(format_theory_table(result))
   print(f"wrote {os.path.abspath(args.out)}/theory.json")
   return 0
