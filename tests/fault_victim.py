@@ -1,0 +1,79 @@
+"""Fault-injection helper of tests/test_fault_injection.py: CLI runs killed at chosen filesystem events.
+
+``python fault_victim.py JOBS_JSON`` imports famr-jax once (no JAX computation, so forking is safe),
+then forks one child per job; the child counts its filesystem mutations (rename, replace, mkdir,
+unlink, rmdir, rmtree, opening a file for writing) and SIGKILLs itself at the job's ``kill_at``-th
+one, or runs ``famr_jax.cli.main.main(argv)`` to the end. The jobs run concurrently (one process
+group); the parent prints one JSON line per job: its index, the signal that ended it or its exit
+status, and the number of events it saw.
+"""
+
+import builtins
+import json
+import os
+import shutil
+import signal
+import sys
+
+os.environ.setdefault("FAMR_JAX_NO_PROGRESS", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import famr_jax.cli.compare_run  # noqa: E402,F401 - every command's imports, before forking
+import famr_jax.cli.runs  # noqa: E402,F401
+import famr_jax.theory.fisher  # noqa: E402,F401
+from famr_jax.cli.flags import add_config_flags  # noqa: E402,F401
+from famr_jax.cli.main import build_parser, main  # noqa: E402
+
+build_parser()   # imports the method configs
+
+
+def _arm(kill_at: int) -> None:
+  """Wraps the filesystem mutations so that the ``kill_at``-th one SIGKILLs this process first."""
+  seen = [0]
+
+  def tick():
+    seen[0] += 1
+    if seen[0] >= kill_at:
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  def wrap(owner, name):
+    real = getattr(owner, name)
+
+    def hooked(*args, **kwargs):
+      tick()
+      return real(*args, **kwargs)
+    setattr(owner, name, hooked)
+
+  for name in ("rename", "replace", "mkdir", "unlink", "rmdir"):
+    wrap(os, name)
+  wrap(shutil, "rmtree")
+  real_open = builtins.open
+
+  def hooked_open(file, mode="r", *args, **kwargs):
+    if any(c in mode for c in "wax+"):
+      tick()
+    return real_open(file, mode, *args, **kwargs)
+  builtins.open = hooked_open
+
+
+def run(jobs: list) -> None:
+  children = {}
+  for i, job in enumerate(jobs):
+    pid = os.fork()
+    if pid == 0:
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, 1)
+      os.dup2(devnull, 2)
+      _arm(int(job["kill_at"]))
+      code = main(job["argv"])
+      os._exit(code)
+    children[pid] = i
+  for _ in jobs:
+    pid, status = os.wait()
+    killed = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    print(json.dumps({"job": children[pid], "signal": killed, "rc": rc}), flush=True)
+
+
+if __name__ == "__main__":
+  run(json.loads(sys.argv[1]))
