@@ -292,6 +292,9 @@ def _log_to_stderr() -> None:
     handler._famr_cli = True
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    # Orbax logs each failed background write (full disk, ...) with a thread traceback through absl;
+    # the CLI reports the failure itself, in one line.
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

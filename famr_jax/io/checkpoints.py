@@ -123,14 +123,26 @@ def write_checkpoint(directory: str | os.PathLike, params: Params, metadata: dic
       "extras": {name: tree_shapes(tree) for name, tree in extras.items()},
   }
   text = json.dumps(description, indent=2, default=_json_default)  # fail before writing anything
-  target.mkdir(parents=True, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(target / "params", params)
-  for name, tree in extras.items():
-    checkpointer.save(target / name, tree)
-  checkpointer.wait_until_finished()
-  (target / METADATA_FILE).write_text(text)
+  try:
+    target.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(target / "params", params)
+    for name, tree in extras.items():
+      checkpointer.save(target / name, tree)
+    checkpointer.wait_until_finished()
+    (target / METADATA_FILE).write_text(text)
+  except (OSError, ValueError, RuntimeError) as e:   # Orbax reports a full disk as a ValueError
+    raise FamrError(f"cannot write the checkpoint {target}: {write_failure(e)}") from None
   return target
+
+
+def write_failure(error: BaseException) -> str:
+  """The reason of a failed write in a few words (the OS's, when Orbax buries it in a long message)."""
+  text = str(error)
+  for reason in ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied"):
+    if reason in text:
+      return reason
+  return getattr(error, "strerror", None) or (text.splitlines() or [type(error).__name__])[0][:160]
 
 
 def save_checkpoint(directory: str | os.PathLike, params: Params, metadata: dict[str, Any] | None = None, *,
