@@ -9,6 +9,7 @@ status, and the number of events it saw.
 """
 
 import builtins
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,11 @@ import sys
 
 os.environ.setdefault("FAMR_JAX_NO_PROGRESS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")   # the children compile less; their outputs are
+os.environ.setdefault("MPLBACKEND", "Agg")                      # replaced by the reruns anyway
+
+import matplotlib.pyplot  # noqa: E402,F401 - imported once, before forking, not in every child
+import sklearn.svm  # noqa: E402,F401
 
 import famr_jax.cli.compare_run  # noqa: E402,F401 - every command's imports, before forking
 import famr_jax.cli.runs  # noqa: E402,F401
@@ -54,6 +60,7 @@ def _arm(kill_at: int) -> None:
       tick()
     return real_open(file, mode, *args, **kwargs)
   builtins.open = hooked_open
+  io.open = hooked_open   # pathlib's write_text goes through io.open
 
 
 def run(jobs: list) -> None:

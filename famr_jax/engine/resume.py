@@ -198,11 +198,22 @@ class Resumer:
       if reasons:
         logging.getLogger("famr_jax").warning("skipped damaged resume checkpoints in %s (%s)", self.directory,
                                               "; ".join(reasons))
+        self._drop_steps_after(step)
       return state, meta
     if reasons:
       raise FamrError(f"cannot resume from {self.directory}: no intact checkpoint ({'; '.join(reasons)[:300]}); "
                       "delete that directory to start over")
     return None
+
+  def _drop_steps_after(self, step: int) -> None:
+    """Deletes this run's damaged step folders newer than ``step`` (the run writes them again)."""
+    import shutil
+    for newer in [s for s in self.manager.all_steps() if s > step]:
+      try:
+        self.manager.delete(newer)
+      except Exception:  # noqa: BLE001 - a damaged step may not even delete cleanly through Orbax
+        shutil.rmtree(self.directory / str(newer), ignore_errors=True)
+    self.manager.reload()
 
   def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
     """Saves asynchronously (returns once the arrays are copied off the devices)."""

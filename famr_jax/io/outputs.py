@@ -11,9 +11,11 @@
 3. **Stage.** Everything is written into a private ``.NAME.famr-staging-XXXX`` folder beside the
    output, which records its owner (pid, host, command) in ``.famr-jax-staging``. The next writer of
    the same output (holding the lock, so the owner is dead or done) removes such leftovers and says so.
-4. **Publish** by one rename. Replacing (``overwrite``) renames the old folder aside
-   (``.NAME.famr-replaced-XXXX``), renames the new one in, then deletes the old one: a crash between
-   the two renames leaves the old folder aside, and the next writer renames it back. Every published
+4. **Publish** by one rename. Replacing (``overwrite``) swaps the new and the old folder in one atomic
+   ``renameat2(RENAME_EXCHANGE)`` and then deletes the old one, so a crash leaves the old or the new
+   output in place, never neither. Where the kernel cannot swap, the old folder is renamed aside
+   (``.NAME.famr-replaced-XXXX``) first; a crash between the two renames leaves it aside, and the
+   next writer renames it back. Every published
    folder carries the marker ``.famr-jax-output`` (JSON: format, version, command, time).
 
 Files added to an existing famr-jax folder (``famr-jax fisher`` next to a checkpoint) go through
@@ -259,12 +261,14 @@ def recover_leftovers(target: Path) -> list[str]:
       continue
     if _STAGING_TAG in name:
       owner = entry / OWNER_FILE
-      if owner.is_file() or not any(entry.iterdir()):
+      # the owner file comes first and the marker last: a staging folder with either (or empty) is ours
+      if owner.is_file() or not any(entry.iterdir()) or (entry / MARKER_FILE).is_file():
         info = _read_json(owner)
         shutil.rmtree(entry, ignore_errors=True)
         done.append(f"removed {entry}, left by an interrupted run (pid {info.get('pid', '?')})")
       else:
-        done.append(f"left {entry} alone: it has no {OWNER_FILE}, so famr-jax did not create it")
+        done.append(f"left {entry} alone: it has neither {OWNER_FILE} nor {MARKER_FILE}, so famr-jax did not "
+                    "create it")
     elif is_famr_output(entry):
       if os.path.lexists(target):
         shutil.rmtree(entry, ignore_errors=True)
@@ -287,12 +291,36 @@ def _read_json(path: Path) -> dict:
   return info if isinstance(info, dict) else {}
 
 
+def _exchange(a: Path, b: Path) -> bool:
+  """Swaps two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+  import ctypes
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = libc.renameat2
+  except (OSError, AttributeError):
+    return False
+  at_fdcwd, rename_exchange = -100, 2
+  if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+    return False
+  raise OSError(err, os.strerror(err), str(b))
+
+
 def _publish(staging: Path, target: Path, overwrite: bool) -> None:
-  """Moves the finished staging folder to ``target`` (replacing a famr-jax output if allowed)."""
+  """Moves the finished staging folder to ``target`` (replacing a famr-jax output if allowed).
+
+  A replacement swaps the two folders atomically where the kernel can (then the old output sits at
+  the staging name until it is deleted); elsewhere it renames the old one aside first.
+  """
   if not _is_free(target):
     if not overwrite:
       raise OutputExists(target)
     check_replaceable(target)
+    if _exchange(staging, target):
+      shutil.rmtree(staging, ignore_errors=True)   # now the old output
+      return
     aside = target.parent / f".{target.name}{_ASIDE_TAG}{uuid.uuid4().hex[:8]}"
     os.rename(target, aside)
     try:
