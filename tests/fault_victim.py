@@ -3,8 +3,8 @@
 ``python fault_victim.py JOBS_JSON`` imports famr-jax once (no JAX computation, so forking is safe),
 then forks one child per job; the child counts its filesystem mutations (rename, replace, mkdir,
 unlink, rmdir, rmtree, opening a file for writing) and SIGKILLs itself at the job's ``kill_at``-th
-one, or runs ``famr_jax.cli.main.main(argv)`` to the end. The jobs run concurrently (one process
-group); the parent prints one JSON line per job: its index, the signal that ended it or its exit
+one (or sends itself SIGINT there, as Ctrl-C would), or runs ``famr_jax.cli.main.main`` to the end.
+The jobs run concurrently (one process group); the parent prints one JSON line per job: its index, the signal that ended it or its exit
 status, and the number of events it saw.
 """
 
@@ -33,14 +33,14 @@ from famr_jax.cli.main import build_parser, main  # noqa: E402
 build_parser()   # imports the method configs
 
 
-def _arm(kill_at: int) -> None:
-  """Wraps the filesystem mutations so that the ``kill_at``-th one SIGKILLs this process first."""
+def _arm(kill_at: int, sig: int) -> None:
+  """Wraps the filesystem mutations so that the ``kill_at``-th one sends ``sig`` to this process first."""
   seen = [0]
 
   def tick():
     seen[0] += 1
-    if seen[0] >= kill_at:
-      os.kill(os.getpid(), signal.SIGKILL)
+    if seen[0] == kill_at:
+      os.kill(os.getpid(), sig)
 
   def wrap(owner, name):
     real = getattr(owner, name)
@@ -68,12 +68,15 @@ def run(jobs: list) -> None:
   for i, job in enumerate(jobs):
     pid = os.fork()
     if pid == 0:
-      devnull = os.open(os.devnull, os.O_WRONLY)
-      os.dup2(devnull, 1)
-      os.dup2(devnull, 2)
-      _arm(int(job["kill_at"]))
-      code = main(job["argv"])
-      os._exit(code)
+      sink = os.open(job.get("stderr", os.devnull), os.O_WRONLY | os.O_CREAT, 0o644)
+      os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+      os.dup2(sink, 2)
+      sig = getattr(signal, "SIG" + job.get("signal", "KILL"))
+      _arm(int(job["kill_at"]), sig)
+      if sig == signal.SIGINT:   # as the console script runs: main() reads sys.argv and owns Ctrl-C
+        sys.argv = ["famr-jax", *job["argv"]]
+        sys.exit(main())
+      os._exit(main(job["argv"]))
     children[pid] = i
   for _ in jobs:
     pid, status = os.wait()

@@ -22,7 +22,8 @@ from famr_jax.cli.main import main
 from famr_jax.errors import FamrError
 from famr_jax.io import checkpoints, outputs
 
-TRAIN = ["--dataset", "digits", "--model", "mlp", "--epochs", "2", "--batch-size", "128"]
+TRAIN = ["--dataset", "digits", "--model", "mlp", "--epochs", "2", "--batch-size", "128", "--max-train", "400",
+         "--max-test", "200"]
 UNLEARN = ["--method", "ft", "--forget-classes", "3", "--epochs", "1"]
 COMPARE = ["--methods", "ft", "--forget-classes", "3", "--seeds", "1", "--epochs", "1"]
 VICTIM = Path(__file__).with_name("fault_victim.py")
@@ -220,6 +221,7 @@ def test_kill9_at_random_points_then_rerun(trained, tmp_path):
       "compare": (lambda d: ["compare", "--checkpoint", str(d / "ck"), *COMPARE, "--out", str(d / "out"),
                              "--gold-cache", str(d / "gold"), "--overwrite"], 28),
   }
+  argv_of_unlearn = commands["unlearn"][0]
   jobs, dirs = [], {}
   for name, (argv, events) in commands.items():
     d = tmp_path / name
@@ -231,8 +233,24 @@ def test_kill9_at_random_points_then_rerun(trained, tmp_path):
       outputs.write_marker(d / "out", "train")
     dirs[name] = d
     jobs.append({"argv": argv(d), "kill_at": int(rng.integers(1, events + 1))})
+  # Ctrl-C (SIGINT) at a seeded filesystem event of an unlearning run replacing an earlier output
+  interrupted = tmp_path / "interrupted"
+  _copy(trained, interrupted / "ck")
+  (interrupted / "out").mkdir()
+  (interrupted / "out" / "earlier.txt").write_text("earlier")
+  outputs.write_marker(interrupted / "out", "train")
+  int_job = {"argv": argv_of_unlearn(interrupted), "kill_at": int(rng.integers(1, 27)), "signal": "INT",
+             "stderr": str(tmp_path / "interrupted.err")}
   before = {name: _hashes(d) for name, d in dirs.items()}
-  outcomes = _victim(jobs)
+  before_int = _hashes(interrupted)
+  *outcomes, int_outcome = _victim(jobs + [int_job])
+  err = (tmp_path / "interrupted.err").read_text()
+  if int_outcome["rc"] == 130:   # else it had finished before that event (then it replaced the output)
+    assert err.strip() == "famr-jax: interrupted", err
+    _assert_kept(interrupted, before_int)
+    assert not _leftovers(interrupted)   # no partial output, staging or lock
+  else:
+    assert int_outcome["rc"] == 0 and (interrupted / "out" / "report.json").is_file(), (int_outcome, err)
   for (name, d), job, outcome in zip(dirs.items(), jobs, outcomes):
     replaced = name != "fisher" and not (d / "out" / "earlier.txt").exists()
     if replaced:   # only ever by a complete new output, in one step: never neither
@@ -275,7 +293,7 @@ def test_ctrl_c_exits_130_with_one_line_and_no_output(trained, tmp_path):
   while not any(p.name.startswith(".out.famr-staging-") for p in tmp_path.iterdir()):   # the run has begun
     assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
     time.sleep(0.05)
-  time.sleep(float(np.random.default_rng(130).uniform(0.2, 1.0)))
+  time.sleep(float(np.random.default_rng(130).uniform(0.0, 1.0)))
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130 and err.strip() == "famr-jax: interrupted", err

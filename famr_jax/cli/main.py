@@ -297,9 +297,72 @@ def _log_to_stderr() -> None:
     logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
+class _Interrupts:
+  """Ctrl-C that always stops the run: SIGINT raises KeyboardInterrupt, and raises it again every half
+  second until the CLI has caught it, because Python drops an exception raised inside a garbage
+  collector callback (JAX installs one), which would otherwise let the run carry on."""
+
+  def __init__(self):
+    self.pending = False
+
+  def install(self) -> None:
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+      return
+    signal.signal(signal.SIGINT, self._on_sigint)
+    signal.signal(signal.SIGALRM, self._on_alarm)
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable):   # the dropped KeyboardInterrupt: raised again by the alarm, not printed
+      if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        default_hook(unraisable)
+    sys.unraisablehook = hook
+
+  def _on_sigint(self, signum, frame):
+    import signal
+    self.pending = True
+    signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+    raise KeyboardInterrupt
+
+  def _on_alarm(self, signum, frame):
+    # Not while the first one is already unwinding (it runs the clean-up of the staging folders).
+    if self.pending and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+      raise KeyboardInterrupt
+
+  def caught(self) -> None:
+    import signal
+    import threading
+    self.pending = False
+    if threading.current_thread() is threading.main_thread():
+      signal.setitimer(signal.ITIMER_REAL, 0)
+      signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C while exiting changes nothing
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  """Entry point of the ``famr-jax`` console script; returns the exit status."""
+  """Entry point of the ``famr-jax`` console script; returns the exit status.
+
+  As the process's entry point (``argv`` None), Ctrl-C ends the process at once with status 130 and
+  the line ``famr-jax: interrupted`` (outputs are cleaned up while the interrupt unwinds; no
+  background thread gets to print at exit).
+  """
   _log_to_stderr()
+  interrupts = _Interrupts()
+  if argv is None:
+    interrupts.install()
+  try:
+    return _main(argv)
+  except KeyboardInterrupt:
+    interrupts.caught()
+    print("famr-jax: interrupted", file=sys.stderr)
+    if argv is None:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(130)
+    return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
   try:
     args = build_parser().parse_args(argv)
     return _COMMANDS[args.command](args)
@@ -314,9 +377,6 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise
     print(f"famr-jax: {e}", file=sys.stderr)
     return 3
-  except KeyboardInterrupt:
-    print("famr-jax: interrupted", file=sys.stderr)
-    return 130
 
 
 if __name__ == "__main__":
