@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from famr_jax.errors import FamrError
-from famr_jax.version import __version__
 
 MARKER_FILE = ".famr-jax-output"
 OWNER_FILE = ".famr-jax-staging"
@@ -89,9 +88,17 @@ def is_famr_output(path: str | os.PathLike) -> bool:
 
 def write_marker(directory: str | os.PathLike, command: str) -> None:
   """Writes the marker that lets a later ``overwrite`` replace this folder."""
-  info = {"format": MARKER_FORMAT, "famr_jax_version": __version__, "command": command,
+  info = {"format": MARKER_FORMAT, "famr_jax_version": _version(), "command": command,
           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
   (Path(directory) / MARKER_FILE).write_text(json.dumps(info) + "\n")
+
+
+def _version() -> str:
+  import importlib.metadata
+  try:
+    return importlib.metadata.version("famr-jax")
+  except importlib.metadata.PackageNotFoundError:
+    return "unknown"
 
 
 def _never_replaced() -> list[tuple[Path, str]]:
