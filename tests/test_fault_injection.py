@@ -391,14 +391,14 @@ def test_damaged_checkpoint_gives_one_line(trained, tmp_path, capsys, how):
 
 def test_damaged_resume_step_falls_back_to_an_older_one(trained, tmp_path, caplog):
   out, resume = tmp_path / "m", tmp_path / "m.resume" / "train"
-  argv = ["train", *TRAIN, "--out", str(out), "--checkpoint-every", "5", "--checkpoint-keep", "3",
-          "--stop-after-steps", "12"]
+  argv = ["train", *TRAIN, "--out", str(out), "--checkpoint-every", "2", "--checkpoint-keep", "3",
+          "--stop-after-steps", "5"]   # 8 steps in all: saved at 2, 4, 6, stopped at 6
   assert main(argv) == 3
   steps = sorted(int(p.name) for p in resume.iterdir() if p.name.isdigit())
   assert len(steps) >= 2
   meta = next((resume / str(steps[-1])).rglob("metadata"), None) or next((resume / str(steps[-1]) / "meta").rglob("*"))
   meta.write_text("{not json")
-  argv.remove("--stop-after-steps"), argv.remove("12")
+  argv.remove("--stop-after-steps"), argv.remove("5")
   assert main(argv) == 0
   assert "skipped damaged resume checkpoints" in caplog.text
   _assert_same_params(out, trained)   # resumed from the older step: the same model as uninterrupted
