@@ -244,6 +244,8 @@ def test_kill9_at_random_points_then_rerun(trained, tmp_path):
   before = {name: _hashes(d) for name, d in dirs.items()}
   before_int = _hashes(interrupted)
   *outcomes, int_outcome = _victim(jobs + [int_job])
+  print("kill -9 outcomes:", [(name, job["kill_at"], o) for name, job, o in zip(dirs, jobs, outcomes)],
+        "ctrl-c:", int_job["kill_at"], int_outcome)
   err = (tmp_path / "interrupted.err").read_text()
   if int_outcome["rc"] == 130:   # else it had finished before that event (then it replaced the output)
     assert err.strip() == "famr-jax: interrupted", err
