@@ -41,10 +41,14 @@ def test_existing_directory_is_never_overwritten_unless_asked(tmp_path):
   with pytest.raises(FamrError, match="already exists"):
     checkpoints.save_checkpoint(target, _params(), {})
   assert (target / "keep.txt").read_text() == "precious"
-  checkpoints.save_checkpoint(target, _params(), {"v": 2}, overwrite=True)
-  assert not (target / "keep.txt").exists()
-  assert checkpoints.read_metadata(target)["v"] == 2
-  assert [p.name for p in tmp_path.iterdir()] == ["ck"]   # no staging left behind
+  with pytest.raises(FamrError, match="no .famr-jax-output marker"):   # a user's folder: never replaced
+    checkpoints.save_checkpoint(target, _params(), {"v": 2}, overwrite=True)
+  assert (target / "keep.txt").read_text() == "precious"
+  ours = tmp_path / "ours"
+  checkpoints.save_checkpoint(ours, _params(), {"v": 1})
+  checkpoints.save_checkpoint(ours, _params(), {"v": 2}, overwrite=True)   # famr-jax's own: replaced
+  assert checkpoints.read_metadata(ours)["v"] == 2
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "ours"]   # no staging or lock left behind
 
 
 def test_foreign_architecture_is_refused(tmp_path):

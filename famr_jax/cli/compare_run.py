@@ -25,8 +25,9 @@ from famr_jax.evaluation.compare import DEFAULT_METHODS, Gold, compare, read_met
 from famr_jax.evaluation.leaderboard import format_leaderboard, plot_leaderboard
 from famr_jax.evaluation.report import write_json
 from famr_jax.io import checkpoints
-from famr_jax.io.outputs import check_output_free, staged_directory
-from famr_jax.cli.runs import load_model, retrain_gold_standard
+from famr_jax.engine.resume import data_digest
+from famr_jax.io.outputs import check_disjoint, check_output_target, staged_directory
+from famr_jax.cli.runs import load_model, recorded_train_config, retrain_gold_standard
 from famr_jax.theory.fisher import missing_fisher_message
 from famr_jax.version import __version__
 
@@ -58,11 +59,31 @@ class CompareRun(CheckedFields):
   gold_cache: str | None = None
 
 
-def _gold_key(checkpoint: str, forget: ForgetSet, seed: int, train_config: Any) -> str:
-  """A digest of what determines the gold-standard retrain (its cache key)."""
+def content_digest(loaded) -> str:
+  """A digest of what a checkpoint *is*: its model, its params' bytes and its training data.
+
+  The gold cache is keyed by this, not by the checkpoint's path, so a checkpoint replaced at the same
+  path (or its data set changed) never reuses a stale retrain.
+  """
+  import hashlib
+  h = hashlib.blake2b(digest_size=16)
+  h.update(json.dumps({"model": loaded.metadata.get("model"), "classes": loaded.metadata.get("num_classes"),
+                       "overrides": loaded.metadata.get("model_overrides") or {}},
+                      sort_keys=True, default=str).encode())
+  for path, leaf in jax.tree_util.tree_flatten_with_path(loaded.params)[0]:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}{a.shape}{a.dtype.str}".encode())
+    h.update(a.tobytes())
+  h.update(data_digest([loaded.data.x_train, loaded.data.y_train]).encode())
+  return h.hexdigest()
+
+
+def _gold_key(content: str, forget: ForgetSet, seed: int, train_config: Any) -> str:
+  """A digest of what determines the gold-standard retrain (its cache key): the checkpoint's and the
+  data's contents (:func:`content_digest`), the recipe, the seed and the forget set."""
   import hashlib
   h = hashlib.blake2b(digest_size=10)
-  h.update(json.dumps({"checkpoint": str(Path(checkpoint).expanduser().resolve()), "seed": seed,
+  h.update(json.dumps({"content": content, "seed": seed,
                        "train": dataclasses.asdict(train_config), "kind": forget.kind,
                        "classes": list(forget.classes)}, sort_keys=True).encode())
   h.update(np.ascontiguousarray(forget.indices, np.int64).tobytes())
@@ -70,23 +91,31 @@ def _gold_key(checkpoint: str, forget: ForgetSet, seed: int, train_config: Any) 
 
 
 def gold_standard(run: CompareRun, loaded, forget: ForgetSet, seed: int, train_config: Any,
-                  show_progress: bool, log=print) -> Gold:
+                  show_progress: bool, log=print, content: str | None = None) -> Gold:
   """The retrained model of one seed, from ``run.gold_cache`` when there."""
   path = None
   if run.gold_cache:
-    path = Path(run.gold_cache).expanduser().resolve() / _gold_key(run.checkpoint, forget, seed, train_config)
+    content = content or content_digest(loaded)
+    path = Path(run.gold_cache).expanduser().resolve() / _gold_key(content, forget, seed, train_config)
     if path.is_dir():
-      restored = checkpoints.load_checkpoint(path, template=loaded.params)
-      info = restored.metadata["gold"]
-      log(f"seed {seed}: gold standard from the cache {path}")
-      return Gold(restored.params, float(info["run_s"]), float(info["compile_s"]))
+      try:
+        restored = checkpoints.load_checkpoint(path, template=loaded.params)
+        info = restored.metadata["gold"]
+        log(f"seed {seed}: gold standard from the cache {path}")
+        return Gold(restored.params, float(info["run_s"]), float(info["compile_s"]))
+      except (FamrError, KeyError, TypeError, ValueError) as e:   # a damaged entry: retrain, replace it
+        log(f"seed {seed}: ignoring the damaged cache entry {path} ({str(e).splitlines()[0][:120]})")
   gold = retrain_gold_standard(loaded.model, loaded.apply_fn, loaded.data, forget, train_config, seed,
                                show_progress)
   if path is not None:
-    checkpoints.save_checkpoint(path, gold.params, {"gold": {"seed": seed, "run_s": gold.run_s,
-                                                             "compile_s": gold.compile_s,
-                                                             "forget": forget.describe(),
-                                                             "checkpoint": str(Path(run.checkpoint).resolve())}})
+    try:
+      checkpoints.save_checkpoint(path, gold.params, {"gold": {"seed": seed, "run_s": gold.run_s,
+                                                               "compile_s": gold.compile_s,
+                                                               "forget": forget.describe(),
+                                                               "checkpoint": str(Path(run.checkpoint).resolve())}},
+                                  overwrite=True)
+    except FamrError as e:   # the cache is an optimization: a busy or foreign entry is reported, not fatal
+      log(f"seed {seed}: not cached ({e})")
   return Gold(gold.params, gold.run_s, gold.compile_s)
 
 
@@ -124,13 +153,16 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
   """
   check_forget_request(run)
   per_method = read_method_config(run.method_config)
-  check_output_free(run.out, run.overwrite)
+  check_output_target(run.out, run.overwrite, inputs=(run.checkpoint,))
+  if run.gold_cache:
+    check_disjoint(run.out, run.gold_cache, "the output", "the gold cache")
+    check_disjoint(run.checkpoint, run.gold_cache, "the checkpoint", "the gold cache")
   metadata = checkpoints.read_metadata(run.checkpoint)
   if "unlearned" in metadata:
     raise FamrError(f"{run.checkpoint} is already an unlearned model; compare from the original checkpoint")
   if "train_config" not in metadata:
     raise FamrError(f"{run.checkpoint} records no training recipe, so the gold standard cannot be retrained")
-  train_config = TrainConfig(**metadata["train_config"])
+  train_config = recorded_train_config(metadata, run.checkpoint)
   has_fisher = "fisher" in metadata.get("extras", {})
   methods = tuple(run.methods)
   if not methods:
@@ -149,22 +181,29 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
   if needs_fisher and not has_fisher:
     raise FamrError(f"{', '.join(needs_fisher)}: " + missing_fisher_message(run.checkpoint))
 
+  with staged_directory(run.out, run.overwrite, command="compare", inputs=(run.checkpoint,)) as staging:
+    board = _run_board(run, methods, configs, train_config, metadata, show_progress, log)
+    write_json(staging / "leaderboard.json", board)
+    (staging / "leaderboard.md").write_text(format_leaderboard(board) + "\n")
+    plot_leaderboard(board, staging / "leaderboard.png")
+  return board
+
+
+def _run_board(run: CompareRun, methods, configs, train_config, metadata, show_progress: bool, log) -> dict:
+  """Every method and seed against the retrained gold standard: the leaderboard's contents."""
   loaded = load_model(run.checkpoint)
+  content = content_digest(loaded) if run.gold_cache else None
   checkpoint = str(Path(run.checkpoint).expanduser().resolve())
   board = compare(methods, loaded.apply_fn, loaded.params, loaded.data,
                   lambda seed: seed_forget_set(run, loaded.data, seed), retrain=None, seeds=run.seeds,
                   configs=configs, model=loaded.model, model_name=metadata.get("model", ""),
                   checkpoint=checkpoint, show_progress=show_progress, log=log,
                   gold_fn=lambda seed, forget: gold_standard(run, loaded, forget, seed, train_config,
-                                                             show_progress, log))
+                                                             show_progress, log, content))
   board = {
       "famr_jax_version": __version__, "checkpoint": checkpoint, "dataset": loaded.data.name,
       "model": metadata.get("model"),
       "forget": ({"kind": "classes", "classes": list(run.forget_classes)} if run.forget_classes
                  else {"kind": "random", "fraction": float(run.forget_random)}),
       **board, "train_config": dataclasses.asdict(train_config)}
-  with staged_directory(run.out, run.overwrite) as staging:
-    write_json(staging / "leaderboard.json", board)
-    (staging / "leaderboard.md").write_text(format_leaderboard(board) + "\n")
-    plot_leaderboard(board, staging / "leaderboard.png")
   return board

@@ -262,12 +262,14 @@ def _cmd_evaluate(args) -> int:
 def _cmd_verify_theory(args) -> int:
   import jax
   from famr_jax.cli import flags as cf
-  from famr_jax.cli.runs import staged_directory
+  from famr_jax.io.outputs import staged_directory
+  from famr_jax.theory.report import write_outputs
   from famr_jax.theory.verification import TheoryConfig, format_theory_table, run_theory_verification
 
   config = cf.build_config(TheoryConfig, args, dest_prefix="theory__")
-  with staged_directory(args.out, args.overwrite) as staging:
-    result = run_theory_verification(config, str(staging), jax.random.key(getattr(config, "seed", 0)))
+  with staged_directory(args.out, args.overwrite, command="verify-theory") as staging:
+    result = run_theory_verification(config, None, jax.random.key(getattr(config, "seed", 0)))
+    write_outputs(result, str(staging))
   print(format_theory_table(result))
   print(f"wrote {os.path.abspath(args.out)}/theory.json")
   return 0
@@ -323,11 +325,77 @@ def _log_to_stderr() -> None:
     handler._famr_cli = True
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    # Orbax logs each failed background write (full disk, ...) with a thread traceback through absl;
+    # the CLI reports the failure itself, in one line.
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+
+
+class _Interrupts:
+  """Ctrl-C that always stops the run: SIGINT raises KeyboardInterrupt, and raises it again every half
+  second until the CLI has caught it, because Python drops an exception raised inside a garbage
+  collector callback (JAX installs one), which would otherwise let the run carry on."""
+
+  def __init__(self):
+    self.pending = False
+
+  def install(self) -> None:
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+      return
+    signal.signal(signal.SIGINT, self._on_sigint)
+    signal.signal(signal.SIGALRM, self._on_alarm)
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable):   # the dropped KeyboardInterrupt: raised again by the alarm, not printed
+      if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        default_hook(unraisable)
+    sys.unraisablehook = hook
+
+  def _on_sigint(self, signum, frame):
+    import signal
+    self.pending = True
+    signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+    raise KeyboardInterrupt
+
+  def _on_alarm(self, signum, frame):
+    # Not while the first one is already unwinding (it runs the clean-up of the staging folders).
+    if self.pending and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+      raise KeyboardInterrupt
+
+  def caught(self) -> None:
+    import signal
+    import threading
+    self.pending = False
+    if threading.current_thread() is threading.main_thread():
+      signal.setitimer(signal.ITIMER_REAL, 0)
+      signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C while exiting changes nothing
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Entry point of the ``famr-jax`` console script; returns the exit status."""
+  """Entry point of the ``famr-jax`` console script; returns the exit status.
+
+  As the process's entry point (``argv`` None), Ctrl-C ends the process at once with status 130 and
+  the line ``famr-jax: interrupted`` (outputs are cleaned up while the interrupt unwinds; no
+  background thread gets to print at exit).
+  """
   _log_to_stderr()
+  interrupts = _Interrupts()
+  if argv is None:
+    interrupts.install()
+  try:
+    return _main(argv)
+  except KeyboardInterrupt:
+    interrupts.caught()
+    print("famr-jax: interrupted", file=sys.stderr)
+    if argv is None:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(130)
+    return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
   try:
     args = build_parser().parse_args(argv)
     return _COMMANDS[args.command](args)
@@ -342,9 +410,6 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise
     print(f"famr-jax: {e}", file=sys.stderr)
     return 3
-  except KeyboardInterrupt:
-    print("famr-jax: interrupted", file=sys.stderr)
-    return 130
 
 
 if __name__ == "__main__":

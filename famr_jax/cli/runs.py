@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ from famr_jax.evaluation import report
 from famr_jax.data.datasets import Dataset, load_dataset
 from famr_jax.errors import FamrError
 from famr_jax.validation import CheckedFields, nonfinite_leaf
-from famr_jax.io.outputs import check_output_free, staged_directory
+from famr_jax.io.outputs import (check_disjoint, check_output_target, is_famr_output, remove_resume_steps,
+                                 staged_directory)
 from famr_jax.io.saved_model import load_model as load_saved_model
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
 from famr_jax.methods.registry import UnlearnTask, get_method
@@ -197,6 +197,25 @@ def load_model(checkpoint: str | os.PathLike) -> LoadedModel:
   return LoadedModel(model, apply_fn, params, metadata, data)
 
 
+def recorded_train_config(metadata: dict, where: Any) -> TrainConfig:
+  """The training recipe a checkpoint records, checked (known keys, typed) like any untrusted input."""
+  recipe = metadata.get("train_config")
+  fields = {f.name for f in dataclasses.fields(TrainConfig)}
+  if not isinstance(recipe, dict) or not set(recipe) <= fields:
+    raise FamrError(f"{where}: the checkpoint metadata is invalid: train_config must be a table with keys "
+                    f"among {', '.join(sorted(fields))}")
+  timings = metadata.get("timings_s")
+  if not (isinstance(timings, dict) and isinstance(timings.get("train"), (int, float))
+          and isinstance(timings.get("compile", 0.0), (int, float))):
+    raise FamrError(f"{where}: the checkpoint metadata is invalid: timings_s must hold numbers")
+  try:
+    config = TrainConfig(**recipe)
+    config.validate()
+  except (TypeError, ValueError) as e:
+    raise FamrError(f"{where}: the checkpoint metadata is invalid: train_config: {str(e).splitlines()[0]}") from None
+  return config
+
+
 def make_forget_set(run: UnlearnRun | DemoRun, data: Dataset) -> ForgetSet:
   """The validated forget set of a run (exactly one of classes / samples / random)."""
   given = [bool(run.forget_classes), bool(getattr(run, "forget_samples", ())),
@@ -259,16 +278,39 @@ def _stage_resume(resume: ResumeConfig, out: str | os.PathLike, stage: str) -> R
 RESUME_STAGES = ("train", "unlearn", "retrain")
 
 
+def _resume_root(resume: ResumeConfig, out: str | os.PathLike) -> Path:
+  return Path(resume.checkpoint_dir).expanduser().resolve() if resume.checkpoint_dir else resume_directory(out)
+
+
+def check_resume_place(resume: ResumeConfig, out: str | os.PathLike, inputs=()) -> None:
+  """Before any work: the resume folders may not overlap the output or an input, nor be a user's.
+
+  A stage folder (``D/train``, ``D/unlearn``, ``D/retrain``) that exists with files famr-jax did
+  not write is refused, so finishing a run never deletes them.
+  """
+  if not resume.enabled:
+    return
+  root = _resume_root(resume, out)
+  check_disjoint(out, root, "the output", "the checkpoint directory")
+  for source in inputs:
+    check_disjoint(source, root, "the input", "the checkpoint directory")
+  for stage in RESUME_STAGES:
+    folder = root / stage
+    if folder.exists() and any(folder.iterdir()) and not is_famr_output(folder):
+      raise FamrError(f"the checkpoint directory {root} has a {stage}/ folder famr-jax did not write: "
+                      "choose another checkpoint directory")
+
+
 def _finish_resume(resume: ResumeConfig, out: str | os.PathLike) -> None:
   """Deletes a finished run's resumable checkpoints (its outputs are in place).
 
-  Only the stage folders a run writes are removed, then the root if it is
-  left empty, so a shared ``--checkpoint-dir`` keeps everything else.
+  Only the step folders famr-jax wrote in its own (marked) stage folders are removed, then each
+  folder and the root if that leaves them empty, so a shared ``--checkpoint-dir`` keeps everything else.
   """
   if resume.enabled:
-    root = Path(resume.checkpoint_dir).expanduser().resolve() if resume.checkpoint_dir else resume_directory(out)
+    root = _resume_root(resume, out)
     for stage in RESUME_STAGES:
-      shutil.rmtree(root / stage, ignore_errors=True)
+      remove_resume_steps(root / stage)
     with contextlib.suppress(OSError):
       root.rmdir()
 
@@ -309,19 +351,21 @@ def train_model(run: TrainRun, *, show_progress: bool = True) -> dict:
   """
   run.train.validate()
   _check_scale(run)
-  check_output_free(run.out, run.overwrite)
-  data = run.data.load(run.seed)
-  model, apply_fn, result, metadata = _train_original(run, data, show_progress)
-  metadata["history"] = result.history
-  extras = stats_extras(model)
-  if run.fisher:   # issue 5: the Fisher anchor's curvature, computed once after training
-    from famr_jax.theory.fisher import FISHER_EXTRA, diagonal_fisher
-    t0 = time.perf_counter()
-    extras[FISHER_EXTRA] = jax.block_until_ready(
-        diagonal_fisher(apply_fn, result.params, data.x_train, data.y_train))
-    metadata["fisher"] = {"kind": "diagonal empirical Fisher of the training cross-entropy",
-                          "num_examples": int(len(data.y_train)), "compute_s": time.perf_counter() - t0}
-  checkpoints.save_checkpoint(run.out, result.params, metadata, extras=extras, overwrite=run.overwrite)
+  check_output_target(run.out, run.overwrite)
+  check_resume_place(run.resume, run.out)
+  with staged_directory(run.out, run.overwrite, command="train") as staging:
+    data = run.data.load(run.seed)
+    model, apply_fn, result, metadata = _train_original(run, data, show_progress)
+    metadata["history"] = result.history
+    extras = stats_extras(model)
+    if run.fisher:   # issue 5: the Fisher anchor's curvature, computed once after training
+      from famr_jax.theory.fisher import FISHER_EXTRA, diagonal_fisher
+      t0 = time.perf_counter()
+      extras[FISHER_EXTRA] = jax.block_until_ready(
+          diagonal_fisher(apply_fn, result.params, data.x_train, data.y_train))
+      metadata["fisher"] = {"kind": "diagonal empirical Fisher of the training cross-entropy",
+                            "num_examples": int(len(data.y_train)), "compute_s": time.perf_counter() - t0}
+    checkpoints.write_checkpoint(staging, result.params, metadata, extras=extras)
   _finish_resume(run.resume, run.out)
   metadata["scale"] = resources_report(run.scale)   # returned (printed), not stored
   return metadata
@@ -360,13 +404,13 @@ def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, para
     compile_times["retrain"] = gold.compile_s
     metrics["retrained"] = evaluate_unlearning(gold_apply_fn, gold.params, data, forget, params0=params,
                                                mia_seed=seed)
-    checkpoints.save_checkpoint(staging / "retrained", gold.params,
-                                {**base_metadata, "retrained_without": forget.describe()},
-                                extras=stats_extras(gold_model))
-  checkpoints.save_checkpoint(staging / "unlearned", result.params,
-                              {**base_metadata, "unlearned": {"method": method, "forget": forget.describe(),
-                                                              "config": config_dict(method_config)}},
-                              extras=stats_extras(model))   # a BatchNorm model's statistics, unchanged
+    checkpoints.write_checkpoint(staging / "retrained", gold.params,
+                                 {**base_metadata, "retrained_without": forget.describe()},
+                                 extras=stats_extras(gold_model))
+  checkpoints.write_checkpoint(staging / "unlearned", result.params,
+                               {**base_metadata, "unlearned": {"method": method, "forget": forget.describe(),
+                                                               "config": config_dict(method_config)}},
+                               extras=stats_extras(model))   # a BatchNorm model's statistics, unchanged
   rep = report.build_report(
       version=famr_jax.__version__, dataset=data.name, model=model_name, method=method,
       forget=forget.describe(),
@@ -400,18 +444,19 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
                     "the baselines) and to training")
   if run.method == "scrub" and run.resume.enabled:
     raise FamrError("scrub runs several descents and cannot resume: drop --checkpoint-every")
-  check_output_free(run.out, run.overwrite)
-  loaded = load_model(run.checkpoint)
-  if "unlearned" in loaded.metadata:
-    raise FamrError(f"{run.checkpoint} is already an unlearned model; unlearn from the original checkpoint")
-  forget = make_forget_set(run, loaded.data)
-  config = run.method_config or spec.default_config(loaded.metadata["model"], forget.kind)
-  if hasattr(config, "validate"):
-    config.validate()
-  train_config = TrainConfig(**loaded.metadata["train_config"])
-  timings = {"train": float(loaded.metadata["timings_s"]["train"])}
-  compile_times = {"train": float(loaded.metadata["timings_s"].get("compile", 0.0))}
-  with staged_directory(run.out, run.overwrite) as staging:
+  check_output_target(run.out, run.overwrite, inputs=(run.checkpoint,))
+  check_resume_place(run.resume, run.out, inputs=(run.checkpoint,))
+  with staged_directory(run.out, run.overwrite, command="unlearn", inputs=(run.checkpoint,)) as staging:
+    loaded = load_model(run.checkpoint)
+    if "unlearned" in loaded.metadata:
+      raise FamrError(f"{run.checkpoint} is already an unlearned model; unlearn from the original checkpoint")
+    forget = make_forget_set(run, loaded.data)
+    config = run.method_config or spec.default_config(loaded.metadata["model"], forget.kind)
+    if hasattr(config, "validate"):
+      config.validate()
+    train_config = recorded_train_config(loaded.metadata, run.checkpoint)
+    timings = {"train": float(loaded.metadata["timings_s"]["train"])}
+    compile_times = {"train": float(loaded.metadata["timings_s"].get("compile", 0.0))}
     rep = _unlearn_and_report(
         staging=staging, model_name=loaded.metadata["model"], model=loaded.model,
         apply_fn=loaded.apply_fn, params=loaded.params, data=loaded.data,
@@ -437,12 +482,14 @@ def run_demo(run: DemoRun, *, show_progress: bool = True) -> dict:
   run.train.validate()
   _check_scale(run)
   famr_config = (run.famr or famr_defaults(run.model)).validate()
-  check_output_free(run.out, run.overwrite)
-  data = run.data.load(run.seed)
-  forget = make_forget_set(run, data)
-  model, apply_fn, trained, metadata = _train_original(run, data, show_progress)
-  with staged_directory(run.out, run.overwrite) as staging:
-    checkpoints.save_checkpoint(staging / "original", trained.params, metadata, extras=stats_extras(model))
+  check_output_target(run.out, run.overwrite)
+  check_resume_place(run.resume, run.out)
+  with staged_directory(run.out, run.overwrite, command="demo") as staging:
+    data = run.data.load(run.seed)
+    forget = make_forget_set(run, data)
+    model, apply_fn, trained, metadata = _train_original(run, data, show_progress)
+    checkpoints.write_checkpoint(staging / "original", trained.params, metadata,
+                                 extras=stats_extras(model))
     rep = _unlearn_and_report(
         staging=staging, model_name=run.model, model=model, apply_fn=apply_fn, params=trained.params,
         data=data, data_config=run.data, train_config=run.train, forget=forget, method="famr",

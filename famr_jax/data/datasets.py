@@ -14,6 +14,7 @@ Nothing here imports TensorFlow unless a ``tfds:`` spec is loaded.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -76,6 +77,9 @@ class IdxSplits(NamedTuple):
 # IDX files.
 
 
+MAX_IDX_BYTES = 1 << 36   # 64 GiB: an IDX header declaring more is refused before allocating
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
   """Reads one MNIST-format IDX file (gzipped if the name ends in ``.gz``).
 
@@ -100,30 +104,37 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   try:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
-      raw = f.read()
+      head = f.read(4)
+      if len(head) < 4:
+        raise FamrError(f"{path}: truncated IDX header ({len(head)} bytes)")
+      zero, code, ndim = struct.unpack(">HBB", head)
+      if zero != 0 or code not in _IDX_DTYPES:
+        raise FamrError(
+            f"{path}: not an IDX file (magic 0x{head.hex()}; expected"
+            " 0x0000 then a type byte in 08 09 0B 0C 0D 0E)")
+      if ndim == 0:
+        raise FamrError(f"{path}: IDX header declares 0 dimensions")
+      dims = f.read(4 * ndim)
+      if len(dims) < 4 * ndim:
+        raise FamrError(f"{path}: truncated IDX header ({4 + len(dims)} bytes)")
+      shape = struct.unpack(f">{ndim}I", dims)
+      dtype = _IDX_DTYPES[code]
+      header_len = 4 + 4 * ndim
+      body_len = math.prod(shape) * dtype.itemsize   # Python integers: no overflow
+      if body_len > MAX_IDX_BYTES:
+        raise FamrError(f"{path}: IDX header declares {shape} {dtype.name} = {body_len:,} bytes, more than "
+                        f"famr-jax reads ({MAX_IDX_BYTES:,})")
+      body = f.read(body_len + 1)   # one byte more: a longer file is corrupt too
   except FileNotFoundError:
     raise FamrError(f"IDX file not found: {path}") from None
   except (OSError, EOFError, zlib.error) as e:
     raise FamrError(f"cannot read IDX file {path}: {e}") from None
-  if len(raw) < 4:
-    raise FamrError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-  zero, code, ndim = struct.unpack(">HBB", raw[:4])
-  if zero != 0 or code not in _IDX_DTYPES:
-    raise FamrError(
-        f"{path}: not an IDX file (magic 0x{raw[:4].hex()}; expected"
-        " 0x0000 then a type byte in 08 09 0B 0C 0D 0E)")
-  if ndim == 0:
-    raise FamrError(f"{path}: IDX header declares 0 dimensions")
-  header_len = 4 + 4 * ndim
-  if len(raw) < header_len:
-    raise FamrError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-  shape = struct.unpack(f">{ndim}I", raw[4:header_len])
-  dtype = _IDX_DTYPES[code]
-  expected = header_len + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-  if len(raw) != expected:
+  if len(body) != body_len:
     raise FamrError(
         f"{path}: IDX size mismatch: header {shape} {dtype.name} needs"
-        f" {expected} bytes, file has {len(raw)} (truncated or corrupt)")
+        f" {header_len + body_len} bytes, file has {header_len + len(body)}{'+' if len(body) > body_len else ''}"
+        " (truncated or corrupt)")
+  raw = head + dims + body
   data = np.frombuffer(raw, dtype=dtype, offset=header_len).reshape(shape)
   return data.astype(dtype.newbyteorder("="))
 

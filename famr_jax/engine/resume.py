@@ -146,10 +146,11 @@ class Resumer:
 
   def __init__(self, config: ResumeConfig, fingerprint: Mapping[str, Any]):
     import orbax.checkpoint as ocp
+    from famr_jax.io.outputs import claim_resume_directory
 
     config.validate()
     self.config = config
-    self.directory = Path(config.checkpoint_dir).expanduser().resolve()
+    self.directory = claim_resume_directory(config.checkpoint_dir)   # ours, or refused: never a user's folder
     self.fingerprint = flatten_dict(fingerprint)
     self._ocp = ocp
     self.manager = ocp.CheckpointManager(
@@ -158,31 +159,62 @@ class Resumer:
                                              cleanup_tmp_directories=True),
         item_names=("state", "meta"))
 
-  def restore(self, like_state: Any) -> tuple[Any, dict] | None:
-    """The newest complete checkpoint, restored onto ``like_state``'s shardings, or None.
+  def restore(self, like_state: Any, check_position=None) -> tuple[Any, dict] | None:
+    """The newest intact checkpoint, restored onto ``like_state``'s shardings, or None.
+
+    A step whose files are damaged or whose position is out of range (``check_position(step, meta)``
+    returns a reason) is skipped with a warning for the next newest one; when every kept step is
+    damaged the resume is refused (one line), never silently restarted.
 
     Raises:
-      FamrError: the checkpoint belongs to a run with another fingerprint.
+      FamrError: the checkpoint belongs to a run with another fingerprint, or none is intact.
     """
+    import logging
     ocp = self._ocp
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    saved = meta.get("fingerprint", {})
-    diff = fingerprint_difference(saved, self.fingerprint)
-    if diff:
-      raise FamrError(f"cannot resume from {self.directory}: the run's settings differ in "
-                      f"{describe_difference(saved, self.fingerprint, diff)}; rerun with the original "
-                      "settings or delete that directory")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
-    try:
-      state = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract))).state
-    except (ValueError, KeyError, TypeError) as e:
-      raise FamrError(f"cannot resume from {self.directory}: its state does not match this run "
-                      f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-    return state, meta
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    reasons = []
+    for step in steps:
+      try:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      except Exception as e:  # noqa: BLE001 - damaged JSON: Orbax raises several types
+        reasons.append(f"step {step}: unreadable meta ({type(e).__name__})")
+        continue
+      reason = _position_problem(step, meta, check_position)
+      if reason:
+        reasons.append(f"step {step}: {reason}")
+        continue
+      saved = meta.get("fingerprint", {})
+      diff = fingerprint_difference(saved, self.fingerprint)
+      if diff:
+        raise FamrError(f"cannot resume from {self.directory}: the run's settings differ in "
+                        f"{describe_difference(saved, self.fingerprint, diff)}; rerun with the original "
+                        "settings or delete that directory")
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
+      try:
+        state = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract))).state
+      except Exception as e:  # noqa: BLE001 - a truncated array file: Orbax/TensorStore raise many types
+        reasons.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}")
+        continue
+      if reasons:
+        logging.getLogger("famr_jax").warning("skipped damaged resume checkpoints in %s (%s)", self.directory,
+                                              "; ".join(reasons))
+        self._drop_steps_after(step)
+      return state, meta
+    if reasons:
+      raise FamrError(f"cannot resume from {self.directory}: no intact checkpoint ({'; '.join(reasons)[:300]}); "
+                      "delete that directory to start over")
+    return None
+
+  def _drop_steps_after(self, step: int) -> None:
+    """Deletes this run's damaged step folders newer than ``step`` (the run writes them again)."""
+    import shutil
+    for newer in [s for s in self.manager.all_steps() if s > step]:
+      try:
+        self.manager.delete(newer)
+      except Exception:  # noqa: BLE001 - a damaged step may not even delete cleanly through Orbax
+        shutil.rmtree(self.directory / str(newer), ignore_errors=True)
+    self.manager.reload()
 
   def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
     """Saves asynchronously (returns once the arrays are copied off the devices)."""
@@ -195,6 +227,30 @@ class Resumer:
     """Waits for pending writes and releases the manager."""
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _position_problem(step: int, meta: Any, check_position) -> str | None:
+  """Why a restored ``meta`` cannot be trusted (types, then the caller's range check), or None."""
+  if not isinstance(meta, dict):
+    return "meta is not a table"
+  if not all(type(meta.get(k)) is int and meta[k] >= 0 for k in ("epoch", "row", "step")):
+    return "epoch, row and step must be non-negative integers"
+  if meta["step"] != step or not isinstance(meta.get("history"), list):
+    return f"meta names step {meta['step']}" if meta["step"] != step else "history is not a list"
+  return check_position(step, meta) if check_position is not None else None
+
+
+def position_check(epochs: int, num_batches: int):
+  """``check_position(step, meta)`` for a run of ``epochs`` epochs of ``num_batches`` steps each."""
+  def check(step: int, meta: dict) -> str | None:
+    epoch, row = meta["epoch"], meta["row"]
+    if epoch > epochs or row >= num_batches or (epoch == epochs and row):
+      return f"position epoch {epoch} row {row} is outside {epochs} epochs of {num_batches} steps"
+    ok = step == epoch * num_batches + row if row else (epoch - 1) * num_batches < step <= epoch * num_batches
+    if not ok or len(meta["history"]) > epochs + 1:
+      return f"step {step} does not match epoch {epoch} row {row}"
+    return None
+  return check
 
 
 def data_digest(arrays: Sequence[np.ndarray], max_bytes: int = 1 << 26) -> str:
@@ -234,7 +290,8 @@ def open_resumer(resume: ResumeConfig, prep: Any, *, epochs: int, batch_size: in
   resumer = Resumer(resume, fingerprint)
   try:
     restored = resumer.restore({"params": prep.params, "opt_state": prep.opt_state,
-                                "loss_acc": prep.zero_acc()})
+                                "loss_acc": prep.zero_acc()},
+                               position_check(epochs, prep.plan.num_batches))
   except BaseException:
     resumer.close()
     raise

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from famr_jax.errors import FamrError
-from famr_jax.io.outputs import check_output_free, staged_directory
+from famr_jax.io.outputs import is_famr_output, replace_file, staged_directory, write_marker
 
 FORMAT = "famr-jax-checkpoint/1"
 METADATA_FILE = "famr_jax.json"
@@ -61,6 +61,10 @@ def _template_from_shapes(shapes: dict[str, list]) -> dict:
     parts = path.split("/")
     for part in parts[:-1]:
       node = node.setdefault(part, {})
+      if not isinstance(node, dict):
+        raise FamrError(f"corrupt checkpoint description: {path!r} lies under an array")
+    if parts[-1] in node:
+      raise FamrError(f"corrupt checkpoint description: {path!r} is both an array and a folder")
     node[parts[-1]] = _abstract_array(tuple(shape), np.dtype(dtype))
   return root
 
@@ -86,22 +90,82 @@ def _json_default(obj):
   raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
+def _check_keys(tree: Params) -> None:
+  """Refuses a params key that would not round-trip through the ``a/b`` paths of the description."""
+  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    for k in path:
+      name = str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+      if "/" in name or not name:
+        raise FamrError(f"cannot save a params key {name!r}: keys may not be empty or contain '/'")
+
+
+def write_checkpoint(directory: str | os.PathLike, params: Params, metadata: dict[str, Any] | None = None, *,
+                     extras: dict[str, Params] | None = None) -> Path:
+  """Writes a checkpoint into ``directory``, which must be new or empty (a caller's staging folder).
+
+  :func:`save_checkpoint` is this inside the output protocol (``famr_jax.io.outputs``); a run that
+  writes several files into one output calls this on a path inside its staging folder.
+  """
+  import orbax.checkpoint as ocp
+
+  target = Path(directory).expanduser().resolve()
+  extras = dict(extras or {})
+  for name in extras:
+    if name in ("params", METADATA_FILE) or not name.isidentifier():
+      raise FamrError(f"invalid extra name {name!r}")
+  _check_keys(params)
+  for tree in extras.values():
+    _check_keys(tree)
+  description = {
+      "format": FORMAT,
+      **(metadata or {}),
+      "param_shapes": tree_shapes(params),
+      "extras": {name: tree_shapes(tree) for name, tree in extras.items()},
+  }
+  text = json.dumps(description, indent=2, default=_json_default)  # fail before writing anything
+  try:
+    target.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(target / "params", params)
+    for name, tree in extras.items():
+      checkpointer.save(target / name, tree)
+    checkpointer.wait_until_finished()
+    (target / METADATA_FILE).write_text(text)
+  except (OSError, ValueError, RuntimeError) as e:   # Orbax reports a full disk as a ValueError
+    raise FamrError(f"cannot write the checkpoint {target}: {write_failure(e)}") from None
+  return target
+
+
+def write_failure(error: BaseException) -> str:
+  """The reason of a failed write in a few words (the OS's, when Orbax buries it in a long message)."""
+  text = str(error)
+  for reason in ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied"):
+    if reason in text:
+      return reason
+  return getattr(error, "strerror", None) or (text.splitlines() or [type(error).__name__])[0][:160]
+
+
 def save_checkpoint(directory: str | os.PathLike, params: Params, metadata: dict[str, Any] | None = None, *,
-                    extras: dict[str, Params] | None = None, overwrite: bool = False) -> Path:
+                    extras: dict[str, Params] | None = None, overwrite: bool = False,
+                    inputs=()) -> Path:
   """Saves ``params`` (and ``extras``) with Orbax and ``metadata`` as JSON.
+
+  Written through the output protocol (``famr_jax.io.outputs.staged_directory``): staged, then
+  published by one rename, with the famr-jax marker.
 
   Args:
     directory: checkpoint directory (made absolute: Orbax needs absolute paths).
-    params: the params pytree.
+    params: the params pytree (keys may not contain "/").
     metadata: JSON-serializable description (model name, data set, config...).
     extras: optional named pytrees stored beside the params.
-    overwrite: replace an existing directory (only once the new one is complete).
+    overwrite: replace an existing famr-jax directory (only once the new one is complete).
+    inputs: paths the checkpoint must not overlap.
 
   Returns:
     The absolute checkpoint path.
 
   Raises:
-    FamrError: the directory exists and ``overwrite`` is False.
+    FamrError: the directory exists and ``overwrite`` is False, or is not famr-jax's.
 
   Example:
     >>> import tempfile, jax.numpy as jnp
@@ -110,33 +174,73 @@ def save_checkpoint(directory: str | os.PathLike, params: Params, metadata: dict
     >>> load_checkpoint(d).metadata["model"]
     'toy'
   """
-  import orbax.checkpoint as ocp
-
   target = Path(directory).expanduser().resolve()
-  check_output_free(target, overwrite)
-  extras = dict(extras or {})
-  for name in extras:
-    if name in ("params", METADATA_FILE) or not name.isidentifier():
-      raise FamrError(f"invalid extra name {name!r}")
-  description = {
-      "format": FORMAT,
-      **(metadata or {}),
-      "param_shapes": tree_shapes(params),
-      "extras": {name: tree_shapes(tree) for name, tree in extras.items()},
-  }
-  text = json.dumps(description, indent=2, default=_json_default)  # fail before writing anything
-  with staged_directory(target, overwrite) as staging:
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(staging / "params", params)
-    for name, tree in extras.items():
-      checkpointer.save(staging / name, tree)
-    checkpointer.wait_until_finished()
-    (staging / METADATA_FILE).write_text(text)
+  _check_keys(params)
+  json.dumps(metadata or {}, default=_json_default)   # fail before claiming anything
+  with staged_directory(target, overwrite, command="checkpoint", inputs=inputs) as staging:
+    write_checkpoint(staging, params, metadata, extras=extras)
   return target
 
 
+def add_extra(directory: str | os.PathLike, name: str, tree: Params, metadata_update: dict[str, Any],
+              *, overwrite: bool = True) -> Path:
+  """Adds (or replaces) one extra pytree in an existing checkpoint, touching nothing else in it.
+
+  The extra is written through a staging folder inside the checkpoint and renamed to ``DIR/name``;
+  then the description is replaced atomically (``famr_jax.io.outputs.replace_file``). An existing
+  ``DIR/name`` is replaced only if famr-jax wrote it (it carries the output marker).
+  """
+  path = Path(directory).expanduser().resolve()
+  metadata = read_metadata(path)
+  if name in ("params", METADATA_FILE) or not name.isidentifier():
+    raise FamrError(f"invalid extra name {name!r}")
+  _check_keys(tree)
+  import orbax.checkpoint as ocp
+  existing = path / name
+  if name in (metadata.get("extras") or {}) and existing.is_dir() and not is_famr_output(existing):
+    write_marker(existing, "extra")   # the description lists it: famr-jax wrote it (before markers)
+  with staged_directory(existing, overwrite, command="extra") as staging:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(staging / "tree", tree)
+    checkpointer.wait_until_finished()
+    # Orbax wants a fresh folder: move its files up into the staging folder itself.
+    for entry in (staging / "tree").iterdir():
+      os.rename(entry, staging / entry.name)
+    (staging / "tree").rmdir()
+  extras = dict(metadata.get("extras") or {})
+  extras[name] = tree_shapes(tree)
+  description = {**metadata, **metadata_update, "extras": extras}
+  replace_file(path / METADATA_FILE, json.dumps(description, indent=2, default=_json_default))
+  return path
+
+
+MAX_LEAVES = 100_000
+MAX_ELEMENTS = 1 << 34          # 64 GiB of float32: beyond any model famr-jax builds
+_DTYPES = {"float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+           "uint16", "uint32", "uint64", "bool", "complex64", "complex128"}
+
+
+def _check_shapes(shapes: Any, what: str, where: Path) -> None:
+  """Validates a ``{"a/b": [shape, dtype]}`` table from an untrusted description."""
+  if not isinstance(shapes, dict) or len(shapes) > MAX_LEAVES:
+    raise FamrError(f"{where} is corrupt: {what} is not a table of at most {MAX_LEAVES} arrays")
+  total = 0
+  for name, entry in shapes.items():
+    ok = (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list) and len(entry[0]) <= 8
+          and all(type(d) is int and 0 <= d < 1 << 31 for d in entry[0]) and entry[1] in _DTYPES
+          and name and all(name.split("/")))
+    if not ok:
+      raise FamrError(f"{where} is corrupt: {what} entry {str(name)[:60]!r} is not [shape, dtype]")
+    n = 1
+    for d in entry[0]:
+      n *= d
+    total += n
+  if total > MAX_ELEMENTS:
+    raise FamrError(f"{where} declares {total:,} parameters in {what}, more than famr-jax loads ({MAX_ELEMENTS:,})")
+
+
 def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
-  """The JSON description of a checkpoint, or a one-line :class:`FamrError`."""
+  """The JSON description of a checkpoint, validated, or a one-line :class:`FamrError` naming the file."""
   path = Path(directory).expanduser().resolve()
   if not path.is_dir():
     raise FamrError(f"no checkpoint at {path}: the directory does not exist")
@@ -144,12 +248,36 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
   if not meta_file.is_file() or not (path / "params").is_dir():
     raise FamrError(f"{path} is not a famr-jax checkpoint (no {METADATA_FILE} and params/)")
   try:
+    if meta_file.stat().st_size > 64 << 20:
+      raise FamrError(f"{meta_file} is corrupt: larger than 64 MiB")
     metadata = json.loads(meta_file.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise FamrError(f"{meta_file} is corrupt: {e}") from None
+  except (ValueError, UnicodeDecodeError, RecursionError) as e:
+    raise FamrError(f"{meta_file} is corrupt: {str(e).splitlines()[0][:120]}") from None
+  except OSError as e:
+    raise FamrError(f"cannot read {meta_file}: {e.strerror}") from None
+  if not isinstance(metadata, dict):
+    raise FamrError(f"{meta_file} is corrupt: not a JSON object")
   if metadata.get("format") != FORMAT:
     raise FamrError(f"{path} has checkpoint format {metadata.get('format')!r}, expected {FORMAT!r}")
+  _check_shapes(metadata.get("param_shapes"), "param_shapes", meta_file)
+  extras = metadata.get("extras", {})
+  if not isinstance(extras, dict) or not all(isinstance(k, str) and k.isidentifier() and k != "params"
+                                             for k in extras):
+    raise FamrError(f"{meta_file} is corrupt: extras is not a table of named arrays")
+  for name, shapes in extras.items():
+    _check_shapes(shapes, f"extra {name!r}", meta_file)
   return metadata
+
+
+def _restore(checkpointer, folder: Path, abstract) -> Params:
+  """One Orbax restore; a truncated or corrupt file is one line naming the folder, not a traceback."""
+  if not folder.is_dir():
+    raise FamrError(f"{folder} is missing: the checkpoint is incomplete")
+  try:
+    return checkpointer.restore(folder, abstract)
+  except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for damaged files
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    raise FamrError(f"cannot read the arrays in {folder}: corrupt or truncated ({first})") from None
 
 
 def check_compatible(stored: dict[str, list], template: Params, what: str = "checkpoint") -> None:
@@ -191,7 +319,7 @@ def load_checkpoint(directory: str | os.PathLike, *, template: Params | None = N
   else:
     abstract = _template_from_shapes(stored)
   checkpointer = ocp.StandardCheckpointer()
-  params = checkpointer.restore(path / "params", abstract)
-  extras = {name: checkpointer.restore(path / name, _template_from_shapes(shapes))
+  params = _restore(checkpointer, path / "params", abstract)
+  extras = {name: _restore(checkpointer, path / name, _template_from_shapes(shapes))
             for name, shapes in metadata.get("extras", {}).items()}
   return Checkpoint(params, metadata, extras)

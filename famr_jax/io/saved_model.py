@@ -16,6 +16,66 @@ from famr_jax.errors import FamrError
 from famr_jax.io import checkpoints
 
 REQUIRED_METADATA = ("model", "num_classes", "image_shape")
+MAX_CLASSES = 1_000_000
+MAX_SIDE = 8192                 # pixels per image side, channels
+MAX_WIDTH = 1 << 16             # any integer model setting (widths, heads, patch sizes)
+MAX_DEPTH = 256                 # `depth` and the length of any list of layer widths
+DATA_KEYS = ("dataset", "data_dir", "max_train", "max_test")
+
+
+def _bad(where, what: str) -> FamrError:
+  return FamrError(f"{where}: the checkpoint metadata is invalid: {what}")
+
+
+def _check_override(where, key: str, value: Any) -> None:
+  items = value if isinstance(value, (list, tuple)) else [value]
+  if isinstance(value, (list, tuple)) and len(value) > MAX_DEPTH:
+    raise _bad(where, f"model_overrides {key!r} lists {len(value)} entries (at most {MAX_DEPTH})")
+  for v in items:
+    if isinstance(v, bool) or v is None or isinstance(v, str) and len(v) <= 64:
+      continue
+    if isinstance(v, float) and v == v and abs(v) < 1e6:
+      continue
+    limit = MAX_DEPTH if key in ("depth", "num_layers") else MAX_WIDTH
+    if not (type(v) is int and 0 <= v <= limit):
+      raise _bad(where, f"model_overrides {key!r} = {str(value)[:40]} is outside 0..{limit}")
+
+
+def validate_model_metadata(metadata: dict, where: Any = "checkpoint") -> None:
+  """Checks an untrusted model description (types, ranges, known keys, bounded sizes) before any model
+  is built, so a hostile or damaged file gives one line instead of a hang or a traceback.
+
+  Example:
+    >>> validate_model_metadata({"model": "mlp", "num_classes": 10, "image_shape": [8, 8, 1],
+    ...                          "model_overrides": {"hidden": [100000]}})
+    Traceback (most recent call last):
+    ...
+    famr_jax.errors.FamrError: checkpoint: the checkpoint metadata is invalid: model_overrides 'hidden' = [100000] is outside 0..65536
+  """
+  for key in REQUIRED_METADATA:
+    if key not in metadata:
+      raise FamrError(f"{where} is not a famr-jax model checkpoint (its metadata has no {key!r})")
+  if metadata["model"] not in models.MODEL_NAMES:
+    raise _bad(where, f"unknown model {str(metadata['model'])[:40]!r}")
+  n = metadata["num_classes"]
+  if type(n) is not int or not 2 <= n <= MAX_CLASSES:
+    raise _bad(where, f"num_classes must be an integer in 2..{MAX_CLASSES}, got {str(n)[:40]}")
+  shape = metadata["image_shape"]
+  if not (isinstance(shape, list) and len(shape) == 3
+          and all(type(d) is int and 1 <= d <= MAX_SIDE for d in shape)):
+    raise _bad(where, f"image_shape must be 3 integers in 1..{MAX_SIDE}, got {str(shape)[:40]}")
+  overrides = metadata.get("model_overrides") or {}
+  if not isinstance(overrides, dict) or len(overrides) > 32:
+    raise _bad(where, "model_overrides is not a small table")
+  for key, value in overrides.items():
+    if not (isinstance(key, str) and key.isidentifier()):
+      raise _bad(where, f"model_overrides key {str(key)[:40]!r} is not a name")
+    _check_override(where, key, value)
+  data = metadata.get("data")
+  if data is not None and not (isinstance(data, dict) and set(data) <= set(DATA_KEYS)):
+    raise _bad(where, f"data must be a table with keys among {', '.join(DATA_KEYS)}")
+  if "seed" in metadata and not (type(metadata["seed"]) is int and 0 <= metadata["seed"] < 1 << 63):
+    raise _bad(where, "seed must be a non-negative integer")
 
 
 class SavedModel(NamedTuple):
@@ -47,9 +107,7 @@ def load_model(checkpoint: str | os.PathLike) -> SavedModel:
     SavedModel(model='logistic', classes=3, image_shape=(2, 2, 1), params=15)
   """
   metadata = checkpoints.read_metadata(checkpoint)
-  for key in REQUIRED_METADATA:
-    if key not in metadata:
-      raise FamrError(f"{checkpoint} is not a famr-jax model checkpoint (its metadata has no {key!r})")
+  validate_model_metadata(metadata, checkpoint)
   image_shape = tuple(int(d) for d in metadata["image_shape"])
   model = models.create_model(metadata["model"], int(metadata["num_classes"]), image_shape,
                               **(metadata.get("model_overrides") or {}))

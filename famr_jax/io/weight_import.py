@@ -47,7 +47,7 @@ import numpy as np
 
 from famr_jax import models
 from famr_jax.errors import FamrError
-from famr_jax.io import checkpoints
+from famr_jax.io import checkpoints, outputs
 from famr_jax.io.saved_model import SavedModel
 from famr_jax.io.torch_weights import head_classes, map_state_dict, read_state_dict
 from famr_jax.io.vit_layouts import hf_to_bigvision, timm_to_bigvision, vit_shape
@@ -276,8 +276,8 @@ def import_weights(source: str, weights: str | os.PathLike, out: str | os.PathLi
   """
   _check_source(source)
   _check_size(image_size, num_classes)
-  checkpoints.check_output_free(Path(out).expanduser().resolve(), overwrite)
   path = Path(weights).expanduser()
+  outputs.check_output_target(out, overwrite, inputs=(path,))
   converted = convert_weights(source, read_state_dict(path), image_size=image_size, num_classes=num_classes,
                               seed=seed)
   if channels is not None and converted.image_shape[2] != channels:
@@ -293,6 +293,6 @@ def import_weights(source: str, weights: str | os.PathLike, out: str | os.PathLi
       "preprocessing": converted.preprocessing,
   }
   extras = {models.BATCH_STATS: converted.batch_stats} if converted.batch_stats is not None else None
-  checkpoints.save_checkpoint(out, converted.params, meta, extras=extras, overwrite=overwrite)
+  checkpoints.save_checkpoint(out, converted.params, meta, extras=extras, overwrite=overwrite, inputs=(path,))
   return SavedModel(converted.model, models.make_apply_fn(converted.model),
                     jax.tree.map(jax.numpy.asarray, converted.params), checkpoints.read_metadata(out))

@@ -128,14 +128,16 @@ def store_fisher(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None
                  batch_size: int = 256, overwrite: bool = False) -> dict:
   """Computes the diagonal Fisher of a trained checkpoint on its training set and stores it.
 
-  Writes the checkpoint again with the extra ``fisher`` (params and metadata
-  unchanged): in place when ``out`` is None, else as a copy at ``out``.
+  In place (``out`` None or the checkpoint itself) the extra ``fisher`` is added next to the
+  checkpoint's files (``famr_jax.io.checkpoints.add_extra``): nothing else in the folder is
+  rebuilt, moved or removed. Otherwise a copy with the Fisher is written to ``out`` through the
+  output protocol (``out`` may not overlap the checkpoint).
 
   Args:
     checkpoint: a ``famr-jax train`` checkpoint.
     out: where to write the checkpoint with its Fisher (default: in place).
     batch_size: examples per vectorized chunk.
-    overwrite: replace an existing ``out``.
+    overwrite: replace an existing famr-jax ``out``.
 
   Returns:
     ``{"checkpoint": path, "num_examples": N, "compute_s": seconds (compile included)}``.
@@ -143,27 +145,37 @@ def store_fisher(checkpoint: str | os.PathLike, *, out: str | os.PathLike | None
   Example:
     >>> # famr-jax fisher --checkpoint runs/digits_lenet5   (the CLI front end)
   """
-  from famr_jax.io import checkpoints
+  from famr_jax.io import checkpoints, outputs
 
-  source = Path(checkpoint).expanduser().resolve()
-  target = source if out is None else Path(out).expanduser().resolve()
-  if target != source and target.exists() and not overwrite:
-    raise FamrError(f"output directory {target} already exists: choose another or allow overwriting it")
-  apply_fn, params, metadata, data = _restore(source)
-  if "unlearned" in metadata:
-    raise FamrError(f"{source} is an unlearned model; compute the Fisher of the original checkpoint")
-  t0 = time.perf_counter()
-  fisher = jax.block_until_ready(diagonal_fisher(apply_fn, params, data.x_train, data.y_train,
-                                                 batch_size=batch_size))
-  total_s = time.perf_counter() - t0   # compile included
-  metadata = _checkpoint_metadata(checkpoints.read_metadata(source))
-  metadata["fisher"] = {"kind": "diagonal empirical Fisher of the training cross-entropy",
-                        "num_examples": int(len(data.y_train)), "compute_s": total_s}
-  extras = {name: tree for name, tree in checkpoints.load_checkpoint(source).extras.items()
-            if name != FISHER_EXTRA}
-  checkpoints.save_checkpoint(target, params, metadata, extras={**extras, FISHER_EXTRA: fisher},
-                              overwrite=True)
-  return {"checkpoint": str(target), "num_examples": int(len(data.y_train)), "compute_s": total_s}
+  source = outputs.resolve(checkpoint)
+  in_place = out is None or outputs.resolve(out) == source
+  checkpoints.read_metadata(source)   # one line for a missing or damaged checkpoint, before any claim
+
+  def compute():
+    apply_fn, params, metadata, data = _restore(source)
+    if "unlearned" in metadata:
+      raise FamrError(f"{source} is an unlearned model; compute the Fisher of the original checkpoint")
+    t0 = time.perf_counter()
+    fisher = jax.block_until_ready(diagonal_fisher(apply_fn, params, data.x_train, data.y_train,
+                                                   batch_size=batch_size))
+    info = {"kind": "diagonal empirical Fisher of the training cross-entropy",
+            "num_examples": int(len(data.y_train)), "compute_s": time.perf_counter() - t0}
+    return params, metadata, fisher, info
+
+  if in_place:
+    with outputs.claim_output(source, "fisher"):
+      _, _, fisher, info = compute()
+      checkpoints.add_extra(source, FISHER_EXTRA, fisher, {"fisher": info}, overwrite=True)
+    target = source
+  else:
+    with outputs.staged_directory(out, overwrite, command="fisher", inputs=(source,)) as staging:
+      params, metadata, fisher, info = compute()
+      extras = {name: tree for name, tree in checkpoints.load_checkpoint(source).extras.items()
+                if name != FISHER_EXTRA}
+      checkpoints.write_checkpoint(staging, params, {**_checkpoint_metadata(metadata), "fisher": info},
+                                   extras={**extras, FISHER_EXTRA: fisher})
+    target = outputs.resolve(out)
+  return {"checkpoint": str(target), "num_examples": info["num_examples"], "compute_s": info["compute_s"]}
 
 
 def _restore(checkpoint: Path):
@@ -172,15 +184,14 @@ def _restore(checkpoint: Path):
   The same restore as :func:`famr_jax.cli.runs.load_model`, from the layers
   below theory only (theory may not import the CLI).
   """
-  from famr_jax import models
   from famr_jax.data.datasets import load_dataset
   from famr_jax.engine.training import check_finite
-  from famr_jax.io import checkpoints
+  from famr_jax.io.saved_model import load_model
 
-  metadata = checkpoints.read_metadata(checkpoint)
-  for key in ("model", "data", "num_classes", "image_shape"):
-    if key not in metadata:
-      raise FamrError(f"{checkpoint} is not a famr-jax model checkpoint (its metadata has no {key!r})")
+  saved = load_model(checkpoint)
+  metadata = saved.metadata
+  if "data" not in metadata:
+    raise FamrError(f"{checkpoint} is not a famr-jax model checkpoint (its metadata has no 'data')")
   spec = metadata["data"]
   data = load_dataset(spec.get("dataset", "digits"), data_dir=spec.get("data_dir"),
                       max_train=spec.get("max_train"), max_test=spec.get("max_test"),
@@ -190,13 +201,7 @@ def _restore(checkpoint: Path):
     raise FamrError(f"data set {spec.get('dataset')} no longer matches the checkpoint "
                     f"({data.num_classes} classes {data.image_shape} vs {metadata['num_classes']} "
                     f"{tuple(metadata['image_shape'])})")
-  model = models.create_model(metadata["model"], data.num_classes, data.image_shape,
-                              **(metadata.get("model_overrides") or {}))
-  template = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), data.image_shape))
-  restored = checkpoints.load_checkpoint(checkpoint, template=template)
-  from famr_jax.io.saved_model import bind_saved_batch_stats   # BatchNorm statistics (eval mode)
-  model = bind_saved_batch_stats(model, tuple(data.image_shape), restored, checkpoint)
-  return models.make_apply_fn(model), restored.params, metadata, data
+  return saved.apply_fn, saved.params, metadata, data
 
 
 def load_fisher(checkpoint: str | os.PathLike, like: Params | None = None) -> Params:

@@ -47,7 +47,6 @@ restores the previous setting on return; importing this module changes nothing.
 """
 
 import dataclasses
-import os
 import time
 from typing import Callable
 
@@ -55,7 +54,7 @@ import jax
 import numpy as np
 import threadpoolctl
 
-from famr_jax.errors import FamrError
+from famr_jax.io.outputs import check_output_target, staged_directory
 from famr_jax.theory.config import CONVEX, NONCONVEX, TheoryConfig, quick_theory_config
 from famr_jax.theory.minimize import lbfgs_minimize
 from famr_jax.theory.problems import forget_mask, load_data
@@ -115,11 +114,8 @@ def run_theory_verification(config: TheoryConfig | None = None, out_dir: str | N
   if key is None:
     key = jax.random.key(config.seed)
   log = log or (lambda msg: None)
-  if out_dir is not None:
-    try:
-      os.makedirs(out_dir, exist_ok=True)
-    except OSError as err:
-      raise FamrError(f'cannot create output folder {out_dir!r}: {err.strerror}') from None
+  if out_dir is not None:   # the output protocol: refuse an existing (non-empty) folder before any work
+    check_output_target(out_dir, overwrite=False)
   start = time.perf_counter()
   # One BLAS thread for the host eigendecompositions: on a loaded 2-core
   # machine OpenBLAS's spinning threads made a 650x650 eigh take 10 s, not 0.2 s.
@@ -139,5 +135,6 @@ def run_theory_verification(config: TheoryConfig | None = None, out_dir: str | N
                        seconds=time.perf_counter() - start,
                        num_train=int(len(y)), num_test=int(len(data['y_test']))))
   if out_dir is not None:
-    write_outputs(result, out_dir)
+    with staged_directory(out_dir, overwrite=False, command='verify-theory') as staging:
+      write_outputs(result, str(staging))
   return result
