@@ -444,3 +444,33 @@ def load_image_folder(directory: str | os.PathLike, recipe: ImageRecipe | None =
   n = len(s.train_paths)
   everything = LazyImages((), recipe, max_bytes=max_bytes, _decoder=decoder)
   return everything[:n], s.train_labels, everything[n:], s.test_labels, s.class_names
+
+
+def write_example_folder(directory: str | os.PathLike, *, num_classes: int = 4, train_per_class: int = 6,
+                         val_per_class: int = 3, size: tuple[int, int] = (40, 48), seed: int = 0) -> str:
+  """Writes a small learnable image folder in the ImageNet layout (fixtures, examples, smoke tests).
+
+  ``DIR/train/class_k/*.png`` and ``DIR/val/class_k/*.JPEG`` (alternating PNG and JPEG in both
+  splits): class ``k`` is noise around its own colour, sizes vary by a few pixels per image so the
+  resize / crop path is exercised. Returns the directory.
+
+  Example:
+    >>> import tempfile
+    >>> d = write_example_folder(tempfile.mkdtemp() + "/imgs", num_classes=2, train_per_class=2, val_per_class=1)
+    >>> sorted(os.listdir(d)), sorted(os.listdir(d + "/train"))
+    (['train', 'val'], ['class_0', 'class_1'])
+  """
+  from PIL import Image
+  directory = os.fspath(directory)
+  rng = np.random.default_rng(seed)
+  colours = rng.integers(30, 226, (num_classes, 3))
+  for split, count in (("train", train_per_class), ("val", val_per_class)):
+    for k in range(num_classes):
+      folder = os.path.join(directory, split, f"class_{k}")
+      os.makedirs(folder, exist_ok=True)
+      for i in range(count):
+        h, w = size[0] + int(rng.integers(0, 5)), size[1] + int(rng.integers(0, 5))
+        pixels = np.clip(colours[k] + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+        ext = "png" if i % 2 == 0 else "JPEG"
+        Image.fromarray(pixels).save(os.path.join(folder, f"{split}_{k}_{i}.{ext}"))
+  return directory
