@@ -381,8 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-FIXTURE_ARGS = dict(models=("vit_nano",), image_size=32, finetune_epochs=1, famr_epochs=2, seeds=(0,),
-                    settings=("forgets",), batch_size=8, max_train=None, max_test=None)
+FIXTURE_ARGS = dict(models=("vit_nano",), image_size=32, finetune_epochs=8, finetune_lr=3e-3, famr_epochs=5, seeds=(0,),
+                    settings=("forgets", "lr=0.3"), batch_size=8, max_train=None, max_test=None)
 
 
 def main(argv=None) -> int:
@@ -396,7 +396,9 @@ def main(argv=None) -> int:
       for key, value in FIXTURE_ARGS.items():
         if "--" + key.replace("_", "-") not in given:
           setattr(args, key, value)
-      args.dataset = "folder:" + write_example_folder(Path(tempfile.mkdtemp(prefix="famr_vit_fixture_")) / "imgs")
+      scratch = Path(tempfile.mkdtemp(prefix="famr_vit_fixture_"))
+      args.dataset = "folder:" + write_example_folder(scratch / "imgs")
+      args.work_dir = args.work_dir or str(scratch / "work")   # never a cached model of other data
     for s in args.settings:
       famr_setting(s, "vit", 1)
     run(args)
