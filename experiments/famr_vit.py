@@ -31,8 +31,26 @@ On a GPU/TPU machine with the data (paper scale; bfloat16, all devices)::
 ``imagenet100`` is ``tfds:imagenet2012`` (manual download into the tfds
 data_dir) restricted to the 100 classes ``0, 10, 20, ..., 990`` of its label
 order (every tenth class: a fixed, documented rule; ``--classes`` overrides
-it). Data sets are held in memory as float32: use ``--max-train`` (stratified)
-to bound memory at 224x224.
+it). tfds data sets are held in memory as float32: use ``--max-train``
+(stratified) to bound memory at 224x224. An image folder (``--data
+folder:DIR``, e.g. ImageNet-100 as ``DIR/train/<class>`` + ``DIR/val/<class>``)
+is streamed instead: decoded batch by batch, never whole.
+
+With weights users have (Hugging Face / timm ViTs converted by ``famr-jax import``; issue 15)::
+
+  famr-jax import --from hf-vit --weights vit-base-patch16-224.safetensors --num-classes 100 \
+      --image-size 224 --out ckpt/vit_b
+  python experiments/famr_vit.py --data folder:/data/imagenet100 --checkpoints vit_b=ckpt/vit_b,vit_s=ckpt/vit_s \
+      --finetune-epochs 10 --finetune-lr 1e-4 --batch-size 256 --compute-dtype bfloat16 --out runs/famr_vit_in100
+
+The images are normalized with the first checkpoint's recorded mean / std (all must agree).
+End to end on a generated tiny folder in well under a minute (random weights)::
+
+  python experiments/famr_vit.py --fixture --out /tmp/famr_vit_fixture --overwrite
+
+Results are written to ``--out`` through the library's staged output protocol
+(nothing is replaced unless the run finishes); fine-tuned models are cached in
+``--work-dir`` (default ``OUT.work``) so a rerun skips fine-tuning.
 """
 
 from __future__ import annotations
@@ -48,6 +66,9 @@ import jax
 import numpy as np
 
 from famr_jax import models
+from famr_jax.data.image_folder import write_example_folder
+from famr_jax.io.outputs import check_output_free, staged_directory
+from famr_jax.io.saved_model import load_model
 from famr_jax.io.checkpoints import load_checkpoint, save_checkpoint
 from famr_jax.data.datasets import load_dataset
 from famr_jax.errors import FamrError
@@ -99,7 +120,7 @@ class Predictor:
   def __call__(self, params, x: np.ndarray) -> np.ndarray:
     out = []
     for start in range(0, len(x), self.chunk):
-      xb = x[start:start + self.chunk]
+      xb = np.asarray(x[start:start + self.chunk], np.float32)   # a streamed set decodes just these rows
       pad = self.chunk - len(xb)
       if pad:
         xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
@@ -128,7 +149,7 @@ def table_metrics(test_logits, y_test, forget_logits, y_forget, forget_class: in
   return out
 
 
-def load_data(args):
+def load_data(args, preprocessing=None, image_size=None):
   classes = None
   spec = args.dataset
   if spec == "imagenet100":
@@ -136,19 +157,49 @@ def load_data(args):
   if args.classes:
     classes = tuple(int(c) for c in args.classes.split(","))
   return load_dataset(spec, data_dir=args.data_dir, max_train=args.max_train, max_test=args.max_test,
-                      image_size=args.image_size, classes=classes, seed=0), classes
+                      image_size=args.image_size or image_size, classes=classes, seed=0,
+                      preprocessing=preprocessing), classes
 
 
-def finetune(model_name: str, data, args, scale: ScaleConfig, out: Path) -> tuple:
+def imported_checkpoints(args) -> dict:
+  """``{name: SavedModel}`` of ``--checkpoints`` / ``--checkpoint`` (``famr-jax import`` outputs), read first."""
+  items = dict(args.checkpoints)
+  if args.checkpoint:
+    items[None] = args.checkpoint
+  out = {}
+  for name, path in items.items():
+    saved = load_model(path)
+    out[name or saved.metadata["model"]] = saved
+  recipes = {json.dumps(s.metadata.get("preprocessing"), sort_keys=True) for s in out.values()}
+  if len(recipes) > 1:
+    raise FamrError("the checkpoints record different preprocessing (mean / std / size): run them separately")
+  return out
+
+
+def _from_checkpoint(saved, data, name: str):
+  """A checkpoint's model rebuilt for ``data`` (class count and image shape must match)."""
+  meta = saved.metadata
+  if int(meta["num_classes"]) != data.num_classes or tuple(meta["image_shape"]) != tuple(data.image_shape):
+    raise FamrError(f"checkpoint {name}: {meta['num_classes']} classes at {tuple(meta['image_shape'])}, the data "
+                    f"{data.num_classes} at {data.image_shape} (import it with --num-classes / --image-size)")
+  return saved.model, saved.apply_fn, saved.params, {"checkpoint": meta.get("source") or meta.get("model")}
+
+
+def finetune(model_name: str, data, args, scale: ScaleConfig, out: Path, saved=None) -> tuple:
   """The fine-tuned (or from-scratch trained) params of one model, cached under out/models/."""
-  model = models.create_model(model_name, data.num_classes, data.image_shape)
-  apply_fn = models.make_apply_fn(model)
+  if saved is not None:
+    model, apply_fn, params, source = _from_checkpoint(saved, data, model_name)
+  else:
+    model = models.create_model(model_name, data.num_classes, data.image_shape)
+    apply_fn = models.make_apply_fn(model)
   cache = out / "models" / model_name
   if cache.exists():
     template = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), data.image_shape))
     ck = load_checkpoint(cache, template=template)
     return model, apply_fn, ck.params, ck.metadata["finetune"]
-  if model_name in args.weights:
+  if saved is not None:
+    pass
+  elif model_name in args.weights:
     template = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), data.image_shape))
     params, info = load_vit_npz(args.weights[model_name], template, head="auto")
     source = {"npz": str(Path(args.weights[model_name]).resolve()), **info}
@@ -176,11 +227,18 @@ def finetune(model_name: str, data, args, scale: ScaleConfig, out: Path) -> tupl
 
 
 def run(args) -> dict:
-  out = Path(args.out).resolve()
+  target = Path(args.out).resolve()
+  check_output_free(target, args.overwrite)
+  out = Path(args.work_dir).resolve() if args.work_dir else target.parent / f"{target.name}.work"
   out.mkdir(parents=True, exist_ok=True)
   scale = ScaleConfig(data_parallel=args.data_parallel, compute_dtype=args.compute_dtype,
                       grad_accum=args.grad_accum).validate()
-  data, classes = load_data(args)
+  saved = imported_checkpoints(args)
+  if saved:
+    args.models = tuple(saved)
+  first = next(iter(saved.values()), None)
+  data, classes = load_data(args, first and first.metadata.get("preprocessing"),
+                            first and int(first.metadata["image_shape"][0]))
   print(f"{data.name}: {len(data.y_train)} train / {len(data.y_test)} test images {data.image_shape}, "
         f"{data.num_classes} classes", flush=True)
   results = {"dataset": data.name, "classes": list(classes) if classes else None,
@@ -189,7 +247,7 @@ def run(args) -> dict:
              "models": {}}
   for model_name in args.models:
     t0 = time.perf_counter()
-    model, apply_fn, params, ft = finetune(model_name, data, args, scale, out)
+    model, apply_fn, params, ft = finetune(model_name, data, args, scale, out, saved.get(model_name))
     print(f"{model_name}: {ft['params']:,} params, test accuracy {100 * ft['test_acc']:.1f}% "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
     predict = Predictor(apply_fn)
@@ -215,12 +273,13 @@ def run(args) -> dict:
               f"{100 * unlearned['retain_acc']:.1f}%, KL {unlearned['kl_from_original']:.3f}", flush=True)
     results["models"][model_name] = {"finetune": ft, "runs": runs}
   results["resources"] = peak_memory()
-  (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
   table = format_table(results)
-  (out / "table.md").write_text(table + "\n")
-  plot_figure1(results, out / "figure1.png")
+  with staged_directory(target, args.overwrite) as staging:
+    (staging / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    (staging / "table.md").write_text(table + "\n")
+    plot_figure1(results, staging / "figure1.png")
   print(table)
-  print(f"wrote {out}/table.md, figure1.png, results.json")
+  print(f"wrote {target}/table.md, figure1.png, results.json (fine-tuned models cached in {out})")
   return results
 
 
@@ -287,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ints = lambda t: tuple(int(v) for v in t.split(",") if v.strip())
   names = lambda t: tuple(v.strip() for v in t.split(",") if v.strip())
-  p.add_argument("--dataset", default="fashion_mnist",
-                 help="fashion_mnist, digits, tfds:cifar100, imagenet100, idx:DIR, ...")
+  p.add_argument("--dataset", "--data", dest="dataset", default="fashion_mnist",
+                 help="fashion_mnist, digits, tfds:cifar100, imagenet100, folder:DIR, idx:DIR, ...")
   p.add_argument("--data-dir", default=None)
   p.add_argument("--classes", default=None, help="comma-separated labels to keep (overrides imagenet100's rule)")
   p.add_argument("--image-size", type=int, default=None)
@@ -296,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-test", type=int, default=None)
   p.add_argument("--models", type=names, default=("vit_nano", "vit_micro"))
   p.add_argument("--weights", type=parse_weights, default={}, help="MODEL=PATH.npz,... original ViT checkpoints")
+  p.add_argument("--checkpoints", type=parse_weights, default={},
+                 help="NAME=CKPT,... famr-jax checkpoints (e.g. from famr-jax import); replaces --models")
+  p.add_argument("--checkpoint", default=None, help="one famr-jax checkpoint (its model name labels the rows)")
+  p.add_argument("--random-weights", action="store_true",
+                 help="no fine-tuning, random init (fixtures, pipeline checks): --finetune-epochs 0")
+  p.add_argument("--fixture", action="store_true",
+                 help="generate a tiny image folder and run vit_nano on it end to end (random weights)")
+  p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+  p.add_argument("--work-dir", default=None, help="fine-tuned model cache (default OUT.work)")
   p.add_argument("--finetune-epochs", type=int, default=5, help="0: use --weights as they are")
   p.add_argument("--finetune-lr", type=float, default=1e-3)
   p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -313,9 +381,24 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+FIXTURE_ARGS = dict(models=("vit_nano",), image_size=32, finetune_epochs=8, finetune_lr=3e-3, famr_epochs=5, seeds=(0,),
+                    settings=("forgets", "lr=0.3"), batch_size=8, max_train=None, max_test=None)
+
+
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  if args.random_weights:
+    args.finetune_epochs = 0
   try:
+    if args.fixture:   # a generated folder; fixture sizes unless given on the command line
+      import tempfile
+      given = set(argv if argv is not None else sys.argv[1:])
+      for key, value in FIXTURE_ARGS.items():
+        if "--" + key.replace("_", "-") not in given:
+          setattr(args, key, value)
+      scratch = Path(tempfile.mkdtemp(prefix="famr_vit_fixture_"))
+      args.dataset = "folder:" + write_example_folder(scratch / "imgs")
+      args.work_dir = args.work_dir or str(scratch / "work")   # never a cached model of other data
     for s in args.settings:
       famr_setting(s, "vit", 1)
     run(args)

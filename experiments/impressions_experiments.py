@@ -52,6 +52,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(dataset="digits", model="lenet5", forget="1,2,3,4", epochs=30),
     "fashion_mnist": dict(dataset="fashion_mnist", model="lenet5", forget="1,2,3,4", epochs=10),
     "fashion_mnist_karpathynet": dict(dataset="fashion_mnist", model="karpathynet", forget="3,4,8", epochs=10),
+    # The papers' open question (issue 15 part 6): class impressions on a ViT (see vit_impressions.py).
+    "fashion_mnist_vit": dict(dataset="fashion_mnist", model="vit_micro", forget="1,2,3,4", epochs=5),
     "mnist": dict(dataset="tfds:mnist", model="lenet5", forget="1,2,3,4", epochs=10),
     "cifar10": dict(dataset="tfds:cifar10", model="karpathynet", forget="3,4,8", epochs=30),
     # ImageNet-scale: 100 forgotten classes, lr 1e-4 as the paper's ImageNet models.
@@ -114,6 +116,23 @@ def study_variants(model, params, authors_epochs: int, pixel_steps: int, pixel_p
     out.append(Variant(f"default, tail from {layer}", zero_shot_unlearn, ZeroShotConfig(tail_layer=layer),
                        "impressions"))
     out.append(Variant(f"as-published, tail from {layer}", zero_shot_unlearn, authors(tail_layer=layer),
+                       "impressions"))
+  return out
+
+
+def tail_variants(layers: list[str], authors_epochs: int, lr: float | None) -> list[Variant]:
+  """The default method and the as-published one (authors' settings) with the tail starting at each stage.
+
+  Any stage can start the tail (a ViT's ``head``: the linear head alone; ``norm``: the final
+  LayerNorm of the class token and the head; ``block_i``: blocks ``i..`` and both).
+  """
+  extra = {} if lr is None else {"lr": lr}
+  out = []
+  for layer in layers:
+    out.append(Variant(f"default, tail from {layer}", zero_shot_unlearn,
+                       ZeroShotConfig(tail_layer=layer, **extra), "impressions"))
+    out.append(Variant(f"as-published, tail from {layer}", zero_shot_unlearn,
+                       ZeroShotConfig.authors("as_published", epochs=authors_epochs, tail_layer=layer, **extra),
                        "impressions"))
   return out
 
@@ -234,7 +253,9 @@ def run(args) -> dict:
 
   authors_epochs = args.authors_epochs
   lr = args.lr if args.lr is not None else preset.get("lr")
-  variants = main_variants(authors_epochs, lr)
+  variants = [] if args.tails_only else main_variants(authors_epochs, lr)
+  if args.tails:
+    variants += tail_variants([t.strip() for t in args.tails.split(",") if t.strip()], authors_epochs, lr)
   if args.study:
     variants += study_variants(model, params, authors_epochs, args.pixel_steps, args.pixel_per_class)
   if args.only:
@@ -375,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="epochs of the authors'-settings variants (their code: 1000)")
   p.add_argument("--lr", type=float, help="unlearning learning rate of every impressions variant")
   p.add_argument("--study", action="store_true", help="also vary impression space, count and tail layer")
+  p.add_argument("--tails", help="comma-separated stages: the default and as-published methods with the tail "
+                 "starting at each (any stage, e.g. head,norm,block_3 of a ViT)")
+  p.add_argument("--tails-only", action="store_true", help="run only the --tails variants")
   p.add_argument("--responsive", action="store_true", help="also run the first-responsive-layer procedure")
   p.add_argument("--impression-stats", action="store_true",
                  help="also compare impressions with real activations (analysis only, uses the test set)")

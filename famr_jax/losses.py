@@ -22,6 +22,7 @@ from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from famr_jax.errors import FamrError
 
@@ -159,7 +160,9 @@ def mean_gram(feature_fn: Callable[[Params, jax.Array], jax.Array], params: Para
   """
   total = None
   for start in range(0, x.shape[0], batch_size):
-    g = jnp.sum(gram_matrix(feature_fn(params, x[start:start + batch_size])), axis=0)
+    xb = x[start:start + batch_size]
+    xb = xb if isinstance(xb, (jax.Array, np.ndarray)) else np.asarray(xb)   # a lazy array's rows, decoded
+    g = jnp.sum(gram_matrix(feature_fn(params, xb)), axis=0)
     total = g if total is None else total + g
   return total / x.shape[0]
 

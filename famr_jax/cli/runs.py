@@ -36,6 +36,7 @@ from famr_jax.evaluation.metrics import evaluate_unlearning
 from famr_jax.engine.parallel import ScaleConfig, peak_memory, scale_description
 from famr_jax.engine.resume import ResumeConfig
 from famr_jax.engine.training import TrainConfig, check_finite, train_classifier
+from famr_jax.engine.forward import batched_apply
 
 
 # ----------------------------------------------------------------------------- configs
@@ -45,20 +46,23 @@ class DataConfig(CheckedFields):
   """Which data set a run uses.
 
   Attributes:
-    dataset: ``digits``, ``fashion_mnist``, ``idx:DIR`` or ``tfds:NAME``.
+    dataset: ``digits``, ``fashion_mnist``, ``idx:DIR``, ``tfds:NAME`` or ``folder:DIR``.
     data_dir: where to look for the data set's files.
     max_train: optional stratified subsample of the training set (quick runs).
     max_test: optional stratified subsample of the test set.
+    image_size: resize (tfds) or centre-crop (folder) every image to this square side.
   """
   dataset: str = "digits"
   data_dir: str | None = None
   max_train: int | None = None
   max_test: int | None = None
+  image_size: int | None = None
 
-  def load(self, seed: int = 0) -> Dataset:
-    """Loads the data set and refuses NaN/inf inputs."""
+  def load(self, seed: int = 0, preprocessing: dict | None = None) -> Dataset:
+    """Loads the data set and refuses NaN/inf inputs (``preprocessing``: a checkpoint's image recipe)."""
     data = load_dataset(self.dataset, data_dir=self.data_dir, max_train=self.max_train,
-                        max_test=self.max_test, seed=seed)
+                        max_test=self.max_test, seed=seed, image_size=self.image_size,
+                        preprocessing=preprocessing)
     check_finite(f"data set {self.dataset}", data.x_train)
     check_finite(f"data set {self.dataset}", data.x_test)
     return data
@@ -185,7 +189,7 @@ def load_model(checkpoint: str | os.PathLike) -> LoadedModel:
   if "data" not in metadata:
     raise FamrError(f"{checkpoint} records no data set (its metadata has no 'data')")
   data_config = DataConfig(**metadata["data"])
-  data = data_config.load(seed=int(metadata.get("seed", 0)))
+  data = data_config.load(seed=int(metadata.get("seed", 0)), preprocessing=metadata.get("preprocessing"))
   if data.num_classes != metadata["num_classes"] or list(data.image_shape) != list(metadata["image_shape"]):
     raise FamrError(f"data set {data_config.dataset} no longer matches the checkpoint "
                     f"({data.num_classes} classes {data.image_shape} vs {metadata['num_classes']} "
@@ -336,7 +340,7 @@ def _train_original(run, data: Dataset, show_progress: bool):
       model, apply_fn, params, data.x_train, data.y_train, run.train,
       jax.random.fold_in(jax.random.key(run.seed), 1), show_progress=show_progress, desc=f"train {run.model}",
       scale=run.scale, resume=_stage_resume(run.resume, run.out, "train"))
-  test_acc = float(np.mean(np.argmax(np.asarray(jax.jit(apply_fn)(result.params, data.x_test)), -1)
+  test_acc = float(np.mean(np.argmax(np.asarray(batched_apply(apply_fn, result.params, data.x_test)), -1)
                            == data.y_test))
   metadata = _model_metadata(run.model, run.data, data, run.train, run.seed, result.run_s,
                              result.compile_s, test_acc)
@@ -510,7 +514,7 @@ def evaluate_checkpoint(checkpoint: str, forget_classes_: tuple[int, ...] = ()) 
     forget = forget_classes(data.y_train, classes, data.num_classes)
     metrics = evaluate_unlearning(loaded.apply_fn, loaded.params, data, forget)
   else:
-    from famr_jax.evaluation.metrics import batched_apply, per_class_accuracy
+    from famr_jax.evaluation.metrics import per_class_accuracy
     logits = batched_apply(loaded.apply_fn, loaded.params, data.x_test)
     metrics = {"test_acc": float(np.mean(np.argmax(np.asarray(logits), -1) == data.y_test)),
                "per_class_acc": [float(v) for v in per_class_accuracy(logits, data.y_test, data.num_classes)]}

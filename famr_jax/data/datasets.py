@@ -7,6 +7,8 @@ One entry point, :func:`load_dataset`, turns a spec string into a
 * ``fashion_mnist``: the IDX files of Debian's ``dataset-fashion-mnist``.
 * ``idx:DIR``: any folder with the four MNIST-format IDX files.
 * ``tfds:NAME``: any tensorflow-datasets image classifier (optional extra).
+* ``folder:DIR``: class sub-folders of JPEG / PNG files (ImageNet layout),
+  decoded on demand and normalized (see :mod:`famr_jax.data.image_folder`).
 
 Nothing here imports TensorFlow unless a ``tfds:`` spec is loaded.
 """
@@ -18,13 +20,14 @@ import math
 import os
 import struct
 import zlib
-from typing import NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from famr_jax.data.image_folder import load_image_folder, recipe_from_metadata
 from famr_jax.errors import FamrError
 
-DATASET_NAMES = ("digits", "fashion_mnist", "idx:DIR", "tfds:NAME")
+DATASET_NAMES = ("digits", "fashion_mnist", "idx:DIR", "tfds:NAME", "folder:DIR")
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -399,6 +402,15 @@ def _load_tfds(name: str, data_dir: str | None, image_size: int | None,
   return _make(f"tfds:{name}", *arrays, num_classes, names)
 
 
+def _load_folder(directory: str, image_size: int | None, preprocessing: Mapping[str, Any] | None) -> Dataset:
+  if not directory:
+    raise FamrError("folder:DIR needs a directory, e.g. folder:/data/imagenet")
+  recipe = recipe_from_metadata({"preprocessing": dict(preprocessing or {})}, image_size)
+  directory = os.path.abspath(os.path.expanduser(directory))
+  x_train, y_train, x_test, y_test, names = load_image_folder(directory, recipe)
+  return _make(f"folder:{directory}", x_train, y_train, x_test, y_test, len(names), names)
+
+
 # ----------------------------------------------------------------------------
 # Post-processing shared by every source.
 
@@ -484,8 +496,9 @@ def load_dataset(
     seed: int = 0,
     image_size: int | None = None,
     classes: Sequence[int] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> Dataset:
-  """Loads a data set by spec: ``digits``, ``fashion_mnist``, ``idx:DIR``, ``tfds:NAME``.
+  """Loads a data set by spec: ``digits``, ``fashion_mnist``, ``idx:DIR``, ``tfds:NAME``, ``folder:DIR``.
 
   Args:
     spec: which data set (see DATASET_NAMES).
@@ -501,9 +514,15 @@ def load_dataset(
     classes: keep only these classes, relabelled 0..k-1 in the given order
       (e.g. an ImageNet-100 subset; filtered while streaming for tfds with
       image_size). ``name`` stays the spec: record ``classes`` alongside it.
+    preprocessing: ``folder:DIR`` only: ``{"mean", "std", "resize", "channels"}``
+      of the model's recipe (an imported checkpoint's metadata records it);
+      default ImageNet's mean / std, resize ``round(image_size / 0.875)``,
+      ``image_size`` 224.
 
   Returns:
-    A Dataset of float32 NHWC images in [0, 1] and int32 labels.
+    A Dataset of float32 NHWC images in [0, 1] and int32 labels; for
+    ``folder:DIR`` the images are a lazy, normalized
+    :class:`famr_jax.data.image_folder.LazyImages`.
 
   Example:
     >>> ds = load_dataset("digits", max_train=100)
@@ -522,6 +541,8 @@ def load_dataset(
     ds = _load_idx(spec[len("idx:"):])
   elif spec.startswith("tfds:"):
     ds = _load_tfds(spec[len("tfds:"):], data_dir, image_size, classes)
+  elif spec.startswith("folder:"):
+    ds = _load_folder(spec[len("folder:"):], image_size, preprocessing)
   else:
     raise FamrError(f"unknown data set {spec!r}; valid: {', '.join(DATASET_NAMES)}")
   if classes is not None:

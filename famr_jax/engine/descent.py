@@ -22,6 +22,8 @@ How it runs (chosen by measurement, see ``experiments/bench_engine.py``):
   so a second identical call, or another seed, compiles nothing.
 * **Data** are a jit argument (never a closed-over constant), gathered on
   device inside the step; the epoch's permutation is one small compiled call.
+  Lazy array-likes (an image folder) stay on the host and are fed one
+  minibatch per step instead (see :mod:`famr_jax.engine.streaming`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from famr_jax.engine.optimizers import OPTIMIZERS, check_descent_settings, freez
 from famr_jax.engine.parallel import ScaleConfig, ShardedData
 from famr_jax.engine.progress import progress
 from famr_jax.engine.resume import ResumeConfig, data_digest, open_resumer
+from famr_jax.engine.streaming import any_streamed, is_streamed, step_inputs
 from famr_jax.errors import Diverged, FamrError
 from famr_jax.validation import check_finite_params
 from famr_jax.models import layers
@@ -326,6 +329,8 @@ class PreparedDescent(NamedTuple):
   mesh: Any
   num_examples: int
   data_digest: str | None
+  streamed: bool = False   # data are host array-likes fed one minibatch per step (segment_steps 1)
+  put: Callable[[Any], Any] | None = None   # places a streamed minibatch as the program expects
 
 
 def prepare_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | ShardedData,
@@ -364,12 +369,17 @@ def prepare_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
       raise FamrError("ShardedData needs a device mesh: pass ScaleConfig(data_parallel=True)")
     arrays, n, fingerprint_digest = tuple(data.arrays), int(data.num_examples), None   # shapes are checked instead
   else:
-    host = tuple(a if isinstance(a, jax.Array) and not scale.sharded else np.asarray(a) for a in data)
+    streamed = any_streamed(data)
+    if streamed and (scale.sharded or scale.grad_accum != 1 or segment_steps != 1):
+      raise FamrError("streamed data (an image folder) run one step per call on one device, "
+                      "without gradient accumulation")
+    host = tuple(a if (isinstance(a, jax.Array) and not scale.sharded) or is_streamed(a) else np.asarray(a)
+                 for a in data)
     n = int(host[0].shape[0])
     if any(a.shape[0] != n for a in host):
       raise FamrError("data arrays must share their first axis")
-    fingerprint_digest = data_digest([np.asarray(a) for a in host]) if digest else None
-    arrays = (parallel.shard_rows(host, mesh).arrays if scale.sharded
+    fingerprint_digest = data_digest([np.asarray(a) for a in host]) if digest and not streamed else None
+    arrays = (host if streamed else parallel.shard_rows(host, mesh).arrays if scale.sharded
               else tuple(jax.device_put(a, parallel.replicated(mesh)) for a in host))
   plan = plan_segments(n, batch_size, num_devices=mesh.size, grad_accum=scale.grad_accum,
                        segment_steps=segment_steps)
@@ -394,7 +404,8 @@ def prepare_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Shard
       program=program, params=params, opt_state=opt_state, data=arrays, context=context,
       key_data=put_rep(key_data), zero_acc=lambda: put_rep((jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))),
       scalar=lambda v: np.asarray(v, np.int32), plan=plan, mesh=mesh if scale.sharded else None, num_examples=n,
-      data_digest=fingerprint_digest)
+      data_digest=fingerprint_digest, streamed=not isinstance(data, ShardedData) and streamed,
+      put=lambda a: jax.device_put(a, rep))
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -458,10 +469,17 @@ def _run_epochs(prep: PreparedDescent, *, clock: parallel.CompileCounter, epochs
   for epoch in progress(range(pos.epoch, epochs), desc=desc, enabled=show_progress, total=epochs - pos.epoch):
     limit = last_steps if epoch == epochs - 1 else plan.num_batches
     indices, weights = program.epoch(prep.key_data, prep.scalar(epoch))
+    if prep.streamed:   # host copies: each step gathers its minibatch's rows on the host
+      indices, weights = np.asarray(indices), np.asarray(weights)
     row = pos.row if epoch == pos.epoch else 0
     while row < limit:
-      params, opt_state, loss_acc = program.segment(params, opt_state, prep.data, prep.context, indices, weights,
-                                                    prep.scalar(row), prep.scalar(limit), loss_acc)
+      if prep.streamed:
+        batch, idx, w = step_inputs(prep.data, indices, weights, row, prep.put)
+        params, opt_state, loss_acc = program.segment(params, opt_state, batch, prep.context, idx, w,
+                                                      prep.scalar(0), prep.scalar(1), loss_acc)
+      else:
+        params, opt_state, loss_acc = program.segment(params, opt_state, prep.data, prep.context, indices,
+                                                      weights, prep.scalar(row), prep.scalar(limit), loss_acc)
       steps = min(width, limit - row)
       row, done_here = row + steps, done_here + steps
       step = pos.step + done_here
@@ -557,7 +575,9 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
   scale = (scale or ScaleConfig()).validate()
   resume = resume.validate() if resume is not None and resume.enabled else None
   loop = resolve_loop(loop)
-  n = int(data.num_examples) if isinstance(data, ShardedData) else int(np.shape(data[0])[0])
+  if not isinstance(data, ShardedData) and any_streamed(data):
+    loop = "steps"   # a streamed minibatch is fed from the host at every step
+  n = int(data.num_examples) if isinstance(data, ShardedData) else int(len(data[0]))
   epochs, last_steps = step_schedule(n, batch_size, epochs=int(epochs), max_steps=max_steps)
   if loop == "steps":
     segment_steps = 1

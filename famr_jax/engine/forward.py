@@ -17,23 +17,35 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from famr_jax.engine.streaming import apply_streamed, is_streamed
+
+STREAM_BATCH = 256   # rows decoded and run per call when x is streamed
+
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
 
-@partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
 def batched_apply(apply_fn: ApplyFn, params: Params, x: jax.Array,
                   batch_size: int = 1024) -> jax.Array:
   """``apply_fn(params, x)`` evaluated in chunks with ``lax.map`` (bounded memory; differentiable).
 
   Compiled once per ``apply_fn``, shapes and batch size (an eager ``lax.map`` would
-  recompile its freshly made body on every call).
+  recompile its freshly made body on every call). A streamed ``x`` (an image
+  folder's lazy array) is read from the host ``min(batch_size, 256)`` rows at a
+  time instead (:func:`famr_jax.engine.streaming.apply_streamed`; not differentiable).
 
   Example:
     >>> import jax.numpy as jnp
     >>> batched_apply(lambda p, x: x * p, 2.0, jnp.arange(5.0)[:, None], 2)[:, 0].tolist()
     [0.0, 2.0, 4.0, 6.0, 8.0]
   """
+  if is_streamed(x):
+    return apply_streamed(apply_fn, params, x, min(batch_size, STREAM_BATCH))
+  return _batched_apply(apply_fn, params, x, batch_size)
+
+
+@partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
+def _batched_apply(apply_fn: ApplyFn, params: Params, x: jax.Array, batch_size: int) -> jax.Array:
   n = x.shape[0]
   if n <= batch_size:
     return apply_fn(params, x)

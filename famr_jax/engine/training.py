@@ -22,6 +22,7 @@ from famr_jax.validation import (PROBE_ROWS, CheckedFields, check_images, check_
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
 from famr_jax.engine.forward import batched_apply
+from famr_jax.engine.streaming import is_streamed
 from famr_jax.engine.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
 from famr_jax.engine.resume import ResumeConfig
 
@@ -53,7 +54,9 @@ class TrainConfig(CheckedFields):
 
 
 def check_finite(name: str, array: np.ndarray) -> None:
-  """Refuses inputs with NaN or inf (one-line :class:`FamrError`)."""
+  """Refuses inputs with NaN or inf (one-line :class:`FamrError`); a streamed array is decoded, finite, images."""
+  if is_streamed(array):
+    return
   if not np.all(np.isfinite(array)):
     raise FamrError(f"{name} contains NaN or inf values")
 
@@ -130,6 +133,11 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
       raise FamrError("pass ShardedData holding (x, y) as x, and y=None")
     for shard in x.arrays[0].addressable_shards:
       check_finite("training inputs", np.asarray(shard.data))
+  elif is_streamed(x):   # a streamed set (an image folder) is decoded batch by batch: finite by construction
+    y = check_labels(y, None, "training labels y")
+    if len(x) != len(y):
+      raise FamrError(f"training inputs x and labels y differ in length: {len(x)} and {len(y)}")
+    check_params_finite(params, "initial params")
   else:
     x = check_images(x, "training inputs x")
     y = check_labels(y, None, "training labels y")
@@ -149,7 +157,7 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
     context = (jnp.asarray(eval_data[0], jnp.float32), jnp.asarray(eval_data[1], jnp.int32))
     metrics_fn = bind_static(eval_accuracy, apply_fn)
 
-  data = x if sharded else (np.asarray(x, np.float32), np.asarray(y, np.int32))
+  data = x if sharded else (x if is_streamed(x) else np.asarray(x, np.float32), np.asarray(y, np.int32))
   return minibatch_descent(loss_fn, params, data,
                            optimizer, epochs=config.epochs, batch_size=config.batch_size, key=key,
                            context=context, metrics_fn=metrics_fn, desc=desc, show_progress=show_progress,

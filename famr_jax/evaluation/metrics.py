@@ -18,11 +18,12 @@ import numpy as np
 from famr_jax import losses
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.forward import batched_apply
+from famr_jax.engine.streaming import apply_streamed, is_streamed
 # The statistics live with the losses (methods and the engine use them); they stay importable from here.
 from famr_jax.losses import accuracy, param_distance, per_class_accuracy, true_class_confidence
 from famr_jax.validation import check_params_finite
 
-__all__ = ["accuracy", "batched_apply", "evaluate_unlearning", "mia_efficacy", "param_distance",
+__all__ = ["accuracy", "batched_apply", "evaluate_unlearning", "forward_stats", "mia_efficacy", "param_distance",
            "per_class_accuracy", "true_class_confidence"]
 
 Params = Any
@@ -73,6 +74,41 @@ def _forward_stats(apply_fn, params, x, y, logits_ref, num_classes):
   return stats
 
 
+STREAM_BATCH = 256             # rows per forward pass over a streamed (lazy) set
+STREAM_RETAIN_SAMPLE = 10_000  # streamed sets: retained training rows evaluated (a seeded sample)
+
+
+def forward_stats(apply_fn: ApplyFn, params: Params, x, y, logits_ref=None, *, num_classes: int,
+                  batch_size: int = STREAM_BATCH) -> dict[str, np.ndarray]:
+  """Per-example ``correct``, ``confidence``, ``ce``, ``entropy`` (and ``kl_from_original``) as numpy.
+
+  A numpy / jax ``x`` goes to the device whole (chunked by ``batched_apply``); a
+  streamed one (an image folder's :class:`famr_jax.data.image_folder.LazyImages`)
+  is read ``batch_size`` rows at a time, every batch padded to one compiled shape.
+
+  Example:
+    >>> import numpy as np
+    >>> s = forward_stats(lambda p, x: x, None, np.eye(3, dtype=np.float32), np.array([0, 1, 0]), num_classes=3)
+    >>> s["correct"].tolist()
+    [True, True, False]
+  """
+  if not is_streamed(x):
+    ref = None if logits_ref is None else jnp.asarray(logits_ref)
+    return jax.device_get(_forward_stats(apply_fn, params, jnp.asarray(x), jnp.asarray(y), ref, num_classes))
+  y, n, parts = np.asarray(y), len(y), []
+  for start in range(0, n, batch_size):
+    xb = np.asarray(x[start:start + batch_size], np.float32)
+    real = len(xb)
+    pad = batch_size - real if n > batch_size else 0
+    widths = lambda a: ((0, pad),) + ((0, 0),) * (a.ndim - 1)
+    ref = None if logits_ref is None else np.asarray(logits_ref[start:start + real])
+    stats = jax.device_get(_forward_stats(
+        apply_fn, params, np.pad(xb, widths(xb)), np.pad(y[start:start + real], (0, pad)),
+        None if ref is None else np.pad(ref, widths(ref)), num_classes))
+    parts.append({k: v[:real] for k, v in stats.items()})
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def evaluate_unlearning(apply_fn: ApplyFn, params: Params, data, forget: ForgetSet, *,
                         params0: Params | None = None, mia_seed: int = 0) -> dict[str, Any]:
   """Every metric of report.json for one model.
@@ -82,6 +118,12 @@ def evaluate_unlearning(apply_fn: ApplyFn, params: Params, data, forget: ForgetS
   accuracy on the forgotten training samples themselves and ``retain_acc``
   the accuracy on the retained training samples (the SalUn RA/UA convention),
   as the test set holds no forgotten samples.
+
+  Streamed data (an image folder) are read in batches, never whole; their
+  retained training rows are evaluated on a seeded sample of at most
+  ``STREAM_RETAIN_SAMPLE`` rows (drawn with ``mia_seed``): the MIA uses at most
+  2,000 of them anyway, and ``retain_acc`` of sample forgetting is then an
+  estimate over that sample.
 
   ``forget_ce``, ``forget_entropy`` and ``kl_from_original`` are means over
   the forget set (training examples). ``kl_from_original`` is
@@ -104,16 +146,18 @@ def evaluate_unlearning(apply_fn: ApplyFn, params: Params, data, forget: ForgetS
   check_params_finite(params, "params of the evaluated model")
   x_forget = data.x_train[forget.indices]
   y_forget = data.y_train[forget.indices]
-  retain_mask = forget.retain_mask(len(data.y_train))
+  retain_rows = np.flatnonzero(forget.retain_mask(len(data.y_train)))
+  streamed = is_streamed(data.x_train)
+  if streamed and len(retain_rows) > STREAM_RETAIN_SAMPLE:
+    retain_rows = np.sort(np.random.default_rng(mia_seed).choice(retain_rows, STREAM_RETAIN_SAMPLE, replace=False))
   logits0 = None
   if params0 is not None:
-    logits0 = batched_apply(apply_fn, params0, jnp.asarray(x_forget))
-  fs = jax.device_get(_forward_stats(apply_fn, params, jnp.asarray(x_forget), jnp.asarray(y_forget),
-                                     logits0, data.num_classes))
-  ts = jax.device_get(_forward_stats(apply_fn, params, jnp.asarray(data.x_test), jnp.asarray(data.y_test),
-                                     None, data.num_classes))
-  rs = jax.device_get(_forward_stats(apply_fn, params, jnp.asarray(data.x_train[retain_mask]),
-                                     jnp.asarray(data.y_train[retain_mask]), None, data.num_classes))
+    logits0 = (apply_streamed(apply_fn, params0, x_forget, STREAM_BATCH) if streamed
+               else batched_apply(apply_fn, params0, jnp.asarray(x_forget)))
+  stats = lambda x, y, ref=None: forward_stats(apply_fn, params, x, y, ref, num_classes=data.num_classes)
+  fs = stats(x_forget, y_forget, logits0)
+  ts = stats(data.x_test, data.y_test)
+  rs = stats(data.x_train[retain_rows], data.y_train[retain_rows])
   y_test = np.asarray(data.y_test)
   per_class = [float(np.mean(ts["correct"][y_test == c])) if np.any(y_test == c) else float("nan")
                for c in range(data.num_classes)]

@@ -23,6 +23,7 @@ from famr_jax.validation import CheckedFields
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
 from famr_jax.engine.forward import batched_apply
+from famr_jax.engine.streaming import is_streamed
 from famr_jax.engine.optimizers import StaticMask
 from famr_jax.engine.parallel import ScaleConfig, ShardedData, compute_dtype_apply_fn
 from famr_jax.engine.resume import ResumeConfig
@@ -175,16 +176,17 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
                                  feature_fn=feature_fn, target_gram=target_gram,
                                  trainable_mask=trainable_mask, optimizer=optimizer,
                                  show_progress=show_progress, scale=scale, resume=resume)
-  x_forget = np.asarray(x_forget, np.float32)
+  if not is_streamed(x_forget):   # a streamed forget set (an image folder) is read batch by batch
+    x_forget = np.asarray(x_forget, np.float32)
+    if not np.all(np.isfinite(x_forget)):
+      raise FamrError("forget-set inputs contain NaN or inf values")
   if x_forget.shape[0] == 0:
     raise FamrError("the forget set is empty")
-  if not np.all(np.isfinite(x_forget)):
-    raise FamrError("forget-set inputs contain NaN or inf values")
   if config.beta > 0 and (feature_fn is None or target_gram is None):
     raise FamrError("beta > 0 (style forgetting) needs a style layer and a target Gram matrix")
   optimizer, loss_fn = _famr_loss(apply_fn, config, feature_fn, trainable_mask, optimizer, scale)
   monitor = monitor_rows(key, len(x_forget))
-  xf = jnp.asarray(x_forget[monitor])
+  xf = jnp.asarray(np.asarray(x_forget[monitor], np.float32))
   y_mon = None if y_forget is None else jnp.asarray(np.asarray(y_forget)[monitor], jnp.int32)
   ctx = ForgetContext(params, xf, y_mon,
                       batched_apply(apply_fn, params, xf),
@@ -316,7 +318,8 @@ def run_famr_task(task, config: FAMRConfig) -> DescentResult:
   if config.beta > 0:
     feature_fn = style_features(task.model, config.style_layer)
     retained = task.data.x_train[task.forget.retain_mask(len(task.data.y_train))]
-    target_gram = losses.mean_gram(jax.jit(feature_fn), task.params, jnp.asarray(retained))
+    target_gram = losses.mean_gram(jax.jit(feature_fn), task.params,
+                                   retained if is_streamed(retained) else jnp.asarray(retained))
   return famr_unlearn(task.apply_fn, task.params, task.data.x_train[idx], config, task.key,
                       y_forget=task.data.y_train[idx], feature_fn=feature_fn, target_gram=target_gram,
                       show_progress=task.show_progress, scale=getattr(task, "scale", None),

@@ -55,6 +55,7 @@ from famr_jax.validation import CheckedFields
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
 from famr_jax.engine.forward import batched_apply, timed_call
+from famr_jax.engine.streaming import is_streamed
 from famr_jax.engine.optimizers import StaticMask
 from famr_jax.engine.parallel import ScaleConfig, compute_dtype_apply_fn
 from famr_jax.engine.resume import ResumeConfig
@@ -435,9 +436,11 @@ def _retained_pool(apply_fn, head_fn, params, forget_shape, config: FAMRVariantC
   if config.function_data == "retain":
     if retain_data is None:
       raise FamrError("this variant needs retained data: pass retain_data (or function_data='impressions')")
-    x_pool, y_pool = np.asarray(retain_data[0], np.float32), np.asarray(retain_data[1], np.int32)
+    # A streamed pool (an image folder) stays lazy: only the n * k paired rows are decoded.
+    x_pool = retain_data[0] if is_streamed(retain_data[0]) else np.asarray(retain_data[0], np.float32)
+    y_pool = np.asarray(retain_data[1], np.int32)
     pick = pair_retained(pool_key, n, x_pool.shape[0], k).reshape(-1)
-    x_r, y_r = jnp.asarray(x_pool[pick]), y_pool[pick]
+    x_r, y_r = jnp.asarray(np.asarray(x_pool[pick], np.float32)), y_pool[pick]
     z0_r = timer.forward(apply_fn, params, x_r)
     if head_fn is not None:
       x_r = timer.forward(head_fn, params, x_r)
