@@ -107,7 +107,8 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
             retrain: Callable[[np.ndarray, np.ndarray, jax.Array], Any], seeds: int = 1,
             configs: Mapping[str, Any] | None = None, model: Any = None, model_name: str = "",
             checkpoint: str | None = None, gold_fn: Callable[[int, ForgetSet], Gold] | None = None,
-            show_progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
+            show_progress: bool = False, log: Callable[[str], None] | None = None,
+            extra_metrics: Callable[[Any], Mapping[str, float]] | None = None) -> dict:
   """Runs ``methods`` on one trained model and scores each against a retrained model, per seed.
 
   Args:
@@ -127,6 +128,10 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
     gold_fn: ``(seed, forget) -> Gold`` replacing ``retrain`` (the CLI's cache of retrained models).
     show_progress: progress bars.
     log: where one line per run goes (default: nowhere).
+    extra_metrics: ``params -> {name: fraction}``: task-specific accuracies (e.g. on a stylized
+      test set) measured on the retrained model, the original and every method; each row gets
+      them as ``extra`` and their gaps to the retrained model (points) as ``extra_gaps``, and the
+      summary as ``NAME`` and ``gap_NAME`` (the average gap stays the four metrics' mean).
 
   Returns:
     The leaderboard: ``{"methods", "seeds", "configs", "retrained", "runs", "summary"}``
@@ -153,11 +158,13 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
         configs[name] = get_method(name).default_config(model_name, request.kind)
     gold = _seed_gold(seed, request, data, retrain, gold_fn)
     reference = gold_reference(apply_fn, gold.params, data, request, params, seed)
+    gold_extra = dict(extra_metrics(gold.params)) if extra_metrics is not None else None
     gold_rows.append({"seed": seed, "run_s": gold.run_s, "compile_s": gold.compile_s,
-                      "metrics": dict(reference.metrics)})
+                      "metrics": dict(reference.metrics), **({"extra": gold_extra} if gold_extra else {})})
     log(f"seed {seed}: retrained in {gold.run_s:.1f} s (+{gold.compile_s:.1f} s compile): "
         + metrics_line(reference.metrics))
     rows.append(_row(seed, ORIGINAL, apply_fn, params, data, request, params, reference, gold, 0.0, 0.0, 0.0, log))
+    _add_extra(rows[-1], params, extra_metrics, gold_extra)
     for name in methods:
       task = UnlearnTask(apply_fn, params, model, data, request, jax.random.key(seed), show_progress,
                          checkpoint=checkpoint)
@@ -166,6 +173,7 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
       jax.block_until_ready(result.params)
       rows.append(_row(seed, name, apply_fn, result.params, data, request, params, reference, gold,
                        result.run_s, result.compile_s, time.perf_counter() - t0, log))
+      _add_extra(rows[-1], result.params, extra_metrics, gold_extra)
   return {"methods": [ORIGINAL, *methods], "seeds": list(range(int(seeds))),
           "configs": {name: dataclasses.asdict(c) for name, c in configs.items() if dataclasses.is_dataclass(c)},
           "retrained": gold_rows, "runs": rows, "summary": summarize(rows)}
@@ -179,6 +187,16 @@ def _seed_gold(seed: int, request: ForgetSet, data, retrain, gold_fn) -> Gold:
   out = retrain(data.x_train[keep], data.y_train[keep], jax.random.fold_in(jax.random.key(seed), 7))
   jax.block_until_ready(out.params if hasattr(out, "params") else out)
   return _as_gold(out, time.perf_counter() - t0)
+
+
+def _add_extra(row: dict, params, extra_metrics, gold_extra) -> None:
+  """Adds the caller's ``extra`` metrics and their gaps to the retrained model to a row (NaN if diverged)."""
+  if extra_metrics is None:
+    return
+  extra = ({k: float("nan") for k in gold_extra} if row["diverged"]
+           else {k: float(v) for k, v in extra_metrics(params).items()})
+  row["extra"] = extra
+  row["extra_gaps"] = {k: 100.0 * abs(extra[k] - float(gold_extra[k])) for k in extra}
 
 
 def _row(seed, name, apply_fn, new_params, data, request, params0, reference, gold: Gold, time_s, compile_s,
