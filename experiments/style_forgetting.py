@@ -78,6 +78,10 @@ def validate(args) -> tuple[tuple[str, ...], dict]:
     raise FamrError("--quick runs on digits only")
   methods = (tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods
              else QUICK_METHODS if args.quick else STYLE_METHODS)
+  from famr_jax.methods.registry import get_method
+  for name in methods:   # unknown names fail before any training
+    if name not in STYLE_VARIANTS:
+      get_method(name)
   overrides = {}
   if args.method_config and args.method_config != "defaults" and not args.tune:
     text = args.method_config
