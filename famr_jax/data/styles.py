@@ -121,11 +121,13 @@ def make_style_task(data, style: str, fraction: float, key: jax.Array) -> StyleT
     A :class:`StyleTask`.
 
   Example:
-    >>> import jax
-    >>> from famr_jax.data.datasets import load_dataset
-    >>> task = make_style_task(load_dataset("digits"), "invert", 0.2, jax.random.key(0))
-    >>> task.forget.kind, round(task.forget.indices.size / len(task.data.y_train), 2)
-    ('samples', 0.2)
+    >>> import jax, numpy as np
+    >>> from famr_jax.data.datasets import Dataset
+    >>> x, y = np.zeros((20, 2, 2, 1), np.float32), np.repeat(np.arange(2), 10)
+    >>> task = make_style_task(Dataset("toy", x, y, x[:4], y[:4], 2, (2, 2, 1), ()), "invert", 0.2,
+    ...                        jax.random.key(0))
+    >>> task.forget.kind, task.forget.indices.size, float(task.data.x_train[task.forget.indices].min())
+    ('samples', 4, 1.0)
   """
   if style not in STYLES:
     raise FamrError(f"unknown style {style!r}; valid: {', '.join(STYLES)}")
