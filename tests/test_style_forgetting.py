@@ -129,6 +129,8 @@ def test_style_task_end_to_end_on_digits(digits, style_board):
 
   task, _, apply_fn, params, board = style_board
   assert set(board["summary"]) == {"original", "famr-style-class", "famr-style-oracle"}
+  from famr_jax.methods.registry import method_names
+  assert not set(board["summary"]) & set(method_names()) - {"original"}   # run as specs, never registered
   assert board["style"]["layer"] == "fc1" and board["style"]["beta"] > 0
   assert board["configs"]["famr-style-class"]["target"] == "class-mean"
   assert board["configs"]["famr-style-oracle"]["alpha"] == 0.0 and board["configs"]["famr-style-oracle"]["steps"] == 4

@@ -22,7 +22,7 @@ from famr_jax.data.forget import ForgetSet
 from famr_jax.errors import FamrError
 from famr_jax.evaluation.leaderboard import (ORIGINAL, gold_reference, metrics_line, score_against_gold,
                                              summarize)
-from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.methods.registry import MethodSpec, UnlearnTask, get_method
 
 DEFAULT_METHODS = ("famr", "famr-retrain-target", "famr-fisher", "famr-curvature", "famr-function", "famr-plus",
                    "ft", "ga", "neggrad+", "rl", "salun", "scrub", "ssd")
@@ -102,7 +102,7 @@ def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[s
   return configs
 
 
-def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
+def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any, data: Any,
             forget: ForgetSet | Callable[[int], ForgetSet], *,
             retrain: Callable[[np.ndarray, np.ndarray, jax.Array], Any], seeds: int = 1,
             configs: Mapping[str, Any] | None = None, model: Any = None, model_name: str = "",
@@ -112,7 +112,9 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
   """Runs ``methods`` on one trained model and scores each against a retrained model, per seed.
 
   Args:
-    methods: registered method names (``famr_jax.method_names()``).
+    methods: registered method names (``famr_jax.method_names()``) or
+      :class:`famr_jax.MethodSpec` objects (a method run without registering it; rows and
+      configs go under its ``name``).
     apply_fn: ``apply_fn(params, x) -> logits``.
     params: the trained params.
     data: a :class:`famr_jax.Dataset` (train and test arrays; the test set scores the models).
@@ -139,11 +141,13 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
     ``dataset`` and ``forget`` are added, as the CLI does).
   """
   log = log or (lambda line: None)
-  methods = tuple(methods)
-  if len(set(methods)) != len(methods):
-    raise FamrError("a method is listed more than once in methods")
-  for name in methods:
-    get_method(name)   # unknown names fail before any work
+  specs = {}
+  for m in methods:   # unknown names fail before any work
+    spec = m if isinstance(m, MethodSpec) else get_method(m)
+    if spec.name in specs:
+      raise FamrError("a method is listed more than once in methods")
+    specs[spec.name] = spec
+  methods = tuple(specs)
   if isinstance(seeds, bool) or int(seeds) != seeds or seeds <= 0:
     raise FamrError(f"seeds must be a positive integer, got {seeds}")
   if retrain is None and gold_fn is None:
@@ -155,7 +159,7 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
     request = forget_of(seed)
     for name in methods:
       if name not in configs:
-        configs[name] = get_method(name).default_config(model_name, request.kind)
+        configs[name] = specs[name].default_config(model_name, request.kind)
     gold = _seed_gold(seed, request, data, retrain, gold_fn)
     reference = gold_reference(apply_fn, gold.params, data, request, params, seed)
     gold_extra = dict(extra_metrics(gold.params)) if extra_metrics is not None else None
@@ -169,7 +173,7 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
       task = UnlearnTask(apply_fn, params, model, data, request, jax.random.key(seed), show_progress,
                          checkpoint=checkpoint)
       t0 = time.perf_counter()
-      result = get_method(name).run(task, configs[name])
+      result = specs[name].run(task, configs[name])
       jax.block_until_ready(result.params)
       rows.append(_row(seed, name, apply_fn, result.params, data, request, params, reference, gold,
                        result.run_s, result.compile_s, time.perf_counter() - t0, log))

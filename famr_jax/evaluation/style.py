@@ -6,7 +6,7 @@ the un-stylized rest with the same recipe. :func:`style_leaderboard` runs
 :func:`famr_jax.evaluation.compare.compare` on it with two extra accuracies
 per model: on the stylized test set (every test image with the style) and on
 the clean one, and their gaps to the retrained model. The FAMR style
-variants are registered here (:func:`register_style_methods`):
+variants are built here as method specs, not registered (:func:`style_method_specs`):
 
 * ``famr-style``: the Gram loss alone (``alpha=0, beta>0``), the paper's target
   (mean Gram over the retained data, Eq. 4);
@@ -43,11 +43,11 @@ from famr_jax.evaluation.leaderboard import GAP_METRICS, ORIGINAL
 from famr_jax.evaluation.report import pyplot
 from famr_jax.methods.defaults import default_overrides
 from famr_jax.methods.famr import style_features
-from famr_jax.methods.registry import MethodSpec, get_method, register_method
+from famr_jax.methods.registry import MethodSpec, get_method
 from famr_jax.methods.style import StyleFAMRConfig, oracle_style_runner, per_example_grams, run_style_task
 
 __all__ = ["DEFAULT_STYLE_LAYER", "EXTRA_KEYS", "board_rows", "SAMPLE_METHODS", "STYLE_METHODS", "STYLE_VARIANTS",
-           "balanced_beta", "forget_gram_distance", "format_style_board", "plot_style_board", "register_style_methods",
+           "balanced_beta", "forget_gram_distance", "format_style_board", "plot_style_board", "style_method_specs",
            "style_accuracies", "style_leaderboard", "train_recipe"]
 
 STYLE_VARIANTS = ("famr-style", "famr-style-class", "famr-kl+style", "famr-style-oracle")
@@ -106,15 +106,14 @@ def balanced_beta(feature_fn: Callable, params, x_forget: np.ndarray, x_retain: 
   The paper gives no value for beta; the Gram's scale depends on the layer
   and the data, so it is set from the original model's own loss.
   """
-  target = per_example_grams(feature_fn, params, x_retain).astype(np.float64).mean(axis=0)
-  grams = per_example_grams(feature_fn, params, x_forget).astype(np.float64)
-  loss = float(np.mean(np.sum((grams - target) ** 2, axis=(1, 2))))
+  loss = forget_gram_distance(feature_fn, params, x_forget, x_retain)
   return 1.0 / loss if loss > 0 else 1.0
 
 
-def register_style_methods(model_name: str, style_layer: str, beta: float, x_forget_clean: np.ndarray,
-                           overrides: Mapping[str, Any] | None = None) -> dict[str, StyleFAMRConfig]:
-  """Registers :data:`STYLE_VARIANTS` (replacing earlier registrations) and returns their configs.
+def style_method_specs(model_name: str, style_layer: str, beta: float, x_forget_clean: np.ndarray,
+                       overrides: Mapping[str, Any] | None = None) -> dict[str, MethodSpec]:
+  """The :data:`STYLE_VARIANTS` as method specs for ``compare`` (not registered: the registry, and so the
+  CLI's flags, stay as they are); each spec's default config is the variant's.
 
   Each gets ``famr``'s sample schedule for ``model_name`` plus ``overrides``
   (e.g. another ``steps`` / ``lr``), ``style_layer`` and ``beta``.
@@ -131,11 +130,12 @@ def register_style_methods(model_name: str, style_layer: str, beta: float, x_for
            "famr-style-class": "FAMR, Gram loss alone, per-class mean retained Gram target",
            "famr-kl+style": "FAMR, uniform KL + Gram loss (Eq. 5), mean retained Gram target",
            "famr-style-oracle": "FAMR, Gram loss alone, target the un-stylized image's Gram (oracle bound)"}
+  specs = {}
   for name, config in configs.items():
     run = oracle_style_runner(x_forget_clean) if name == "famr-style-oracle" else run_style_task
-    register_method(MethodSpec(name, StyleFAMRConfig, run, texts[name],
-                               defaults=lambda _model, c=config: c, sample_defaults=lambda _model, c=config: c))
-  return configs
+    specs[name] = MethodSpec(name, StyleFAMRConfig, run, texts[name], defaults=lambda _model, c=config: c,
+                             sample_defaults=lambda _model, c=config: c)
+  return specs
 
 
 def style_leaderboard(task: StyleTask, clean_x_train: np.ndarray, model, apply_fn: Callable, params,
@@ -153,7 +153,7 @@ def style_leaderboard(task: StyleTask, clean_x_train: np.ndarray, model, apply_f
     params: the original model, trained with ``train_config`` on ``task.data``.
     train_config: the training recipe, rerun on the retained data for the gold standard.
     model_name: the model's name (its tuned defaults; the default style layer).
-    methods: registered method names; the style variants are registered here.
+    methods: method names: the style variants (built here, not registered) and registered ones.
     style_layer: the Gram loss's layer (default: :data:`DEFAULT_STYLE_LAYER`).
     seeds: seeds 0, 1, ...: each retrains the gold standard and reruns every method.
     overrides: ``{method: {option: value}}`` on top of the defaults (``"famr-style*"``
@@ -171,15 +171,12 @@ def style_leaderboard(task: StyleTask, clean_x_train: np.ndarray, model, apply_f
   feature_fn = style_features(model, layer)
   beta = overrides.get("famr-style*", {}).pop("beta", None) or balanced_beta(
       feature_fn, params, data.x_train[forget.indices], data.x_train[keep])
-  style_configs = register_style_methods(model_name, layer, beta, clean_x_train[forget.indices],
-                                         overrides.get("famr-style*"))
-  configs = {}
-  for name in methods:
-    base = style_configs.get(name)
-    if base is None:
-      base = get_method(name).default_config(model_name, forget.kind)
-    configs[name] = dataclasses.replace(base, **overrides.get(name, {}))
-  board = compare(methods, apply_fn, params, data, forget, retrain=train_recipe(model, apply_fn, data.image_shape,
+  style_specs = style_method_specs(model_name, layer, beta, clean_x_train[forget.indices],
+                                   overrides.get("famr-style*"))
+  specs = [style_specs.get(name) or get_method(name) for name in methods]
+  configs = {s.name: dataclasses.replace(s.default_config(model_name, forget.kind), **overrides.get(s.name, {}))
+             for s in specs}
+  board = compare(specs, apply_fn, params, data, forget, retrain=train_recipe(model, apply_fn, data.image_shape,
                                                                                train_config),
                   seeds=seeds, configs=configs, model=model, model_name=model_name, log=log,
                   extra_metrics=style_accuracies(apply_fn, task, feature_fn, params))
