@@ -23,7 +23,7 @@ from famr_jax.data.forget import ForgetSet
 from famr_jax.errors import Diverged, FamrError
 from famr_jax.evaluation.leaderboard import (ORIGINAL, gold_reference, metrics_line, score_against_gold,
                                              summarize)
-from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.methods.registry import MethodSpec, UnlearnTask, get_method
 from famr_jax.validation import check_config_class, check_images, check_labels, check_model
 
 DEFAULT_METHODS = ("famr", "famr-retrain-target", "famr-fisher", "famr-curvature", "famr-function", "famr-plus",
@@ -104,16 +104,19 @@ def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[s
   return configs
 
 
-def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
+def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any, data: Any,
             forget: ForgetSet | Callable[[int], ForgetSet], *,
             retrain: Callable[[np.ndarray, np.ndarray, jax.Array], Any], seeds: int = 1,
             configs: Mapping[str, Any] | None = None, model: Any = None, model_name: str = "",
             checkpoint: str | None = None, gold_fn: Callable[[int, ForgetSet], Gold] | None = None,
-            show_progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
+            show_progress: bool = False, log: Callable[[str], None] | None = None,
+            extra_metrics: Callable[[Any], Mapping[str, float]] | None = None) -> dict:
   """Runs ``methods`` on one trained model and scores each against a retrained model, per seed.
 
   Args:
-    methods: registered method names (``famr_jax.method_names()``).
+    methods: registered method names (``famr_jax.method_names()``) or
+      :class:`famr_jax.MethodSpec` objects (a method run without registering it; rows and
+      configs go under its ``name``).
     apply_fn: ``apply_fn(params, x) -> logits``.
     params: the trained params.
     data: a :class:`famr_jax.Dataset` (train and test arrays; the test set scores the models).
@@ -129,6 +132,10 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
     gold_fn: ``(seed, forget) -> Gold`` replacing ``retrain`` (the CLI's cache of retrained models).
     show_progress: progress bars.
     log: where one line per run goes (default: nowhere).
+    extra_metrics: ``params -> {name: fraction}``: task-specific accuracies (e.g. on a stylized
+      test set) measured on the retrained model, the original and every method; each row gets
+      them as ``extra`` and their gaps to the retrained model (points) as ``extra_gaps``, and the
+      summary as ``NAME`` and ``gap_NAME`` (the average gap stays the four metrics' mean).
 
   Returns:
     The leaderboard: ``{"methods", "seeds", "configs", "retrained", "runs", "summary"}``
@@ -136,11 +143,13 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
     ``dataset`` and ``forget`` are added, as the CLI does).
   """
   log = log or (lambda line: None)
-  methods = tuple(methods)
-  if len(set(methods)) != len(methods):
-    raise FamrError("a method is listed more than once in methods")
-  for name in methods:
-    get_method(name)   # unknown names fail before any work
+  specs = {}
+  for m in methods:   # unknown names fail before any work
+    spec = m if isinstance(m, MethodSpec) else get_method(m)
+    if spec.name in specs:
+      raise FamrError("a method is listed more than once in methods")
+    specs[spec.name] = spec
+  methods = tuple(specs)
   if isinstance(seeds, bool) or int(seeds) != seeds or seeds <= 0:
     raise FamrError(f"seeds must be a positive integer, got {seeds}")
   if retrain is None and gold_fn is None:
@@ -163,26 +172,29 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
     request = forget_of(seed)
     for name in methods:
       if name not in configs:
-        configs[name] = get_method(name).default_config(model_name, request.kind)
+        configs[name] = specs[name].default_config(model_name, request.kind)
     gold = _seed_gold(seed, request, data, retrain, gold_fn)
     reference = gold_reference(apply_fn, gold.params, data, request, params, seed)
+    gold_extra = dict(extra_metrics(gold.params)) if extra_metrics is not None else None
     gold_rows.append({"seed": seed, "run_s": gold.run_s, "compile_s": gold.compile_s,
-                      "metrics": dict(reference.metrics)})
+                      "metrics": dict(reference.metrics), **({"extra": gold_extra} if gold_extra else {})})
     log(f"seed {seed}: retrained in {gold.run_s:.1f} s (+{gold.compile_s:.1f} s compile): "
         + metrics_line(reference.metrics))
     rows.append(_row(seed, ORIGINAL, apply_fn, params, data, request, params, reference, gold, 0.0, 0.0, 0.0, log))
+    _add_extra(rows[-1], params, extra_metrics, gold_extra)
     for name in methods:
       task = UnlearnTask(apply_fn, params, model, data, request, jax.random.key(seed), show_progress,
                          checkpoint=checkpoint)
       t0 = time.perf_counter()
       try:
-        result = get_method(name).run(task, configs[name])
+        result = specs[name].run(task, configs[name])
         new_params, run_s, compile_s = jax.block_until_ready(result.params), result.run_s, result.compile_s
       except Diverged:   # scored as diverged (NaN gaps, counted per method), never a crash
         new_params = jax.tree.map(lambda a: jnp.full(jnp.shape(a), jnp.nan, jnp.result_type(a)), params)
         run_s, compile_s = time.perf_counter() - t0, 0.0
       rows.append(_row(seed, name, apply_fn, new_params, data, request, params, reference, gold,
                        run_s, compile_s, time.perf_counter() - t0, log))
+      _add_extra(rows[-1], new_params, extra_metrics, gold_extra)
   return {"methods": [ORIGINAL, *methods], "seeds": list(range(int(seeds))),
           "configs": {name: dataclasses.asdict(c) for name, c in configs.items() if dataclasses.is_dataclass(c)},
           "retrained": gold_rows, "runs": rows, "summary": summarize(rows)}
@@ -196,6 +208,16 @@ def _seed_gold(seed: int, request: ForgetSet, data, retrain, gold_fn) -> Gold:
   out = retrain(data.x_train[keep], data.y_train[keep], jax.random.fold_in(jax.random.key(seed), 7))
   jax.block_until_ready(out.params if hasattr(out, "params") else out)
   return _as_gold(out, time.perf_counter() - t0)
+
+
+def _add_extra(row: dict, params, extra_metrics, gold_extra) -> None:
+  """Adds the caller's ``extra`` metrics and their gaps to the retrained model to a row (NaN if diverged)."""
+  if extra_metrics is None:
+    return
+  extra = ({k: float("nan") for k in gold_extra} if row["diverged"]
+           else {k: float(v) for k, v in extra_metrics(params).items()})
+  row["extra"] = extra
+  row["extra_gaps"] = {k: 100.0 * abs(extra[k] - float(gold_extra[k])) for k in extra}
 
 
 def _row(seed, name, apply_fn, new_params, data, request, params0, reference, gold: Gold, time_s, compile_s,

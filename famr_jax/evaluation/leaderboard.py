@@ -128,6 +128,9 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str
     for r in mine:
       for k in SUMMARY_KEYS:
         values.setdefault(k, []).append(100.0 * _num(r["metrics"][k]))
+      for k, v in r.get("extra", {}).items():   # a task's own accuracies (compare's extra_metrics)
+        values.setdefault(k, []).append(100.0 * _num(v))
+        values.setdefault(f"gap_{k}", []).append(_num(r["extra_gaps"][k]))
       for k, v in r["gaps"].items():
         if k != "avg_gap":
           values.setdefault(f"gap_{k}", []).append(_num(v))
