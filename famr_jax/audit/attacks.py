@@ -40,6 +40,7 @@ Definitions (with their sources; ``docs/results.md``, issue 14, states them too)
 from __future__ import annotations
 
 from typing import NamedTuple
+import warnings
 
 import numpy as np
 from scipy import special, stats
@@ -75,7 +76,8 @@ def _loo(values: np.ndarray, member: np.ndarray, group: np.ndarray) -> np.ndarra
 def _gaussian(values, member, group, fixed_variance: bool):
   """Leave-one-out ``(median, std)`` per target model and example, of the models in ``group``."""
   view = _loo(values, member, group)
-  with np.errstate(all="ignore"):
+  with np.errstate(all="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)   # an example no other model has in the group: NaN
     center = np.nanmedian(view, axis=1)
     if fixed_variance:
       flat = view.reshape(view.shape[0], -1)
@@ -126,7 +128,7 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
   labels = np.asarray(labels, bool).ravel()
   order = np.argsort(-scores, kind="stable")
   s, y = scores[order], labels[order]
-  last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]   # the end of each run of tied scores
+  last = np.r_[np.nonzero(s[1:] != s[:-1])[0], len(s) - 1]   # the end of each run of tied scores
   tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
   pos, neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
   return np.r_[0.0, fp / neg], np.r_[0.0, tp / pos]
