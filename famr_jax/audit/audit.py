@@ -163,9 +163,9 @@ def lira_check(apply_fn: Callable, model: Any, data: Any, train_config: TrainCon
 
   Example:
     >>> from famr_jax import models, load_dataset
-    >>> d = load_dataset("digits"); d = d._replace(x_train=d.x_train[:100], y_train=d.y_train[:100])
+    >>> d = load_dataset("digits"); d = d._replace(x_train=d.x_train[:64], y_train=d.y_train[:64])
     >>> m = models.create_model("logistic", 10, d.image_shape)
-    >>> r = lira_check(models.make_apply_fn(m), m, d, TrainConfig(epochs=2), AuditConfig(shadows=4),
+    >>> r = lira_check(models.make_apply_fn(m), m, d, TrainConfig(epochs=1), AuditConfig(shadows=4),
     ...                jax.random.key(0))
     >>> sorted(r)
     ['cost', 'offline', 'online', 'online_fixed_variance']

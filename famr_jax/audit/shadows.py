@@ -134,9 +134,9 @@ def train_shadow_farm(model: Any, apply_fn: Callable, data: Any, forget: ForgetS
 
   Example:
     >>> from famr_jax import models, load_dataset, forget_samples
-    >>> d = load_dataset("digits"); d = d._replace(x_train=d.x_train[:200], y_train=d.y_train[:200])
+    >>> d = load_dataset("digits"); d = d._replace(x_train=d.x_train[:64], y_train=d.y_train[:64])
     >>> m = models.create_model("logistic", 10, d.image_shape)
-    >>> farm = train_shadow_farm(m, models.make_apply_fn(m), d, forget_samples([0, 1, 2], 200, 10),
+    >>> farm = train_shadow_farm(m, models.make_apply_fn(m), d, forget_samples([0, 1, 2], 64, 10),
     ...                          TrainConfig(epochs=1), AuditConfig(shadows=2), jax.random.key(0))
     >>> farm.originals["fc"]["kernel"].shape
     (2, 64, 10)
