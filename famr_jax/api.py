@@ -143,7 +143,7 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
   key = typed_key(key)
   defaulted = config is None
   if config is None:
-    config = spec.default_config(model_name, forget.kind)
+    config = spec.default_config(model_name, forget.kind, num_forget=len(forget.indices))
   elif not isinstance(config, spec.config_cls):
     raise FamrError(f"config for {method!r} must be a {spec.config_cls.__name__}, got {type(config).__name__}")
   if overrides:

@@ -101,7 +101,8 @@ def audit_pair(unlearned: GroupOutputs, retrained: GroupOutputs, config: AuditCo
           "final_score": attacks.final_score(quality, ra_u, ra_r, ta_u, ta_r),
           "epsilon_median": float(np.median(eps)), "epsilon_infinite": float(np.mean(~np.isfinite(eps))),
           "epsilon_max_finite": float(finite.max()) if finite.size else float("nan"),
-          "retain_acc": ra_u, "test_acc": ta_u, "forget_acc": float(np.mean(unlearned.forget_acc))}
+          "retain_acc": ra_u, "retain_acc_std": float(np.std(unlearned.retain_acc)), "test_acc": ta_u,
+          "forget_acc": float(np.mean(unlearned.forget_acc))}
 
 
 def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, train_config: TrainConfig,

@@ -26,6 +26,7 @@ from famr_jax.evaluation.compare import (DEFAULT_METHODS, Gold, class_only_reaso
 from famr_jax.evaluation.leaderboard import format_leaderboard, plot_leaderboard
 from famr_jax.evaluation.report import write_json
 from famr_jax.io import checkpoints
+from famr_jax.methods.defaults import scale_step_budget
 from famr_jax.io.outputs import check_output_free, staged_directory
 from famr_jax.cli.runs import load_model, retrain_gold_standard
 from famr_jax.theory.fisher import missing_fisher_message
@@ -180,6 +181,10 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
     raise FamrError(f"{', '.join(needs_fisher)}: " + missing_fisher_message(run.checkpoint))
 
   loaded = load_model(run.checkpoint)
+  if run.forget_random is not None:   # default step budgets scale with the request's size
+    size = max(1, int(round(float(run.forget_random) * len(loaded.data.y_train))))
+    chosen = lambda m: "steps" in (flags or {}) or "steps" in per_method.get(m, {}) or m == "retrain"
+    configs = {m: c if chosen(m) else scale_step_budget(c, size) for m, c in configs.items()}
   checkpoint = str(Path(run.checkpoint).expanduser().resolve())
   board = compare(methods, loaded.apply_fn, loaded.params, loaded.data,
                   lambda seed: seed_forget_set(run, loaded.data, seed), retrain=None, seeds=run.seeds,

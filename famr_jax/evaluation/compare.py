@@ -175,7 +175,7 @@ def compare(methods: Sequence[str], apply_fn: Callable, params: Any, data: Any,
     request = forget_of(seed)
     for name in methods:
       if name not in configs:
-        configs[name] = get_method(name).default_config(model_name, request.kind)
+        configs[name] = get_method(name).default_config(model_name, request.kind, num_forget=len(request.indices))
     gold = _seed_gold(seed, request, data, retrain, gold_fn)
     reference = gold_reference(apply_fn, gold.params, data, request, params, seed)
     gold_rows.append({"seed": seed, "run_s": gold.run_s, "compile_s": gold.compile_s,
