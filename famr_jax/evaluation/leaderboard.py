@@ -207,10 +207,9 @@ def format_audit(board: Mapping[str, Any], order: Sequence[str]) -> list[str]:
            "quality 1 are perfect unlearning):", "",
            "| method | U-LiRA AUC | TPR @ 1% FPR | forgetting quality | final score | retain acc % (farm) | "
            "time % of retrain (farm) |", "|---|---|---|---|---|---|---|"]
-  for m in order:
+  audited = [m for m in order if "audit_ulira_auc" in summary[m]]
+  for m in sorted(audited, key=lambda m: summary[m]["audit_ulira_auc"]["mean"]):
     s = summary[m]
-    if "audit_ulira_auc" not in s:
-      continue
     retain = {k: 100 * v for k, v in s["audit_retain_acc"].items() if k != "n"}
     time_pct = ({k: 100 * v for k, v in s["audit_time_fraction"].items() if k != "n"}
                 if "audit_time_fraction" in s else None)
@@ -223,6 +222,10 @@ def format_audit(board: Mapping[str, Any], order: Sequence[str]) -> list[str]:
     lines.append(f"| *{INDEPENDENT_RETRAIN}* | {_pm(st('ulira_auc'), 3)} | {_pm(st('ulira_tpr_at_1'), 3)} | "
                  f"{_pm(st('forgetting_quality'), 3)} | {_pm(st('final_score'), 3)} | "
                  f"{_pm(st('retain_acc', 100.0))} | 100 |")
+  pick = audit_pick(board)
+  if pick:
+    lines += ["", f"The audit's pick: **{pick}** (U-LiRA AUC nearest 0.5 among the methods whose farm retain "
+              "accuracy lies within 2 std of the independent retrains')."]
   costs = [a["costs"]["retrains"]["per_model_s"] for a in audits]
   lines += ["", f"Farm: {_pm(_stat(costs), 3)} s per shadow model (retrain, compile excluded, "
             f"{audits[0]['costs']['retrains']['mode']}); sanity rows: the untouched original must be exposed "
@@ -271,3 +274,28 @@ def _plot_audit(board: Mapping[str, Any], ax) -> None:
   ax.set_ylabel("U-LiRA AUC (0.5 = retrained)")
   ax.set_title(f"audit: {board['audit'][0]['shadows']} shadow models per group")
   ax.grid(True, which="both", alpha=0.3)
+
+
+def audit_pick(board: Mapping[str, Any]) -> str | None:
+  """The audited method with U-LiRA AUC nearest 0.5 whose farm retain accuracy is within 2 std of the
+  independent retrains' (means over seeds); None without an audit or a method that qualifies.
+
+  Example:
+    >>> row = lambda auc, ra: {"audit": {"ulira_auc": auc, "retain_acc": ra}}
+    >>> audit_pick({"runs": [{"method": "a", **row(0.6, 0.99)}, {"method": "b", **row(0.51, 0.80)},
+    ...                      {"method": "original", **row(0.7, 0.99)}],
+    ...             "audit": [{"rows": {INDEPENDENT_RETRAIN: {"retain_acc": 0.99, "retain_acc_std": 0.01}}}]})
+    'a'
+  """
+  audits = board.get("audit") or []
+  sanity = [a["rows"][INDEPENDENT_RETRAIN] for a in audits if INDEPENDENT_RETRAIN in a["rows"]]
+  if not sanity:
+    return None
+  floor = float(np.mean([r["retain_acc"] - 2 * r.get("retain_acc_std", 0.0) for r in sanity]))
+  scores: dict[str, list[tuple[float, float]]] = {}
+  for r in board["runs"]:
+    if "audit" in r and r["method"] != ORIGINAL:
+      scores.setdefault(r["method"], []).append((r["audit"]["ulira_auc"], r["audit"]["retain_acc"]))
+  means = {m: (float(np.mean([a for a, _ in v])), float(np.mean([ra for _, ra in v]))) for m, v in scores.items()}
+  ok = {m: abs(auc - 0.5) for m, (auc, ra) in means.items() if ra >= floor and math.isfinite(auc)}
+  return min(ok, key=ok.get) if ok else None
