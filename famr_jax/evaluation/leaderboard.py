@@ -294,7 +294,7 @@ def audit_pick(board: Mapping[str, Any]) -> str | None:
   floor = float(np.mean([r["retain_acc"] - 2 * r.get("retain_acc_std", 0.0) for r in sanity]))
   scores: dict[str, list[tuple[float, float]]] = {}
   for r in board["runs"]:
-    if "audit" in r and r["method"] != ORIGINAL:
+    if "audit" in r and r["method"] not in (ORIGINAL, "retrain"):   # the gold standard is no unlearning method
       scores.setdefault(r["method"], []).append((r["audit"]["ulira_auc"], r["audit"]["retain_acc"]))
   means = {m: (float(np.mean([a for a, _ in v])), float(np.mean([ra for _, ra in v]))) for m, v in scores.items()}
   ok = {m: abs(auc - 0.5) for m, (auc, ra) in means.items() if ra >= floor and math.isfinite(auc)}
