@@ -185,7 +185,7 @@ def lira_check(apply_fn: Callable, model: Any, data: Any, train_config: TrainCon
   inits = initial_params(model, keys[:n], data.image_shape)
   runs = [lambda i=i: train_classifier(apply_fn, inits[i], x[perms[i]], y[perms[i]], train_config, keys[n + i],
                                        show_progress=False) for i in range(n)]
-  result = run_farm(runs, mode="vmap" if config.mode == "auto" else config.mode, what="training",
+  result = run_farm(runs, mode=config.mode, what="training",
                     show_progress=show_progress, desc="shadows: LiRA halves")
   logits = farm_logits(apply_fn, result.params, x)
   phi = attacks.logit_confidence(logits, np.broadcast_to(y, logits.shape[:2]))

@@ -51,7 +51,8 @@ class AuditConfig:
     attack: ``"ulira"`` (per-example U-LiRA and the challenge's epsilon score).
     shadows: models per group (originals, retrains, unlearned), at least 2; 16 to 256 is typical.
     mode: ``"vmap"`` (one program per group; refused for a method that cannot be vmapped),
-      ``"loop"`` (one run at a time) or ``"auto"`` (vmap where the method allows, by measurement).
+      ``"loop"`` (one run at a time) or ``"auto"`` (vmap where the method allows and the measurement
+      favours it: :func:`famr_jax.engine.farm.auto_mode`).
     fixed_variance: U-LiRA with one global variance instead of one per example.
     delta: the challenge's delta in its epsilon.
   """
@@ -147,7 +148,7 @@ def train_shadow_farm(model: Any, apply_fn: Callable, data: Any, forget: ForgetS
   keep = forget.retain_mask(len(data.y_train))
   x, y = np.asarray(data.x_train, np.float32), np.asarray(data.y_train, np.int32)
   xr, yr = x[keep], y[keep]
-  mode = "vmap" if config.mode == "auto" else config.mode   # training is one engine descent: always vmappable
+  mode = config.mode   # training is one engine descent: "auto" picks vmap or loop by the model (auto_mode)
   groups = {}
   for i, (name, xs, ys) in enumerate((("originals", x, y), ("retrains", xr, yr), ("independent_retrains", xr, yr))):
     groups[name] = _train_group(apply_fn, model, xs, ys, train_config, jax.random.fold_in(key, i), n,
@@ -169,7 +170,8 @@ def unlearn_farm(method: str, method_config: Any, originals: Any, apply_fn: Call
     data: the :class:`famr_jax.Dataset`.
     forget: the request.
     key: the method's key; original ``i`` gets ``fold_in(key, i)``.
-    mode: ``"vmap"``, ``"loop"`` or ``"auto"`` (vmap for :data:`VMAPPABLE` methods).
+    mode: ``"vmap"``, ``"loop"`` or ``"auto"`` (loop for methods outside :data:`VMAPPABLE`, else
+      :func:`famr_jax.engine.farm.auto_mode`).
     show_progress: a progress bar.
 
   Returns:
@@ -180,7 +182,7 @@ def unlearn_farm(method: str, method_config: Any, originals: Any, apply_fn: Call
   n = int(jax.tree.leaves(originals)[0].shape[0])
   tasks = [UnlearnTask(apply_fn, unstack_tree(originals, i), model, data, forget, jax.random.fold_in(key, i),
                        False, input_shape=tuple(data.image_shape)) for i in range(n)]
-  if mode == "auto":
-    mode = "vmap" if method in VMAPPABLE else "loop"
+  if mode == "auto" and method not in VMAPPABLE:
+    mode = "loop"   # else run_farm's auto_mode: vmap or loop by the model, per measurement
   runs = [lambda t=t: spec.run(t, method_config) for t in tasks]
   return run_farm(runs, mode=mode, what=f"method {method!r}", show_progress=show_progress, desc=f"shadows: {method}")
