@@ -16,7 +16,7 @@ run() { name=$1; shift; start=$(date +%s); "$@" > "$name.log" 2>&1; rc=$?; echo 
 run demo famr-jax demo
 run train famr-jax train --dataset fashion_mnist --model lenet5 --epochs 10 --out runs/lenet5
 run unlearn_classes famr-jax unlearn --checkpoint runs/lenet5 --method famr --forget-classes 3 --retrain --out runs/lenet5-forget3
-run unlearn_samples famr-jax unlearn --checkpoint runs/lenet5 --forget-samples 0,17,42 --lr 0.05 --lam 0.1 --out runs/samples
+run unlearn_samples famr-jax unlearn --checkpoint runs/lenet5 --forget-samples 0,17,42 --out runs/samples
 run evaluate famr-jax evaluate --checkpoint runs/lenet5-forget3/unlearned
 run zs famr-jax unlearn --checkpoint runs/lenet5 --method impressions --forget-classes 1,2,3,4 --out runs/zs
 run zs_famr famr-jax unlearn --checkpoint runs/lenet5 --method famr-zeroshot --forget-classes 1,2,3,4 --out runs/zs-famr

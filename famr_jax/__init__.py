@@ -17,6 +17,9 @@ from famr_jax.version import __version__
 from famr_jax import models
 from famr_jax.api import UnlearnResult, unlearn
 from famr_jax.data.datasets import Dataset, load_dataset
+from famr_jax.audit.attacks import epsilons, forgetting_quality, lira, ulira
+from famr_jax.audit.audit import audit_request, lira_check
+from famr_jax.audit.shadows import AuditConfig, train_shadow_farm, unlearn_farm
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
 from famr_jax.engine.descent import DescentResult, bind_static, loop_form, minibatch_descent
 from famr_jax.engine.parallel import ScaleConfig
@@ -42,6 +45,9 @@ __all__ = [
     # the front door
     "unlearn", "UnlearnResult", "compare", "format_leaderboard", "method_names", "get_method", "register_method",
     "MethodSpec", "load_model", "SavedModel", "import_weights", "convert_weights",
+    # auditing (issue 14): shadow-model farms, U-LiRA, the unlearning challenge's epsilon score
+    "AuditConfig", "audit_request", "lira_check", "train_shadow_farm", "unlearn_farm", "ulira", "lira", "epsilons",
+    "forgetting_quality",
     # forget requests and data
     "ForgetSet", "forget_classes", "forget_samples", "forget_random", "Dataset", "load_dataset",
     # the engine

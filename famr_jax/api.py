@@ -146,7 +146,7 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
   key = typed_key(key)
   defaulted = config is None
   if config is None:
-    config = spec.default_config(model_name, forget.kind)
+    config = spec.default_config(model_name, forget.kind, num_forget=len(forget.indices))
   else:
     check_config_class(config, method, spec.config_cls)
   if overrides:

@@ -45,9 +45,10 @@ RANK = {
     'engine': 4,
     'theory': 5,
     'methods': 6,
-    'evaluation': 7,
-    'root': 8,
-    'cli': 9,
+    'audit': 7,
+    'evaluation': 8,
+    'root': 9,
+    'cli': 10,
 }
 # Foundation subpackages: besides their own modules they may import only these. io restores saved
 # models (it builds a model and reads a data set's description), so it may import data and models.

@@ -85,6 +85,10 @@ def test_random_forgetting_draws_per_seed(checkpoints, tmp_path):
     (["--methods", "famr-fisher", "--forget-classes", "3"], "no stored Fisher.*famr-jax fisher --checkpoint"),
     (["--methods", "famr", "--forget-classes", "3", "--saliency", "0.5"], "no compared method has option --saliency"),
     (["--methods", "famr", "--forget-classes", "3", "--seeds", "0"], "--seeds must be positive"),
+    (["--methods", "ga", "--forget-random", "0.1", "--audit", "ulira", "--shadows", "1"], "at least 2 shadow models"),
+    (["--methods", "ga", "--forget-random", "0.1", "--shadows", "4"], "--shadows sizes an audit"),
+    (["--methods", "ga", "--forget-random", "0.1", "--audit", "lira"], "audit must be one of ulira"),
+    (["--methods", "ga,famr-plus", "--forget-random", "0.1"], "'famr-plus' cannot forget random samples"),
 ])
 def test_bad_compare_input_is_one_line_and_writes_nothing(checkpoints, tmp_path, capsys, extra, message):
   ckpt, _ = checkpoints
@@ -186,3 +190,14 @@ def test_default_list_runs_on_a_fresh_checkpoint(checkpoints, tmp_path, capsys):
   from famr_jax.evaluation.compare import DEFAULT_METHODS
   assert board["methods"] == ["original", *[m for m in DEFAULT_METHODS if m != "famr-fisher"]]
   assert not any(row["diverged"] for row in board["runs"])
+
+
+def test_the_default_list_skips_class_only_methods_for_a_sample_request():
+  from famr_jax.cli.compare_run import drop_class_only
+  from famr_jax.evaluation.compare import DEFAULT_METHODS, resolve_configs
+  configs = resolve_configs(DEFAULT_METHODS, "mlp", forget_kind="samples")
+  lines = []
+  kept, kept_configs = drop_class_only(DEFAULT_METHODS, configs, "samples", True, lines.append)
+  assert "famr-retrain-target" not in kept and "famr-plus" not in kept and "famr" in kept and "ga" in kept
+  assert set(kept_configs) == set(kept) and len(lines) == 1 and "famr-plus" in lines[0]
+  assert drop_class_only(DEFAULT_METHODS, configs, "classes", True, lines.append)[0] == DEFAULT_METHODS

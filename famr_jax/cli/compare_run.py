@@ -17,15 +17,18 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from famr_jax.audit.shadows import AuditConfig
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random
 from famr_jax.engine.training import TrainConfig
 from famr_jax.errors import FamrError
 from famr_jax.validation import CheckedFields
-from famr_jax.evaluation.compare import DEFAULT_METHODS, Gold, compare, read_method_config, resolve_configs
+from famr_jax.evaluation.compare import (DEFAULT_METHODS, Gold, class_only_reason, compare, read_method_config,
+                                        resolve_configs)
 from famr_jax.evaluation.leaderboard import format_leaderboard, plot_leaderboard
 from famr_jax.evaluation.report import write_json
 from famr_jax.io import checkpoints
 from famr_jax.engine.resume import data_digest
+from famr_jax.methods.defaults import scale_step_budget
 from famr_jax.io.outputs import check_disjoint, check_output_target, staged_directory
 from famr_jax.cli.runs import load_model, recorded_train_config, retrain_gold_standard
 from famr_jax.theory.fisher import missing_fisher_message
@@ -47,6 +50,9 @@ class CompareRun(CheckedFields):
     overwrite: replace ``out`` if it exists.
     gold_cache: directory of retrained gold-standard checkpoints, reused when the checkpoint,
       forget set, seed and recipe match (the retrain is deterministic); new ones are added.
+    audit: ``ulira``: also audit every method on a farm of shadow models (U-LiRA AUC, TPR at 1% FPR,
+      the NeurIPS 2023 unlearning challenge's forgetting quality and final score).
+    shadows: shadow models per group of the audit (at least 2; 16 to 256 is typical).
   """
   checkpoint: str
   out: str
@@ -57,6 +63,8 @@ class CompareRun(CheckedFields):
   method_config: str | None = None
   overwrite: bool = False
   gold_cache: str | None = None
+  audit: str | None = None
+  shadows: int = 16
 
 
 def content_digest(loaded) -> str:
@@ -137,6 +145,24 @@ def seed_forget_set(run: CompareRun, data, seed: int) -> ForgetSet:
                        len(data.y_train), data.num_classes)
 
 
+def drop_class_only(methods: tuple[str, ...], configs: dict, forget_kind: str, default_list: bool,
+                    log=print) -> tuple[tuple[str, ...], dict]:
+  """For a sample request: the default list skips methods that forget whole classes only (one line says
+  which); a list the user gave that names one is refused. Checked before any work."""
+  if forget_kind != "samples":
+    return methods, configs
+  refused = {m: class_only_reason(m, configs[m]) for m in methods}
+  refused = {m: why for m, why in refused.items() if why}
+  if not refused:
+    return methods, configs
+  if not default_list:
+    name, why = next(iter(refused.items()))
+    raise FamrError(f"method {name!r} cannot forget random samples ({why}); leave it out of --methods")
+  log(f"{', '.join(refused)} left out: they forget whole classes only")
+  kept = tuple(m for m in methods if m not in refused)
+  return kept, {m: configs[m] for m in kept}
+
+
 def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show_progress: bool = True,
                 log=print) -> dict:
   """Runs the leaderboard of a checkpoint and writes it to ``run.out``.
@@ -165,6 +191,7 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
   train_config = recorded_train_config(metadata, run.checkpoint)
   has_fisher = "fisher" in metadata.get("extras", {})
   methods = tuple(run.methods)
+  default_list = not methods
   if not methods:
     methods = DEFAULT_METHODS
     if not has_fisher:   # the default list runs on a fresh checkpoint: leave out what needs a stored Fisher
@@ -173,33 +200,45 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
           f"(famr-jax fisher --checkpoint {run.checkpoint} adds it)")
   if len(set(methods)) != len(methods):
     raise FamrError("a method is listed more than once in --methods")
+  forget_kind = "classes" if run.forget_classes else "samples"
   configs = resolve_configs(methods, metadata.get("model", ""), flags=flags, per_method=per_method,
-                            train_config=train_config,
-                            forget_kind="classes" if run.forget_classes else "samples",
+                            train_config=train_config, forget_kind=forget_kind,
                             option_name=lambda f: "--" + f.replace("_", "-"))
+  methods, configs = drop_class_only(methods, configs, forget_kind, default_list, log)
+  if run.audit is None and run.shadows != CompareRun.shadows:
+    raise FamrError("--shadows sizes an audit: add --audit ulira")
+  if run.audit is not None:
+    AuditConfig(attack=run.audit, shadows=run.shadows).validate()
   needs_fisher = [m for m, c in configs.items() if getattr(c, "anchor", None) == "fisher"]
   if needs_fisher and not has_fisher:
     raise FamrError(f"{', '.join(needs_fisher)}: " + missing_fisher_message(run.checkpoint))
 
   with staged_directory(run.out, run.overwrite, command="compare", inputs=(run.checkpoint,)) as staging:
-    board = _run_board(run, methods, configs, train_config, metadata, show_progress, log)
+    # a step budget the user set is kept; the defaults scale with the request's size (in _run_board)
+    fixed_steps = {m for m in configs if "steps" in (flags or {}) or "steps" in per_method.get(m, {}) or m == "retrain"}
+    board = _run_board(run, methods, configs, train_config, metadata, show_progress, log, fixed_steps)
     write_json(staging / "leaderboard.json", board)
     (staging / "leaderboard.md").write_text(format_leaderboard(board) + "\n")
     plot_leaderboard(board, staging / "leaderboard.png")
   return board
 
 
-def _run_board(run: CompareRun, methods, configs, train_config, metadata, show_progress: bool, log) -> dict:
+def _run_board(run: CompareRun, methods, configs, train_config, metadata, show_progress: bool, log,
+               fixed_steps=frozenset()) -> dict:
   """Every method and seed against the retrained gold standard: the leaderboard's contents."""
   loaded = load_model(run.checkpoint)
   content = content_digest(loaded) if run.gold_cache else None
+  if run.forget_random is not None:   # default step budgets scale with the request's size
+    size = max(1, int(round(float(run.forget_random) * len(loaded.data.y_train))))
+    configs = {m: c if m in fixed_steps else scale_step_budget(c, size) for m, c in configs.items()}
   checkpoint = str(Path(run.checkpoint).expanduser().resolve())
   board = compare(methods, loaded.apply_fn, loaded.params, loaded.data,
                   lambda seed: seed_forget_set(run, loaded.data, seed), retrain=None, seeds=run.seeds,
                   configs=configs, model=loaded.model, model_name=metadata.get("model", ""),
                   checkpoint=checkpoint, show_progress=show_progress, log=log,
                   gold_fn=lambda seed, forget: gold_standard(run, loaded, forget, seed, train_config,
-                                                             show_progress, log, content))
+                                                             show_progress, log, content),
+                  audit=run.audit, shadows=run.shadows, train_config=train_config)
   board = {
       "famr_jax_version": __version__, "checkpoint": checkpoint, "dataset": loaded.data.name,
       "model": metadata.get("model"),

@@ -236,8 +236,9 @@ def _cmd_unlearn(args) -> int:
     raise FamrError(f"method {run.method!r} has no option "
                     + ", ".join("--" + f.replace("_", "-") for f in foreign))
   from famr_jax.methods.registry import with_overrides
-  config = with_overrides(spec.default_config(meta.get("model", ""), kind), given)
-  if getattr(config, "beta", 0) > 0 and getattr(config, "style_layer", "") is None:
+  # No options given: the run builds the defaults once it knows the request's size (step budgets scale with it).
+  config = with_overrides(spec.default_config(meta.get("model", ""), kind), given) if given else None
+  if config is not None and getattr(config, "beta", 0) > 0 and getattr(config, "style_layer", "") is None:
     raise FamrError("style forgetting (--beta > 0) needs --style-layer naming a layer of the model")
   rep = unlearn_model(dataclasses.replace(run, method_config=config))
   _print_summary(rep, run.out)

@@ -455,7 +455,8 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
     if "unlearned" in loaded.metadata:
       raise FamrError(f"{run.checkpoint} is already an unlearned model; unlearn from the original checkpoint")
     forget = make_forget_set(run, loaded.data)
-    config = run.method_config or spec.default_config(loaded.metadata["model"], forget.kind)
+    config = run.method_config or spec.default_config(loaded.metadata["model"], forget.kind,
+                                                      num_forget=len(forget.indices))
     if hasattr(config, "validate"):
       config.validate()
     train_config = recorded_train_config(loaded.metadata, run.checkpoint)

@@ -42,6 +42,7 @@ import optax
 from jax.sharding import AxisType, Mesh
 
 from famr_jax.engine import parallel
+from famr_jax.engine import capture
 from famr_jax.engine.batching import (EpochBatches, SegmentPlan, epoch_batches, padded_epoch, plan_segments,
                                       step_schedule, steps_per_epoch)
 from famr_jax.engine.optimizers import OPTIMIZERS, check_descent_settings, freeze_outside, make_optimizer
@@ -584,6 +585,11 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
   else:
     segment_steps = resume.checkpoint_every if resume is not None else None
   key = typed_key(key)
+  if capture.capturing():   # a farm records the run (famr_jax.engine.farm) instead of running it
+    raise capture.DescentCaptured(capture.DescentCall(
+        loss_fn, params, tuple(data) if not isinstance(data, ShardedData) else data, optimizer, int(epochs),
+        int(batch_size), key, context, max_steps, opt_state,
+        scale.sharded or scale.grad_accum != 1 or resume is not None))
   prep = prepare_descent(loss_fn, params, data, optimizer, batch_size=batch_size, key=key, context=context,
                          metrics_fn=metrics_fn, scale=scale, segment_steps=segment_steps,
                          masked=max_steps is not None, digest=resume is not None, opt_state=opt_state)

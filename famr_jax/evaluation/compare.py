@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from famr_jax.audit.audit import audit_request
+from famr_jax.audit.shadows import AuditConfig, check_auditable
 from famr_jax.data.forget import ForgetSet
 from famr_jax.errors import Diverged, FamrError
 from famr_jax.evaluation.leaderboard import (ORIGINAL, gold_reference, metrics_line, score_against_gold,
@@ -43,6 +45,21 @@ def _as_gold(out: Any, seconds: float) -> Gold:
   if hasattr(out, "params") and hasattr(out, "run_s"):   # a DescentResult
     return Gold(out.params, float(out.run_s), float(getattr(out, "compile_s", 0.0)))
   return Gold(out, seconds)
+
+
+def class_only_reason(name: str, config: Any) -> str | None:
+  """Why method ``name`` with ``config`` cannot forget arbitrary samples (None when it can).
+
+  Example:
+    >>> from famr_jax.methods.variants import FAMRVariantConfig
+    >>> class_only_reason("famr-plus", FAMRVariantConfig(target="retrain"))
+    "its target='retrain' removes the forgotten classes"
+  """
+  if not get_method(name).uses_data:
+    return "it is a data-free class method"
+  if getattr(config, "target", None) == "retrain":
+    return "its target='retrain' removes the forgotten classes"
+  return None
 
 
 def read_method_config(path: str | None) -> dict[str, dict[str, Any]]:
@@ -110,7 +127,8 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
             configs: Mapping[str, Any] | None = None, model: Any = None, model_name: str = "",
             checkpoint: str | None = None, gold_fn: Callable[[int, ForgetSet], Gold] | None = None,
             show_progress: bool = False, log: Callable[[str], None] | None = None,
-            extra_metrics: Callable[[Any], Mapping[str, float]] | None = None) -> dict:
+            extra_metrics: Callable[[Any], Mapping[str, float]] | None = None,
+            audit: str | AuditConfig | None = None, shadows: int = 16, train_config: Any = None) -> dict:
   """Runs ``methods`` on one trained model and scores each against a retrained model, per seed.
 
   Args:
@@ -136,9 +154,15 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
       test set) measured on the retrained model, the original and every method; each row gets
       them as ``extra`` and their gaps to the retrained model (points) as ``extra_gaps``, and the
       summary as ``NAME`` and ``gap_NAME`` (the average gap stays the four metrics' mean).
+    audit: ``"ulira"`` (or a :class:`famr_jax.audit.shadows.AuditConfig`): also audit every method on a farm
+      of ``shadows`` shadow models per group (:func:`famr_jax.audit.audit.audit_request`); each row gains
+      ``"audit"`` (U-LiRA AUC, TPR at 1% FPR, the challenge's forgetting quality and final score) and the
+      board ``"audit"`` (per seed: the sanity rows, the farm's costs).
+    shadows: shadow models per group of the audit (at least 2).
+    train_config: the original's :class:`famr_jax.TrainConfig` (the shadow models' recipe; needed by ``audit``).
 
   Returns:
-    The leaderboard: ``{"methods", "seeds", "configs", "retrained", "runs", "summary"}``
+    The leaderboard: ``{"methods", "seeds", "configs", "retrained", "runs", "summary"}`` (and ``"audit"``)
     (:func:`famr_jax.evaluation.leaderboard.format_leaderboard` prints it once ``model``,
     ``dataset`` and ``forget`` are added, as the CLI does).
   """
@@ -167,12 +191,13 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   for name, config in configs.items():
     if name in methods:
       check_config_class(config, name, get_method(name).config_cls)
-  rows, gold_rows = [], []
+  audit_config = _audit_config(audit, shadows, methods, forget_of(0), model, train_config)
+  rows, gold_rows, audits = [], [], []
   for seed in range(int(seeds)):
     request = forget_of(seed)
     for name in methods:
       if name not in configs:
-        configs[name] = specs[name].default_config(model_name, request.kind)
+        configs[name] = specs[name].default_config(model_name, request.kind, num_forget=len(request.indices))
     gold = _seed_gold(seed, request, data, retrain, gold_fn)
     reference = gold_reference(apply_fn, gold.params, data, request, params, seed)
     gold_extra = dict(extra_metrics(gold.params)) if extra_metrics is not None else None
@@ -195,9 +220,38 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
       rows.append(_row(seed, name, apply_fn, new_params, data, request, params, reference, gold,
                        run_s, compile_s, time.perf_counter() - t0, log))
       _add_extra(rows[-1], new_params, extra_metrics, gold_extra)
-  return {"methods": [ORIGINAL, *methods], "seeds": list(range(int(seeds))),
-          "configs": {name: dataclasses.asdict(c) for name, c in configs.items() if dataclasses.is_dataclass(c)},
-          "retrained": gold_rows, "runs": rows, "summary": summarize(rows)}
+    if audit_config is not None:
+      audits.append(_audit_seed(seed, rows, apply_fn, model, data, request, train_config,
+                                {name: configs[name] for name in methods}, audit_config, show_progress, log))
+  board = {"methods": [ORIGINAL, *methods], "seeds": list(range(int(seeds))),
+           "configs": {name: dataclasses.asdict(c) for name, c in configs.items() if dataclasses.is_dataclass(c)},
+           "retrained": gold_rows, "runs": rows, "summary": summarize(rows)}
+  if audit_config is not None:
+    board["audit"] = audits
+  return board
+
+
+def _audit_config(audit, shadows, methods, first_request: ForgetSet, model, train_config) -> AuditConfig | None:
+  """The validated audit settings (None: no audit); every refusal before any work."""
+  if audit is None:
+    return None
+  config = audit if isinstance(audit, AuditConfig) else AuditConfig(attack=str(audit), shadows=shadows)
+  config.validate()
+  if model is None or train_config is None:
+    raise FamrError("an audit trains shadow models: pass model and train_config (the original's recipe)")
+  check_auditable(first_request, tuple(methods), config.mode)
+  return config
+
+
+def _audit_seed(seed, rows, apply_fn, model, data, request, train_config, method_configs, config, show_progress,
+                log) -> dict:
+  """Audits one seed's request and attaches each method's scores to its row (the original's to its own)."""
+  result = audit_request(apply_fn, model, data, request, train_config, method_configs, config,
+                         jax.random.fold_in(jax.random.key(seed), 14), show_progress=show_progress, log=log)
+  for row in rows:
+    if row["seed"] == seed and row["method"] in result["rows"]:
+      row["audit"] = result["rows"][row["method"]]
+  return {"seed": seed, **result}
 
 
 def _seed_gold(seed: int, request: ForgetSet, data, retrain, gold_fn) -> Gold:

@@ -31,6 +31,7 @@ from famr_jax.evaluation.report import pyplot
 
 GAP_METRICS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy")
 ORIGINAL = "original"
+INDEPENDENT_RETRAIN = "retrained (independent farm)"   # the audit's sanity row (famr_jax.audit.audit)
 
 
 def kl_test_mask(data, forget: ForgetSet) -> np.ndarray:
@@ -102,6 +103,8 @@ def metrics_line(m: Mapping[str, Any]) -> str:
 
 
 SUMMARY_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy")
+# A row's audit scores kept in the summary (as "audit_<key>"; famr_jax.audit.audit.audit_pair).
+AUDIT_KEYS = ("ulira_auc", "ulira_tpr_at_1", "forgetting_quality", "final_score", "retain_acc", "time_fraction")
 
 
 def _num(value) -> float:
@@ -136,6 +139,9 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str
           values.setdefault(f"gap_{k}", []).append(_num(v))
       for k in ("avg_gap", "kl_to_retrained", "time_fraction", "compile_s", "time_s", "wall_s"):
         values.setdefault(k, []).append(_num(r[k]))
+      for k, v in r.get("audit", {}).items():
+        if k in AUDIT_KEYS:
+          values.setdefault(f"audit_{k}", []).append(_num(v))
     values["time_percent"] = [100.0 * v for v in values["time_fraction"]]
     out[name] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in values.items()}
     out[name]["diverged"] = {"mean": float(sum(bool(r.get("diverged", False)) for r in every)),
@@ -185,14 +191,61 @@ def format_leaderboard(board: Mapping[str, Any]) -> str:
     s = summary[m]
     lines.append(f"| {name_cell(m)} | " + " | ".join(_pm(s[f"gap_{k}"], 2) for k in GAP_METRICS)
                  + f" | {_pm(s['avg_gap'], 2)} |")
+  if board.get("audit"):
+    lines += ["", *format_audit(board, order)]
   return "\n".join(lines)
 
 
+def _stat(values: Sequence[float]) -> dict[str, float]:
+  return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+
+def format_audit(board: Mapping[str, Any], order: Sequence[str]) -> list[str]:
+  """The audit's table: per method, U-LiRA and the challenge's scores on the shadow farm (mean ± std over seeds)."""
+  audits = board["audit"]
+  summary = board["summary"]
+  first = audits[0]
+  lines = [f"Audit ({first['attack']}, {first['shadows']} shadow models per group; per forget example, the "
+           "method's models against models retrained without the forget set: U-LiRA AUC 0.5 and forgetting "
+           "quality 1 are perfect unlearning):", "",
+           "| method | U-LiRA AUC | TPR @ 1% FPR | forgetting quality | final score | retain acc % (farm) | "
+           "time % of retrain (farm) |", "|---|---|---|---|---|---|---|"]
+  audited = [m for m in order if "audit_ulira_auc" in summary[m]]
+  for m in sorted(audited, key=lambda m: summary[m]["audit_ulira_auc"]["mean"]):
+    s = summary[m]
+    retain = {k: 100 * v for k, v in s["audit_retain_acc"].items() if k != "n"}
+    time_pct = ({k: 100 * v for k, v in s["audit_time_fraction"].items() if k != "n"}
+                if "audit_time_fraction" in s else None)
+    lines.append(f"| {m} | {_pm(s['audit_ulira_auc'], 3)} | {_pm(s['audit_ulira_tpr_at_1'], 3)} | "
+                 f"{_pm(s['audit_forgetting_quality'], 3)} | {_pm(s['audit_final_score'], 3)} | {_pm(retain)} | "
+                 f"{_pm(time_pct, 2) if time_pct else '-'} |")
+  sanity = [a["rows"][INDEPENDENT_RETRAIN] for a in audits if INDEPENDENT_RETRAIN in a["rows"]]
+  if sanity:
+    st = lambda k, scale=1.0: _stat([scale * r[k] for r in sanity])
+    lines.append(f"| *{INDEPENDENT_RETRAIN}* | {_pm(st('ulira_auc'), 3)} | {_pm(st('ulira_tpr_at_1'), 3)} | "
+                 f"{_pm(st('forgetting_quality'), 3)} | {_pm(st('final_score'), 3)} | "
+                 f"{_pm(st('retain_acc', 100.0))} | 100 |")
+  pick = audit_pick(board)
+  if pick:
+    lines += ["", f"The audit's pick: **{pick}** (U-LiRA AUC nearest 0.5 among the methods whose farm retain "
+              "accuracy lies within 2 std of the independent retrains')."]
+  costs = [a["costs"]["retrains"]["per_model_s"] for a in audits]
+  lines += ["", f"Farm: {_pm(_stat(costs), 3)} s per shadow model (retrain, compile excluded, "
+            f"{audits[0]['costs']['retrains']['mode']}); sanity rows: the untouched original must be exposed "
+            "(AUC well above 0.5), an independent farm of retrains must sit at chance."]
+  return lines
+
+
 def plot_leaderboard(board: Mapping[str, Any], path) -> None:
-  """Average gap vs wall time (percent of retraining, log scale), one point per method, std as error bars."""
+  """Average gap vs wall time (percent of retraining, log scale), one point per method, std as error bars;
+  with an audit, a second panel: U-LiRA AUC vs the same cost."""
   plt = pyplot()
   summary = board["summary"]
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  audited = bool(board.get("audit"))
+  fig, axes = plt.subplots(1, 2 if audited else 1, figsize=(13 if audited else 7, 4.5))
+  ax = axes[0] if audited else axes
+  if audited:
+    _plot_audit(board, axes[1])
   for name, s in summary.items():
     if not math.isfinite(s["avg_gap"]["mean"]):
       continue   # diverged on every seed
@@ -208,3 +261,44 @@ def plot_leaderboard(board: Mapping[str, Any], path) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _plot_audit(board: Mapping[str, Any], ax) -> None:
+  """U-LiRA AUC (0.5 = indistinguishable from retraining) vs cost, one point per audited method."""
+  for name, s in board["summary"].items():
+    if "audit_ulira_auc" not in s or not math.isfinite(s["time_percent"]["mean"]):
+      continue
+    x = max(s["time_percent"]["mean"], 1e-3)
+    ax.errorbar(x, s["audit_ulira_auc"]["mean"], yerr=s["audit_ulira_auc"]["std"], fmt="o", capsize=3)
+    ax.annotate(name, (x, s["audit_ulira_auc"]["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+  ax.axhline(0.5, color="gray", linestyle="--", linewidth=1)
+  ax.set_xscale("log")
+  ax.set_xlabel("wall time, % of retraining (original at 0.001)")
+  ax.set_ylabel("U-LiRA AUC (0.5 = retrained)")
+  ax.set_title(f"audit: {board['audit'][0]['shadows']} shadow models per group")
+  ax.grid(True, which="both", alpha=0.3)
+
+
+def audit_pick(board: Mapping[str, Any]) -> str | None:
+  """The audited method with U-LiRA AUC nearest 0.5 whose farm retain accuracy is within 2 std of the
+  independent retrains' (means over seeds); None without an audit or a method that qualifies.
+
+  Example:
+    >>> row = lambda auc, ra: {"audit": {"ulira_auc": auc, "retain_acc": ra}}
+    >>> audit_pick({"runs": [{"method": "a", **row(0.6, 0.99)}, {"method": "b", **row(0.51, 0.80)},
+    ...                      {"method": "original", **row(0.7, 0.99)}],
+    ...             "audit": [{"rows": {INDEPENDENT_RETRAIN: {"retain_acc": 0.99, "retain_acc_std": 0.01}}}]})
+    'a'
+  """
+  audits = board.get("audit") or []
+  sanity = [a["rows"][INDEPENDENT_RETRAIN] for a in audits if INDEPENDENT_RETRAIN in a["rows"]]
+  if not sanity:
+    return None
+  floor = float(np.mean([r["retain_acc"] - 2 * r.get("retain_acc_std", 0.0) for r in sanity]))
+  scores: dict[str, list[tuple[float, float]]] = {}
+  for r in board["runs"]:
+    if "audit" in r and r["method"] not in (ORIGINAL, "retrain"):   # the gold standard is no unlearning method
+      scores.setdefault(r["method"], []).append((r["audit"]["ulira_auc"], r["audit"]["retain_acc"]))
+  means = {m: (float(np.mean([a for a, _ in v])), float(np.mean([ra for _, ra in v]))) for m, v in scores.items()}
+  ok = {m: abs(auc - 0.5) for m, (auc, ra) in means.items() if ra >= floor and math.isfinite(auc)}
+  return min(ok, key=ok.get) if ok else None

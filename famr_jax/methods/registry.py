@@ -19,7 +19,7 @@ from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.descent import DescentResult
 from famr_jax.engine.training import TrainConfig
 from famr_jax.methods import baselines, famr, scrub, ssd, variants, zero_shot
-from famr_jax.methods.defaults import default_overrides
+from famr_jax.methods.defaults import default_overrides, scale_step_budget
 
 Params = Any
 
@@ -58,18 +58,28 @@ class MethodSpec:
   defaults: Callable[[str], Any] | None = None
   sample_defaults: Callable[[str], Any] | None = None
 
-  def default_config(self, model_name: str = "", forget_kind: str = "classes") -> Any:
+  def default_config(self, model_name: str = "", forget_kind: str = "classes", num_forget: int | None = None) -> Any:
     """The default config for a model and a forget request's kind (``classes`` or ``samples``).
+
+    With ``num_forget`` (the request's size), a sample request's step budget is
+    scaled to it (:func:`famr_jax.methods.defaults.scale_step_budget`).
 
     Example:
       >>> get_method("famr-plus").default_config("lenet5").train_from
       'fc1'
+      >>> get_method("famr").default_config("lenet5", "samples", num_forget=5).steps
+      5
     """
     if self.defaults is not None:
       if forget_kind == "samples" and self.sample_defaults is not None:
-        return self.sample_defaults(model_name)
-      return self.defaults(model_name)
-    return self.config_cls(**default_overrides(self.name, model_name, forget_kind))
+        config = self.sample_defaults(model_name)
+      else:
+        return self.defaults(model_name)
+    else:
+      config = self.config_cls(**default_overrides(self.name, model_name, forget_kind))
+    if forget_kind == "samples" and num_forget is not None:
+      config = scale_step_budget(config, num_forget)
+    return config
 
 
 def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
