@@ -89,11 +89,15 @@ def test_one_step_of_each_sign(trained_digits, sign):
   opt = config.make_optimizer()
 
   def one_step(loss, h, y):
-    grads = jax.grad(loss)(d.params, jnp.asarray(h), jnp.asarray(y), jnp.ones(len(y)), None)
-    updates, _ = opt.update(grads, opt.init(d.params), d.params)
-    return jax.tree.map(lambda p, u: p + u, d.params, updates)
+    @jax.jit   # one compiled step, not hundreds of eagerly compiled primitives
+    def step(params, h, y):
+      grads = jax.grad(loss)(params, h, y, jnp.ones(len(y)), None)
+      updates, _ = opt.update(grads, opt.init(params), params)
+      return jax.tree.map(lambda p, u: p + u, params, updates)
+    return step(d.params, jnp.asarray(h), jnp.asarray(y))
 
-  ce = lambda p, h, y: _np_smoothed_ce(split.tail_fn(p, jnp.asarray(h)), y, 0.1)
+  tail_fn = jax.jit(split.tail_fn)
+  ce = lambda p, h, y: _np_smoothed_ce(tail_fn(p, jnp.asarray(h)), y, 0.1)
   after_f = one_step(forget_loss, h_f, y_f)
   after_r = one_step(retain_loss, h_r, y_r)
   d_forget = ce(after_f, h_f, y_f) - ce(d.params, h_f, y_f)

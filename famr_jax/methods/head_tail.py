@@ -166,9 +166,11 @@ def head_output_is_nonnegative(head_fn: ApplyFn, params: Params, input_shape: Se
     True
   """
   x = jax.random.uniform(key, (num_samples, *tuple(input_shape)), jnp.float32)
-  h = head_fn(params, x)
-  is_input = h.shape == x.shape and bool(jnp.all(h == x))   # no head: the pixels themselves
-  return bool(jnp.all(h >= 0)) and not is_input
+  # One compiled forward pass (run eagerly, every primitive of the head compiled separately).
+  h = np.asarray(jax.jit(head_fn)(params, x))
+  x = np.asarray(x)
+  is_input = h.shape == x.shape and bool(np.all(h == x))   # no head: the pixels themselves
+  return bool(np.all(h >= 0)) and not is_input
 
 
 def infer_input_shape(model: Any, params: Params, max_side: int = 4096) -> tuple[int, int, int]:

@@ -315,7 +315,7 @@ def class_impressions(model: Any, params: Params, classes: Sequence[int], num_cl
   classes = _check_classes(classes, num_classes)
   tail_fn, shape, layer = impression_target(model, params, input_shape, config)
   n = config.num_per_class
-  targets = jnp.repeat(jnp.asarray(classes, jnp.int32), n)
+  targets = jnp.asarray(np.repeat(np.asarray(classes, np.int32), n))   # NumPy: no eager XLA compiles
   if config.space == "pixel":
     low, high = (float(v) for v in config.input_range)
     # Uniform noise over the input range (Mopuri et al. start from noise images).
