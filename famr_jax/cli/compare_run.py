@@ -19,7 +19,6 @@ import numpy as np
 
 from famr_jax.audit.shadows import AuditConfig
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random
-from famr_jax.engine.training import TrainConfig
 from famr_jax.errors import FamrError
 from famr_jax.validation import CheckedFields
 from famr_jax.evaluation.compare import (DEFAULT_METHODS, Gold, class_only_reason, compare, read_method_config,

@@ -29,7 +29,6 @@ How it runs (chosen by measurement, see ``experiments/bench_engine.py``):
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import logging
 import time
@@ -49,6 +48,7 @@ from famr_jax.engine.optimizers import OPTIMIZERS, check_descent_settings, freez
 from famr_jax.engine.parallel import ScaleConfig, ShardedData
 from famr_jax.engine.progress import progress
 from famr_jax.engine.resume import ResumeConfig, data_digest, open_resumer
+from famr_jax.engine.loop_forms import LOOPS, loop_form, resolve_loop, set_loop_form
 from famr_jax.engine.streaming import any_streamed, is_streamed, step_inputs
 from famr_jax.errors import Diverged, FamrError
 from famr_jax.validation import check_finite_params
@@ -67,7 +67,6 @@ Batch = tuple[jax.Array, ...]
 # arrays are not baked into the compiled program as constants.
 LossFn = Callable[[Params, Batch, jax.Array, Any], jax.Array]
 MetricsFn = Callable[[Params, Any], dict[str, jax.Array]]
-LOOPS = ("auto", "steps", "scan")
 
 
 class DescentResult(NamedTuple):
@@ -114,55 +113,6 @@ def typed_key(key: Any) -> jax.Array:
     raise FamrError(f"key must be a JAX PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)); "
                     f"got an array of shape {tuple(key.shape)} and dtype {key.dtype}")
   return jax.random.wrap_key_data(key)   # a legacy uint32[2] key: the same bits
-
-
-_DEFAULT_LOOP = ["auto"]   # what "auto" means; set by loop_form / set_loop_form
-
-
-def set_loop_form(loop: str) -> None:
-  """Sets what ``loop="auto"`` means for every later descent (``"auto"`` restores the per-backend choice).
-
-  Example:
-    >>> set_loop_form("scan"); resolve_loop("auto")
-    'scan'
-    >>> set_loop_form("auto")
-  """
-  if loop not in LOOPS:
-    raise FamrError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
-  _DEFAULT_LOOP[0] = loop
-
-
-@contextlib.contextmanager
-def loop_form(loop: str):
-  """Within the block, ``loop="auto"`` means ``loop`` (benchmarks, tests).
-
-  Example:
-    >>> with loop_form("steps"):
-    ...   resolve_loop("auto")
-    'steps'
-  """
-  previous = _DEFAULT_LOOP[0]
-  set_loop_form(loop)
-  try:
-    yield
-  finally:
-    _DEFAULT_LOOP[0] = previous
-
-
-def resolve_loop(loop: str) -> str:
-  """``"steps"`` or ``"scan"`` for ``loop`` on the default backend (see the module doc).
-
-  Example:
-    >>> resolve_loop("scan")
-    'scan'
-  """
-  if loop not in LOOPS:
-    raise FamrError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
-  if loop == "auto":
-    loop = _DEFAULT_LOOP[0]
-  if loop != "auto":
-    return loop
-  return "steps" if jax.default_backend() == "cpu" else "scan"
 
 
 # ----------------------------------------------------------------------------- compiled programs

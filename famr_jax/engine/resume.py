@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax

@@ -181,16 +181,8 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   if not isinstance(forget, ForgetSet) and not callable(forget):
     raise FamrError("forget must be a ForgetSet (famr_jax.forget_classes ...) or a function seed -> ForgetSet")
   forget_of = forget if callable(forget) else (lambda seed: forget)
-  if not all(hasattr(data, k) for k in ("x_train", "y_train", "x_test", "y_test", "num_classes")):
-    raise FamrError("compare needs data as a famr_jax.Dataset (train and test arrays; the test set scores "
-                    "the models)")
-  check_images(data.x_train[:1], "data.x_train")
-  check_labels(data.y_train, data.num_classes, "data.y_train")
-  check_model(apply_fn, params, data.num_classes, data.x_train)
   configs = dict(configs or {})
-  for name, config in configs.items():
-    if name in methods:
-      check_config_class(config, name, get_method(name).config_cls)
+  _check_inputs(apply_fn, params, data, configs, specs)
   audit_config = _audit_config(audit, shadows, methods, forget_of(0), model, train_config)
   rows, gold_rows, audits = [], [], []
   for seed in range(int(seeds)):
@@ -229,6 +221,19 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   if audit_config is not None:
     board["audit"] = audits
   return board
+
+
+def _check_inputs(apply_fn, params, data, configs: Mapping[str, Any], specs: Mapping[str, MethodSpec]) -> None:
+  """Refuses data, a model or configs that compare cannot use, before any work."""
+  if not all(hasattr(data, k) for k in ("x_train", "y_train", "x_test", "y_test", "num_classes")):
+    raise FamrError("compare needs data as a famr_jax.Dataset (train and test arrays; the test set scores "
+                    "the models)")
+  check_images(data.x_train[:1], "data.x_train")
+  check_labels(data.y_train, data.num_classes, "data.y_train")
+  check_model(apply_fn, params, data.num_classes, data.x_train)
+  for name, config in configs.items():
+    if name in specs:
+      check_config_class(config, name, specs[name].config_cls)
 
 
 def _audit_config(audit, shadows, methods, first_request: ForgetSet, model, train_config) -> AuditConfig | None:
