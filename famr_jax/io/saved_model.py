@@ -20,7 +20,7 @@ MAX_CLASSES = 1_000_000
 MAX_SIDE = 8192                 # pixels per image side, channels
 MAX_WIDTH = 1 << 16             # any integer model setting (widths, heads, patch sizes)
 MAX_DEPTH = 256                 # `depth` and the length of any list of layer widths
-DATA_KEYS = ("dataset", "data_dir", "max_train", "max_test")
+DATA_KEYS = ("dataset", "data_dir", "max_train", "max_test", "image_size")
 
 
 def _bad(where, what: str) -> FamrError:
