@@ -450,7 +450,8 @@ def _run_epochs(prep: PreparedDescent, *, clock: parallel.CompileCounter, epochs
           at = (epoch + 1, 0) if end_of_epoch else (epoch, row)
           resumer.save(step, {"params": params, "opt_state": opt_state,
                               "loss_acc": prep.zero_acc() if end_of_epoch else loss_acc},
-                       {"epoch": at[0], "row": at[1], "step": step, "history": history})
+                       # a copy: the save may serialize after later epochs have been appended
+                       {"epoch": at[0], "row": at[1], "step": step, "history": list(history)})
           last_saved = step
         if stop and not finished:
           from famr_jax.engine.resume import RunStopped
