@@ -45,6 +45,11 @@ def import_model(run: ImportRun):
   from famr_jax.version import __version__
   metadata = {"famr_jax_version": __version__}
   if run.data is not None:
+    data_config = run.data
+    if data_config.image_size is None and data_config.dataset.startswith(("folder:", "tfds:")):
+      # these sources resize to any side: read them at the imported model's input size
+      data_config = dataclasses.replace(data_config, image_size=run.image_size)
+    run = dataclasses.replace(run, data=data_config)
     data = run.data.load(run.seed)
     if run.num_classes is not None and data.num_classes != run.num_classes:
       raise FamrError(f"data set {run.data.dataset} has {data.num_classes} classes, the import asks for "
