@@ -92,6 +92,27 @@ def test_training_from_scratch_recomputes_the_statistics(tiny):
   assert apply_fn is models.make_apply_fn(model)
 
 
+def test_the_gold_standard_retrain_gets_its_own_statistics(tiny):
+  """compare's retrained model: trained with batch statistics, evaluated with statistics recomputed on the
+  retained data (NumPy), never with the original's."""
+  from famr_jax.cli.runs import retrain_gold_standard
+  from famr_jax.data.forget import forget_classes
+  from famr_jax.engine.training import TrainConfig
+  forget = forget_classes(tiny.data.y_train, [3], 10)
+  gold = retrain_gold_standard(tiny.bound, models.make_apply_fn(tiny.bound), tiny.data, forget,
+                               TrainConfig(epochs=1, batch_size=50), seed=0, show_progress=False)
+  keep = forget.retain_mask(len(tiny.data.y_train))
+  x = np.asarray(tiny.data.x_train[keep], np.float64)
+  conv = _stem_conv_numpy(x, np.asarray(gold.params["stem"]["conv1"]["kernel"], np.float64))
+  stats = models.batch_stats_of(gold.model)["stem"]["bn1"]
+  np.testing.assert_allclose(stats["mean"], conv.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats["var"], conv.var((0, 1, 2)), rtol=1e-4, atol=1e-6)
+  original = models.batch_stats_of(tiny.bound)["stem"]["bn1"]
+  assert not np.allclose(stats["mean"], original["mean"])
+  xs = tiny.data.x_test[:8]
+  np.testing.assert_allclose(gold.apply_fn(gold.params, xs), models.make_apply_fn(gold.model)(gold.params, xs))
+
+
 @pytest.mark.parametrize("method", ["famr-plus"])
 def test_methods_that_freeze_statistics_leave_them_bit_identical(tiny, method):
   before = jax.tree.map(np.copy, models.batch_stats_of(tiny.bound))

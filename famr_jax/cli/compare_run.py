@@ -29,7 +29,8 @@ from famr_jax.io import checkpoints
 from famr_jax.engine.resume import data_digest
 from famr_jax.methods.defaults import scale_step_budget
 from famr_jax.io.outputs import check_disjoint, check_output_target, staged_directory
-from famr_jax.cli.runs import load_model, recorded_train_config, retrain_gold_standard
+from famr_jax import models
+from famr_jax.cli.runs import load_model, recorded_train_config, retrain_gold_standard, stats_extras
 from famr_jax.theory.fisher import missing_fisher_message
 from famr_jax.version import __version__
 
@@ -109,7 +110,9 @@ def gold_standard(run: CompareRun, loaded, forget: ForgetSet, seed: int, train_c
         restored = checkpoints.load_checkpoint(path, template=loaded.params)
         info = restored.metadata["gold"]
         log(f"seed {seed}: gold standard from the cache {path}")
-        return Gold(restored.params, float(info["run_s"]), float(info["compile_s"]))
+        stats = restored.extras.get(models.BATCH_STATS)
+        gold_apply_fn = None if stats is None else models.make_apply_fn(models.with_batch_stats(loaded.model, stats))
+        return Gold(restored.params, float(info["run_s"]), float(info["compile_s"]), gold_apply_fn)
       except (FamrError, KeyError, TypeError, ValueError) as e:   # a damaged entry: retrain, replace it
         log(f"seed {seed}: ignoring the damaged cache entry {path} ({str(e).splitlines()[0][:120]})")
   gold = retrain_gold_standard(loaded.model, loaded.apply_fn, loaded.data, forget, train_config, seed,
@@ -120,10 +123,11 @@ def gold_standard(run: CompareRun, loaded, forget: ForgetSet, seed: int, train_c
                                                                "compile_s": gold.compile_s,
                                                                "forget": forget.describe(),
                                                                "checkpoint": str(Path(run.checkpoint).resolve())}},
-                                  overwrite=True)
+                                  extras=stats_extras(gold.model), overwrite=True)
     except FamrError as e:   # the cache is an optimization: a busy or foreign entry is reported, not fatal
       log(f"seed {seed}: not cached ({e})")
-  return Gold(gold.params, gold.run_s, gold.compile_s)
+  return Gold(gold.params, gold.run_s, gold.compile_s,
+              gold.apply_fn if models.has_batch_norm(loaded.model) else None)
 
 
 def check_forget_request(run: CompareRun) -> None:

@@ -15,7 +15,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -254,15 +254,28 @@ def train_and_recompute(model, apply_fn, params, x, y, train: TrainConfig, key, 
   return result, model, models.make_apply_fn(model)
 
 
+class RetrainedModel(NamedTuple):
+  """A gold-standard retrain: its params, cost and the model / ``apply_fn`` it is evaluated with."""
+  params: Any
+  run_s: float
+  compile_s: float
+  history: list
+  model: Any      # a BatchNorm model is bound to its own recomputed statistics, not the original's
+  apply_fn: Any
+
+
 def retrain_gold_standard(model, apply_fn, data: Dataset, forget: ForgetSet, train: TrainConfig,
                           seed: int, show_progress: bool = True, *, scale: ScaleConfig | None = None,
-                          resume: ResumeConfig | None = None):
-  """The gold standard: the original recipe on the retained data, from a fresh init."""
+                          resume: ResumeConfig | None = None) -> RetrainedModel:
+  """The gold standard: the original recipe on the retained data, from a fresh init (a BatchNorm model
+  trains with batch statistics and gets its own running statistics, see :func:`train_and_recompute`)."""
   keep = forget.retain_mask(len(data.y_train))
   init = models.init_params(model, jax.random.key(seed), data.image_shape)
-  return train_classifier(apply_fn, init, data.x_train[keep], data.y_train[keep], train,
-                          jax.random.fold_in(jax.random.key(seed), 7), show_progress=show_progress,
-                          desc="retrain (gold standard)", scale=scale, resume=resume)
+  result, gold_model, gold_apply_fn = train_and_recompute(
+      model, apply_fn, init, data.x_train[keep], data.y_train[keep], train,
+      jax.random.fold_in(jax.random.key(seed), 7), show_progress=show_progress,
+      desc="retrain (gold standard)", scale=scale, resume=resume)
+  return RetrainedModel(result.params, result.run_s, result.compile_s, result.history, gold_model, gold_apply_fn)
 
 
 def resume_directory(out: str | os.PathLike) -> Path:

@@ -37,6 +37,7 @@ class Gold(NamedTuple):
   params: Any
   run_s: float
   compile_s: float = 0.0
+  apply_fn: Any = None   # the retrained model's own, when not the original's (BatchNorm statistics)
 
 
 def _as_gold(out: Any, seconds: float) -> Gold:
@@ -191,7 +192,7 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
       if name not in configs:
         configs[name] = specs[name].default_config(model_name, request.kind, num_forget=len(request.indices))
     gold = _seed_gold(seed, request, data, retrain, gold_fn)
-    reference = gold_reference(apply_fn, gold.params, data, request, params, seed)
+    reference = gold_reference(gold.apply_fn or apply_fn, gold.params, data, request, params, seed)
     gold_extra = dict(extra_metrics(gold.params)) if extra_metrics is not None else None
     gold_rows.append({"seed": seed, "run_s": gold.run_s, "compile_s": gold.compile_s,
                       "metrics": dict(reference.metrics), **({"extra": gold_extra} if gold_extra else {})})
