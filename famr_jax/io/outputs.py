@@ -185,8 +185,10 @@ def check_output_free(out: str | os.PathLike, overwrite: bool, *,
   """:func:`check_output_target` without the return value (kept for callers of the old name).
 
   Example:
-    >>> import tempfile
-    >>> check_output_free(tempfile.gettempdir(), overwrite=False)
+    >>> import os, tempfile
+    >>> taken = tempfile.mkdtemp()
+    >>> open(os.path.join(taken, "notes.txt"), "w").close()
+    >>> check_output_free(taken, overwrite=False)
     Traceback (most recent call last):
     ...
     famr_jax.io.outputs.OutputExists: output directory ... already exists: choose another, or allow overwriting it
