@@ -13,6 +13,7 @@ description is JSON. Saving never replaces an existing directory unless
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -123,6 +124,7 @@ def write_checkpoint(directory: str | os.PathLike, params: Params, metadata: dic
       "extras": {name: tree_shapes(tree) for name, tree in extras.items()},
   }
   text = json.dumps(description, indent=2, default=_json_default)  # fail before writing anything
+  checkpointer = None
   try:
     target.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
@@ -132,6 +134,9 @@ def write_checkpoint(directory: str | os.PathLike, params: Params, metadata: dic
     checkpointer.wait_until_finished()
     (target / METADATA_FILE).write_text(text)
   except (OSError, ValueError, RuntimeError) as e:   # Orbax reports a full disk as a ValueError
+    if checkpointer is not None:   # stop its writer threads before the caller removes the folder
+      with contextlib.suppress(Exception):
+        checkpointer.close()
     raise FamrError(f"cannot write the checkpoint {target}: {write_failure(e)}") from None
   return target
 

@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -389,8 +390,18 @@ def staged_directory(out: str | os.PathLike, overwrite: bool, *, command: str = 
         raise _os_error(e, target) from None
       raise
     finally:
-      if staging.exists():
-        shutil.rmtree(staging, ignore_errors=True)
+      _remove_staging(staging)
+
+
+def _remove_staging(staging: Path) -> None:
+  """Removes a failed run's staging folder; a background writer (Orbax) may add files for a moment."""
+  for _ in range(40):
+    if not os.path.lexists(staging):
+      return
+    shutil.rmtree(staging, ignore_errors=True)
+    if not os.path.lexists(staging):
+      return
+    time.sleep(0.05)
 
 
 def replace_file(path: str | os.PathLike, text: str) -> None:
