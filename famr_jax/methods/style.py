@@ -16,7 +16,6 @@ useful only as a bound on what a Gram target can do).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import jax
@@ -55,28 +54,26 @@ class StyleFAMRConfig(FAMRConfig):
     return self
 
 
+def feature_grams(feature_fn: FeatureFn, params: Params, x: jax.Array) -> jax.Array:
+  """``[B, K, K]``: the Gram matrix of each image's ``feature_fn`` features."""
+  return losses.gram_matrix(feature_fn(params, x))
+
+
 def per_example_grams(feature_fn: FeatureFn, params: Params, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """``[N, K, K]`` Gram matrices of ``feature_fn(params, x)``, one per image.
+  """``[N, K, K]`` Gram matrices of ``feature_fn(params, x)``, one per image (chunked by ``batched_apply``).
 
   Example:
     >>> import numpy as np
     >>> per_example_grams(lambda p, x: x, None, np.ones((3, 2, 2, 4), np.float32)).shape
     (3, 4, 4)
   """
-  fn = _gram_program(feature_fn)
-  x = np.asarray(x, np.float32)
-  size = min(batch_size, len(x))
-  out = []
-  for start in range(0, len(x), size):
-    chunk = x[start:start + size]
-    padded = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(fn(params, jnp.asarray(padded)))[:len(chunk)])   # one batch shape: one program
-  return np.concatenate(out, axis=0)
+  return np.asarray(batched_apply(bind_static(feature_grams, feature_fn), params,
+                                  jnp.asarray(np.asarray(x, np.float32)), batch_size))
 
 
-@functools.lru_cache(maxsize=64)   # the same feature_fn gives the same program
-def _gram_program(feature_fn: FeatureFn):
-  return jax.jit(lambda p, xb: losses.gram_matrix(feature_fn(p, xb)))
+def _famr_config(config: FAMRConfig) -> FAMRConfig:
+  """The plain :class:`FAMRConfig` part of a style config."""
+  return FAMRConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(FAMRConfig)})
 
 
 def gram_targets(feature_fn: FeatureFn, params: Params, kind: str, *, retain: tuple[np.ndarray, np.ndarray],
@@ -166,8 +163,7 @@ def run_style_task(task, config: StyleFAMRConfig) -> DescentResult:
   idx = forget.indices
   targets = gram_targets(feature_fn, task.params, config.target, retain=(data.x_train[keep], data.y_train[keep]),
                          y_forget=data.y_train[idx], num_classes=forget.num_classes)
-  famr_config = FAMRConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(FAMRConfig)})
-  return famr_style_unlearn(task.apply_fn, task.params, data.x_train[idx], targets, famr_config, task.key,
+  return famr_style_unlearn(task.apply_fn, task.params, data.x_train[idx], targets, _famr_config(config), task.key,
                             feature_fn=feature_fn, y_forget=data.y_train[idx], show_progress=task.show_progress)
 
 
@@ -186,8 +182,8 @@ def oracle_style_runner(x_forget_clean: np.ndarray) -> Callable:
     if len(x_forget_clean) != idx.size:
       raise FamrError(f"the oracle holds {len(x_forget_clean)} clean images for {idx.size} forget images")
     targets = per_example_grams(feature_fn, task.params, x_forget_clean)
-    famr_config = FAMRConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(FAMRConfig)})
-    return famr_style_unlearn(task.apply_fn, task.params, task.data.x_train[idx], targets, famr_config, task.key,
+    return famr_style_unlearn(task.apply_fn, task.params, task.data.x_train[idx], targets, _famr_config(config),
+                              task.key,
                               feature_fn=feature_fn, y_forget=task.data.y_train[idx],
                               show_progress=task.show_progress)
   return run
