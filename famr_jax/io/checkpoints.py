@@ -133,11 +133,13 @@ def write_checkpoint(directory: str | os.PathLike, params: Params, metadata: dic
       checkpointer.save(target / name, tree)
     checkpointer.wait_until_finished()
     (target / METADATA_FILE).write_text(text)
-  except (OSError, ValueError, RuntimeError) as e:   # Orbax reports a full disk as a ValueError
-    if checkpointer is not None:   # stop its writer threads before the caller removes the folder
+  except BaseException as e:
+    if checkpointer is not None:   # any failure: stop its writer threads before the caller removes the folder
       with contextlib.suppress(Exception):
         checkpointer.close()
-    raise FamrError(f"cannot write the checkpoint {target}: {write_failure(e)}") from None
+    if isinstance(e, (OSError, ValueError, RuntimeError)):   # Orbax reports a full disk as a ValueError
+      raise FamrError(f"cannot write the checkpoint {target}: {write_failure(e)}") from None
+    raise
   return target
 
 
