@@ -395,12 +395,15 @@ def staged_directory(out: str | os.PathLike, overwrite: bool, *, command: str = 
 
 def _remove_staging(staging: Path) -> None:
   """Removes a failed run's staging folder; a background writer (Orbax) may add files for a moment."""
-  for _ in range(40):
-    if not os.path.lexists(staging):
-      return
-    shutil.rmtree(staging, ignore_errors=True)
-    if not os.path.lexists(staging):
-      return
+  quiet = 0
+  for _ in range(100):   # gone, and still gone a moment later (a late writer may recreate it)
+    if os.path.lexists(staging):
+      quiet = 0
+      shutil.rmtree(staging, ignore_errors=True)
+    else:
+      quiet += 1
+      if quiet >= 3:
+        return
     time.sleep(0.05)
 
 
