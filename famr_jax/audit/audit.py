@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax.audit import attacks
+from famr_jax.audit import attacks, challenge, evidence, rmia
 from famr_jax.audit.shadows import (AuditConfig, check_auditable, cost_entry, initial_params, train_shadow_farm,
                                     unlearn_farm)
 from famr_jax.data.forget import ForgetSet
@@ -31,6 +31,7 @@ from famr_jax.errors import FamrError
 
 ORIGINAL_ROW = "original"
 INDEPENDENT_RETRAIN_ROW = "retrained (independent farm)"
+REFERENCE_ROW = "retrained"   # the reference group every row is scored against (a key of the confidences)
 MAX_ACCURACY_ROWS = 2048   # retained / test examples the farm's accuracies are measured on (a fixed sample)
 _CHUNK = 512
 
@@ -58,7 +59,7 @@ def farm_logits(apply_fn: Callable, params: Any, x: np.ndarray) -> np.ndarray:
 
 class GroupOutputs(NamedTuple):
   """What the scores need of a group of models: the statistic on the forget set, and accuracies."""
-  phi: np.ndarray          # [N, S] logit-scaled confidence of each forget example
+  phi: np.ndarray          # [N, S] the challenge's logit-scaled confidence of each forget example
   forget_acc: np.ndarray   # [N]
   retain_acc: np.ndarray   # [N], on a fixed sample of retained training examples
   test_acc: np.ndarray     # [N]
@@ -69,20 +70,26 @@ def _sample_rows(n: int, key: jax.Array) -> np.ndarray:
 
 
 def group_outputs(apply_fn: Callable, params: Any, data: Any, forget: ForgetSet, key: jax.Array) -> GroupOutputs:
-  """The :class:`GroupOutputs` of a farm group (``key`` draws the accuracy samples; the same for every group)."""
+  """The :class:`GroupOutputs` of a farm group (``key`` draws the accuracy samples; the same for every group).
+
+  The statistic is :func:`famr_jax.audit.challenge.challenge_confidence` (the array ``audit/seed_<k>.npz``
+  holds): every score of the audit is computed from it, so a third party re-scores the files exactly.
+  """
   keep = np.nonzero(forget.retain_mask(len(data.y_train)))[0]
   keep = keep[_sample_rows(len(keep), jax.random.fold_in(key, 0))]
   test = _sample_rows(len(data.y_test), jax.random.fold_in(key, 1))
   acc = lambda x, y: np.mean(np.argmax(farm_logits(apply_fn, params, x), -1) == y[None], axis=1)
   xf, yf = data.x_train[forget.indices], data.y_train[forget.indices]
   logits_f = farm_logits(apply_fn, params, xf)
-  return GroupOutputs(attacks.logit_confidence(logits_f, np.broadcast_to(yf, logits_f.shape[:2])),
+  return GroupOutputs(challenge.challenge_confidence(logits_f, np.broadcast_to(yf, logits_f.shape[:2])),
                       np.mean(np.argmax(logits_f, -1) == yf[None], axis=1),
                       acc(data.x_train[keep], data.y_train[keep]), acc(data.x_test[test], data.y_test[test]))
 
 
 def audit_pair(unlearned: GroupOutputs, retrained: GroupOutputs, config: AuditConfig) -> dict:
-  """U-LiRA, the challenge's epsilon and scores of a group of unlearned models against the retrained group.
+  """Point scores of a group of unlearned models against the retrained group: U-LiRA (AUC, TPR at low FPR),
+  the challenge's forgetting quality (:func:`famr_jax.audit.challenge.forgetting_quality`) and final score,
+  the farm's accuracies. The intervals and verdicts come from :func:`score_seed`.
 
   Example:
     >>> rng = np.random.default_rng(0)
@@ -91,22 +98,146 @@ def audit_pair(unlearned: GroupOutputs, retrained: GroupOutputs, config: AuditCo
     0.5
   """
   u = attacks.ulira(unlearned.phi, retrained.phi, fixed_variance=config.fixed_variance)
-  eps = attacks.epsilons(unlearned.phi, retrained.phi, config.delta)
-  quality = attacks.forgetting_quality(eps)
+  quality = challenge.forgetting_quality(unlearned.phi, retrained.phi, config.delta)
   ra_u, ra_r = float(np.mean(unlearned.retain_acc)), float(np.mean(retrained.retain_acc))
   ta_u, ta_r = float(np.mean(unlearned.test_acc)), float(np.mean(retrained.test_acc))
-  finite = eps[np.isfinite(eps)]
   return {"ulira_auc": u.auc, "ulira_tpr_at_1": u.tpr_at_1, "ulira_tpr_at_0_1": u.tpr_at_0_1,
           "ulira_accuracy": u.accuracy, "forgetting_quality": quality,
           "final_score": attacks.final_score(quality, ra_u, ra_r, ta_u, ta_r),
-          "epsilon_median": float(np.median(eps)), "epsilon_infinite": float(np.mean(~np.isfinite(eps))),
-          "epsilon_max_finite": float(finite.max()) if finite.size else float("nan"),
           "retain_acc": ra_u, "retain_acc_std": float(np.std(unlearned.retain_acc)), "test_acc": ta_u,
           "forget_acc": float(np.mean(unlearned.forget_acc))}
 
 
+class EvidenceConfig(NamedTuple):
+  """How an audit's evidence is computed from its confidences (:func:`score_seed`, :func:`pool_audits`).
+
+  Attributes:
+    margin: the equivalence margin on ``AUC - 0.5`` (:func:`famr_jax.audit.evidence.verdict`).
+    replicates: bootstrap replicates of every interval.
+    null_permutations: permutations of the reference vs independent retrains (the null's sd).
+    example_permutations: permutations of each forget example's p-value.
+    fdr: the Benjamini-Hochberg false-discovery rate of the per-example list.
+    paired: model ``i`` of every group shares its initialisation and data order (common random numbers).
+  """
+  margin: float = evidence.DEFAULT_MARGIN
+  replicates: int = 1000
+  null_permutations: int = 100
+  example_permutations: int = 2000
+  fdr: float = 0.05
+  paired: bool = False
+
+
+def _rng(seed: int, row: int, what: int) -> np.random.Generator:
+  """The evidence's randomness of one row (its position in the row order) of one farm seed: reproducible."""
+  return np.random.default_rng([int(seed), int(row), int(what)])
+
+
+def score_seed(confidences: Mapping[str, np.ndarray], forget_index: np.ndarray, seed: int,
+               config: EvidenceConfig = EvidenceConfig(), *, delta: float = challenge.DELTA) -> dict:
+  """Every row's evidence on one farm seed, from its confidences alone (what ``audit/seed_<k>.npz`` holds).
+
+  Args:
+    confidences: ``{row: [models, forget examples]}`` challenge confidences; :data:`REFERENCE_ROW` is the
+      reference retrains, :data:`ORIGINAL_ROW` and :data:`INDEPENDENT_RETRAIN_ROW` the sanity rows.
+    forget_index: the forget examples' indices into the training set.
+    seed: the farm seed (seeds the bootstrap: row ``i`` of the order of ``confidences`` draws from
+      ``numpy.random.default_rng([seed, i, what])``).
+    config: an :class:`EvidenceConfig`.
+    delta: the challenge's delta.
+
+  Returns:
+    ``{"rows": {row: {"ulira_auc", "ulira_auc_ci", "delta_vs_chance", "forgetting_quality", "rmia_auc",
+    "rmia_auc_ci", "identified", "verdict"}}, "power", "power_message", "evidence": AucEvidence per row,
+    "null": the null's draws, "pvalues": per row}``; the last three are not JSON (:func:`json_part`).
+
+  Example:
+    >>> rng = np.random.default_rng(0)
+    >>> c = {REFERENCE_ROW: rng.normal(size=(8, 30)), INDEPENDENT_RETRAIN_ROW: rng.normal(size=(8, 30)),
+    ...      ORIGINAL_ROW: rng.normal(size=(8, 30)) + 3.0}
+    >>> s = score_seed(c, np.arange(30), 0, EvidenceConfig(replicates=100, null_permutations=20,
+    ...                                                     example_permutations=200))
+    >>> s["power"]["powered"], s["rows"][ORIGINAL_ROW]["verdict"]
+    (True, 'distinguishable')
+  """
+  ref = np.asarray(confidences[REFERENCE_ROW], np.float64)
+  names = [r for r in confidences if r != REFERENCE_ROW]
+  if ORIGINAL_ROW not in names or INDEPENDENT_RETRAIN_ROW not in names:
+    raise FamrError(f"an audit's confidences need the rows {ORIGINAL_ROW!r} and {INDEPENDENT_RETRAIN_ROW!r}")
+  order = {name: i for i, name in enumerate(confidences)}
+  null = evidence.permutation_null(ref, confidences[INDEPENDENT_RETRAIN_ROW], _rng(seed, 0, 0),
+                                   permutations=config.null_permutations, paired=config.paired)
+  rows, ev, pvalues = {}, {}, {}
+  for name in names:
+    phi = np.asarray(confidences[name], np.float64)
+    i = order[name]
+    ev[name] = evidence.auc_evidence(phi, ref, _rng(seed, i, 1), replicates=config.replicates,
+                                     paired=config.paired)
+    rmia_ev = evidence.auc_evidence(phi, ref, _rng(seed, i, 2), replicates=config.replicates,
+                                    paired=config.paired, scorer=rmia.rmia_scores)
+    pvalues[name] = evidence.per_example_pvalues(phi, ref, _rng(seed, i, 3),
+                                                 permutations=config.example_permutations, paired=config.paired)
+    rows[name] = {**ev[name].as_row(), "forgetting_quality": challenge.forgetting_quality(phi, ref, delta),
+                  "rmia_auc": rmia_ev.auc, "rmia_auc_ci": list(rmia_ev.ci),
+                  "identified": _identified(pvalues[name], forget_index, config.fdr)}
+  pw = evidence.power(ev[ORIGINAL_ROW], null)
+  _add_verdicts(rows, ev, pw, config)
+  return {"rows": rows, "power": pw, "evidence": ev, "null": null, "pvalues": pvalues}
+
+
+def _identified(pvalues: np.ndarray, forget_index: np.ndarray, fdr: float) -> dict:
+  """The forget examples an attacker still identifies at BH ``fdr``: count and training-set indices."""
+  hit = evidence.benjamini_hochberg(np.asarray(pvalues), fdr)
+  return {"count": int(hit.sum()), "of": int(hit.size), "fdr": fdr,
+          "indices": [int(i) for i in np.asarray(forget_index)[hit]]}
+
+
+def _add_verdicts(rows: dict, ev: Mapping[str, Any], pw: dict, config: EvidenceConfig) -> None:
+  for name, e in ev.items():
+    rows[name]["verdict"] = evidence.verdict(e, margin=config.margin, powered=pw["powered"])
+
+
+def pool_audits(seeds: Sequence[Mapping[str, Any]], config: EvidenceConfig = EvidenceConfig()) -> dict:
+  """The farm seeds pooled (each its own forget set and models): the verdicts and the power gate.
+
+  AUCs and their bootstrap replicates are the seeds' means (:func:`famr_jax.audit.evidence.pool_seeds`), the
+  null's draws too; forgetting quality is the mean over seeds; the per-example list is Benjamini-Hochberg
+  over every seed's forget examples together.
+
+  Args:
+    seeds: :func:`score_seed` results (with ``"forget_index"`` added).
+    config: the :class:`EvidenceConfig` they were scored with.
+
+  Returns:
+    ``{"seeds", "rows": {row: fields as score_seed's}, "power"}``.
+  """
+  seeds = list(seeds)
+  names = [n for n in seeds[0]["rows"] if all(n in s["rows"] for s in seeds)]
+  null = np.mean([s["null"] for s in seeds], axis=0)
+  rows, ev = {}, {}
+  for name in names:
+    ev[name] = evidence.pool_seeds([s["evidence"][name] for s in seeds])
+    p = np.concatenate([s["pvalues"][name] for s in seeds])
+    index = np.concatenate([s["forget_index"] for s in seeds])
+    rows[name] = {**ev[name].as_row(),
+                  "forgetting_quality": float(np.mean([s["rows"][name]["forgetting_quality"] for s in seeds])),
+                  "rmia_auc": float(np.mean([s["rows"][name]["rmia_auc"] for s in seeds])),
+                  "identified": _identified(p, index, config.fdr)}
+  pw = evidence.power(ev[ORIGINAL_ROW], null)
+  _add_verdicts(rows, ev, pw, config)
+  return {"seeds": len(seeds), "rows": rows, "power": pw}
+
+
+def json_part(scored: Mapping[str, Any]) -> dict:
+  """A :func:`score_seed` / :func:`audit_request` result without its arrays (what ``leaderboard.json`` keeps)."""
+  return {k: v for k, v in scored.items() if k not in _ARRAYS}
+
+
+_ARRAYS = ("evidence", "null", "pvalues", "confidences", "forget_index")
+
+
 def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, train_config: TrainConfig,
                   method_configs: Mapping[str, Any], config: AuditConfig, key: jax.Array, *,
+                  seed: int = 0, evidence_config: EvidenceConfig = EvidenceConfig(),
                   show_progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
   """Audits every method of ``method_configs`` on one forget request with a farm of ``config.shadows`` models.
 
@@ -119,12 +250,15 @@ def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, 
     method_configs: ``{method: config}``.
     config: an :class:`famr_jax.audit.shadows.AuditConfig`.
     key: PRNG key of the farm.
+    seed: the farm seed (seeds the evidence's bootstrap, :func:`score_seed`).
+    evidence_config: how the intervals and verdicts are computed.
     show_progress: progress bars.
     log: one line per group.
 
   Returns:
-    ``{"attack", "shadows", "rows": {row: scores}, "costs": {group: cost}, "lira": LiRA of the recipe}``;
-    rows are the methods, :data:`ORIGINAL_ROW` and :data:`INDEPENDENT_RETRAIN_ROW`.
+    ``{"attack", "shadows", "rows": {row: scores}, "costs": {group: cost}, "power", "confidences": {row:
+    [N, S]}, "forget_index", ...}``; rows are the methods, :data:`ORIGINAL_ROW` and
+    :data:`INDEPENDENT_RETRAIN_ROW`; ``confidences`` also holds :data:`REFERENCE_ROW`.
   """
   log = log or (lambda line: None)
   config.validate()
@@ -134,27 +268,35 @@ def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, 
   farm = train_shadow_farm(model, apply_fn, data, forget, train_config, config, jax.random.fold_in(key, 0),
                            show_progress=show_progress)
   eval_key = jax.random.fold_in(key, 1)
-  reference = group_outputs(apply_fn, farm.retrains, data, forget, eval_key)
-  rows = {ORIGINAL_ROW: audit_pair(group_outputs(apply_fn, farm.originals, data, forget, eval_key), reference,
-                                   config),
-          INDEPENDENT_RETRAIN_ROW: audit_pair(group_outputs(apply_fn, farm.independent_retrains, data, forget,
-                                                            eval_key), reference, config)}
+  groups = {REFERENCE_ROW: group_outputs(apply_fn, farm.retrains, data, forget, eval_key),
+            ORIGINAL_ROW: group_outputs(apply_fn, farm.originals, data, forget, eval_key),
+            INDEPENDENT_RETRAIN_ROW: group_outputs(apply_fn, farm.independent_retrains, data, forget, eval_key)}
   costs = dict(farm.costs)
-  log(f"audit: {3 * n} shadow models trained in {time.perf_counter() - t0:.1f} s "
-      f"({costs['retrains']['per_model_s']:.3f} s per retrain, {costs['retrains']['mode']}); "
-      f"original U-LiRA AUC {rows[ORIGINAL_ROW]['ulira_auc']:.3f}, independent retrain "
-      f"{rows[INDEPENDENT_RETRAIN_ROW]['ulira_auc']:.3f}")
+  log(f"audit seed {seed}: {3 * n} shadow models trained in {time.perf_counter() - t0:.1f} s "
+      f"({costs['retrains']['per_model_s']:.3f} s per retrain, {costs['retrains']['mode']})")
   for i, (name, method_config) in enumerate(method_configs.items()):
     result = unlearn_farm(name, method_config, farm.originals, apply_fn, model, data, forget,
                           jax.random.fold_in(key, 100 + i), mode=config.mode, show_progress=show_progress)
     costs[name] = cost_entry(result, n)
-    rows[name] = audit_pair(group_outputs(apply_fn, result.params, data, forget, eval_key), reference, config)
+    groups[name] = group_outputs(apply_fn, result.params, data, forget, eval_key)
+  rows = {name: audit_pair(g, groups[REFERENCE_ROW], config) for name, g in groups.items() if name != REFERENCE_ROW}
+  for name in method_configs:
     rows[name]["time_fraction"] = costs[name]["per_model_s"] / max(costs["retrains"]["per_model_s"], 1e-12)
-    log(f"audit: {name:<20s} U-LiRA AUC {rows[name]['ulira_auc']:.3f}  forgetting quality "
-        f"{rows[name]['forgetting_quality']:.3f}  final {rows[name]['final_score']:.3f}  "
-        f"({costs[name]['per_model_s']:.3f} s per model, {result.mode})")
+  confidences = {name: g.phi for name, g in groups.items()}
+  scored = score_seed(confidences, forget.indices, seed, evidence_config, delta=config.delta)
+  for name, fields in scored["rows"].items():
+    rows[name].update(fields)
+  message = evidence.power_message(scored["power"], shadows=n, forget_examples=len(forget.indices),
+                                   paired=evidence_config.paired)
+  for name, r in rows.items():
+    log(f"audit seed {seed}: {name:<28s} U-LiRA AUC {r['ulira_auc']:.3f} [{r['ulira_auc_ci'][0]:.3f}, "
+        f"{r['ulira_auc_ci'][1]:.3f}]  forgetting quality {r['forgetting_quality']:.3f}  {r['verdict']}")
+  log(f"audit seed {seed}: {message}")
   return {"attack": config.attack, "shadows": n, "fixed_variance": config.fixed_variance, "delta": config.delta,
-          "rows": rows, "costs": costs}
+          "margin": evidence_config.margin, "forget_examples": len(forget.indices), "rows": rows, "costs": costs,
+          "power": scored["power"], "power_message": message, "confidences": confidences,
+          "forget_index": np.asarray(forget.indices), "evidence": scored["evidence"], "null": scored["null"],
+          "pvalues": scored["pvalues"]}
 
 
 def lira_check(apply_fn: Callable, model: Any, data: Any, train_config: TrainConfig, config: AuditConfig,
