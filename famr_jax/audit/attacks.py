@@ -22,8 +22,14 @@ Definitions (with their sources; ``docs/results.md``, issue 14, states them too)
   the AUC of telling them apart is 0.5 for perfect unlearning (:func:`ulira`). Targets are held out
   a pair at a time (unlearned model i with retrained model i), so both Gaussians of a target are fit
   on the same number of models and the test is symmetric under the null.
-* **Challenge epsilon** (NeurIPS 2023 machine unlearning challenge, the
-  organizers' scoring notebook): per forget example, threshold attacks on the
+* **Legacy challenge-like epsilon** (NOT the challenge's score, which is
+  :func:`famr_jax.audit.challenge.forgetting_quality`: this one lacks the
+  interval rules, the peakiness rule, the cap and the cap of the buckets at
+  ``ceil(log(N - 1))``; on the same arrays it reads 1.2-1.7x the reference's;
+  kept as :func:`forgetting_quality_legacy` / :func:`epsilons_legacy`; the
+  names ``epsilons`` / ``forgetting_quality`` here are aliases of them until
+  ``audit.py`` reports the challenge's score). After the
+  organizers' scoring notebook: per forget example, threshold attacks on the
   N unlearned vs N retrained values; for each, ``eps = max(log(1 - delta -
   FPR) - log FNR, log(1 - delta - FNR) - log FPR)`` (both rates 0: infinite;
   one of them 0: the attack is discarded; a NaN term is ignored), the
@@ -32,7 +38,7 @@ Definitions (with their sources; ``docs/results.md``, issue 14, states them too)
   attacks; here the threshold attack runs in both directions (what a 1-D
   learned attack can express). Threshold attacks are invariant to monotone
   maps, so ``phi`` gives the same epsilon as the notebook's cross-entropy.
-  **Forgetting quality**: the mean over examples of ``2 / 2**k``, ``k`` the
+  **Legacy forgetting quality**: the mean over examples of ``2 / 2**k``, ``k`` the
   bucket of ``eps`` among ``[0, 0.5, 1, ..., 6]`` (``np.digitize``; 1 for
   ``eps < 0.5``, the best); **final score**: forgetting quality x (retain
   accuracy of the unlearned / of the retrained models) x (the same for test
@@ -201,6 +207,71 @@ def lira(phi: np.ndarray, member: np.ndarray, *, online: bool = True, fixed_vari
   return attack_result(lira_scores(phi, member, online=online, fixed_variance=fixed_variance, folds=folds), member)
 
 
+def _leave_one_out(values: np.ndarray, fixed_variance: bool) -> tuple[np.ndarray, np.ndarray]:
+  """``(median, std)`` ``[N + 1, S]`` of a group ``[N, S]`` without model ``i`` (row ``i``), and of all (row ``N``).
+
+  The same values as ``np.median`` / ``np.std`` (population) of the group with row ``i`` removed, in O(N S log N):
+  the median from the sorted column with one rank skipped, the spread from centred sums.
+  """
+  n, s = values.shape
+  order = np.sort(values, axis=0)
+  rank = np.argsort(np.argsort(values, axis=0, kind="stable"), axis=0, kind="stable")
+  m = n - 1
+  a, b = (m - 1) // 2, m // 2
+  pick = lambda j: np.take_along_axis(order, j + (j >= rank), axis=0)
+  med = np.concatenate([(pick(np.full_like(rank, a)) + pick(np.full_like(rank, b))) / 2, np.median(values, 0)[None]])
+  if fixed_variance:   # one spread over every example of the models left
+    mean, k = values.mean(), values.size
+    ss = np.sum((values - mean) ** 2)
+    block_mean = values.mean(axis=1)
+    block_ss = np.sum((values - block_mean[:, None]) ** 2, axis=1)
+    loo_mean = (mean * k - block_mean * s) / (k - s)
+    var = (ss + k * (mean - loo_mean) ** 2 - block_ss - s * (block_mean - loo_mean) ** 2) / (k - s)
+    spread = np.r_[np.sqrt(np.maximum(var, 0.0)), np.std(values)]
+    return med, np.broadcast_to(spread[:, None], med.shape)
+  mean = values.mean(axis=0)
+  ss = np.sum((values - mean) ** 2, axis=0)
+  loo_mean = (mean * n - values) / m
+  var = (ss + n * (mean - loo_mean) ** 2 - (values - loo_mean) ** 2) / m
+  return med, np.concatenate([np.sqrt(np.maximum(var, 0.0)), np.std(values, axis=0)[None]])
+
+
+def ulira_scores(phi_unlearned: np.ndarray, phi_retrained: np.ndarray, *,
+                 fixed_variance: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """U-LiRA scores and membership ``([N + N', S], [N + N', S])``: unlearned models first, "member" = unlearned.
+
+  Model ``i`` of each group is held out with model ``i`` of the other (a pair); the same scores as
+  :func:`lira_scores` with those folds, in O(N S log N) instead of O(N^2 S).
+
+  Example:
+    >>> rng = np.random.default_rng(0)
+    >>> u, r = rng.normal(size=(4, 3)) + 2, rng.normal(size=(4, 3))
+    >>> s, m = ulira_scores(u, r)
+    >>> phi = np.concatenate([u, r]); folds = np.r_[np.arange(4), np.arange(4)]
+    >>> bool(np.allclose(s, lira_scores(phi, m, folds=folds)))
+    True
+  """
+  u, r = np.asarray(phi_unlearned, np.float64), np.asarray(phi_retrained, np.float64)
+  if u.ndim != 2 or r.ndim != 2 or u.shape[1] != r.shape[1]:
+    raise FamrError("U-LiRA needs [models, examples] statistics of the same forget examples")
+  if min(u.shape[0], r.shape[0]) < 2:
+    raise FamrError("U-LiRA needs at least 2 unlearned and 2 retrained models")
+  nu, nr = len(u), len(r)
+  mu_u, s_u = _leave_one_out(u, fixed_variance)
+  mu_r, s_r = _leave_one_out(r, fixed_variance)
+  fold_u = lambda i: np.minimum(i, nu)   # a fold without a model of the group fits the whole group (row N)
+  fold_r = lambda i: np.minimum(i, nr)
+  iu, ir = np.arange(nu), np.arange(nr)
+  folds = (np.r_[fold_u(iu), fold_u(ir)], np.r_[fold_r(iu), fold_r(ir)])
+  phi = np.concatenate([u, r])
+  mu_in, s_in, mu_out, s_out = mu_u[folds[0]], s_u[folds[0]], mu_r[folds[1]], s_r[folds[1]]
+  if fixed_variance:
+    s_out = s_in   # the reference code: one global spread, of the "in" values
+  scores = stats.norm.logpdf(phi, mu_in, s_in + _TINY) - stats.norm.logpdf(phi, mu_out, s_out + _TINY)
+  member = np.concatenate([np.ones(u.shape, bool), np.zeros(r.shape, bool)])
+  return scores, member
+
+
 def ulira(phi_unlearned: np.ndarray, phi_retrained: np.ndarray, *, fixed_variance: bool = False) -> AttackResult:
   """U-LiRA: per forget example, unlearned models (``[N, S]``) vs retrained models (``[N', S]``).
 
@@ -211,18 +282,10 @@ def ulira(phi_unlearned: np.ndarray, phi_retrained: np.ndarray, *, fixed_varianc
     >>> round(ulira(rng.normal(size=(32, 40)), rng.normal(size=(32, 40))).auc, 1)
     0.5
   """
-  u, r = np.asarray(phi_unlearned), np.asarray(phi_retrained)
-  if u.ndim != 2 or r.ndim != 2 or u.shape[1] != r.shape[1]:
-    raise FamrError("U-LiRA needs [models, examples] statistics of the same forget examples")
-  if min(u.shape[0], r.shape[0]) < 2:
-    raise FamrError("U-LiRA needs at least 2 unlearned and 2 retrained models")
-  phi = np.concatenate([u, r])
-  member = np.concatenate([np.ones(u.shape, bool), np.zeros(r.shape, bool)])
   # Leave one *pair* out: unlearned model i and retrained model i share a fold, so both Gaussians of every
   # target are fit on equally many models. (Leaving one model out fits the target's own group on one model
   # fewer, a narrower fit that scores it lower: on 5 forget examples, AUC 0.29 for two retrained farms.)
-  folds = np.concatenate([np.arange(len(u)), np.arange(len(r))])
-  return lira(phi, member, online=True, fixed_variance=fixed_variance, folds=folds)
+  return attack_result(*ulira_scores(phi_unlearned, phi_retrained, fixed_variance=fixed_variance))
 
 
 def threshold_rates(unlearned: np.ndarray, retrained: np.ndarray,
@@ -265,12 +328,12 @@ def epsilon_from_rates(fpr: np.ndarray, fnr: np.ndarray, delta: float = 1e-5) ->
   return np.maximum(np.max(eps, axis=-1), 0.0)
 
 
-def epsilons(unlearned: np.ndarray, retrained: np.ndarray, delta: float = 1e-5) -> np.ndarray:
-  """Per forget example, the challenge's epsilon of threshold attacks in both directions (``[S]``).
+def epsilons_legacy(unlearned: np.ndarray, retrained: np.ndarray, delta: float = 1e-5) -> np.ndarray:
+  """Per forget example, the legacy epsilon of threshold attacks in both directions (``[S]``; not the challenge's).
 
   Example:
     >>> x = np.random.default_rng(0).normal(size=(16, 3))
-    >>> epsilons(x, x).tolist()   # identical distributions: nothing to tell apart
+    >>> epsilons_legacy(x, x).tolist()   # identical distributions: nothing to tell apart
     [0.0, 0.0, 0.0]
   """
   u, r = np.asarray(unlearned), np.asarray(retrained)
@@ -281,15 +344,21 @@ def epsilons(unlearned: np.ndarray, retrained: np.ndarray, delta: float = 1e-5) 
   return np.maximum(epsilon_from_rates(fpr, fnr, delta), epsilon_from_rates(1.0 - fpr, 1.0 - fnr, delta))
 
 
-def forgetting_quality(eps: np.ndarray) -> float:
-  """The challenge's forgetting quality: mean of ``2 / 2**k`` over examples, ``k`` the bucket of epsilon.
+def forgetting_quality_legacy(eps: np.ndarray) -> float:
+  """The legacy forgetting quality: mean of ``2 / 2**k`` over examples, ``k`` the bucket of epsilon (uncapped).
 
   Example:
-    >>> forgetting_quality(np.array([0.0, 0.7, np.inf]))   # buckets 1, 2 and 13
+    >>> forgetting_quality_legacy(np.array([0.0, 0.7, np.inf]))   # buckets 1, 2 and 13
     0.5000813802083334
   """
   k = np.digitize(np.asarray(eps, np.float64), np.arange(NUM_BINS) * BIN_WIDTH)
   return float(np.mean(2.0 / 2.0 ** k))
+
+
+# Aliases of the legacy score for famr_jax.audit.audit and the package root until they call
+# famr_jax.audit.challenge.forgetting_quality (branch audit-boards); then these two lines go.
+epsilons = epsilons_legacy
+forgetting_quality = forgetting_quality_legacy
 
 
 def final_score(quality: float, retain_acc_unlearned: float, retain_acc_retrained: float,
