@@ -2,12 +2,22 @@
 # The audited leaderboards of docs/results.md (issue 14): U-LiRA and the challenge's epsilon score of every
 # sample-capable method on a farm of shadow models, digits (MLP, LeNet5) and a Fashion-MNIST subset (LeNet5),
 # a random 10% and a handful of samples. Usage: experiments/audit_boards.sh OUTDIR [SHADOWS]
+#   experiments/audit_boards.sh OUTDIR done   # issue 22's Done-when boards only: digits MLP, random 10%,
+#                                             # 3 farm seeds pooled, 64 shadows (powered) and 4 (underpowered)
 set -euo pipefail
-OUT=${1:?usage: audit_boards.sh OUTDIR [SHADOWS]}
+OUT=${1:?usage: audit_boards.sh OUTDIR [SHADOWS|done]}
 SHADOWS=${2:-16}
 METHODS=famr,famr-function,famr-curvature,ft,ga,neggrad+,rl,salun,scrub,ssd
 mkdir -p "$OUT"
 run() { echo "== $*"; /usr/bin/time -f "%e s wall" nice -n 10 python3 -m famr_jax.cli "$@"; }
+if [ "$SHADOWS" = done ]; then
+  [ -d "$OUT/ckpt_digits_mlp" ] || run train --dataset digits --model mlp --out "$OUT/ckpt_digits_mlp"
+  for n in 64 4; do
+    [ -d "$OUT/done_shadows$n" ] || run compare --checkpoint "$OUT/ckpt_digits_mlp" --forget-random 0.1 \
+        --methods ga,famr,retrain --seeds 1 --audit ulira --shadows "$n" --audit-seeds 3 --out "$OUT/done_shadows$n"
+  done
+  exit 0
+fi
 [ -d "$OUT/ckpt_digits_mlp" ] || run train --dataset digits --model mlp --out "$OUT/ckpt_digits_mlp"
 [ -d "$OUT/ckpt_digits_lenet5" ] || run train --dataset digits --model lenet5 --out "$OUT/ckpt_digits_lenet5"
 [ -d "$OUT/ckpt_fashion_lenet5" ] || run train --dataset fashion_mnist --model lenet5 --max-train 500 \

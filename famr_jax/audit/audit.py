@@ -14,7 +14,9 @@ training set: whether the farm's recipe leaks membership at all.
 from __future__ import annotations
 
 import functools
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -31,6 +33,7 @@ from famr_jax.errors import FamrError
 
 ORIGINAL_ROW = "original"
 INDEPENDENT_RETRAIN_ROW = "retrained (independent farm)"
+FORGET_INDEX = "forget_index"   # the key of the forget set's indices in audit/seed_<k>.npz
 REFERENCE_ROW = "retrained"   # the reference group every row is scored against (a key of the confidences)
 MAX_ACCURACY_ROWS = 2048   # retained / test examples the farm's accuracies are measured on (a fixed sample)
 _CHUNK = 512
@@ -233,6 +236,33 @@ def json_part(scored: Mapping[str, Any]) -> dict:
 
 
 _ARRAYS = ("evidence", "null", "pvalues", "confidences", "forget_index")
+
+
+def write_audit_files(arrays: Sequence[Mapping[str, Any]], folder: str | os.PathLike) -> list[Path]:
+  """Writes each farm seed's confidences as ``folder/seed_<k>.npz`` (a folder inside an output's staging).
+
+  Each file holds one float64 ``[models, forget examples]`` array per row, named as the row
+  (:data:`ORIGINAL_ROW`, :data:`REFERENCE_ROW`, :data:`INDEPENDENT_RETRAIN_ROW`, each method's name), and
+  ``forget_index`` (the forget examples' training-set indices); ``numpy.load`` reads it without pickle.
+
+  Args:
+    arrays: per seed ``{"seed", "confidences": {row: array}, "forget_index"}`` (compare's ``audit_arrays``).
+    folder: where the files go (created).
+
+  Returns:
+    The paths written.
+  """
+  folder = Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  paths = []
+  for entry in arrays:
+    if FORGET_INDEX in entry["confidences"]:
+      raise FamrError(f"a row may not be named {FORGET_INDEX!r} (the forget set's key in the audit files)")
+    path = folder / f"seed_{int(entry['seed'])}.npz"
+    np.savez(path, **{k: np.asarray(v, np.float64) for k, v in entry["confidences"].items()},
+             **{FORGET_INDEX: np.asarray(entry["forget_index"], np.int64)})
+    paths.append(path)
+  return paths
 
 
 def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, train_config: TrainConfig,

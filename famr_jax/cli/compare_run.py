@@ -4,7 +4,9 @@ For each seed, the gold standard is the checkpoint's own training recipe
 retrained on the retained data (:func:`famr_jax.cli.runs.retrain_gold_standard`),
 optionally from a cache of retrained checkpoints. Writes ``leaderboard.json``
 (every seed and method), ``leaderboard.md`` (mean ± std over seeds) and
-``leaderboard.png`` (average gap vs time fraction), through a staging directory.
+``leaderboard.png`` (average gap vs time fraction), through a staging directory; with an audit also
+``audit/seed_<k>.npz`` (each farm seed's confidences, :func:`famr_jax.audit.audit.write_audit_files`) and
+``audit.png`` (:func:`famr_jax.evaluation.audit_plot.plot_audit`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from famr_jax.audit.audit import EvidenceConfig, write_audit_files
 from famr_jax.audit.shadows import AuditConfig
+from famr_jax.evaluation.audit_plot import plot_audit
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random
 from famr_jax.errors import FamrError
 from famr_jax.validation import CheckedFields
@@ -53,6 +57,10 @@ class CompareRun(CheckedFields):
     audit: ``ulira``: also audit every method on a farm of shadow models (U-LiRA AUC, TPR at 1% FPR,
       the NeurIPS 2023 unlearning challenge's forgetting quality and final score).
     shadows: shadow models per group of the audit (at least 2; 16 to 256 is typical).
+    audit_seeds: farm seeds of the audit, each with its own forget set and models: each is shown, the
+      verdicts and the pick are made on them pooled; ``audit/seed_<k>.npz`` holds each seed's confidences.
+    audit_margin: the equivalence margin on U-LiRA's AUC - 0.5 (a row within it is "equivalent to
+      retraining" by two one-sided tests at 5%).
   """
   checkpoint: str
   out: str
@@ -65,6 +73,8 @@ class CompareRun(CheckedFields):
   gold_cache: str | None = None
   audit: str | None = None
   shadows: int = 16
+  audit_seeds: int = 3
+  audit_margin: float = 0.02
 
 
 def content_digest(loaded) -> str:
@@ -208,10 +218,15 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
                             train_config=train_config, forget_kind=forget_kind,
                             option_name=lambda f: "--" + f.replace("_", "-"))
   methods, configs = drop_class_only(methods, configs, forget_kind, default_list, log)
-  if run.audit is None and run.shadows != CompareRun.shadows:
-    raise FamrError("--shadows sizes an audit: add --audit ulira")
+  for name in ("shadows", "audit_seeds", "audit_margin"):
+    if run.audit is None and getattr(run, name) != getattr(CompareRun, name):
+      raise FamrError(f"--{name.replace('_', '-')} sizes an audit: add --audit ulira")
   if run.audit is not None:
     AuditConfig(attack=run.audit, shadows=run.shadows).validate()
+    if run.audit_seeds <= 0:
+      raise FamrError(f"--audit-seeds must be positive, got {run.audit_seeds}")
+    if not 0.0 < run.audit_margin < 0.5:
+      raise FamrError(f"--audit-margin must lie strictly between 0 and 0.5, got {run.audit_margin}")
   needs_fisher = [m for m, c in configs.items() if getattr(c, "anchor", None) == "fisher"]
   if needs_fisher and not has_fisher:
     raise FamrError(f"{', '.join(needs_fisher)}: " + missing_fisher_message(run.checkpoint))
@@ -220,6 +235,10 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
     # a step budget the user set is kept; the defaults scale with the request's size (in _run_board)
     fixed_steps = {m for m in configs if "steps" in (flags or {}) or "steps" in per_method.get(m, {}) or m == "retrain"}
     board = _run_board(run, methods, configs, train_config, metadata, show_progress, log, fixed_steps)
+    arrays = board.pop("audit_arrays", None)
+    if arrays is not None:
+      write_audit_files(arrays, staging / "audit")
+      plot_audit(board, staging / "audit.png")
     write_json(staging / "leaderboard.json", board)
     (staging / "leaderboard.md").write_text(format_leaderboard(board) + "\n")
     plot_leaderboard(board, staging / "leaderboard.png")
@@ -241,7 +260,8 @@ def _run_board(run: CompareRun, methods, configs, train_config, metadata, show_p
                   checkpoint=checkpoint, show_progress=show_progress, log=log,
                   gold_fn=lambda seed, forget: gold_standard(run, loaded, forget, seed, train_config,
                                                              show_progress, log, content),
-                  audit=run.audit, shadows=run.shadows, train_config=train_config)
+                  audit=run.audit, shadows=run.shadows, train_config=train_config, audit_seeds=run.audit_seeds,
+                  audit_evidence=EvidenceConfig(margin=run.audit_margin))
   board = {
       "famr_jax_version": __version__, "checkpoint": checkpoint, "dataset": loaded.data.name,
       "model": metadata.get("model"),

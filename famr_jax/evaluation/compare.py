@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax.audit.audit import audit_request
+from famr_jax.audit import evidence
+from famr_jax.audit.audit import EvidenceConfig, audit_request, json_part, pool_audits
 from famr_jax.audit.shadows import AuditConfig, check_auditable
 from famr_jax.data.forget import ForgetSet
 from famr_jax.errors import Diverged, FamrError
@@ -129,7 +130,8 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
             checkpoint: str | None = None, gold_fn: Callable[[int, ForgetSet], Gold] | None = None,
             show_progress: bool = False, log: Callable[[str], None] | None = None,
             extra_metrics: Callable[[Any], Mapping[str, float]] | None = None,
-            audit: str | AuditConfig | None = None, shadows: int = 16, train_config: Any = None) -> dict:
+            audit: str | AuditConfig | None = None, shadows: int = 16, train_config: Any = None,
+            audit_seeds: int = 3, audit_evidence: EvidenceConfig | None = None) -> dict:
   """Runs ``methods`` on one trained model and scores each against a retrained model, per seed.
 
   Args:
@@ -161,9 +163,14 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
       board ``"audit"`` (per seed: the sanity rows, the farm's costs).
     shadows: shadow models per group of the audit (at least 2).
     train_config: the original's :class:`famr_jax.TrainConfig` (the shadow models' recipe; needed by ``audit``).
+    audit_seeds: farm seeds 0, 1, ... of the audit, each with its own forget set (``forget(k)``; the same
+      indices for a fixed request) and models; each is shown and the verdicts are made on them pooled
+      (:func:`famr_jax.audit.audit.pool_audits`): ``"audit_pooled"`` and the board's ``"pick"``.
+    audit_evidence: a :class:`famr_jax.audit.audit.EvidenceConfig` (the equivalence margin, bootstrap sizes).
 
   Returns:
-    The leaderboard: ``{"methods", "seeds", "configs", "retrained", "runs", "summary"}`` (and ``"audit"``)
+    The leaderboard: ``{"methods", "seeds", "configs", "retrained", "runs", "summary"}`` (and ``"audit"``,
+    ``"audit_pooled"``, ``"pick"`` and, not JSON, ``"audit_arrays"``: per farm seed its confidences)
     (:func:`famr_jax.evaluation.leaderboard.format_leaderboard` prints it once ``model``,
     ``dataset`` and ``forget`` are added, as the CLI does).
   """
@@ -185,7 +192,10 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   configs = dict(configs or {})
   _check_inputs(apply_fn, params, data, configs, specs)
   audit_config = _audit_config(audit, shadows, methods, forget_of(0), model, train_config)
-  rows, gold_rows, audits = [], [], []
+  if audit_config is not None and (isinstance(audit_seeds, bool) or int(audit_seeds) != audit_seeds
+                                   or audit_seeds <= 0):
+    raise FamrError(f"audit_seeds must be a positive integer, got {audit_seeds}")
+  rows, gold_rows = [], []
   for seed in range(int(seeds)):
     request = forget_of(seed)
     for name in methods:
@@ -213,14 +223,13 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
       rows.append(_row(seed, name, apply_fn, new_params, data, request, params, reference, gold,
                        run_s, compile_s, time.perf_counter() - t0, log))
       _add_extra(rows[-1], new_params, extra_metrics, gold_extra)
-    if audit_config is not None:
-      audits.append(_audit_seed(seed, rows, apply_fn, model, data, request, train_config,
-                                {name: configs[name] for name in methods}, audit_config, show_progress, log))
   board = {"methods": [ORIGINAL, *methods], "seeds": list(range(int(seeds))),
            "configs": {name: dataclasses.asdict(c) for name, c in configs.items() if dataclasses.is_dataclass(c)},
            "retrained": gold_rows, "runs": rows, "summary": summarize(rows)}
   if audit_config is not None:
-    board["audit"] = audits
+    board.update(_audit_board(int(audit_seeds), forget_of, rows, apply_fn, model, data, train_config,
+                              {name: configs[name] for name in methods}, audit_config,
+                              audit_evidence or EvidenceConfig(), show_progress, log))
   return board
 
 
@@ -249,15 +258,30 @@ def _audit_config(audit, shadows, methods, first_request: ForgetSet, model, trai
   return config
 
 
-def _audit_seed(seed, rows, apply_fn, model, data, request, train_config, method_configs, config, show_progress,
-                log) -> dict:
-  """Audits one seed's request and attaches each method's scores to its row (the original's to its own)."""
-  result = audit_request(apply_fn, model, data, request, train_config, method_configs, config,
-                         jax.random.fold_in(jax.random.key(seed), 14), show_progress=show_progress, log=log)
-  for row in rows:
-    if row["seed"] == seed and row["method"] in result["rows"]:
-      row["audit"] = result["rows"][row["method"]]
-  return {"seed": seed, **result}
+def _audit_board(audit_seeds, forget_of, rows, apply_fn, model, data, train_config, method_configs, config,
+                 evidence_config, show_progress, log) -> dict:
+  """Audits every farm seed's request, pools them and picks; each method's scores go on its row of the same seed."""
+  seeds = []
+  for k in range(audit_seeds):
+    result = audit_request(apply_fn, model, data, forget_of(k), train_config, method_configs, config,
+                           jax.random.fold_in(jax.random.key(k), 14), seed=k, evidence_config=evidence_config,
+                           show_progress=show_progress, log=log)
+    for row in rows:
+      if row["seed"] == k and row["method"] in result["rows"]:
+        row["audit"] = result["rows"][row["method"]]
+    seeds.append(result)
+  pooled = pool_audits(seeds, evidence_config)
+  pooled["power_message"] = evidence.power_message(pooled["power"], shadows=config.shadows,
+                                                   forget_examples=sum(s["forget_examples"] for s in seeds),
+                                                   paired=evidence_config.paired)
+  log(f"audit, {audit_seeds} seeds pooled: {pooled['power_message']}")
+  costs = {m: float(np.mean([s["rows"][m]["time_fraction"] for s in seeds])) for m in method_configs
+           if m != "retrain"}   # the gold standard's recipe is no unlearning method: never the pick
+  pick = evidence.pick({m: pooled["rows"][m]["verdict"] for m in costs}, costs)
+  return {"audit": [{"seed": k, **json_part(s)} for k, s in enumerate(seeds)], "audit_pooled": pooled,
+          "pick": pick,
+          "audit_arrays": [{"seed": k, "confidences": s["confidences"], "forget_index": s["forget_index"]}
+                           for k, s in enumerate(seeds)]}
 
 
 def _seed_gold(seed: int, request: ForgetSet, data, retrain, gold_fn) -> Gold:

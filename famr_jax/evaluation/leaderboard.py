@@ -200,39 +200,63 @@ def _stat(values: Sequence[float]) -> dict[str, float]:
   return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
-def format_audit(board: Mapping[str, Any], order: Sequence[str]) -> list[str]:
-  """The audit's table: per method, U-LiRA and the challenge's scores on the shadow farm (mean ± std over seeds)."""
-  audits = board["audit"]
-  summary = board["summary"]
+def _ci(fields: Mapping[str, Any], key: str = "ulira_auc") -> str:
+  lo, hi = fields[f"{key}_ci"]
+  return f"{fields[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _audit_rows(rows: Mapping[str, Any]) -> list[str]:
+  """One table line per audited row: AUC and its 95% interval, the challenge's score, RMIA, exposed, verdict."""
+  out = []
+  for name, r in sorted(rows.items(), key=lambda kv: kv[1]["ulira_auc"]):
+    d = r["delta_vs_chance"]
+    ident = r["identified"]
+    shown = ", ".join(str(i) for i in ident["indices"][:8]) + (" ..." if ident["count"] > 8 else "")
+    out.append(f"| {name} | {_ci(r)} | {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
+               f"{r['forgetting_quality']:.3f} | {r['rmia_auc']:.3f} | {ident['count']}/{ident['of']}"
+               f"{' (' + shown + ')' if ident['count'] else ''} | {r['verdict']} |")
+  return out
+
+
+_AUDIT_HEADER = ["| row | U-LiRA AUC [95% CI] | AUC - 0.5 [95% CI] | forgetting quality | RMIA AUC | "
+                 "exposed (BH 5%) | verdict |", "|---|---|---|---|---|---|---|"]
+
+
+def format_audit(board: Mapping[str, Any], order: Sequence[str] = ()) -> list[str]:
+  """The audit's tables: the farm seeds pooled (the verdicts and the pick), then each seed.
+
+  Example:
+    >>> r = {"ulira_auc": 0.6, "ulira_auc_ci": [0.55, 0.65], "delta_vs_chance": {"mean": 0.1, "ci": [0.05, 0.15]},
+    ...      "forgetting_quality": 0.2, "rmia_auc": 0.6, "identified": {"count": 0, "of": 9, "indices": []},
+    ...      "verdict": "distinguishable"}
+    >>> p = {"original_minus_chance": 0.1, "null_sd": 0.01, "powered": True}
+    >>> b = {"audit": [{"seed": 0, "attack": "ulira", "shadows": 4, "margin": 0.02, "rows": {"original": r},
+    ...                 "power": p, "power_message": "powered"}],
+    ...      "audit_pooled": {"seeds": 1, "rows": {"original": r}, "power": p, "power_message": "powered"},
+    ...      "pick": None}
+    >>> format_audit(b)[-1]
+    'No method is named: none is equivalent to retraining within the margin 0.02.'
+  """
+  audits, pooled = board["audit"], board["audit_pooled"]
   first = audits[0]
-  lines = [f"Audit ({first['attack']}, {first['shadows']} shadow models per group; per forget example, the "
-           "method's models against models retrained without the forget set: U-LiRA AUC 0.5 and forgetting "
-           "quality 1 are perfect unlearning):", "",
-           "| method | U-LiRA AUC | TPR @ 1% FPR | forgetting quality | final score | retain acc % (farm) | "
-           "time % of retrain (farm) |", "|---|---|---|---|---|---|---|"]
-  audited = [m for m in order if "audit_ulira_auc" in summary[m]]
-  for m in sorted(audited, key=lambda m: summary[m]["audit_ulira_auc"]["mean"]):
-    s = summary[m]
-    retain = {k: 100 * v for k, v in s["audit_retain_acc"].items() if k != "n"}
-    time_pct = ({k: 100 * v for k, v in s["audit_time_fraction"].items() if k != "n"}
-                if "audit_time_fraction" in s else None)
-    lines.append(f"| {m} | {_pm(s['audit_ulira_auc'], 3)} | {_pm(s['audit_ulira_tpr_at_1'], 3)} | "
-                 f"{_pm(s['audit_forgetting_quality'], 3)} | {_pm(s['audit_final_score'], 3)} | {_pm(retain)} | "
-                 f"{_pm(time_pct, 2) if time_pct else '-'} |")
-  sanity = [a["rows"][INDEPENDENT_RETRAIN] for a in audits if INDEPENDENT_RETRAIN in a["rows"]]
-  if sanity:
-    st = lambda k, scale=1.0: _stat([scale * r[k] for r in sanity])
-    lines.append(f"| *{INDEPENDENT_RETRAIN}* | {_pm(st('ulira_auc'), 3)} | {_pm(st('ulira_tpr_at_1'), 3)} | "
-                 f"{_pm(st('forgetting_quality'), 3)} | {_pm(st('final_score'), 3)} | "
-                 f"{_pm(st('retain_acc', 100.0))} | 100 |")
-  pick = audit_pick(board)
-  if pick:
-    lines += ["", f"The audit's pick: **{pick}** (U-LiRA AUC nearest 0.5 among the methods whose farm retain "
-              "accuracy lies within 2 std of the independent retrains')."]
+  lines = [f"Audit ({first['attack']}, {first['shadows']} shadow models per group, {pooled['seeds']} farm seeds, "
+           f"each its own forget set; per forget example the row's models against models retrained without "
+           f"it; verdicts by two one-sided tests with margin {first['margin']} on AUC - 0.5):", "",
+           f"Seeds pooled ({pooled['power_message']}):", "", *_AUDIT_HEADER, *_audit_rows(pooled["rows"])]
+  for a in audits:
+    lines += ["", f"Farm seed {a['seed']} ({a['forget_examples']} forget examples; {a['power_message']}):", "",
+              *_AUDIT_HEADER, *_audit_rows(a["rows"])]
   costs = [a["costs"]["retrains"]["per_model_s"] for a in audits]
   lines += ["", f"Farm: {_pm(_stat(costs), 3)} s per shadow model (retrain, compile excluded, "
-            f"{audits[0]['costs']['retrains']['mode']}); sanity rows: the untouched original must be exposed "
-            "(AUC well above 0.5), an independent farm of retrains must sit at chance."]
+            f"{first['costs']['retrains']['mode']}); the untouched original must be distinguishable (the power "
+            "gate), the independent retrains equivalent (the null at chance).", ""]
+  if not pooled["power"]["powered"]:
+    lines.append("No method is named: the audit is underpowered (above).")
+  elif board.get("pick"):
+    lines.append(f"The audit's pick: **{board['pick']}** (the cheapest method equivalent to retraining, seeds "
+                 "pooled).")
+  else:
+    lines.append(f"No method is named: none is equivalent to retraining within the margin {first['margin']}.")
   return lines
 
 
@@ -277,28 +301,3 @@ def _plot_audit(board: Mapping[str, Any], ax) -> None:
   ax.set_ylabel("U-LiRA AUC (0.5 = retrained)")
   ax.set_title(f"audit: {board['audit'][0]['shadows']} shadow models per group")
   ax.grid(True, which="both", alpha=0.3)
-
-
-def audit_pick(board: Mapping[str, Any]) -> str | None:
-  """The audited method with U-LiRA AUC nearest 0.5 whose farm retain accuracy is within 2 std of the
-  independent retrains' (means over seeds); None without an audit or a method that qualifies.
-
-  Example:
-    >>> row = lambda auc, ra: {"audit": {"ulira_auc": auc, "retain_acc": ra}}
-    >>> audit_pick({"runs": [{"method": "a", **row(0.6, 0.99)}, {"method": "b", **row(0.51, 0.80)},
-    ...                      {"method": "original", **row(0.7, 0.99)}],
-    ...             "audit": [{"rows": {INDEPENDENT_RETRAIN: {"retain_acc": 0.99, "retain_acc_std": 0.01}}}]})
-    'a'
-  """
-  audits = board.get("audit") or []
-  sanity = [a["rows"][INDEPENDENT_RETRAIN] for a in audits if INDEPENDENT_RETRAIN in a["rows"]]
-  if not sanity:
-    return None
-  floor = float(np.mean([r["retain_acc"] - 2 * r.get("retain_acc_std", 0.0) for r in sanity]))
-  scores: dict[str, list[tuple[float, float]]] = {}
-  for r in board["runs"]:
-    if "audit" in r and r["method"] not in (ORIGINAL, "retrain"):   # the gold standard is no unlearning method
-      scores.setdefault(r["method"], []).append((r["audit"]["ulira_auc"], r["audit"]["retain_acc"]))
-  means = {m: (float(np.mean([a for a, _ in v])), float(np.mean([ra for _, ra in v]))) for m, v in scores.items()}
-  ok = {m: abs(auc - 0.5) for m, (auc, ra) in means.items() if ra >= floor and math.isfinite(auc)}
-  return min(ok, key=ok.get) if ok else None
