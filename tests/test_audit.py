@@ -225,12 +225,14 @@ def test_compare_with_an_audit_scores_every_row(small):
   forget = forget_samples(list(range(0, 60, 3)), len(d.y_train), 10)
   retrain = lambda x, y, k: train_classifier(apply_fn, models.init_params(model, k, d.image_shape), x, y, config, k,
                                              show_progress=False)
-  board = compare(["ga"], apply_fn, params, d, forget, retrain=retrain, model=model, audit="ulira", shadows=2,
-                  train_config=config)
+  board = compare(["ga"], apply_fn, params, d, forget, retrain=retrain, model=model, audit="ulira", shadows=3,
+                  train_config=config, audit_seeds=1)
   for row in board["runs"]:
     assert {"ulira_auc", "ulira_tpr_at_1", "forgetting_quality", "final_score"} <= set(row["audit"])
   audit = board["audit"][0]
-  assert audit["shadows"] == 2 and "retrained (independent farm)" in audit["rows"]
+  assert audit["shadows"] == 3 and "retrained (independent farm)" in audit["rows"]
+  assert board["audit_pooled"]["seeds"] == 1 and set(board["audit_arrays"][0]["confidences"]) == {
+      "retrained", "original", "retrained (independent farm)", "ga"}
   table = format_leaderboard({**board, "model": "logistic", "dataset": "digits",
                               "forget": {"kind": "random", "fraction": 0.07}})
   assert "U-LiRA AUC" in table and "retrained (independent farm)" in table
