@@ -31,6 +31,9 @@ def test_confidence_is_floored_log_odds():
   assert got[1] == pytest.approx(-np.log(1e-45), abs=1e-9)        # nothing wrong: the floor
   assert got[2] == pytest.approx(np.log(1e-45) - np.log(1.0 + 1e-45), abs=1e-9)
   assert challenge.challenge_confidence(np.zeros((2, 3, 4)), np.zeros((2, 3), int)).shape == (2, 3)
+  for bad in ([[np.inf, 0.0]], [[-np.inf, -np.inf]], [[np.nan, 0.0]]):
+    with pytest.raises(FamrError):
+      challenge.challenge_confidence(np.array(bad), np.array([0]))
 
 
 def test_max_epsilon_and_buckets_by_hand():
@@ -174,7 +177,7 @@ def _cases():
   yield "peaky groups", peaky, r
   yield "separated", rng.normal(10, 1, (16, 2)), rng.normal(0, 1, (16, 2))
   logits = rng.normal(0, 3, (16 * 2 * 3, 5)); logits[rng.random(len(logits)) < 0.3, 1:] = -np.inf
-  logits[rng.random(len(logits)) < 0.3, 0] = -np.inf
+  logits[(rng.random(len(logits)) < 0.3) & np.isfinite(logits[:, 1]), 0] = -np.inf
   labels = np.zeros(len(logits), int)
   conf = challenge.challenge_confidence(logits, labels).reshape(2, 16, 3)
   yield "floored (infinite logits)", conf[0], conf[1]

@@ -78,7 +78,10 @@ def challenge_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
   if not np.issubdtype(logits.dtype, np.floating):
     logits = logits.astype(np.float64)
   flat = logits.reshape(-1, logits.shape[-1])
-  flat = flat - np.max(flat, axis=1, keepdims=True)
+  top = np.max(flat, axis=1, keepdims=True)
+  if not np.isfinite(top).all() or np.isnan(flat).any():
+    raise FamrError("every example's logits need a finite largest entry and no NaN (-inf entries are fine)")
+  flat = flat - top
   probs = np.array(np.exp(flat), dtype=np.float64)
   probs /= np.sum(probs, axis=1, keepdims=True)
   rows, y = np.arange(len(flat)), labels.reshape(-1)
