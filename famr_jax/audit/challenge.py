@@ -19,8 +19,8 @@ Definitions (per forget example, ``N`` unlearned and ``N`` retrained values):
 * **Peakiness rule**: if the smaller of the two groups' ranges (max - min) is
   under 1% of the larger, the example's epsilon is the cap, 50.
 * **Single-threshold rules**: ``ceil(100 * range)`` thresholds evenly from the
-  min to the max of both groups (float32, as ``torch.linspace``); "positive
-  iff value >= t".
+  min to the max of both groups (float32, exactly as ``torch.linspace`` on
+  CPU); "positive iff value >= t".
 * **Interval rules**: "positive" is now the group of smaller range (the
   peakier; the retrained/unlearned one with the larger median on a tie of
   ranges is swapped out), ``w`` its range; right ends ``r`` evenly on
@@ -78,7 +78,10 @@ def challenge_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
   if not np.issubdtype(logits.dtype, np.floating):
     logits = logits.astype(np.float64)
   flat = logits.reshape(-1, logits.shape[-1])
-  flat = flat - np.max(flat, axis=1, keepdims=True)
+  top = np.max(flat, axis=1, keepdims=True)
+  if not np.isfinite(top).all() or np.isnan(flat).any():
+    raise FamrError("every example's logits need a finite largest entry and no NaN (-inf entries are fine)")
+  flat = flat - top
   probs = np.array(np.exp(flat), dtype=np.float64)
   probs /= np.sum(probs, axis=1, keepdims=True)
   rows, y = np.arange(len(flat)), labels.reshape(-1)
@@ -152,15 +155,20 @@ def _counts_below(positions: np.ndarray, size: int) -> np.ndarray:
 
 
 def _torch_linspace_f32(start: np.ndarray, stop: np.ndarray, num: np.ndarray, width: int) -> np.ndarray:
-  """``torch.linspace(start, stop, num)`` in float32 per row (CPU kernel's formula), padded with +inf to ``width``."""
+  """``torch.linspace(start, stop, num)`` (float32, CPU) per row, padded with +inf to ``width`` columns.
+
+  Torch's CPU kernel: float32 ends and step ``(stop - start) / (num - 1)``; the first half counts up from
+  ``start``, the rest down from ``stop``, each point one fused multiply-add (a single rounding), here
+  evaluated in extended precision and rounded once to float32 (checked against torch in the tests).
+  """
   s32, e32 = start.astype(np.float32)[:, None], stop.astype(np.float32)[:, None]
   n = num[:, None]
   with np.errstate(divide="ignore", invalid="ignore"):
-    step = (e32 - s32) / np.maximum(n - 1, 1).astype(np.float32)
+    step = ((e32 - s32) / np.maximum(n - 1, 1).astype(np.float32)).astype(np.longdouble)
   idx = np.arange(width)[None, :]
-  low = s32 + step * idx.astype(np.float32)
-  high = e32 - step * (n - idx - 1).astype(np.float32)
-  grid = np.where(idx < n // 2, low, high)
+  low = s32.astype(np.longdouble) + step * idx
+  high = e32.astype(np.longdouble) - step * (n - idx - 1)
+  grid = np.where(idx < n // 2, low, high).astype(np.float32)
   grid = np.where(n == 1, s32, grid)
   return np.where(idx < n, grid, np.float32(np.inf))
 
