@@ -49,7 +49,7 @@ def plot_audit(board: Mapping[str, Any], path: str | os.PathLike) -> dict[str, d
                     label=f"null band (chance ± {POWER_SDS:g} null sd)")
   ax.axhline(CHANCE, color="0.4", lw=0.8)
   for m in (-margin, margin):
-    ax.axhline(CHANCE + m, color="0.4", lw=0.8, ls="--")
+    ax.axhline(CHANCE + m, color="0.4", lw=0.8, ls="--", label=f"equivalence margin ± {margin:g}" if m > 0 else None)
   drawn = {}
   for row, fields in pooled["rows"].items():
     auc, (lo, hi) = float(fields["ulira_auc"]), fields["ulira_auc_ci"]
@@ -62,6 +62,7 @@ def plot_audit(board: Mapping[str, Any], path: str | os.PathLike) -> dict[str, d
     drawn[row] = {"auc": float(bars.lines[0].get_ydata()[0]), "lo": float(segment[0][1]),
                   "hi": float(segment[1][1]), "cost_percent": float(bars.lines[0].get_xdata()[0])}
   ax.set_xscale("log")
+  ax.set_xlim(_FLOOR_PERCENT / 3, 1e5)   # room on the right for the labels of the retraining rows
   ax.set_xlabel(f"cost per model, % of a retrain (log; the untouched original at {_FLOOR_PERCENT:g})")
   ax.set_ylabel("U-LiRA AUC (0.5: indistinguishable from retraining)")
   seeds, shadows = pooled["seeds"], board["audit"][0]["shadows"]
