@@ -9,9 +9,9 @@ measured ~4x faster for LeNet5 training on CPU in a scan (but slower than
 ``lax`` in a Python loop of jitted steps). On a GPU, cuDNN's convolution is
 the fast one. So :class:`Conv` chooses by where it is traced:
 
-=============  ==============================================================
+==============  =============================================================
 formulation    computation
-=============  ==============================================================
+==============  =============================================================
 ``"auto"``     ``"lax"``, except ``"im2col"`` on CPU inside :func:`in_loop_body`
                (the engine's scan, the impressions' scan); ``conv_formulation``
                can redefine it
@@ -19,7 +19,16 @@ formulation    computation
                equal to the kernel, e.g. a ViT patch embedding) is a reshape
                + matmul instead
 ``"lax"``      ``lax.conv_general_dilated`` (what ``flax.linen.Conv`` does)
-=============  ==============================================================
+``"measured"`` forward, input gradient and weight gradient each by the
+               formulation ``conv_ops.measured_plan`` reads from the committed
+               table ``conv_plans.json`` (``experiments/bench_conv.py`` writes
+               it); ``lax`` for shapes and backends it has no entry for
+==============  =============================================================
+
+A ``Conv`` whose formulation is ``"auto"`` and which is traced with no setting
+in force (no :func:`conv_formulation`, no :func:`in_loop_body` on CPU) uses
+``"measured"``; :func:`resolve_formulation` then answers ``"lax"``, the family
+the measured plan falls back to.
 
 The params are those of ``flax.linen.Conv`` (``kernel`` ``[kh, kw, cin,
 cout]`` and ``bias`` ``[cout]``, same initializers), so checkpoints of either
@@ -44,9 +53,10 @@ from jax import lax
 import jax.numpy as jnp
 
 from famr_jax.errors import FamrError
+from famr_jax.models import conv_ops
 
-Formulation = Literal['auto', 'im2col', 'lax']
-FORMULATIONS: tuple[str, ...] = ('auto', 'im2col', 'lax')
+Formulation = Literal['auto', 'im2col', 'lax', 'measured']
+FORMULATIONS: tuple[str, ...] = ('auto', 'im2col', 'lax', 'measured')
 
 # What "auto" means when set (by conv_formulation / set_conv_formulation);
 # None: decided by the backend.
@@ -297,6 +307,7 @@ class Conv(nn.Module):
     kernel_size = _pair(self.kernel_size, 'kernel_size')
     strides = _pair(self.strides, 'strides')
     formulation = resolve_formulation(self.formulation)
+    measured = formulation == 'measured' or (self.formulation == 'auto' and _AUTO_OVERRIDE is None)
     if x.ndim < 3:
       raise FamrError(f'Conv: input must be [..., H, W, C], got shape {x.shape}')
     batch_shape = x.shape[:-3]
@@ -306,7 +317,10 @@ class Conv(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     padding = explicit_padding(self.padding, x.shape[1:3], kernel_size, strides)
-    if formulation == 'im2col':
+    if measured:
+      plan = conv_ops.measured_plan(x.shape, kernel.shape, strides, padding, x.dtype)
+      y = conv_ops.conv2d(x, kernel, strides, padding, plan, self.precision)
+    elif formulation == 'im2col':
       y = conv2d_im2col(x, kernel, strides, padding, self.precision)
     else:
       y = lax.conv_general_dilated(
