@@ -21,10 +21,11 @@ import pytest
 
 from famr_jax import models
 from famr_jax.errors import FamrError
+from famr_jax.models import layers
 from famr_jax.models.layers import Conv, conv_formulation, resolve_formulation, set_conv_formulation
 
-# 'auto' (the default) and every explicit formulation the layer takes.
-FORMULATIONS = ('auto', 'im2col', 'lax')
+# 'auto' (the default) and every explicit formulation the layer takes (the layer's own list, if it has one).
+FORMULATIONS = tuple(getattr(layers, 'FORMULATIONS', ('auto', 'im2col', 'lax')))
 
 # (features, kernel, strides, padding, input NHWC shape): LeNet5 / KarpathyNet
 # stages, a ViT patch embedding (stride = kernel), strided SAME, asymmetric
