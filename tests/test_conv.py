@@ -2,13 +2,16 @@
 
 Both formulations must give the same outputs and the same gradients (w.r.t.
 params and inputs) for every model and for random conv configurations, and
-both must equal an independent reference, PyTorch's ``conv2d`` in float64.
+both must equal an independent reference, PyTorch's ``conv2d`` in float64 (committed
+fixtures: tests/fixtures/conv_cases.safetensors).
 conftest.py sets full matmul precision, so the tolerances hold on any backend.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -18,7 +21,11 @@ import pytest
 
 from famr_jax import models
 from famr_jax.errors import FamrError
+from famr_jax.models import layers
 from famr_jax.models.layers import Conv, conv_formulation, resolve_formulation, set_conv_formulation
+
+# 'auto' (the default) and every explicit formulation the layer takes (the layer's own list, if it has one).
+FORMULATIONS = tuple(getattr(layers, 'FORMULATIONS', ('auto', 'im2col', 'lax')))
 
 # (features, kernel, strides, padding, input NHWC shape): LeNet5 / KarpathyNet
 # stages, a ViT patch embedding (stride = kernel), strided SAME, asymmetric
@@ -90,36 +97,30 @@ def test_formulations_agree_on_random_configs():
       raise AssertionError(f'config {config}: {e}') from None
 
 
-def torch_conv2d(torch, x, w, b, strides, padding):
-  """PyTorch's float64 conv2d on NHWC / HWIO NumPy arrays, explicit padding first."""
-  if isinstance(padding, str):
-    padding = jax.lax.padtype_to_pads(x.shape[1:3], w.shape[:2], strides, padding)
-  xt = torch.nn.functional.pad(  # F.pad takes (w_lo, w_hi, h_lo, h_hi)
-      torch.from_numpy(x).permute(0, 3, 1, 2), (*padding[1], *padding[0]))
-  y = torch.nn.functional.conv2d(
-      xt, torch.from_numpy(w).permute(3, 2, 0, 1), torch.from_numpy(b), stride=strides)
-  return y.permute(0, 2, 3, 1).numpy()
-
-
 def test_conv_matches_torch_conv2d():
-  torch = pytest.importorskip('torch')
-  rng = np.random.default_rng(1)
-  cases = [(rng.normal(size=shape), rng.normal(size=(*kernel, shape[-1], features)),
-            rng.normal(size=features)) for features, kernel, _, _, shape in CONFIGS]
+  # PyTorch's float64 conv2d of these inputs, committed by tests/fixtures/make_fixtures.py (no torch
+  # needed here; tests/test_torch_live.py checks the file against the installed PyTorch). Every
+  # formulation of the public Conv layer must give it: the default ('auto') and each explicit one.
+  from safetensors.numpy import load_file, safe_open
+  path = str(Path(__file__).resolve().parent / 'fixtures' / 'conv_cases.safetensors')
+  cases = load_file(path)
+  with safe_open(path, 'np') as f:   # the fixtures are of these very configurations
+    assert json.loads(f.metadata()['configs']) == json.loads(json.dumps(CONFIGS))
+  arrays = [tuple(jnp.asarray(cases[f'{i}.{k}']) for k in 'xwb') for i in range(len(CONFIGS))]
 
   def run_all(arrays):
     outs = []
     for (features, kernel, strides, padding, _), (x, w, b) in zip(CONFIGS, arrays):
       params = {'params': {'kernel': w, 'bias': b}}
       outs.append({f: Conv(features, kernel, strides=strides, padding=padding,
-                           formulation=f).apply(params, x) for f in ('im2col', 'lax')})
+                           formulation=f).apply(params, x) for f in FORMULATIONS})
     return outs
 
-  results = compiled(run_all, jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), cases))
-  for config, (x, w, b), outs in zip(CONFIGS, cases, results):
-    ref = torch_conv2d(torch, x, w, b, config[2], config[3])
+  results = compiled(run_all, arrays)
+  for i, (config, outs) in enumerate(zip(CONFIGS, results)):
+    assert cases[f'{i}.y'].shape == outs['auto'].shape, config
     for formulation, out in outs.items():
-      np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-4,
+      np.testing.assert_allclose(np.asarray(out), cases[f'{i}.y'], rtol=1e-4, atol=1e-4,
                                  err_msg=f'{formulation} {config}')
 
 

@@ -1,76 +1,90 @@
-"""Issue 15 parts 3 and 7: torchvision / Hugging Face / timm weights into famr-jax, checked against PyTorch."""
+"""Issue 15 parts 3 and 7: torchvision / Hugging Face / timm weights into famr-jax, checked against PyTorch.
+
+PyTorch itself is not needed: the weights and the logits PyTorch computed from them are committed under
+tests/fixtures/ (tests/fixtures/make_fixtures.py wrote them; tests/test_torch_live.py checks with the
+installed PyTorch that they are still what it computes).
+"""
 
 import hashlib
+import json
+import shutil
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, safe_open   # the `test` extra installs safetensors
 
-torch = pytest.importorskip("torch")
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
+import famr_jax as fj
+from famr_jax import models
+from famr_jax.cli.main import main
+from famr_jax.errors import FamrError
+from famr_jax.io.torch_weights import read_state_dict
+from famr_jax.io.weight_import import convert_weights
 
-import famr_jax as fj  # noqa: E402
-from famr_jax import models  # noqa: E402
-from famr_jax.cli.main import main  # noqa: E402
-from famr_jax.errors import FamrError  # noqa: E402
-from famr_jax.io.torch_weights import read_state_dict  # noqa: E402
-from famr_jax.io.weight_import import convert_weights  # noqa: E402
-import torch_reference as ref  # noqa: E402
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+import make_fixtures  # noqa: E402  (NumPy-only parts: the AlexNet seed)
+
+OUTPUTS = load_file(str(FIXTURES / "torch_outputs.safetensors"))
+with safe_open(str(FIXTURES / "torch_outputs.safetensors"), "np") as _f:
+  META = {k: json.loads(v) for k, v in _f.metadata().items() if k != "torch"}
 
 
-def _inputs(n, channels, size, seed=0):
-  return np.random.default_rng(seed).standard_normal((n, channels, size, size)).astype(np.float32)
-
-
-def _torch_logits(model, x):
-  with torch.no_grad():
-    return model(torch.from_numpy(x)).numpy()
+def _weights(name):
+  return load_file(str(FIXTURES / f"weights_{name}.safetensors"))
 
 
 def _famr_logits(model, params, x):
   return np.asarray(jax.jit(models.make_apply_fn(model))(params, x.transpose(0, 2, 3, 1)))
 
 
+def _param_count(sd):
+  """The trainable parameters of a PyTorch state dict (BatchNorm statistics are not parameters)."""
+  return sum(v.size for k, v in sd.items() if not k.endswith(("running_mean", "running_var")))
+
+
 def test_resnet18_safetensors_import_through_the_cli_gives_pytorch_logits(tmp_path, capsys):
-  torch.manual_seed(0)
-  net = ref.randomize_batch_norm(ref.ResNet(ref.BasicBlock, [2, 2, 2, 2], num_classes=7))
   weights = tmp_path / "resnet18.safetensors"
-  safetensors_numpy.save_file(ref.state_dict_numpy(net), str(weights))
+  shutil.copy(FIXTURES / "weights_resnet18.safetensors", weights)
   assert main(["import", "--from", "torchvision:resnet18", "--weights", str(weights), "--image-size", "32",
                "--out", str(tmp_path / "ckpt")]) == 0
   saved = fj.load_model(tmp_path / "ckpt")
-  x = _inputs(2, 3, 32)
-  np.testing.assert_allclose(_famr_logits(saved.model, saved.params, x), _torch_logits(net, x), atol=1e-4)
+  x = OUTPUTS["resnet18.x"]
+  np.testing.assert_allclose(_famr_logits(saved.model, saved.params, x), OUTPUTS["resnet18.logits"], atol=1e-4)
   info = saved.metadata["imported"]
   assert info["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
   assert (info["source"], info["source_classes"], info["head"]) == ("torchvision:resnet18", 7, "loaded")
   assert saved.metadata["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
-  assert models.count_params(saved.params) == 11_689_512 - 513_000 + 512 * 7 + 7
+  assert models.count_params(saved.params) == _param_count(_weights("resnet18"))
   # An existing output is never replaced without --overwrite.
   assert main(["import", "--from", "torchvision:resnet18", "--weights", str(weights), "--image-size", "32",
                "--out", str(tmp_path / "ckpt")]) == 2
 
 
-@pytest.mark.parametrize("source,net,size", [
-    ("torchvision:resnet50", lambda: ref.ResNet(ref.Bottleneck, [3, 4, 6, 3], 5, width=8), 32),
-    ("torchvision:resnet18_cifar", lambda: ref.ResNet(ref.BasicBlock, [2, 2, 2, 2], 10, cifar=True, width=8), 16),
-    ("torchvision:alexnet", lambda: ref.AlexNet(6), 64),
-])
-def test_torchvision_layouts_give_pytorch_logits(source, net, size):
-  torch.manual_seed(1)
-  module = ref.randomize_batch_norm(net())
-  converted = convert_weights(source, ref.state_dict_numpy(module), image_size=size)
-  x = _inputs(2, 3, size, seed=1)
-  np.testing.assert_allclose(_famr_logits(converted.model, converted.params, x), _torch_logits(module, x),
+@pytest.mark.parametrize("name", ["resnet50", "resnet18_cifar"])
+def test_torchvision_layouts_give_pytorch_logits(name):
+  meta = META[name]
+  converted = convert_weights(meta["source"], _weights(name), image_size=meta["image_size"])
+  x = OUTPUTS[f"{name}.x"]
+  np.testing.assert_allclose(_famr_logits(converted.model, converted.params, x), OUTPUTS[f"{name}.logits"],
                              atol=1e-4, rtol=1e-4)
 
 
+def test_alexnet_gives_pytorch_logits():
+  meta = META["alexnet"]   # 61M weights: drawn from the seed PyTorch was given, checked by their SHA-256
+  sd = make_fixtures.seeded_state_dict(meta["shapes"], meta["seed"])
+  assert make_fixtures.state_dict_sha256(sd) == meta["sha256"], "NumPy drew other weights than PyTorch was given"
+  converted = convert_weights(meta["source"], sd, image_size=meta["image_size"])
+  np.testing.assert_allclose(_famr_logits(converted.model, converted.params, OUTPUTS["alexnet.x"]),
+                             OUTPUTS["alexnet.logits"], atol=1e-4, rtol=1e-4)
+
+
 def test_hugging_face_and_timm_vits_give_the_reference_logits():
-  sd = ref.hf_vit_state_dict(dim=32, depth=2, mlp=64, patch=4, channels=3, classes=10, grid=4)
-  x = _inputs(2, 3, 16, seed=2)
-  expected = ref.hf_vit_forward(sd, x, heads=2)
-  for source, weights in (("hf-vit", sd), ("timm:vit_nano_patch4", ref.hf_to_timm(sd))):
+  sd = _weights("hf_vit")
+  x, expected = OUTPUTS["hf_vit.x"], OUTPUTS["hf_vit.logits"]
+  for source, weights in (("hf-vit", sd), ("timm:vit_nano_patch4", _hf_to_timm(sd))):
     converted = convert_weights(source, weights, image_size=16)
     assert converted.model_name == "vit_nano" and converted.model_overrides == {"patch_size": 4}
     np.testing.assert_allclose(_famr_logits(converted.model, converted.params, x), expected, atol=1e-4)
@@ -80,9 +94,28 @@ def test_hugging_face_and_timm_vits_give_the_reference_logits():
   assert np.all(converted.params["head"]["kernel"] == 0) and converted.params["embed"]["pos_embedding"].shape == (1, 37, 32)
 
 
+def _hf_to_timm(sd):
+  """The same weights in timm's VisionTransformer names (fused qkv)."""
+  out = {"cls_token": sd["vit.embeddings.cls_token"], "pos_embed": sd["vit.embeddings.position_embeddings"],
+         "patch_embed.proj.weight": sd["vit.embeddings.patch_embeddings.projection.weight"],
+         "patch_embed.proj.bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
+         "norm.weight": sd["vit.layernorm.weight"], "norm.bias": sd["vit.layernorm.bias"],
+         "head.weight": sd["classifier.weight"], "head.bias": sd["classifier.bias"]}
+  depth = len({k.split(".")[3] for k in sd if k.startswith("vit.encoder.layer.")})
+  for i in range(depth):
+    p, q = f"vit.encoder.layer.{i}.", f"blocks.{i}."
+    att = p + "attention.attention."
+    out[q + "attn.qkv.weight"] = np.concatenate([sd[att + n + ".weight"] for n in ("query", "key", "value")])
+    out[q + "attn.qkv.bias"] = np.concatenate([sd[att + n + ".bias"] for n in ("query", "key", "value")])
+    for a, b in (("norm1", "layernorm_before"), ("norm2", "layernorm_after"), ("attn.proj", "attention.output.dense"),
+                 ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")):
+      out[q + a + ".weight"], out[q + a + ".bias"] = sd[p + b + ".weight"], sd[p + b + ".bias"]
+  return out
+
+
 def _small_resnet18():
-  torch.manual_seed(2)
-  return ref.state_dict_numpy(ref.randomize_batch_norm(ref.ResNet(ref.BasicBlock, [2, 2, 2, 2], 4, width=2)))
+  """A width-2 resnet18 state dict with 7 classes (the committed fixture)."""
+  return _weights("resnet18")
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -100,10 +133,9 @@ def test_a_state_dict_with_a_missing_extra_or_misshapen_key_is_refused_by_name(e
 
 
 def test_another_architecture_is_refused_naming_its_first_foreign_key():
-  torch.manual_seed(3)
-  resnet50 = ref.state_dict_numpy(ref.ResNet(ref.Bottleneck, [3, 4, 6, 3], 4, width=2))
-  with pytest.raises(FamrError, match="not torchvision's resnet18: unexpected key 'layer1.0.conv3.weight'"):
-    convert_weights("torchvision:resnet18", resnet50, image_size=16)
+  # The file's keys in its own order (safetensors sorts them): bn3 comes before conv3.
+  with pytest.raises(FamrError, match="not torchvision's resnet18: unexpected key 'layer1.0.bn3.bias'"):
+    convert_weights("torchvision:resnet18", _weights("resnet50"), image_size=16)
   with pytest.raises(FamrError, match="not torchvision's resnet34: missing key 'layer1.2.conv1.weight'"):
     convert_weights("torchvision:resnet34", _small_resnet18(), image_size=16)
   with pytest.raises(FamrError, match="not a Hugging Face ViT: missing key"):
@@ -114,9 +146,12 @@ def test_another_class_count_reinitialises_only_the_head_and_says_so():
   sd = _small_resnet18()
   same = convert_weights("torchvision:resnet18", sd, image_size=16)
   other = convert_weights("torchvision:resnet18", sd, image_size=16, num_classes=9, seed=4)
-  assert other.info == {"source_classes": 4, "head": other.info["head"]} and "4 -> 9 classes" in other.info["head"]
+  assert other.info == {"source_classes": 7, "head": other.info["head"]} and "7 -> 9 classes" in other.info["head"]
   assert other.params["fc"]["kernel"].shape == (16, 9) and np.any(other.params["fc"]["kernel"] != 0)
   np.testing.assert_array_equal(other.params["layer4_1"]["conv2"]["kernel"], same.params["layer4_1"]["conv2"]["kernel"])
+  # The body is the file's (NCHW -> HWIO), not a fresh initialisation.
+  np.testing.assert_array_equal(other.params["layer4_1"]["conv2"]["kernel"],
+                                sd["layer4.1.conv2.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(models.batch_stats_of(other.model)["stem"]["bn1"]["var"], sd["bn1.running_var"])
 
 
@@ -132,16 +167,13 @@ def test_bad_weight_files_are_one_line_errors(tmp_path, capsys, monkeypatch):
                "--out", out]) == 2
   assert "unknown weight source" in capsys.readouterr().err
   # Weights for RGB images and a grey-scale data set to record: refused before anything is written.
-  rgb = tmp_path / "rgb.safetensors"
-  safetensors_numpy.save_file(_small_resnet18(), str(rgb))
+  rgb = FIXTURES / "weights_resnet18.safetensors"
   assert main(["import", "--from", "torchvision:resnet18", "--weights", str(rgb), "--image-size", "8",
                "--dataset", "digits", "--out", out]) == 2
   assert "take 3-channel images, the data set has 1 channels" in capsys.readouterr().err
-  # A .pth goes through torch.load(weights_only=True) when torch is there ...
+  # A .pth is refused, never unpickled, without torch (tests/test_torch_live.py reads one with torch).
   pth = tmp_path / "w.pth"
-  torch.save({k: torch.from_numpy(v) for k, v in _small_resnet18().items()}, pth)
-  assert set(read_state_dict(pth)) == set(_small_resnet18())
-  # ... and is refused, never unpickled, when it is not.
+  pth.write_bytes(b"\x80\x04not read")
   monkeypatch.setitem(sys.modules, "torch", None)
   with pytest.raises(FamrError, match="PyTorch pickle: reading it needs torch"):
     read_state_dict(pth)
