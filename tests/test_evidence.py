@@ -98,18 +98,28 @@ def test_permutation_null_is_centred_and_its_sd_falls_with_models():
 
 
 def test_power_gate_both_ways():
-  # The numbers: digits, 16 shadows, null sd 0.018; original 0.586 (powered), with 4 shadows 0.486.
-  on = evidence.power(0.586, 0.018)
-  assert on == {"original_minus_chance": pytest.approx(0.086), "null_sd": 0.018, "powered": True}
-  off = evidence.power(0.486, 0.018)
+  # Seeing the original: 3 null sds from chance, either side (null sd 0.006 resolves a 0.02 margin).
+  on = evidence.power(0.586, 0.006)
+  assert on == {"original_minus_chance": pytest.approx(0.086), "null_sd": 0.006, "powered": True,
+                "resolves_margin": True}
+  off = evidence.power(0.486, 0.006)
   assert off["powered"] is False and off["original_minus_chance"] == pytest.approx(-0.014)
-  assert evidence.power(0.5 - 0.055, 0.018)["powered"] is True           # below chance counts too
-  assert evidence.power(0.5 + 0.053, 0.018)["powered"] is False          # 2.9 sds
+  assert evidence.power(0.5 - 0.019, 0.006)["powered"] is True           # below chance counts too (3.2 sds)
+  assert evidence.power(0.5 + 0.017, 0.006)["powered"] is False          # 2.8 sds
+  # Certifying equivalence: 1.645 null sds must fit in the margin (0.02 / 1.645 = 0.01216), whatever the
+  # original shows: the 16-shadow digits null (sd 0.018) sees the original (4.8 sds) but cannot
+  # certify a method at chance, so it is underpowered.
+  wide = evidence.power(0.586, 0.018)
+  assert wide["powered"] is False and wide["resolves_margin"] is False
+  assert evidence.power(0.6, 0.0121)["powered"] is True and evidence.power(0.6, 0.0122)["powered"] is False
+  assert evidence.power(0.6, 0.0122, margin=0.03)["powered"] is True
   null = np.random.default_rng(0).normal(0.5, 0.01, 500)
   assert evidence.power(0.56, null)["null_sd"] == pytest.approx(np.std(null))
   msg = evidence.power_message(off, shadows=4, forget_examples=135)
   assert msg.startswith("underpowered") and "shadow" in msg and "forget set" in msg and "paired" in msg
   assert "no method" in msg
+  msg = evidence.power_message(wide, shadows=16, forget_examples=135)
+  assert msg.startswith("underpowered") and "margin" in msg and "no method" in msg
   assert evidence.power_message(on, shadows=16, forget_examples=135).startswith("powered")
   with pytest.raises(FamrError):
     evidence.power(0.6, 0.0)

@@ -182,7 +182,7 @@ def score_seed(confidences: Mapping[str, np.ndarray], forget_index: np.ndarray, 
     rows[name] = {**ev[name].as_row(), "forgetting_quality": challenge.forgetting_quality(phi, ref, delta),
                   "rmia_auc": rmia_ev.auc, "rmia_auc_ci": list(rmia_ev.ci),
                   "identified": _identified(pvalues[name], forget_index, config.fdr)}
-  pw = evidence.power(ev[ORIGINAL_ROW], null)
+  pw = evidence.power(ev[ORIGINAL_ROW], null, margin=config.margin)
   _add_verdicts(rows, ev, pw, config)
   return {"rows": rows, "power": pw, "evidence": ev, "null": null, "pvalues": pvalues}
 
@@ -225,7 +225,7 @@ def pool_audits(seeds: Sequence[Mapping[str, Any]], config: EvidenceConfig = Evi
                   "forgetting_quality": float(np.mean([s["rows"][name]["forgetting_quality"] for s in seeds])),
                   "rmia_auc": float(np.mean([s["rows"][name]["rmia_auc"] for s in seeds])),
                   "identified": _identified(p, index, config.fdr)}
-  pw = evidence.power(ev[ORIGINAL_ROW], null)
+  pw = evidence.power(ev[ORIGINAL_ROW], null, margin=config.margin)
   _add_verdicts(rows, ev, pw, config)
   return {"seeds": len(seeds), "rows": rows, "power": pw}
 

@@ -16,8 +16,12 @@ seed (an ``int``, a ``numpy.random.Generator`` or a JAX PRNG key).
 * **Null** (:func:`permutation_null`): the AUC of two groups that should be exchangeable (the reference
   retrains and the independent retrains) after permuting which model is in which group (swapping within
   pairs when ``paired``); its standard deviation is the audit's resolution.
-* **Power** (:func:`power`): powered iff ``|AUC_original - 0.5| > 3`` null sds: a one-sided z-test at
-  about 0.13% that the untouched original is seen at all (below 0.5 counts as seen).
+* **Power** (:func:`power`): powered iff ``|AUC_original - 0.5| > 3`` null sds (a one-sided z-test at
+  about 0.13% that the untouched original is seen at all; below 0.5 counts as seen) AND the null is narrow
+  enough for an equivalence verdict: ``z_{1-alpha} * null_sd < margin``, so that a method exactly at chance
+  would pass the TOST (a 90% interval of ``+-1.645`` null sds inside the margin). Without the second
+  condition an audit can see the original yet certify nothing: its verdicts would be "inconclusive" for
+  every honest method, and the board reads "underpowered" instead.
 * **Verdict** (:func:`verdict`), with margin ``m`` (default 0.02 AUC) and ``alpha`` (default 0.05):
   ``"equivalent to retraining"`` iff the two one-sided tests of ``delta <= -m`` and ``delta >= m`` both
   reject at ``alpha``, i.e. the ``1 - 2 alpha`` (90%) percentile interval of ``delta = AUC - 0.5`` lies
@@ -242,26 +246,35 @@ def permutation_null(phi_a: np.ndarray, phi_b: np.ndarray, seed, *, permutations
   return out
 
 
-def power(original: AucEvidence | float, null_sd: float | np.ndarray, *, sds: float = POWER_SDS) -> dict:
-  """Whether the audit sees the untouched original: ``{"original_minus_chance", "null_sd", "powered"}``.
+def power(original: AucEvidence | float, null_sd: float | np.ndarray, *, sds: float = POWER_SDS,
+          margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA) -> dict:
+  """Whether the audit can give verdicts: ``{"original_minus_chance", "null_sd", "powered", "resolves_margin"}``.
+
+  Powered iff the untouched original is more than ``sds`` null sds from chance (either side) and the
+  null is narrow enough that a row at chance passes the equivalence test (``z_{1-alpha} null_sd < margin``,
+  ``resolves_margin``).
 
   Args:
     original: the original row's evidence (or its AUC).
     null_sd: the null's standard deviation, or its draws (:func:`permutation_null`).
     sds: how many null sds from chance the original must be (either side).
+    margin: the equivalence margin of :func:`verdict`.
+    alpha: the level of :func:`verdict`'s one-sided tests.
 
   Example:
-    >>> power(0.586, 0.018)
-    {'original_minus_chance': 0.08599999999999997, 'null_sd': 0.018, 'powered': True}
-    >>> power(0.486, 0.018)["powered"]
-    False
+    >>> power(0.586, 0.008)
+    {'original_minus_chance': 0.08599999999999997, 'null_sd': 0.008, 'powered': True, 'resolves_margin': True}
+    >>> power(0.486, 0.008)["powered"], power(0.586, 0.018)["powered"]
+    (False, False)
   """
   auc = original.auc if isinstance(original, AucEvidence) else float(original)
   sd = float(np.std(null_sd)) if np.ndim(null_sd) else float(null_sd)
   if not (np.isfinite(sd) and sd > 0):
     raise FamrError(f"the null's standard deviation must be positive and finite, got {sd}")
   diff = auc - CHANCE
-  return {"original_minus_chance": diff, "null_sd": sd, "powered": bool(abs(diff) > sds * sd)}
+  resolves = bool(stats.norm.ppf(1.0 - alpha) * sd < margin)
+  return {"original_minus_chance": diff, "null_sd": sd, "powered": bool(abs(diff) > sds * sd) and resolves,
+          "resolves_margin": resolves}
 
 
 def power_message(power_row: Mapping, *, shadows: int, forget_examples: int, paired: bool = False,
@@ -273,6 +286,11 @@ def power_message(power_row: Mapping, *, shadows: int, forget_examples: int, pai
     'underpowered'
   """
   diff, sd = float(power_row["original_minus_chance"]), float(power_row["null_sd"])
+  if not power_row["powered"] and abs(diff) > sds * sd:   # the original is seen, the margin is not resolved
+    return (f"underpowered: the original is {abs(diff) / sd:.1f} null sds from chance, but the null sd "
+            f"{sd:.4f} ({shadows} shadows, {forget_examples} forget examples) is too wide to certify "
+            f"equivalence within the margin; no method is named. For power: more shadow models per group, "
+            f"more farm seeds, a larger forget set" + ("" if paired else ", or a paired design"))
   if power_row["powered"]:
     return (f"powered: the original is {abs(diff) / sd:.1f} null sds from chance "
             f"(AUC {CHANCE + diff:.3f}, null sd {sd:.4f})")
