@@ -33,7 +33,7 @@ from famr_jax.errors import FamrError
 from famr_jax.evaluation.style import (STYLE_METHODS, STYLE_VARIANTS, board_rows,
                                        format_style_board, plot_style_board, style_accuracies,
                                        style_leaderboard, train_recipe)
-from famr_jax.io.outputs import check_output_free, staged_directory
+from famr_jax.io.outputs import check_output_free, portable_command, staged_directory
 
 QUICK_METHODS = STYLE_VARIANTS + ("famr", "famr-function", "ft", "scrub")
 # Each method's setting of least average gap on digits / invert, task seed 0 (made by --tune, see
@@ -161,7 +161,7 @@ def run(args) -> int:
                             model_name=args.model, methods=methods, style_layer=args.style_layer, seeds=args.seeds,
                             overrides=overrides, log=lambda line: print(line, flush=True))
   board.update(model=args.model, dataset=args.dataset, train_config=train_config.__dict__,
-               command=" ".join(["python", "experiments/style_forgetting.py", *sys.argv[1:]]),
+               command=portable_command(["python", "experiments/style_forgetting.py", *sys.argv[1:]]),
                rows=board_rows(board), wall_s=time.perf_counter() - t_start)
   table = format_style_board(board)
   with staged_directory(args.out, args.overwrite) as staging:

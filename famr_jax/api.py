@@ -22,6 +22,7 @@ import numpy as np
 from famr_jax.data.datasets import Dataset
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.descent import typed_key
+from famr_jax.engine.progress import method_label
 from famr_jax.errors import FamrError
 from famr_jax.methods.registry import UnlearnTask, get_method, method_names, with_overrides
 from famr_jax.validation import (PROBE_ROWS, check_config_class, check_finite_params, check_images, check_labels,
@@ -169,7 +170,8 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
       config = dataclasses.replace(config, impression_space="pixel")   # no layers to take activations at
   task = UnlearnTask(apply_fn, params, model, dataset, forget, key, show_progress, scale=scale, resume=resume,
                      checkpoint=checkpoint, input_shape=None if input_shape is None else tuple(input_shape))
-  result = spec.run(task, config)
+  with method_label(spec.name):   # every bar names the method, not its family
+    result = spec.run(task, config)
   check_finite_params(result.params, method)   # methods outside the engine (ssd, zero-shot) too
   return UnlearnResult(result.params, list(result.history), method, config, float(result.run_s),
                        float(result.compile_s))

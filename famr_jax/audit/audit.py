@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from famr_jax.audit import attacks, challenge, evidence, rmia
-from famr_jax.audit.shadows import (AuditConfig, check_auditable, cost_entry, initial_params, train_shadow_farm,
+from famr_jax.audit.shadows import (AuditConfig, check_auditable, check_shadow_model, cost_entry, initial_params, train_shadow_farm,
                                     unlearn_farm)
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.farm import run_farm
@@ -292,6 +292,7 @@ def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, 
   """
   log = log or (lambda line: None)
   config.validate()
+  check_shadow_model(model)
   check_auditable(forget, tuple(method_configs), config.mode)
   n = int(config.shadows)
   t0 = time.perf_counter()

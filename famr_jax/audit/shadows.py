@@ -92,6 +92,14 @@ def check_auditable(forget: ForgetSet, methods: tuple[str, ...] = (), mode: str 
     del spec
 
 
+def check_shadow_model(model: Any) -> None:
+  """Refuses, before any work, a model the farm cannot make fresh inits of (it needs a Flax Linen module)."""
+  import flax.linen as nn
+  if not isinstance(model, nn.Module):
+    raise FamrError(f"an audit trains fresh shadow models, so it needs model as a Flax Linen module (a "
+                    f"famr_jax.models model), not a {type(model).__name__}")
+
+
 def _builtin_names() -> frozenset:
   return frozenset(VMAPPABLE) | {"scrub", "ssd", *NOT_AUDITABLE}
 

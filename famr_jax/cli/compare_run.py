@@ -30,6 +30,7 @@ from famr_jax.evaluation.compare import (DEFAULT_METHODS, Gold, class_only_reaso
 from famr_jax.evaluation.leaderboard import format_leaderboard, plot_leaderboard
 from famr_jax.evaluation.report import write_json
 from famr_jax.io import checkpoints
+from famr_jax.io.outputs import portable_path
 from famr_jax.engine.resume import data_digest
 from famr_jax.methods.defaults import scale_step_budget
 from famr_jax.io.outputs import check_disjoint, check_output_target, staged_directory
@@ -263,7 +264,7 @@ def _run_board(run: CompareRun, methods, configs, train_config, metadata, show_p
                   audit=run.audit, shadows=run.shadows, train_config=train_config, audit_seeds=run.audit_seeds,
                   audit_evidence=EvidenceConfig(margin=run.audit_margin))
   board = {
-      "famr_jax_version": __version__, "checkpoint": checkpoint, "dataset": loaded.data.name,
+      "famr_jax_version": __version__, "checkpoint": portable_path(checkpoint), "dataset": loaded.data.name,
       "model": metadata.get("model"),
       "forget": ({"kind": "classes", "classes": list(run.forget_classes)} if run.forget_classes
                  else {"kind": "random", "fraction": float(run.forget_random)}),

@@ -192,6 +192,8 @@ def _cmd_demo(args) -> int:
       base, **_scale_configs(args), data=cf.build_config(DataConfig, args, dest_prefix="data__"),
       train=cf.build_config(TrainConfig, args, dest_prefix="train__"),
       famr=cf.build_config(FAMRConfig, args, base=famr_defaults(model), dest_prefix="famr__"))
+  if run.famr == famr_defaults(model):   # no FAMR option given: the demo runs unlearn's default method
+    run = dataclasses.replace(run, famr=None)
   rep = run_demo(run)
   _print_summary(rep, run.out)
   return 0

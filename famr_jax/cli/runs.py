@@ -495,22 +495,26 @@ def run_demo(run: DemoRun, *, show_progress: bool = True) -> dict:
   Returns:
     The report (as written to ``run.out/report.json``).
   """
-  from famr_jax.methods.famr import famr_defaults
+  from famr_jax.methods.defaults import RECOMMENDED
 
   run.train.validate()
   _check_scale(run)
-  famr_config = (run.famr or famr_defaults(run.model)).validate()
+  # The demo runs what `unlearn` runs with no method (famr-plus); a FAMRConfig given runs the paper's FAMR.
+  method = "famr" if run.famr is not None else RECOMMENDED["classes"]
+  famr_config = run.famr.validate() if run.famr is not None else None
   check_output_target(run.out, run.overwrite)
   check_resume_place(run.resume, run.out)
   with staged_directory(run.out, run.overwrite, command="demo") as staging:
     data = run.data.load(run.seed)
     forget = make_forget_set(run, data)
+    if famr_config is None:
+      famr_config = get_method(method).default_config(run.model, forget.kind, num_forget=len(forget.indices))
     model, apply_fn, trained, metadata = _train_original(run, data, show_progress)
     checkpoints.write_checkpoint(staging / "original", trained.params, metadata,
                                  extras=stats_extras(model))
     rep = _unlearn_and_report(
         staging=staging, model_name=run.model, model=model, apply_fn=apply_fn, params=trained.params,
-        data=data, data_config=run.data, train_config=run.train, forget=forget, method="famr",
+        data=data, data_config=run.data, train_config=run.train, forget=forget, method=method,
         method_config=famr_config, seed=run.seed, retrain=True,
         timings={"train": trained.run_s}, compile_times={"train": trained.compile_s},
         show_progress=show_progress, base_metadata=metadata, scale=run.scale, resume=run.resume,

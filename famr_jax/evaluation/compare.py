@@ -21,8 +21,9 @@ import numpy as np
 
 from famr_jax.audit import evidence
 from famr_jax.audit.audit import EvidenceConfig, audit_request, json_part, pool_audits
-from famr_jax.audit.shadows import AuditConfig, check_auditable
+from famr_jax.audit.shadows import AuditConfig, check_auditable, check_shadow_model
 from famr_jax.data.forget import ForgetSet
+from famr_jax.engine.progress import method_label
 from famr_jax.errors import Diverged, FamrError
 from famr_jax.evaluation.leaderboard import (ORIGINAL, gold_reference, metrics_line, score_against_gold,
                                              summarize)
@@ -131,7 +132,8 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
             show_progress: bool = False, log: Callable[[str], None] | None = None,
             extra_metrics: Callable[[Any], Mapping[str, float]] | None = None,
             audit: str | AuditConfig | None = None, shadows: int = 16, train_config: Any = None,
-            audit_seeds: int = 3, audit_evidence: EvidenceConfig | None = None) -> dict:
+            audit_seeds: int = 3, audit_evidence: EvidenceConfig | None = None,
+            input_shape: Sequence[int] | None = None) -> dict:
   """Runs ``methods`` on one trained model and scores each against a retrained model, per seed.
 
   Args:
@@ -167,6 +169,10 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
       indices for a fixed request) and models; each is shown and the verdicts are made on them pooled
       (:func:`famr_jax.audit.audit.pool_audits`): ``"audit_pooled"`` and the board's ``"pick"``.
     audit_evidence: a :class:`famr_jax.audit.audit.EvidenceConfig` (the equivalence margin, bootstrap sizes).
+    input_shape: ``(H, W, C)`` of one input, for data-free methods on model parts (default: the data's).
+
+  A method that fails (any error but a divergence) does not stop the board: its row is scored as
+  diverged and records ``"error"``: the error's one line.
 
   Returns:
     The leaderboard: ``{"methods", "seeds", "configs", "retrained", "runs", "summary"}`` (and ``"audit"``,
@@ -196,6 +202,7 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
                                    or audit_seeds <= 0):
     raise FamrError(f"audit_seeds must be a positive integer, got {audit_seeds}")
   rows, gold_rows = [], []
+  shape = tuple(int(d) for d in (input_shape if input_shape is not None else data.x_train.shape[1:]))
   for seed in range(int(seeds)):
     request = forget_of(seed)
     for name in methods:
@@ -212,16 +219,24 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
     _add_extra(rows[-1], params, extra_metrics, gold_extra)
     for name in methods:
       task = UnlearnTask(apply_fn, params, model, data, request, jax.random.key(seed), show_progress,
-                         checkpoint=checkpoint)
-      t0 = time.perf_counter()
+                         checkpoint=checkpoint, input_shape=shape)
+      t0, error = time.perf_counter(), None
       try:
-        result = specs[name].run(task, configs[name])
+        with method_label(name):
+          result = specs[name].run(task, configs[name])
         new_params, run_s, compile_s = jax.block_until_ready(result.params), result.run_s, result.compile_s
       except Diverged:   # scored as diverged (NaN gaps, counted per method), never a crash
         new_params = jax.tree.map(lambda a: jnp.full(jnp.shape(a), jnp.nan, jnp.result_type(a)), params)
         run_s, compile_s = time.perf_counter() - t0, 0.0
+      except Exception as e:   # one crashing method leaves its row (with the error), the board goes on
+        error = f"{type(e).__name__}: {e}".splitlines()[0][:300] if not isinstance(e, FamrError) else str(e)
+        log(f"seed {seed}: {name} failed: {error}")
+        new_params = jax.tree.map(lambda a: jnp.full(jnp.shape(a), jnp.nan, jnp.result_type(a)), params)
+        run_s, compile_s = time.perf_counter() - t0, 0.0
       rows.append(_row(seed, name, apply_fn, new_params, data, request, params, reference, gold,
                        run_s, compile_s, time.perf_counter() - t0, log))
+      if error is not None:
+        rows[-1]["error"] = error
       _add_extra(rows[-1], new_params, extra_metrics, gold_extra)
   board = {"methods": [ORIGINAL, *methods], "seeds": list(range(int(seeds))),
            "configs": {name: dataclasses.asdict(c) for name, c in configs.items() if dataclasses.is_dataclass(c)},
@@ -254,6 +269,7 @@ def _audit_config(audit, shadows, methods, first_request: ForgetSet, model, trai
   config.validate()
   if model is None or train_config is None:
     raise FamrError("an audit trains shadow models: pass model and train_config (the original's recipe)")
+  check_shadow_model(model)
   check_auditable(first_request, tuple(methods), config.mode)
   return config
 

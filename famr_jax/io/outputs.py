@@ -66,6 +66,29 @@ def resolve(path: str | os.PathLike) -> Path:
   return Path(path).expanduser().resolve()
 
 
+def portable_path(path: str | os.PathLike) -> str:
+  """``path`` relative to the working directory, for results that are committed or shared (no machine paths).
+
+  Example:
+    >>> portable_path(os.path.join(os.getcwd(), "runs", "lenet5"))
+    'runs/lenet5'
+  """
+  return os.path.relpath(os.path.abspath(os.fspath(path)))
+
+
+def portable_command(argv: Iterable[str]) -> str:
+  """A command line with every absolute path argument (also ``--flag=PATH``) made :func:`portable_path`.
+
+  Example:
+    >>> portable_command(["famr-jax", "compare", "--out=" + os.path.join(os.getcwd(), "runs", "b")])
+    'famr-jax compare --out=runs/b'
+  """
+  def one(arg: str) -> str:
+    flag, eq, value = arg.rpartition("=") if arg.startswith("-") and "=" in arg else ("", "", arg)
+    return flag + eq + (portable_path(value) if os.path.isabs(value) else value)
+  return " ".join(one(a) for a in argv)
+
+
 def _within(inner: Path, outer: Path) -> bool:
   """``inner`` is ``outer`` or lies below it."""
   return inner == outer or outer in inner.parents

@@ -196,6 +196,9 @@ def infer_input_shape(model: Any, params: Params, max_side: int = 4096) -> tuple
   """
   from famr_jax import models
 
+  if not is_layered_model(model):   # model parts or a plain function: no layers to read a shape off
+    raise FamrError(f"cannot infer the input shape of a {type(model).__name__} (only of a famr_jax.models "
+                    "model): pass input_shape=(H, W, C)")
   target = jax.tree.map(lambda a: tuple(np.shape(a)), params)
   kernels = [np.shape(a) for a in jax.tree.leaves(params[models.layer_names(model)[0]]) if np.ndim(a) == 4]
   channels = (kernels[0][2],) if kernels else (1, 3)
