@@ -114,7 +114,7 @@ def test_the_power_gate_names_nothing_when_the_original_is_at_chance():
   pooled = pool_audits(seeds, _FAST)
   assert pooled["power"]["powered"] is False
   assert {r["verdict"] for r in pooled["rows"].values()} == {evidence.UNDERPOWERED}
-  powered = score_seed(_farm(rng, 32, 60, 1.5), np.arange(60), 0, _FAST)
+  powered = score_seed(_farm(rng, 64, 120, 1.5), np.arange(120), 0, _FAST)
   assert powered["power"]["powered"] is True
   assert powered["rows"][ORIGINAL_ROW]["verdict"] == evidence.DISTINGUISHABLE
   assert powered["rows"][INDEPENDENT_RETRAIN_ROW]["verdict"] in (evidence.EQUIVALENT, evidence.INCONCLUSIVE)

@@ -155,9 +155,9 @@ def score_seed(confidences: Mapping[str, np.ndarray], forget_index: np.ndarray, 
 
   Example:
     >>> rng = np.random.default_rng(0)
-    >>> c = {REFERENCE_ROW: rng.normal(size=(8, 30)), INDEPENDENT_RETRAIN_ROW: rng.normal(size=(8, 30)),
-    ...      ORIGINAL_ROW: rng.normal(size=(8, 30)) + 3.0}
-    >>> s = score_seed(c, np.arange(30), 0, EvidenceConfig(replicates=100, null_permutations=20,
+    >>> c = {REFERENCE_ROW: rng.normal(size=(64, 100)), INDEPENDENT_RETRAIN_ROW: rng.normal(size=(64, 100)),
+    ...      ORIGINAL_ROW: rng.normal(size=(64, 100)) + 3.0}
+    >>> s = score_seed(c, np.arange(100), 0, EvidenceConfig(replicates=100, null_permutations=20,
     ...                                                     example_permutations=200))
     >>> s["power"]["powered"], s["rows"][ORIGINAL_ROW]["verdict"]
     (True, 'distinguishable')

@@ -171,11 +171,9 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
     audit_evidence: a :class:`famr_jax.audit.audit.EvidenceConfig` (the equivalence margin, bootstrap sizes).
     input_shape: ``(H, W, C)`` of one input, for data-free methods on model parts (default: the data's).
 
-  A method that fails (any error but a divergence) does not stop the board: its row is scored as
-  diverged and records ``"error"``: the error's one line.
-
   Returns:
-    The leaderboard: ``{"methods", "seeds", "configs", "retrained", "runs", "summary"}`` (and ``"audit"``,
+    The leaderboard (a method that fails is scored as diverged, its row records ``"error"``, the board
+    goes on): ``{"methods", "seeds", "configs", "retrained", "runs", "summary"}`` (and ``"audit"``,
     ``"audit_pooled"``, ``"pick"`` and, not JSON, ``"audit_arrays"``: per farm seed its confidences)
     (:func:`famr_jax.evaluation.leaderboard.format_leaderboard` prints it once ``model``,
     ``dataset`` and ``forget`` are added, as the CLI does).
@@ -188,8 +186,7 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
       raise FamrError("a method is listed more than once in methods")
     specs[spec.name] = spec
   methods = tuple(specs)
-  if isinstance(seeds, bool) or int(seeds) != seeds or seeds <= 0:
-    raise FamrError(f"seeds must be a positive integer, got {seeds}")
+  _check_count("seeds", seeds)
   if retrain is None and gold_fn is None:
     raise FamrError("compare needs retrain(x_retain, y_retain, key), the gold standard's training recipe")
   if not isinstance(forget, ForgetSet) and not callable(forget):
@@ -198,46 +195,27 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   configs = dict(configs or {})
   _check_inputs(apply_fn, params, data, configs, specs)
   audit_config = _audit_config(audit, shadows, methods, forget_of(0), model, train_config)
-  if audit_config is not None and (isinstance(audit_seeds, bool) or int(audit_seeds) != audit_seeds
-                                   or audit_seeds <= 0):
-    raise FamrError(f"audit_seeds must be a positive integer, got {audit_seeds}")
+  if audit_config is not None:
+    _check_count("audit_seeds", audit_seeds)
   rows, gold_rows = [], []
   shape = tuple(int(d) for d in (input_shape if input_shape is not None else data.x_train.shape[1:]))
   for seed in range(int(seeds)):
     request = forget_of(seed)
-    for name in methods:
-      if name not in configs:
-        configs[name] = specs[name].default_config(model_name, request.kind, num_forget=len(request.indices))
+    configs.update({n: specs[n].default_config(model_name, request.kind, num_forget=len(request.indices))
+                    for n in methods if n not in configs})
     gold = _seed_gold(seed, request, data, retrain, gold_fn)
     reference = gold_reference(gold.apply_fn or apply_fn, gold.params, data, request, params, seed)
     gold_extra = dict(extra_metrics(gold.params)) if extra_metrics is not None else None
-    gold_rows.append({"seed": seed, "run_s": gold.run_s, "compile_s": gold.compile_s,
-                      "metrics": dict(reference.metrics), **({"extra": gold_extra} if gold_extra else {})})
+    gold_rows.append({"seed": seed, "run_s": gold.run_s, "compile_s": gold.compile_s, "metrics": dict(reference.metrics),
+                      **({"extra": gold_extra} if gold_extra else {})})
     log(f"seed {seed}: retrained in {gold.run_s:.1f} s (+{gold.compile_s:.1f} s compile): "
         + metrics_line(reference.metrics))
     rows.append(_row(seed, ORIGINAL, apply_fn, params, data, request, params, reference, gold, 0.0, 0.0, 0.0, log))
     _add_extra(rows[-1], params, extra_metrics, gold_extra)
     for name in methods:
-      task = UnlearnTask(apply_fn, params, model, data, request, jax.random.key(seed), show_progress,
-                         checkpoint=checkpoint, input_shape=shape)
-      t0, error = time.perf_counter(), None
-      try:
-        with method_label(name):
-          result = specs[name].run(task, configs[name])
-        new_params, run_s, compile_s = jax.block_until_ready(result.params), result.run_s, result.compile_s
-      except Diverged:   # scored as diverged (NaN gaps, counted per method), never a crash
-        new_params = jax.tree.map(lambda a: jnp.full(jnp.shape(a), jnp.nan, jnp.result_type(a)), params)
-        run_s, compile_s = time.perf_counter() - t0, 0.0
-      except Exception as e:   # one crashing method leaves its row (with the error), the board goes on
-        error = f"{type(e).__name__}: {e}".splitlines()[0][:300] if not isinstance(e, FamrError) else str(e)
-        log(f"seed {seed}: {name} failed: {error}")
-        new_params = jax.tree.map(lambda a: jnp.full(jnp.shape(a), jnp.nan, jnp.result_type(a)), params)
-        run_s, compile_s = time.perf_counter() - t0, 0.0
-      rows.append(_row(seed, name, apply_fn, new_params, data, request, params, reference, gold,
-                       run_s, compile_s, time.perf_counter() - t0, log))
-      if error is not None:
-        rows[-1]["error"] = error
-      _add_extra(rows[-1], new_params, extra_metrics, gold_extra)
+      rows.append(_method_row(seed, name, specs[name], configs[name], apply_fn, params, model, data, request,
+                              reference, gold, checkpoint, shape, show_progress, log))
+      _add_extra(rows[-1], rows[-1].pop("_params"), extra_metrics, gold_extra)
   board = {"methods": [ORIGINAL, *methods], "seeds": list(range(int(seeds))),
            "configs": {name: dataclasses.asdict(c) for name, c in configs.items() if dataclasses.is_dataclass(c)},
            "retrained": gold_rows, "runs": rows, "summary": summarize(rows)}
@@ -247,6 +225,39 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
                               audit_evidence or EvidenceConfig(), show_progress, log))
   return board
 
+
+
+
+def _check_count(name: str, value: Any) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    raise FamrError(f"{name} must be a positive integer, got {value}")
+
+def _method_row(seed, name, spec, config, apply_fn, params, model, data, request, reference, gold, checkpoint,
+                shape, show_progress, log) -> dict:
+  """One method's row of one seed (its params under ``"_params"``, for the extra metrics).
+
+  A diverged method is scored as such (NaN params); any other failure also leaves its row, scored as
+  diverged, with the error's one line under ``"error"``: the board goes on.
+  """
+  task = UnlearnTask(apply_fn, params, model, data, request, jax.random.key(seed), show_progress,
+                     checkpoint=checkpoint, input_shape=shape)
+  t0, error = time.perf_counter(), None
+  try:
+    with method_label(name):
+      result = spec.run(task, config)
+    new_params, run_s, compile_s = jax.block_until_ready(result.params), result.run_s, result.compile_s
+  except Exception as e:   # noqa: BLE001 -- one crashing method must not abort the whole board
+    if not isinstance(e, Diverged):
+      error = str(e) if isinstance(e, FamrError) else f"{type(e).__name__}: {e}".splitlines()[0][:300]
+      log(f"seed {seed}: {name} failed: {error}")
+    new_params = jax.tree.map(lambda a: jnp.full(jnp.shape(a), jnp.nan, jnp.result_type(a)), params)
+    run_s, compile_s = time.perf_counter() - t0, 0.0
+  row = _row(seed, name, apply_fn, new_params, data, request, params, reference, gold, run_s, compile_s,
+             time.perf_counter() - t0, log)
+  if error is not None:
+    row["error"] = error
+  row["_params"] = new_params
+  return row
 
 def _check_inputs(apply_fn, params, data, configs: Mapping[str, Any], specs: Mapping[str, MethodSpec]) -> None:
   """Refuses data, a model or configs that compare cannot use, before any work."""

@@ -231,6 +231,7 @@ def format_audit(board: Mapping[str, Any], order: Sequence[str] = ()) -> list[st
     ...      "verdict": "distinguishable"}
     >>> p = {"original_minus_chance": 0.1, "null_sd": 0.01, "powered": True}
     >>> b = {"audit": [{"seed": 0, "attack": "ulira", "shadows": 4, "margin": 0.02, "rows": {"original": r},
+    ...                 "forget_examples": 9, "costs": {"retrains": {"per_model_s": 0.1, "mode": "vmap"}},
     ...                 "power": p, "power_message": "powered"}],
     ...      "audit_pooled": {"seeds": 1, "rows": {"original": r}, "power": p, "power_message": "powered"},
     ...      "pick": None}
