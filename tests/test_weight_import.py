@@ -26,6 +26,8 @@ from famr_jax.io.weight_import import convert_weights
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 import make_fixtures  # noqa: E402  (NumPy-only parts: the AlexNet seed)
+sys.path.insert(0, str(FIXTURES.parent))
+from vit_names import hf_to_timm  # noqa: E402
 
 OUTPUTS = load_file(str(FIXTURES / "torch_outputs.safetensors"))
 with safe_open(str(FIXTURES / "torch_outputs.safetensors"), "np") as _f:
@@ -84,7 +86,7 @@ def test_alexnet_gives_pytorch_logits():
 def test_hugging_face_and_timm_vits_give_the_reference_logits():
   sd = _weights("hf_vit")
   x, expected = OUTPUTS["hf_vit.x"], OUTPUTS["hf_vit.logits"]
-  for source, weights in (("hf-vit", sd), ("timm:vit_nano_patch4", _hf_to_timm(sd))):
+  for source, weights in (("hf-vit", sd), ("timm:vit_nano_patch4", hf_to_timm(sd))):
     converted = convert_weights(source, weights, image_size=16)
     assert converted.model_name == "vit_nano" and converted.model_overrides == {"patch_size": 4}
     np.testing.assert_allclose(_famr_logits(converted.model, converted.params, x), expected, atol=1e-4)
@@ -92,25 +94,6 @@ def test_hugging_face_and_timm_vits_give_the_reference_logits():
   converted = convert_weights("hf-vit", sd, image_size=24, num_classes=3)
   assert converted.info["position_embeddings"] == "resized" and "zeros" in converted.info["head"]
   assert np.all(converted.params["head"]["kernel"] == 0) and converted.params["embed"]["pos_embedding"].shape == (1, 37, 32)
-
-
-def _hf_to_timm(sd):
-  """The same weights in timm's VisionTransformer names (fused qkv)."""
-  out = {"cls_token": sd["vit.embeddings.cls_token"], "pos_embed": sd["vit.embeddings.position_embeddings"],
-         "patch_embed.proj.weight": sd["vit.embeddings.patch_embeddings.projection.weight"],
-         "patch_embed.proj.bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
-         "norm.weight": sd["vit.layernorm.weight"], "norm.bias": sd["vit.layernorm.bias"],
-         "head.weight": sd["classifier.weight"], "head.bias": sd["classifier.bias"]}
-  depth = len({k.split(".")[3] for k in sd if k.startswith("vit.encoder.layer.")})
-  for i in range(depth):
-    p, q = f"vit.encoder.layer.{i}.", f"blocks.{i}."
-    att = p + "attention.attention."
-    out[q + "attn.qkv.weight"] = np.concatenate([sd[att + n + ".weight"] for n in ("query", "key", "value")])
-    out[q + "attn.qkv.bias"] = np.concatenate([sd[att + n + ".bias"] for n in ("query", "key", "value")])
-    for a, b in (("norm1", "layernorm_before"), ("norm2", "layernorm_after"), ("attn.proj", "attention.output.dense"),
-                 ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")):
-      out[q + a + ".weight"], out[q + a + ".bias"] = sd[p + b + ".weight"], sd[p + b + ".bias"]
-  return out
 
 
 def _small_resnet18():
