@@ -70,8 +70,8 @@ MUTATIONS = (
              ("tests/test_evidence.py",)),
 )
 
-_FAILED = re.compile(r"^FAILED (\S+)", re.M)
-_ERROR = re.compile(r"^ERROR (\S+)", re.M)
+_FAILED = re.compile(r"^FAILED (.+?)(?: - .*)?$", re.M)   # a node id may hold spaces; " - " starts the message
+_ERROR = re.compile(r"^ERROR (.+?)(?: - .*)?$", re.M)
 
 
 def _copy_tree(dest: Path) -> None:
