@@ -64,8 +64,8 @@ def parse_args(argv):
   p.add_argument("--seed", type=int, default=0, help="seed of the style task and the original model")
   p.add_argument("--tune", action="store_true",
                  help="instead of one board: each method over a small grid around its defaults (lr x1/x10/x100, "
-                      "steps x1/x4; SSD alpha and lam), writing DIR/tuned.json, each method's setting of least "
-                      "average gap, for --method-config")
+                      "steps x1/x4; SSD selection_weight and dampening), writing DIR/tuned.json, each method's "
+                      "setting of least average gap, for --method-config")
   return p.parse_args(argv)
 
 
@@ -104,7 +104,7 @@ def grid(method: str, model_name: str) -> list[dict]:
   """The tuning grid of one method around its sample defaults (the style variants share famr's)."""
   from famr_jax.methods.registry import get_method
   if method == "ssd":
-    return [dict(alpha=a, lam=l) for a in (5.0, 2.0, 1.0) for l in (1.0, 0.1)][:6]
+    return [dict(selection_weight=a, dampening=l) for a in (5.0, 2.0, 1.0) for l in (1.0, 0.1)][:6]
   base = get_method("famr" if method in STYLE_VARIANTS else method).default_config(model_name, "samples")
   return [dict(lr=base.lr * f, steps=base.steps * k) for f in (1, 10, 100) for k in (1, 4)]
 

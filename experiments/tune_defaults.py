@@ -43,8 +43,8 @@ from famr_jax.engine.training import TrainConfig
 
 # The papers' settings of SCRUB (Kurmanji et al.; the authors' code) and SSD (Foster et al.).
 SCRUB_AUTHORS = dict(lr=5e-4, epochs=3, max_epochs=2, retain_ratio=1, optimizer="adam", steps=None,
-                     alpha=0.001, gamma=0.99, temperature=4.0, batch_size=32)
-SSD_AUTHORS = dict(alpha=10.0, lam=1.0, importance="minibatch", batch_size=32)
+                     kl_weight=0.001, gamma=0.99, temperature=4.0, batch_size=32)
+SSD_AUTHORS = dict(selection_weight=10.0, dampening=1.0, importance="minibatch", batch_size=32)
 
 # The configurations tried on digits (LeNet5, class 3, seed 0). The defaults in
 # famr_jax/variants.py and famr_jax/baselines.py are the best of each method's rows.
@@ -78,8 +78,8 @@ GRID: list[tuple[str, dict]] = [
         # Added after SCRUB's first Fashion-MNIST class-3 seed (BUILD_NOTES.md, "SCRUB and SSD"):
         # the best row as a step budget, a whole pass on digits (5 steps), the same on any forget set.
         dict(lr=2e-4, retain_ratio=8, steps=5))],
-    *[("ssd", {**SSD_AUTHORS, "alpha": a, "batch_size": b}) for b in (32, 64) for a in (10.0, 30.0)],
-    *[("ssd", {**SSD_AUTHORS, "alpha": a, "lam": 0.1, "importance": "fisher"}) for a in (1.0, 2.0)],
+    *[("ssd", {**SSD_AUTHORS, "selection_weight": a, "batch_size": b}) for b in (32, 64) for a in (10.0, 30.0)],
+    *[("ssd", {**SSD_AUTHORS, "selection_weight": a, "dampening": 0.1, "importance": "fisher"}) for a in (1.0, 2.0)],
 ]
 
 # The configurations tried on digits for sample forgetting (LeNet5, a random 10%, seeds 0-2), all
@@ -110,8 +110,8 @@ GRID_SAMPLES: list[tuple[str, dict]] = [
     *[("scrub", {**SCRUB_AUTHORS, **kw}) for kw in (
         dict(lr=2e-4, retain_ratio=8), *[dict(steps=n, lr=lr, retain_ratio=8) for n in (1, 5) for lr in (1e-4, 2e-4)],
         dict(steps=1, lr=1e-4, epochs=3, max_epochs=1, retain_ratio=4))],
-    *[("ssd", {**SSD_AUTHORS, "alpha": a, "batch_size": b}) for b in (32, 64) for a in (10.0, 30.0)],
-    *[("ssd", {**SSD_AUTHORS, "alpha": a, "lam": lam, "importance": "fisher"})
+    *[("ssd", {**SSD_AUTHORS, "selection_weight": a, "batch_size": b}) for b in (32, 64) for a in (10.0, 30.0)],
+    *[("ssd", {**SSD_AUTHORS, "selection_weight": a, "dampening": lam, "importance": "fisher"})
       for a in (1.0, 2.0, 5.0) for lam in (0.1, 1.0)],
 ]
 

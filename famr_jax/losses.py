@@ -206,7 +206,7 @@ def forget_loss(apply_fn: ApplyFn, params: Params, x: jax.Array, *,
                 feature_fn: Callable[[Params, jax.Array], jax.Array] | None = None,
                 target_gram: jax.Array | None = None,
                 weights: jax.Array | None = None,
-                reduction: Reduction = "mean") -> jax.Array:
+                reduction: Reduction = "mean", target: jax.Array | None = None) -> jax.Array:
   """FAMR's combined forget loss ``alpha * L_KL + beta * L_style`` (Eq. 2, 4, 5).
 
   Args:
@@ -222,6 +222,7 @@ def forget_loss(apply_fn: ApplyFn, params: Params, x: jax.Array, *,
     weights: optional ``[B]`` 0/1 weights that mask padded examples.
     reduction: ``"mean"`` (per-example average, the default step loss),
       ``"sum"`` (the paper's Eq. 2 sum over T) or ``"none"``.
+    target: optional ``[B, C]`` targets ``t``: ``L_KL`` is then ``KL(t || p)`` (:func:`target_kl`), not the uniform KL.
 
   Example:
     >>> import jax.numpy as jnp
@@ -232,7 +233,8 @@ def forget_loss(apply_fn: ApplyFn, params: Params, x: jax.Array, *,
   """
   per_example = jnp.zeros((x.shape[0],), jnp.float32)
   if alpha:
-    per_example = per_example + alpha * uniform_kl(apply_fn(params, x))
+    logits = apply_fn(params, x)
+    per_example = per_example + alpha * (uniform_kl(logits) if target is None else target_kl(target, logits))
   if beta:
     if feature_fn is None or target_gram is None:
       raise ValueError("beta > 0 needs feature_fn and target_gram for the style loss")
@@ -473,7 +475,7 @@ def scrub_max_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax
 def scrub_min_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax.Array, config: Any) -> jax.Array:
   """SCRUB's min phase loss: ``gamma CE + alpha d`` on ``batch = (x_r, y_r, teacher_logits_r)``.
 
-  ``config`` (a :class:`famr_jax.methods.scrub.SCRUBConfig`) gives ``gamma``, ``alpha`` and the temperature.
+  ``config`` (a :class:`famr_jax.methods.scrub.SCRUBConfig`) gives ``gamma``, ``kl_weight`` (alpha) and the temperature.
 
   Example:
     >>> import jax.numpy as jnp
@@ -486,7 +488,7 @@ def scrub_min_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax
   x, y, teacher = batch
   logits = apply_fn(params, x)
   per_example = (config.gamma * cross_entropy(logits, y)
-                 + config.alpha * distill_kl(logits, teacher, config.temperature))
+                 + config.kl_weight * distill_kl(logits, teacher, config.temperature))
   return weighted_mean(per_example, weights)
 
 

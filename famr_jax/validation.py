@@ -29,6 +29,7 @@ import math
 import numbers
 import types
 import typing
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -183,6 +184,38 @@ def check_fields(config: Any) -> Any:
   for name, tp in _checked_fields(cls):
     check_field(f"{cls.__name__}.{name}", name, getattr(config, name), tp)
   return config
+
+
+def apply_renamed(config: Any, renamed: dict[str, tuple[str, Any]]) -> None:
+  """Moves the values given under deprecated field names onto their new fields (in ``__post_init__``).
+
+  ``renamed`` maps each old name (a ``dataclasses.InitVar`` of the config, default None) to
+  ``(new field, the value given)``; each old name used warns (``DeprecationWarning``). Giving both
+  names with different values is a :class:`FamrError`.
+
+  Example:
+    >>> import dataclasses, warnings
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class C:
+    ...   weight: float = 1.0
+    ...   w: dataclasses.InitVar[float | None] = None
+    ...   def __post_init__(self, w):
+    ...     apply_renamed(self, {"w": ("weight", w)})
+    >>> with warnings.catch_warnings():
+    ...   warnings.simplefilter("ignore")
+    ...   C(w=3.0).weight
+    3.0
+  """
+  cls = type(config)
+  for old, (new, value) in renamed.items():
+    if value is None:
+      continue
+    default = cls.__dataclass_fields__[new].default
+    current = getattr(config, new)
+    if current != default and current != value:
+      raise FamrError(f"{cls.__name__}: {old} is the old name of {new}; give only {new}")
+    warnings.warn(f"{cls.__name__}({old}=...) is deprecated: use {new}=...", DeprecationWarning, stacklevel=4)
+    object.__setattr__(config, new, value)
 
 
 class CheckedFields:

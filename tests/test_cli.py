@@ -114,7 +114,10 @@ BAD_UNLEARN = [
     (["--forget-random", "1.5"], "between 0 and 1"),
     (["--forget-classes", "3", "--beta", "1"], "--style-layer"),
     (["--forget-classes", "3", "--beta", "1", "--style-layer", "conv9"], "unknown layer"),
-    (["--forget-classes", "3", "--method", "ssd", "--alpha", "0"], "selection weight alpha"),
+    (["--forget-classes", "3", "--method", "ssd", "--selection-weight", "0"], "selection weight"),
+    # --alpha is FAMR's forget-loss weight; SSD's selection weight has its own name.
+    (["--forget-classes", "3", "--method", "ssd", "--alpha", "1"], "has no option --alpha"),
+    (["--forget-classes", "3", "--method", "scrub", "--alpha", "1"], "has no option --alpha"),
     (["--forget-classes", "3", "--method", "scrub", "--temperature", "-1"], "temperature"),
     (["--forget-classes", "3", "--method", "ssd", "--data-parallel"], "runs on one device"),
     (["--forget-classes", "3", "--method", "ssd", "--checkpoint-every", "10"], "runs on one device"),

@@ -80,7 +80,7 @@ def test_activation_impressions_raise_their_logit_and_are_classified_as_target(t
 def test_pixel_impressions_stay_in_range_and_nonnegative_projection(trained_digits):
   d = trained_digits
   imp = class_impressions(d.apply_fn, d.params, [3, 7], 10, d.data.image_shape,
-                          ImpressionConfig(num_per_class=4, steps=60, space="pixel", beta=0.01),
+                          ImpressionConfig(num_per_class=4, steps=60, space="pixel", norm_penalty=0.01),
                           jax.random.key(1))
   assert imp.inputs.shape[1:] == (8, 8, 1) and imp.layer is None
   assert imp.inputs.min() >= 0.0 and imp.inputs.max() <= 1.0

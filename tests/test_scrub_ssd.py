@@ -62,7 +62,7 @@ def test_ssd_matches_a_numpy_rederivation():
   # Per-example importances (the diagonal empirical Fisher).
   beta = rule(_np_fisher(w, x, y), _np_fisher(w, x[:5], y[:5]))
   assert 0 < np.mean(beta < 1) < 1      # some, not all, weights are dampened
-  cfg = SSDConfig(alpha=alpha, lam=lam, importance="fisher")
+  cfg = SSDConfig(selection_weight=alpha, dampening=lam, importance="fisher")
   r = ssd_unlearn(_linear, jnp.asarray(w, jnp.float32), x[:5], y[:5], cfg, jax.random.key(0), train_data=(x, y))
   np.testing.assert_allclose(np.asarray(r.params), beta * w, rtol=2e-4, atol=1e-7)
   # A given importance (a stored Fisher) is used instead of the training data.
@@ -84,7 +84,8 @@ def test_ssd_matches_a_numpy_rederivation():
   key = jax.random.key(5)
   beta = rule(np_minibatch(x, y, jax.random.fold_in(key, 0), 16), np_minibatch(x[:5], y[:5], jax.random.fold_in(key, 1), 16))
   assert 0 < np.mean(beta < 1) < 1
-  r3 = ssd_unlearn(_linear, jnp.asarray(w, jnp.float32), x[:5], y[:5], SSDConfig(alpha=alpha, lam=lam, batch_size=16),
+  r3 = ssd_unlearn(_linear, jnp.asarray(w, jnp.float32), x[:5], y[:5],
+                   SSDConfig(selection_weight=alpha, dampening=lam, batch_size=16),
                    key, train_data=(x, y))
   np.testing.assert_allclose(np.asarray(r3.params), beta * w, rtol=2e-4, atol=1e-7)
 
@@ -105,7 +106,7 @@ def test_distillation_losses_match_numpy():
   w = rng.normal(size=(3, 4))
   x, y = rng.normal(size=(5, 3)), rng.integers(0, 4, 5)
   weights = np.array([1, 1, 0, 1, 1.0])
-  cfg = SCRUBConfig(alpha=0.3, gamma=0.7, temperature=2.0)
+  cfg = SCRUBConfig(kl_weight=0.3, gamma=0.7, temperature=2.0)
   z = x @ w
   ce = -np.log(_softmax(z)[np.arange(5), y])
   want_min = np.sum(weights * (0.7 * ce + 0.3 * _np_kd(z, zt, 2.0))) / weights.sum()
@@ -127,8 +128,8 @@ def test_scrub_rounds_match_a_numpy_rederivation():
   w0 = rng.normal(size=(3, 4))
   x_f, y_f = rng.normal(size=(6, 3)), rng.integers(0, 4, 6)
   x_r, y_r = np.repeat(rng.normal(size=(1, 3)), 10, 0), np.full(10, 2)
-  cfg = SCRUBConfig(epochs=2, max_epochs=2, lr=0.3, optimizer="sgd", batch_size=8, alpha=0.5, gamma=0.9,
-                    temperature=2.0, weight_decay=0.05)
+  cfg = SCRUBConfig(epochs=2, max_epochs=2, lr=0.3, optimizer="sgd", batch_size=8, kl_weight=0.5, gamma=0.9,
+                    temperature=2.0, coupled_weight_decay=0.05)
   t = cfg.temperature
 
   def kd_grad(w, x, teacher):
@@ -138,11 +139,11 @@ def test_scrub_rounds_match_a_numpy_rederivation():
   zt_f = x_f @ w0
   zt_r = x_r[:6] @ w0
   for _ in range(2):
-    w = w - cfg.lr * (-kd_grad(w, x_f, zt_f) + cfg.weight_decay * w)             # max phase
+    w = w - cfg.lr * (-kd_grad(w, x_f, zt_f) + cfg.coupled_weight_decay * w)             # max phase
     p = _softmax(x_r[:6] @ w)
     p[np.arange(6), y_r[:6]] -= 1.0
-    g = cfg.gamma * x_r[:6].T @ p / 6 + cfg.alpha * kd_grad(w, x_r[:6], zt_r)
-    w = w - cfg.lr * (g + cfg.weight_decay * w)                                    # min phase
+    g = cfg.gamma * x_r[:6].T @ p / 6 + cfg.kl_weight * kd_grad(w, x_r[:6], zt_r)
+    w = w - cfg.lr * (g + cfg.coupled_weight_decay * w)                                    # min phase
   r = scrub_unlearn(_linear, jnp.asarray(w0, jnp.float32), x_f.astype(np.float32), y_f.astype(np.int32), cfg,
                     jax.random.key(0), retain_data=(x_r.astype(np.float32), y_r.astype(np.int32)))
   np.testing.assert_allclose(np.asarray(r.params), w, rtol=1e-4, atol=1e-6)
@@ -150,7 +151,7 @@ def test_scrub_rounds_match_a_numpy_rederivation():
   # The first max step starts at the teacher, where the KL's gradient is zero: it moves by the decay only.
   r1 = scrub_unlearn(_linear, jnp.asarray(w0, jnp.float32), x_f.astype(np.float32), y_f.astype(np.int32),
                      SCRUBConfig(epochs=1, max_epochs=1, lr=0.3, optimizer="sgd", batch_size=8, gamma=0.0,
-                                 alpha=0.0, weight_decay=0.05),
+                                 kl_weight=0.0, coupled_weight_decay=0.05),
                      jax.random.key(0), retain_data=(x_r.astype(np.float32), y_r.astype(np.int32)))
   np.testing.assert_allclose(np.asarray(r1.params), w0 * (1 - 0.3 * 0.05) ** 2, rtol=1e-5)
 
@@ -162,8 +163,8 @@ def test_scrub_step_budget_caps_each_phase():
   w0 = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
   # Only weight decay acts (gamma = alpha = 0, the max phase at the teacher has zero gradient
   # in round 1): SGD multiplies W by (1 - lr wd) per step, so the step count is readable.
-  cfg = SCRUBConfig(epochs=1, max_epochs=0, lr=0.1, optimizer="sgd", batch_size=4, gamma=0.0, alpha=0.0,
-                    weight_decay=0.1)
+  cfg = SCRUBConfig(epochs=1, max_epochs=0, lr=0.1, optimizer="sgd", batch_size=4, gamma=0.0, kl_weight=0.0,
+                    coupled_weight_decay=0.1)
   full = scrub_unlearn(_linear, w0, x, y, cfg, jax.random.key(0), retain_data=(x, y))
   capped = scrub_unlearn(_linear, w0, x, y, dataclasses.replace(cfg, steps=2), jax.random.key(0),
                          retain_data=(x, y))
@@ -177,10 +178,28 @@ def test_scrub_step_budget_caps_each_phase():
 def test_bad_scrub_and_ssd_input():
   with pytest.raises(FamrError, match="temperature"):
     SCRUBConfig(temperature=0.0).validate()
-  with pytest.raises(FamrError, match="alpha"):
-    SSDConfig(alpha=0.0).validate()
+  with pytest.raises(FamrError, match="selection weight"):
+    SSDConfig(selection_weight=0.0).validate()
   with pytest.raises(FamrError, match="importance must be minibatch or fisher"):
     SSDConfig(importance="nope").validate()
   with pytest.raises(FamrError, match="empty"):
     ssd_unlearn(_linear, jnp.zeros((2, 2)), np.zeros((0, 2)), np.zeros(0), SSDConfig(), jax.random.key(0),
                 train_data=(np.ones((3, 2)), np.zeros(3)))
+
+
+def test_renamed_fields_keep_their_old_keywords():
+  # SSD's alpha / lam and SCRUB's alpha were renamed (FAMR's --alpha and --lam mean other things);
+  # the old keywords still work in Python, with a warning, and are no fields (so no flags).
+  with pytest.warns(DeprecationWarning) as record:
+    cfg = SSDConfig(alpha=2.0, lam=0.5)
+  assert sorted(str(w.message).split(": ")[1] for w in record) == ["use dampening=...", "use selection_weight=..."]
+  assert (cfg.selection_weight, cfg.dampening) == (2.0, 0.5)
+  assert dataclasses.replace(cfg, importance="fisher").selection_weight == 2.0
+  with pytest.warns(DeprecationWarning, match="kl_weight"):
+    assert SCRUBConfig(alpha=0.2).kl_weight == 0.2
+  with pytest.warns(DeprecationWarning, match="coupled_weight_decay"):
+    assert SCRUBConfig(weight_decay=0.1).coupled_weight_decay == 0.1
+  with pytest.raises(FamrError, match="give only selection_weight"):
+    SSDConfig(alpha=2.0, selection_weight=3.0)
+  assert not {"alpha", "lam"} & {f.name for f in dataclasses.fields(SSDConfig)}
+  assert not {"alpha", "weight_decay"} & {f.name for f in dataclasses.fields(SCRUBConfig)}

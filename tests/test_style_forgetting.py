@@ -132,7 +132,7 @@ def test_style_task_end_to_end_on_digits(digits, style_board):
   from famr_jax.methods.registry import method_names
   assert not set(board["summary"]) & set(method_names()) - {"original"}   # run as specs, never registered
   assert board["style"]["layer"] == "fc1" and board["style"]["beta"] > 0
-  assert board["configs"]["famr-style-class"]["target"] == "class-mean"
+  assert board["configs"]["famr-style-class"]["gram_target"] == "class-mean"
   assert board["configs"]["famr-style-oracle"]["alpha"] == 0.0 and board["configs"]["famr-style-oracle"]["steps"] == 4
   y = digits.y_test
   acc = lambda p, x: float(np.mean(np.argmax(np.asarray(apply_fn(p, x)), -1) == y))
@@ -164,7 +164,7 @@ def test_gram_loss_alone_moves_only_the_layers_below_the_style_layer(digits, sty
   x_f, y_f = task.data.x_train[idx], digits.y_train[idx]
   targets = gram_targets(feature_fn, params, "class-mean", retain=(task.data.x_train[keep], digits.y_train[keep]),
                          y_forget=y_f, num_classes=10)
-  settings = {k: v for k, v in board["configs"]["famr-style-class"].items() if k != "target"}
+  settings = {k: v for k, v in board["configs"]["famr-style-class"].items() if k != "gram_target"}
   new = famr_style_unlearn(apply_fn, params, x_f, targets, FAMRConfig(**settings), jax.random.key(0),
                            feature_fn=feature_fn, y_forget=y_f).params   # the board's program, from the cache
   later = [k for k in params if k != "fc1"]

@@ -43,6 +43,7 @@ from famr_jax.evaluation.leaderboard import GAP_METRICS, ORIGINAL
 from famr_jax.evaluation.report import pyplot
 from famr_jax.methods.defaults import default_overrides
 from famr_jax.methods.famr import style_features
+from famr_jax.methods.objective import PRESETS
 from famr_jax.methods.registry import MethodSpec, get_method
 from famr_jax.methods.style import StyleFAMRConfig, oracle_style_runner, per_example_grams, run_style_task
 
@@ -119,12 +120,12 @@ def style_method_specs(model_name: str, style_layer: str, beta: float, x_forget_
   (e.g. another ``steps`` / ``lr``), ``style_layer`` and ``beta``.
   """
   schedule = {**default_overrides("famr", model_name, "samples"), **dict(overrides or {})}
-  style = dict(style_layer=style_layer, beta=float(beta))
+  style = {**PRESETS["famr-style"], "style_layer": style_layer, "beta": float(beta)}   # the Gram loss alone
   configs = {
-      "famr-style": StyleFAMRConfig(**schedule, **style, alpha=0.0, target="retained-mean"),
-      "famr-style-class": StyleFAMRConfig(**schedule, **style, alpha=0.0, target="class-mean"),
-      "famr-kl+style": StyleFAMRConfig(**schedule, **style, alpha=1.0, target="retained-mean"),
-      "famr-style-oracle": StyleFAMRConfig(**schedule, **style, alpha=0.0),
+      "famr-style": StyleFAMRConfig(**schedule, **style, gram_target="retained-mean"),
+      "famr-style-class": StyleFAMRConfig(**schedule, **style, gram_target="class-mean"),
+      "famr-kl+style": StyleFAMRConfig(**schedule, **{**style, "alpha": 1.0}, gram_target="retained-mean"),
+      "famr-style-oracle": StyleFAMRConfig(**schedule, **style),
   }
   texts = {"famr-style": "FAMR, Gram loss alone, mean retained Gram target (Eq. 4)",
            "famr-style-class": "FAMR, Gram loss alone, per-class mean retained Gram target",

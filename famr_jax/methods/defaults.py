@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from famr_jax.errors import FamrError
+from famr_jax.methods.objective import PRESETS
 
 REQUEST_KINDS = ("classes", "samples")
 _VITS = ("vit_nano", "vit_micro", "vit_ti", "vit_s", "vit_b", "vit_l")
@@ -29,13 +30,14 @@ _VARIANT = dict(epochs=5, lr=0.01, lam=0.1, optimizer="sgd")
 # first steps move each weight by about lr whatever the gradient's scale.
 _ADAM_BUDGET = dict(steps=25, lr=1e-4, optimizer="adam")
 
+# The FAMR methods: their objective's terms are the presets of famr_jax.methods.objective.PRESETS.
 CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "famr": {},
-    "famr-retrain-target": dict(_VARIANT, target="retrain"),
-    "famr-fisher": dict(_VARIANT, anchor="fisher", curvature_weight=10.0),
-    "famr-curvature": dict(_VARIANT, anchor="gauss-newton", curvature_weight=100.0, lr=1e-3, optimizer="adam"),
-    "famr-function": dict(_VARIANT, retain_weight=3.0),
-    "famr-plus": dict(_VARIANT, target="retrain", retain_weight=1.0),
+    "famr": dict(PRESETS["famr"]),
+    "famr-retrain-target": dict(_VARIANT, **PRESETS["famr-retrain-target"]),
+    "famr-fisher": dict(_VARIANT, **PRESETS["famr-fisher"]),
+    "famr-curvature": dict(_VARIANT, **PRESETS["famr-curvature"], lr=1e-3, optimizer="adam"),
+    "famr-function": dict(_VARIANT, **PRESETS["famr-function"]),
+    "famr-plus": dict(_VARIANT, **PRESETS["famr-plus"]),
     "retrain": {},
     "ft": dict(epochs=5, lr=0.03),
     "ga": dict(epochs=1, lr=0.01),
@@ -48,9 +50,9 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     "scrub": dict(lr=2e-4, retain_ratio=8, steps=5),
     # The paper's alpha 10 with minibatch importances forgot 8.7-76% of digits' class 3 depending on the
     # batch size; per-example (Fisher) importances with alpha 1, lam 0.1 matched the retrained model.
-    "ssd": dict(importance="fisher", alpha=1.0, lam=0.1),
+    "ssd": dict(importance="fisher", selection_weight=1.0, dampening=0.1),
     "impressions": {},
-    "famr-zeroshot": {},
+    "famr-zeroshot": dict(PRESETS["famr-zeroshot"]),
 }
 
 MODEL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -76,7 +78,7 @@ SAMPLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "salun": dict(steps=5, lr=1e-4, optimizer="adam", retain_ratio=4),
     # A random 10% is no more important to any weight than the data as a whole, so a low alpha dampens
     # weights the retained data need.
-    "ssd": dict(alpha=5.0, lam=1.0),
+    "ssd": dict(selection_weight=5.0, dampening=1.0),
 }
 
 # Sample budgets scale with the forget set: the budgets above were tuned on digits' random 10% (135 samples,

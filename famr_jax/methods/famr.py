@@ -2,8 +2,11 @@
 
 ``famr_unlearn`` minimizes the FAMR objective (Eq. 1)
 ``J(theta) = L_forget(theta) + lam/2 ||theta - theta0||^2`` over minibatches
-of the forget set. With the default ``optimizer="sgd"`` every step is exactly
-Algorithm 1, line 7: ``theta <- theta - lr * (g_forget + lam (theta - theta0))``.
+of the forget set, ``L_forget = alpha L_KL + beta L_style`` (Eq. 5). With the
+default ``optimizer="sgd"`` every step is exactly Algorithm 1, line 7:
+``theta <- theta - lr * (g_forget + lam (theta - theta0))``. The objective is
+:func:`famr_jax.methods.objective.famr_loss` with the uniform target and the
+L2 anchor (:meth:`FAMRConfig.terms`); the variants set its other terms.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from famr_jax.engine.parallel import ScaleConfig, ShardedData, compute_dtype_app
 from famr_jax.engine.resume import ResumeConfig
 from famr_jax.losses import accuracy, param_distance
 from famr_jax.methods.defaults import default_overrides
+from famr_jax.methods.objective import FAMRTerms, famr_loss
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -47,9 +51,10 @@ class FAMRConfig(CheckedFields):
   Attributes:
     epochs: passes over the forget set.
     lr: step size eta.
-    lam: anchor strength lambda of Eq. 1 (``>= 0``).
+    lam: anchor strength lambda (Eq. 1's; the ``lam I`` of every parameter anchor, ``>= 0``).
     batch_size: forget-set minibatch size.
-    alpha: weight of the uniform-KL forget loss (Eq. 5).
+    alpha: weight of the forget term ``KL(t || p)`` on forget samples (Eq. 5's alpha; ``t`` uniform unless ``target``
+      says otherwise).
     beta: weight of the Gram style loss (Eq. 5); needs a style layer.
     optimizer: ``"sgd"`` (exactly Algorithm 1), ``"momentum"`` (SGD, 0.9) or ``"adam"``.
     style_layer: model stage whose output feeds the Gram style loss (``beta > 0``);
@@ -83,6 +88,15 @@ class FAMRConfig(CheckedFields):
   def make_optimizer(self) -> optax.GradientTransformation:
     """The optax transformation named by ``optimizer`` (one object per setting)."""
     return make_optimizer(self.optimizer, self.lr)
+
+  def terms(self) -> FAMRTerms:
+    """The objective's terms: uniform KL (``alpha``), Gram style (``beta``) and the L2 anchor (``lam``).
+
+    Example:
+      >>> FAMRConfig(lam=0.5).terms().lam
+      0.5
+    """
+    return FAMRTerms(alpha=self.alpha, beta=self.beta, lam=self.lam)
 
 
 class ForgetContext(NamedTuple):
@@ -209,10 +223,8 @@ def famr_minibatch_loss(forward: ApplyFn, config: FAMRConfig, feature_fn, mask: 
   arguments (the forward pass, the config, the style layer, the anchored
   leaves), so the compiled step is found again on the next call.
   """
-  return losses.famr_objective(
-      forward, params, ctx.params0, batch[0], lam=config.lam, anchor_mask=None if mask is None else mask.tree,
-      alpha=config.alpha, beta=config.beta, feature_fn=feature_fn,
-      target_gram=ctx.target_gram, weights=weights, reduction="mean")
+  return famr_loss(forward, config.terms(), params, ctx.params0, batch[0], weights, feature_fn=feature_fn,
+                   target_gram=ctx.target_gram, anchor_mask=None if mask is None else mask.tree)
 
 
 def _famr_loss(apply_fn, config: FAMRConfig, feature_fn, trainable_mask, optimizer, scale):

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from famr_jax.errors import FamrError
-from famr_jax.validation import CheckedFields
+from famr_jax.validation import CheckedFields, apply_renamed
 from famr_jax.trace_settings import in_loop_body
 from famr_jax.models.parts import ModelParts, as_parts, identity_head, is_layered_model
 
@@ -59,7 +59,9 @@ class ImpressionConfig(CheckedFields):
       ``input_range``).
     layer: activation space only: the stage whose input is optimized;
       ``None`` means the model's last stage (e.g. ``fc3`` of LeNet5).
-    beta: weight of the ``beta ||x||_2^2`` penalty of Eq. 3 (per impression).
+    norm_penalty: the beta of Eq. 3: weight of the ``beta ||x||_2^2`` penalty (per
+      impression). ``beta`` (its name until FAMR's style weight took it) still
+      works as a keyword, with a ``DeprecationWarning``.
     input_range: pixel space only: ``(low, high)`` every pixel is clipped to.
     nonnegative: activation space only: project the activation onto
       ``h >= 0`` after every step (the input of a stage that follows a ReLU
@@ -74,10 +76,15 @@ class ImpressionConfig(CheckedFields):
   lr: float = 0.1
   space: Literal["activation", "pixel"] = "activation"
   layer: str | None = None
-  beta: float = 0.0
+  norm_penalty: float = 0.0
   input_range: tuple[float, float] = (0.0, 1.0)
   nonnegative: bool = False
   objective: Literal["logit", "log_softmax"] = "logit"
+  beta: dataclasses.InitVar[float | None] = None   # deprecated name of norm_penalty
+
+  def __post_init__(self, beta: float | None = None) -> None:
+    apply_renamed(self, {"beta": ("norm_penalty", beta)})
+    super().__post_init__()
 
   def validate(self) -> "ImpressionConfig":
     """Raises :class:`FamrError` on an invalid setting."""
@@ -91,12 +98,62 @@ class ImpressionConfig(CheckedFields):
       raise FamrError(f"unknown impression space {self.space!r}: choose one of {', '.join(SPACES)}")
     if self.objective not in ("logit", "log_softmax"):
       raise FamrError(f"unknown impression objective {self.objective!r}: choose logit or log_softmax")
-    if self.beta < 0:
-      raise FamrError(f"the impression penalty beta must be non-negative, got {self.beta}")
+    if self.norm_penalty < 0:
+      raise FamrError(f"the impression penalty beta must be non-negative, got {self.norm_penalty}")
     low, high = self.input_range
     if not low < high:
       raise FamrError(f"input_range must be (low, high) with low < high, got {self.input_range}")
     return self
+
+
+RANGES = ("auto", "free", "nonnegative")
+OBJECTIVES = ("logit", "log_softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImpressionSettings(CheckedFields):
+  """A method's impression options (the flags ``--impression-*``): the one place they are defined.
+
+  Every method that makes class impressions (``impressions``, ``famr-zeroshot``,
+  ``famr-function`` with ``function_data="impressions"``) has these fields
+  and turns them into an :class:`ImpressionConfig` by :meth:`impression_config`;
+  where an impression lives (its space and stage) is the method's.
+
+  Attributes:
+    impressions_per_class: class impressions optimized per class.
+    impression_steps: Adam steps per impression.
+    impression_lr: Adam learning rate of the impressions.
+    impression_beta: the beta ||x||^2 penalty of Eq. 3 on the impressions.
+    impression_range: activation space: ``nonnegative`` (project onto h >= 0),
+      ``free``, or ``auto`` (nonnegative when the head's output is, e.g. after a ReLU).
+    impression_objective: ``logit`` (Eq. 3) or ``log_softmax`` (the target's log-probability).
+  """
+  impressions_per_class: int = 100
+  impression_steps: int = 1000
+  impression_lr: float = 0.1
+  impression_beta: float = 0.0
+  impression_range: Literal["auto", "free", "nonnegative"] = "auto"
+  impression_objective: Literal["logit", "log_softmax"] = "log_softmax"
+
+  def impression_config(self, space: str, layer: str | None, head_nonnegative: bool = False) -> ImpressionConfig:
+    """The :class:`ImpressionConfig` of impressions in ``space`` at the input of ``layer``.
+
+    ``head_nonnegative``: whether the head's output is ``>= 0`` (what ``impression_range="auto"``
+    follows in activation space; :func:`famr_jax.methods.head_tail.head_output_is_nonnegative`).
+
+    Example:
+      >>> ImpressionSettings(impression_range="auto").impression_config("activation", "fc2", True).nonnegative
+      True
+    """
+    if self.impression_range not in RANGES:
+      raise FamrError(f"unknown impression range {self.impression_range!r}: choose auto, free or nonnegative")
+    if space not in SPACES:
+      raise FamrError(f"unknown impression space {space!r}: choose one of {', '.join(SPACES)}")
+    nonnegative = self.impression_range == "nonnegative" or (self.impression_range == "auto" and head_nonnegative
+                                                              and space == "activation")
+    return ImpressionConfig(num_per_class=self.impressions_per_class, steps=self.impression_steps,
+                            lr=self.impression_lr, space=space, layer=layer, norm_penalty=self.impression_beta,
+                            nonnegative=nonnegative, objective=self.impression_objective)
 
 
 class ImpressionSet(NamedTuple):
@@ -326,7 +383,7 @@ def class_impressions(model: Any, params: Params, classes: Sequence[int], num_cl
     lower, upper = (0.0 if config.nonnegative else None), None
 
   run = _OPTIMIZE
-  kwargs = dict(tail_fn=tail_fn, steps=config.steps, lr=float(config.lr), beta=float(config.beta),
+  kwargs = dict(tail_fn=tail_fn, steps=config.steps, lr=float(config.lr), beta=float(config.norm_penalty),
                 lower=lower, upper=upper, log_softmax=config.objective == "log_softmax")
   t0 = time.perf_counter()
   compiled = run.lower(params=params, targets=targets, x0=x0, **kwargs).compile()

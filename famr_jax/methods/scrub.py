@@ -7,7 +7,7 @@ phases each round (SCRUB's "epochs"):
   steps that *ascend* ``d(x) = T^2 KL(p_teacher^T(x) || p_student^T(x))`` on
   forget minibatches (``p^T`` the softmax at temperature ``T``), pushing the
   student away from the teacher where it must forget;
-* **min phase**: steps that descend ``gamma CE(student(x), y) + alpha d(x)``
+* **min phase**: steps that descend ``gamma CE(student(x), y) + alpha d(x)`` (alpha: ``kl_weight``)
   on retained minibatches, keeping it close to the teacher (and correct)
   elsewhere.
 
@@ -37,7 +37,7 @@ import numpy as np
 from famr_jax import losses
 from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
-from famr_jax.validation import CheckedFields
+from famr_jax.validation import CheckedFields, apply_renamed
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, make_optimizer,
                                      minibatch_descent, steps_per_epoch)
 from famr_jax.engine.forward import batched_apply
@@ -55,6 +55,11 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 class SCRUBConfig(CheckedFields):
   """SCRUB (method ``scrub``).
 
+  ``alpha`` (the paper's name of ``kl_weight``: FAMR's ``alpha`` means another
+  thing) and ``weight_decay`` (the old name of ``coupled_weight_decay``: the
+  other configs' ``weight_decay`` is AdamW's decoupled one) still work as
+  keywords, with a ``DeprecationWarning``.
+
   Attributes:
     epochs: rounds; each is a max phase (the first ``max_epochs`` rounds only)
       then a min phase.
@@ -65,13 +70,13 @@ class SCRUBConfig(CheckedFields):
     optimizer: ``sgd``, ``momentum`` (SGD, 0.9) or ``adam``.
     retain_ratio: retained samples per forget sample in each round (so min
       phases take ``retain_ratio`` times the steps of max phases).
-    alpha: weight of the teacher-student KL in the min phase.
+    kl_weight: the paper's alpha: weight of the teacher-student KL in the min phase.
     gamma: weight of the retained cross-entropy in the min phase.
     temperature: the distillation temperature ``T``.
     steps: a per-round step budget: each max phase stops after this many
       steps, each min phase after ``retain_ratio`` times as many (none = one
       pass over the forget set / its retained draw).
-    weight_decay: coupled L2 weight decay (added to the gradient, as
+    coupled_weight_decay: L2 weight decay added to the gradient (as
       PyTorch's ``weight_decay``; the authors' 5e-4). It matters: the student
       starts *at* the teacher, where ``d`` and its gradient are zero, so the
       first max steps move only by this decay (and by the min phase after it).
@@ -82,11 +87,17 @@ class SCRUBConfig(CheckedFields):
   batch_size: int = 32
   optimizer: Literal["sgd", "momentum", "adam"] = "adam"
   retain_ratio: int = 1
-  alpha: float = 0.001
+  kl_weight: float = 0.001
   gamma: float = 0.99
   temperature: float = 4.0
   steps: int | None = None
-  weight_decay: float = 5e-4
+  coupled_weight_decay: float = 5e-4
+  alpha: dataclasses.InitVar[float | None] = None          # deprecated name of kl_weight
+  weight_decay: dataclasses.InitVar[float | None] = None   # deprecated name of coupled_weight_decay
+
+  def __post_init__(self, alpha: float | None = None, weight_decay: float | None = None) -> None:
+    apply_renamed(self, {"alpha": ("kl_weight", alpha), "weight_decay": ("coupled_weight_decay", weight_decay)})
+    super().__post_init__()
 
   def validate(self) -> "SCRUBConfig":
     """Raises :class:`FamrError` on an invalid setting."""
@@ -96,10 +107,10 @@ class SCRUBConfig(CheckedFields):
       raise FamrError(f"max_epochs must be non-negative, got {self.max_epochs}")
     if self.retain_ratio <= 0:
       raise FamrError(f"retain_ratio must be positive, got {self.retain_ratio}")
-    if self.alpha < 0 or self.gamma < 0:
-      raise FamrError(f"alpha and gamma must be non-negative, got {self.alpha} and {self.gamma}")
-    if self.weight_decay < 0:
-      raise FamrError(f"weight decay must be non-negative, got {self.weight_decay}")
+    if self.kl_weight < 0 or self.gamma < 0:
+      raise FamrError(f"kl_weight and gamma must be non-negative, got {self.kl_weight} and {self.gamma}")
+    if self.coupled_weight_decay < 0:
+      raise FamrError(f"weight decay must be non-negative, got {self.coupled_weight_decay}")
     if not self.temperature > 0:
       raise FamrError(f"the temperature must be positive, got {self.temperature}")
     return self
@@ -159,7 +170,7 @@ def scrub_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_for
   if x_pool.shape[0] == 0:
     raise FamrError("scrub needs retained data")
 
-  optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay)
+  optimizer = make_optimizer(config.optimizer, config.lr, config.coupled_weight_decay)
   monitor = monitor_rows(key, n_f)
   monitor_xy = (jnp.asarray(x_forget[monitor]), jnp.asarray(y_forget[monitor]))
   metrics_fn = bind_static(forget_accuracy_metrics, apply_fn)

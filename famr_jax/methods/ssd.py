@@ -9,8 +9,10 @@ set than to the data as a whole is shrunk towards zero::
               1                                 otherwise
     theta_i <- beta_i * theta_i
 
-``alpha`` (the selection weight) and ``lam`` (the dampening constant) are the
-paper's two hyperparameters (its defaults: 10 and 1). There are no gradient
+``alpha`` (the selection weight, ``SSDConfig.selection_weight``) and ``lam``
+(the dampening constant, ``SSDConfig.dampening``) are the paper's two
+hyperparameters (its defaults: 10 and 1); the config names them apart from
+FAMR's ``alpha`` and ``lam``, which mean other things. There are no gradient
 steps: the cost is one gradient pass over the forget set and one over the
 training set.
 
@@ -44,7 +46,7 @@ import numpy as np
 
 from famr_jax import losses
 from famr_jax.errors import FamrError
-from famr_jax.validation import CheckedFields
+from famr_jax.validation import CheckedFields, apply_renamed
 from famr_jax.engine.descent import DescentResult, bind_static
 from famr_jax.engine.forward import timed_call
 from famr_jax.methods.defaults import default_overrides
@@ -58,28 +60,38 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 class SSDConfig(CheckedFields):
   """Selective Synaptic Dampening (method ``ssd``).
 
+  ``alpha`` and ``lam`` (the paper's names, and this config's until they were
+  renamed: FAMR's ``alpha`` and ``lam`` mean other things) still work as
+  keywords, with a ``DeprecationWarning``.
+
   Attributes:
-    alpha: selection weight: parameter ``i`` is dampened when its forget-set
-      importance exceeds ``alpha`` times its training-set importance.
-    lam: dampening constant: a selected parameter is scaled by
-      ``min(lam * []_D,i / []_Df,i, 1)``.
+    selection_weight: the paper's alpha: parameter ``i`` is dampened when its
+      forget-set importance exceeds ``selection_weight`` times its training-set importance.
+    dampening: the paper's lambda: a selected parameter is scaled by
+      ``min(dampening * []_D,i / []_Df,i, 1)``.
     importance: ``minibatch`` (squared minibatch gradients, as the authors'
       code) or ``fisher`` (the per-example diagonal empirical Fisher; the
       checkpoint's stored one serves as ``[]_D`` when there).
     batch_size: the minibatch of ``minibatch`` importances (also the chunk of
       per-example gradients for ``fisher``).
   """
-  alpha: float = 10.0
-  lam: float = 1.0
+  selection_weight: float = 10.0
+  dampening: float = 1.0
   importance: Literal["minibatch", "fisher"] = "minibatch"
   batch_size: int = 32
+  alpha: dataclasses.InitVar[float | None] = None   # deprecated name of selection_weight
+  lam: dataclasses.InitVar[float | None] = None     # deprecated name of dampening
+
+  def __post_init__(self, alpha: float | None = None, lam: float | None = None) -> None:
+    apply_renamed(self, {"alpha": ("selection_weight", alpha), "lam": ("dampening", lam)})
+    super().__post_init__()
 
   def validate(self) -> "SSDConfig":
     """Raises :class:`FamrError` on an invalid setting."""
-    if not self.alpha > 0:
-      raise FamrError(f"SSD's selection weight alpha must be positive, got {self.alpha}")
-    if not self.lam > 0:
-      raise FamrError(f"SSD's dampening constant lam must be positive, got {self.lam}")
+    if not self.selection_weight > 0:
+      raise FamrError(f"SSD's selection weight must be positive, got {self.selection_weight}")
+    if not self.dampening > 0:
+      raise FamrError(f"SSD's dampening constant must be positive, got {self.dampening}")
     if self.importance not in ("minibatch", "fisher"):
       raise FamrError(f"SSD's importance must be minibatch or fisher, got {self.importance!r}")
     if self.batch_size <= 0:
@@ -199,7 +211,7 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
     >>> x = np.eye(2, dtype=np.float32)
     >>> x_train = np.concatenate([x[:1], np.repeat(x[1:], 5, 0)])   # e0 once (forgotten), e1 five times
     >>> r = ssd_unlearn(apply_fn, jnp.eye(2), x[:1], np.zeros(1, np.int32),
-    ...                 SSDConfig(alpha=1.5, importance="fisher"), jax.random.key(0),
+    ...                 SSDConfig(selection_weight=1.5, importance="fisher"), jax.random.key(0),
     ...                 train_data=(x_train, np.array([0, 1, 1, 1, 1, 1], np.int32)))
     >>> np.asarray(r.params, np.float64).round(4).tolist()   # e0's weights scaled by []_D / []_Df = 1/6
     [[0.1667, 0.0], [0.0, 1.0]]
@@ -236,7 +248,8 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
     importance_full = importance(np.asarray(train_data[0], np.float32), np.asarray(train_data[1], np.int32),
                                  jax.random.fold_in(key, 0))
   importance_forget = importance(x_forget, y_forget, jax.random.fold_in(key, 1))
-  new_params = timed(bind_static(_dampen_by, config.alpha, config.lam), params, importance_full, importance_forget)
+  dampen_fn = bind_static(_dampen_by, config.selection_weight, config.dampening)
+  new_params = timed(dampen_fn, params, importance_full, importance_forget)
   return DescentResult(new_params, [], timer["compile"], timer["run"])
 
 

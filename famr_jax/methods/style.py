@@ -3,7 +3,7 @@
 The paper's style loss pulls the Gram matrix of a layer's features on each
 forget image towards a target ``G_target`` (Eq. 4); its natural target is the
 mean Gram over the retained data, the statistics of the data the model keeps
-(``target="retained-mean"``, what :func:`famr_jax.methods.famr.run_famr_task`
+(``gram_target="retained-mean"``, what :func:`famr_jax.methods.famr.run_famr_task`
 uses). A forget image's class changes its Gram too, so a target that ignores
 the class pulls every image towards an average digit; ``"class-mean"`` uses
 the mean retained Gram of the forget image's own class (legitimate: the
@@ -27,7 +27,9 @@ from famr_jax.engine.descent import DescentResult, bind_static, minibatch_descen
 from famr_jax.engine.forward import batched_apply
 from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
+from famr_jax.validation import apply_renamed
 from famr_jax.methods.famr import FAMRConfig, ForgetContext, famr_unlearn, forget_history, style_features
+from famr_jax.methods.objective import famr_loss
 
 Params = Any
 FeatureFn = Callable[[Params, jax.Array], jax.Array]
@@ -38,17 +40,26 @@ GRAM_TARGETS = ("retained-mean", "class-mean")
 class StyleFAMRConfig(FAMRConfig):
   """:class:`famr_jax.methods.famr.FAMRConfig` plus the Gram target of the style loss.
 
+  ``target`` (this field's name until it was renamed: the variants' ``target``
+  is the forget samples' output target) still works as a keyword, with a
+  ``DeprecationWarning``.
+
   Attributes:
-    target: ``"retained-mean"`` (the paper's: mean Gram over the retained data) or
+    gram_target: ``"retained-mean"`` (the paper's: mean Gram over the retained data) or
       ``"class-mean"`` (the mean retained Gram of each forget image's class).
   """
-  target: str = "retained-mean"
+  gram_target: str = "retained-mean"
+  target: dataclasses.InitVar[str | None] = None   # deprecated name of gram_target
+
+  def __post_init__(self, target: str | None = None) -> None:
+    apply_renamed(self, {"target": ("gram_target", target)})
+    super().__post_init__()
 
   def validate(self) -> "StyleFAMRConfig":
     """Raises :class:`FamrError` on an invalid setting."""
     super().validate()
-    if self.target not in GRAM_TARGETS:
-      raise FamrError(f"unknown Gram target {self.target!r}; valid: {', '.join(GRAM_TARGETS)}")
+    if self.gram_target not in GRAM_TARGETS:
+      raise FamrError(f"unknown Gram target {self.gram_target!r}; valid: {', '.join(GRAM_TARGETS)}")
     if self.beta <= 0:
       raise FamrError("style forgetting needs beta > 0 (the weight of the Gram loss)")
     return self
@@ -111,9 +122,8 @@ def gram_targets(feature_fn: FeatureFn, params: Params, kind: str, *, retain: tu
 def style_minibatch_loss(forward, config: FAMRConfig, feature_fn, params: Params, batch: tuple,
                          weights: jax.Array, ctx: ForgetContext) -> jax.Array:
   """FAMR's minibatch loss (Eq. 1 with Eq. 5's forget loss) with per-example Gram targets ``batch[1]``."""
-  return losses.famr_objective(forward, params, ctx.params0, batch[0], lam=config.lam, alpha=config.alpha,
-                               beta=config.beta, feature_fn=feature_fn, target_gram=batch[1],
-                               weights=weights, reduction="mean")
+  return famr_loss(forward, config.terms(), params, ctx.params0, batch[0], weights, feature_fn=feature_fn,
+                   target_gram=batch[1])
 
 
 def famr_style_unlearn(apply_fn, params: Params, x_forget: np.ndarray, target_grams: np.ndarray,
@@ -155,13 +165,13 @@ def famr_style_unlearn(apply_fn, params: Params, x_forget: np.ndarray, target_gr
 
 
 def run_style_task(task, config: StyleFAMRConfig) -> DescentResult:
-  """The registry's adapter: FAMR with the style loss and ``config.target`` on an ``UnlearnTask``."""
+  """The registry's adapter: FAMR with the style loss and ``config.gram_target`` on an ``UnlearnTask``."""
   config.validate()
   feature_fn = style_features(task.model, config.style_layer)
   data, forget = task.data, task.forget
   keep = forget.retain_mask(len(data.y_train))
   idx = forget.indices
-  targets = gram_targets(feature_fn, task.params, config.target, retain=(data.x_train[keep], data.y_train[keep]),
+  targets = gram_targets(feature_fn, task.params, config.gram_target, retain=(data.x_train[keep], data.y_train[keep]),
                          y_forget=data.y_train[idx], num_classes=forget.num_classes)
   return famr_style_unlearn(task.apply_fn, task.params, data.x_train[idx], targets, _famr_config(config), task.key,
                             feature_fn=feature_fn, y_forget=data.y_train[idx], show_progress=task.show_progress)

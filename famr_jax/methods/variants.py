@@ -5,13 +5,15 @@ The paper's FAMR (``famr``) minimizes
 set. Both halves have a measurable cost (BUILD_NOTES.md, issue 2): a uniform
 output is not what a model retrained without the forget set outputs, and an
 isotropic parameter anchor does not know which directions the retained
-classes depend on. Every variant here is the one objective
+classes depend on. Every variant here is FAMR's one objective
+(:func:`famr_jax.methods.objective.famr_loss`)
 
 ``J(theta) = alpha * mean_f KL(t(x_f) || p_theta(x_f))``
 ``        + A(theta - theta0)``
 ``        + retain_weight * mean_r KL(p_theta0(x_r) || p_theta(x_r))``
 
-with three independent choices (:class:`FAMRVariantConfig`):
+with three independent choices (:class:`FAMRVariantConfig`; the named
+methods are presets, :data:`famr_jax.methods.objective.PRESETS`):
 
 * ``target`` ``t``: ``uniform`` (the paper) or ``retrain``: the original
   model's predictive distribution with the forgotten classes removed and
@@ -51,7 +53,6 @@ import optax
 from famr_jax import losses
 from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
-from famr_jax.validation import CheckedFields
 from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_settings, freeze_outside,
                                      make_optimizer, minibatch_descent)
 from famr_jax.engine.forward import batched_apply, timed_call
@@ -59,15 +60,16 @@ from famr_jax.engine.streaming import is_streamed
 from famr_jax.engine.optimizers import StaticMask
 from famr_jax.engine.parallel import ScaleConfig, compute_dtype_apply_fn
 from famr_jax.engine.resume import ResumeConfig
-# The objective's pure pieces live in famr_jax.losses; they stay importable from here.
-from famr_jax.losses import curvature_anchor, fisher_anchor, retrain_target, target_kl
+# The objective's pure pieces live in famr_jax.losses and methods.objective; they stay importable from here.
+from famr_jax.losses import curvature_anchor, fisher_anchor, retrain_target, target_kl  # noqa: F401
 from famr_jax.methods.defaults import default_overrides
+from famr_jax.methods.impressions import ImpressionSettings
+from famr_jax.methods.objective import (ANCHORS, TARGETS, FAMRTerms, RetainedBatch, famr_loss,  # noqa: F401
+                                        retained_matvec)
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
-TARGETS = ("uniform", "retrain")
-ANCHORS = ("l2", "fisher", "gauss-newton", "hessian")
 FUNCTION_DATA = ("retain", "impressions")
 
 
@@ -75,18 +77,19 @@ FUNCTION_DATA = ("retain", "impressions")
 
 
 @dataclasses.dataclass(frozen=True)
-class FAMRVariantConfig(CheckedFields):
+class FAMRVariantConfig(ImpressionSettings):
   """One FAMR variant: target, anchor, function anchor and frozen head, composable.
 
   Attributes:
     epochs: passes over the forget set.
     lr: step size.
-    lam: isotropic anchor strength lambda (the ``lam I`` of every anchor).
+    lam: anchor strength lambda (Eq. 1's; the ``lam I`` of every parameter anchor, ``>= 0``).
     steps: a step budget replacing ``epochs``: this many optimizer steps in all,
       whatever the forget set's size (none = ``epochs`` passes).
     batch_size: forget-set minibatch size.
     optimizer: ``sgd`` (Algorithm 1), ``momentum`` (SGD, 0.9) or ``adam``.
-    alpha: weight of the forget loss KL(t || p) on forget samples.
+    alpha: weight of the forget term ``KL(t || p)`` on forget samples (Eq. 5's alpha; ``t`` uniform unless ``target``
+      says otherwise).
     target: forget-sample target t: ``uniform`` (the paper) or ``retrain``
       (the original prediction with the forgotten classes removed and
       renormalized; class forgetting only).
@@ -95,8 +98,7 @@ class FAMRVariantConfig(CheckedFields):
       one HVP per step on the retained minibatch).
     curvature_weight: weight c of F or H in the ``fisher`` / ``gauss-newton``
       / ``hessian`` anchors.
-    retain_weight: weight of the function-space anchor KL(p0 || p) on retained
-      samples (0 = none).
+    retain_weight: weight of the function-space anchor ``KL(p0 || p)`` on retained samples or impressions (0 = none).
     function_data: where the function anchor (and the exact-curvature anchors)
       get retained samples: ``retain`` (retained training data) or
       ``impressions`` (class impressions of the retained classes; no retained
@@ -104,8 +106,12 @@ class FAMRVariantConfig(CheckedFields):
     retain_ratio: retained samples paired with each forget sample.
     train_from: first trainable stage (earlier stages are frozen and run once);
       none = every stage is trained.
-    impressions_per_class: impressions optimized per retained class (``function_data=impressions``).
-    impression_steps: Adam steps per impression (``function_data=impressions``).
+
+  The impression fields (``function_data="impressions"``) are
+  :class:`famr_jax.methods.impressions.ImpressionSettings`'; impressions are
+  pixels, or activations at the input of ``train_from``. Here they default to
+  ``impression_objective="logit"`` and ``impression_range="free"`` (the
+  zero-shot methods' defaults are ``log_softmax`` and ``auto``).
   """
   epochs: int = 10
   lr: float = 0.1
@@ -120,9 +126,9 @@ class FAMRVariantConfig(CheckedFields):
   function_data: Literal["retain", "impressions"] = "retain"
   retain_ratio: int = 1
   train_from: str | None = None
-  impressions_per_class: int = 100
-  impression_steps: int = 1000
   steps: int | None = None
+  impression_range: Literal["auto", "free", "nonnegative"] = "free"
+  impression_objective: Literal["logit", "log_softmax"] = "logit"
 
   def validate(self) -> "FAMRVariantConfig":
     """Raises :class:`FamrError` on an invalid setting."""
@@ -138,14 +144,23 @@ class FAMRVariantConfig(CheckedFields):
       raise FamrError(f"unknown function data {self.function_data!r}: choose one of {', '.join(FUNCTION_DATA)}")
     if self.retain_ratio <= 0:
       raise FamrError(f"retain_ratio must be positive, got {self.retain_ratio}")
-    if self.impressions_per_class <= 0 or self.impression_steps <= 0:
-      raise FamrError("impressions_per_class and impression_steps must be positive")
+    self.impression_config("pixel", None).validate()
     return self
+
+  def terms(self) -> FAMRTerms:
+    """The objective's terms (:class:`famr_jax.methods.objective.FAMRTerms`): target, anchor and weights.
+
+    Example:
+      >>> FAMRVariantConfig(target="retrain").terms().target
+      'retrain'
+    """
+    return FAMRTerms(alpha=self.alpha, target=self.target, retain_weight=self.retain_weight, anchor=self.anchor,
+                     lam=self.lam, curvature_weight=self.curvature_weight)
 
   @property
   def needs_retain_pool(self) -> bool:
     """Whether each step needs retained samples (function anchor or exact-curvature anchor)."""
-    return self.retain_weight > 0 or self.anchor in ("gauss-newton", "hessian")
+    return self.terms().needs_retained
 
   @property
   def reads_retained_data(self) -> bool:
@@ -177,29 +192,9 @@ class VariantBatch(NamedTuple):
   logits0_retain: jax.Array | None = None
 
 
-def retained_matvec(apply_fn: ApplyFn, params0: Params, x: jax.Array, y: jax.Array, weights: jax.Array,
-                    kind: str) -> Callable[[Params], Params]:
-  """``v -> H v`` for the weighted-mean retained cross-entropy at ``params0`` on one batch.
-
-  ``kind`` is ``"hessian"`` (exact, forward-over-reverse) or ``"gauss-newton"``
-  (``J^T (diag p - p p^T) J``), both from :mod:`famr_jax.theory.curvature`.
-  """
-  from famr_jax.theory import curvature
-  total = jnp.maximum(jnp.sum(weights), 1.0)
-  if kind == "hessian":
-    def loss(p):
-      return losses.weighted_mean(losses.cross_entropy(apply_fn(p, x), y), weights)
-    return lambda v: curvature.hvp(loss, params0, v)
-  if kind == "gauss-newton":
-    def output_hvp(logits, u):
-      return weights[:, None] * curvature.softmax_output_hvp(logits, u) / total
-    return lambda v: curvature.gauss_newton_hvp(apply_fn, params0, x, v, output_hvp)
-  raise FamrError(f"no exact curvature of kind {kind!r}")
-
-
 def variant_objective(apply_fn: ApplyFn, params: Params, batch: VariantBatch, weights: jax.Array,
                       params0: Params, config: FAMRVariantConfig, fisher: Params | None = None) -> jax.Array:
-  """The variant's minibatch objective ``J`` (see the module docstring).
+  """The variant's minibatch objective ``J``: :func:`famr_jax.methods.objective.famr_loss` on a :class:`VariantBatch`.
 
   Args:
     apply_fn: ``apply_fn(params, x) -> logits`` (the tail when the head is frozen).
@@ -220,28 +215,16 @@ def variant_objective(apply_fn: ApplyFn, params: Params, batch: VariantBatch, we
     >>> float(variant_objective(apply_fn, p0, b, jnp.ones(4), p0, FAMRVariantConfig()))
     0.0
   """
-  loss = config.alpha * losses.weighted_mean(target_kl(batch.target, apply_fn(params, batch.x_forget)), weights)
+  retained = None
   if config.needs_retain_pool:
     if batch.x_retain is None:
       raise FamrError("this variant needs retained samples in its batches")
     k = batch.x_retain.shape[1]
-    x_r = batch.x_retain.reshape((-1,) + batch.x_retain.shape[2:])
-    w_r = jnp.repeat(weights, k)
-  if config.retain_weight > 0:
-    z0_r = batch.logits0_retain.reshape((-1,) + batch.logits0_retain.shape[2:])
-    kl = losses.kl_divergence(z0_r, apply_fn(params, x_r))
-    loss = loss + config.retain_weight * losses.weighted_mean(kl, w_r)
-  if config.anchor == "l2":
-    loss = loss + losses.l2_anchor(params, params0, config.lam)
-  elif config.anchor == "fisher":
-    if fisher is None:
-      raise FamrError("anchor='fisher' needs the diagonal Fisher: pass fisher")
-    loss = loss + fisher_anchor(params, params0, fisher, config.lam, config.curvature_weight)
-  else:
-    y_r = batch.y_retain.reshape(-1)
-    matvec = retained_matvec(apply_fn, params0, x_r, y_r, w_r, config.anchor)
-    loss = loss + curvature_anchor(params, params0, matvec, config.lam, config.curvature_weight)
-  return loss
+    flat = lambda a: None if a is None else a.reshape((-1,) + a.shape[2:])
+    retained = RetainedBatch(flat(batch.x_retain), flat(batch.y_retain), flat(batch.logits0_retain),
+                             jnp.repeat(weights, k))
+  return famr_loss(apply_fn, config.terms(), params, params0, batch.x_forget, weights, target=batch.target,
+                   retained=retained, fisher=fisher)
 
 
 # ----------------------------------------------------------------------------- the method
@@ -395,13 +378,23 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
   loss_fn = bind_static(variant_minibatch_loss, forward, config, StaticMask.of(mask))
   metrics_fn = bind_static(variant_history, step_fn, y_forget is not None)
   optimizer = freeze_outside(config.make_optimizer(), mask)
-  meta = {"famr_variant": dataclasses.asdict(config), "forget_classes": [int(c) for c in forget_classes],
+  meta = {"famr_variant": _resume_settings(config), "forget_classes": [int(c) for c in forget_classes],
           "labels": y_forget is not None, "fisher": fisher is not None}
   result = minibatch_descent(loss_fn, params, data, optimizer, epochs=config.epochs,
                              batch_size=config.batch_size, key=key, context=ctx, metrics_fn=metrics_fn,
                              initial_metrics=True, desc="FAMR variant", show_progress=show_progress,
                              max_steps=config.steps, scale=scale, resume=resume, resume_meta=meta)
   return result._replace(compile_s=result.compile_s + timer.compile_s, run_s=result.run_s + timer.run_s)
+
+
+# Impression fields the variants took from ImpressionSettings after their resume checkpoints were first
+# written: left out of the resume fingerprint at their defaults, so those checkpoints still resume.
+_LATER_FIELDS = ("impression_lr", "impression_beta", "impression_range", "impression_objective")
+
+
+def _resume_settings(config: FAMRVariantConfig) -> dict:
+  settings, defaults = dataclasses.asdict(config), FAMRVariantConfig()
+  return {k: v for k, v in settings.items() if k not in _LATER_FIELDS or v != getattr(defaults, k)}
 
 
 def _frozen_head(apply_fn: ApplyFn, params: Params, config: FAMRVariantConfig, model: Any):
@@ -446,27 +439,28 @@ def _retained_pool(apply_fn, head_fn, params, forget_shape, config: FAMRVariantC
       x_r = timer.forward(head_fn, params, x_r)
   else:
     x_r, y_r, z0_r, compile_s, run_s = _retained_impressions(
-        model if model is not None else apply_fn, params, forget_classes, num_classes,
+        model if model is not None else apply_fn, head_fn, params, forget_classes, num_classes,
         input_shape or forget_shape[1:], config, jax.random.fold_in(key, 2), n, pool_key, show_progress)
     timer.compile_s, timer.run_s = timer.compile_s + compile_s, timer.run_s + run_s
   return (jnp.reshape(x_r, (n, k) + tuple(x_r.shape[1:])), jnp.reshape(jnp.asarray(y_r), (n, k)),
           jnp.reshape(z0_r, (n, k, num_classes)))
 
 
-def _retained_impressions(model, params, forget_classes, num_classes, input_shape, config, key,
+def _retained_impressions(model, head_fn, params, forget_classes, num_classes, input_shape, config, key,
                           num_forget, pool_key, show_progress):
   """Class impressions of the retained classes as the retained pool (no retained data)."""
   import sys
 
-  from famr_jax.methods.impressions import ImpressionConfig, class_impressions
+  from famr_jax.methods.head_tail import head_output_is_nonnegative
+  from famr_jax.methods.impressions import class_impressions
   if not forget_classes:
     raise FamrError("impressions stand in for retained classes: pass forget_classes")
   retain = [c for c in range(num_classes) if c not in set(forget_classes)]
   space = "activation" if config.train_from is not None else "pixel"
+  nonneg = (space == "activation" and config.impression_range == "auto" and head_fn is not None
+            and head_output_is_nonnegative(head_fn, params, tuple(input_shape), jax.random.fold_in(key, 1)))
   imp = class_impressions(model, params, retain, num_classes, tuple(input_shape),
-                          ImpressionConfig(num_per_class=config.impressions_per_class,
-                                           steps=config.impression_steps, space=space,
-                                           layer=config.train_from), key)
+                          config.impression_config(space, config.train_from, nonneg), key)
   if show_progress:
     print(imp.summary(), file=sys.stderr)
   if imp.inputs.shape[0] == 0:

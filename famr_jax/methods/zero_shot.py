@@ -55,13 +55,16 @@ from famr_jax.engine.forward import batched_apply
 from famr_jax.losses import accuracy, param_distance
 from famr_jax.methods.head_tail import (HeadTailSplit, ResponsiveLayers, first_responsive_layer,
                                         head_output_is_nonnegative, infer_input_shape, last_layer, split_model)
-from famr_jax.methods.impressions import ImpressionConfig, ImpressionSet
+from famr_jax.methods import impressions
+from famr_jax.methods.impressions import ImpressionConfig, ImpressionSet, ImpressionSettings
+from famr_jax.methods.objective import FAMRTerms, RetainedBatch, famr_loss
 from famr_jax.methods.zero_shot_descent import (ImpressionContext, ZeroShotSetup, differential_descent,
                                                 differential_losses, prepare_zero_shot)
 from famr_jax.models.parts import ModelParts
 
 __all__ = ["FORGET_OBJECTIVES", "HeadTailSplit", "ImpressionSettings", "ModelParts", "ResponsiveLayers", "SIGNS",
-           "SPACES", "ZeroShotConfig", "ZeroShotFAMRConfig", "ZeroShotResult", "differential_losses",
+           "SPACES", "ZeroShotConfig", "ZeroShotFAMRConfig", "ZeroShotImpressionSettings", "ZeroShotResult",
+           "differential_losses",
            "famr_zero_shot_defaults", "famr_zero_shot_unlearn", "first_responsive_layer",
            "head_output_is_nonnegative", "impression_context", "impression_history", "infer_input_shape",
            "last_layer", "run_famr_zero_shot_task", "run_zero_shot_task", "split_model", "zero_shot_defaults",
@@ -72,40 +75,35 @@ ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
 SIGNS = ("intended", "as_published")
 FORGET_OBJECTIVES = ("masked_kl", "margin", "cross_entropy")
-SPACES = ("activation", "pixel")
+SPACES = impressions.SPACES
 _FAMR_SCALES = 8   # scales per impression in zero-shot FAMR (see ZeroShotFAMRConfig.scale_min)
 
 # ----------------------------------------------------------------------------- configs
 
 
 @dataclasses.dataclass(frozen=True)
-class ImpressionSettings(CheckedFields):
-  """The class-impression and head/tail fields both zero-shot methods share.
+class ZeroShotImpressionSettings(ImpressionSettings):
+  """The impression options (:class:`famr_jax.methods.impressions.ImpressionSettings`) plus where zero-shot
+  impressions live: their space and the head/tail split both zero-shot methods share.
 
   Attributes:
-    impressions_per_class: class impressions optimized per class.
-    impression_steps: Adam steps per impression.
-    impression_lr: Adam learning rate of the impressions.
     impression_space: ``activation`` (the tail's input) or ``pixel`` (images
       through the whole model, clipped to [0, 1]).
-    impression_beta: the beta ||x||^2 penalty of Eq. 3 on the impressions.
     tail_layer: the first stage of the trainable tail; none = the model's last stage.
-    impression_range: activation space: ``nonnegative`` (project onto h >= 0),
-      ``free``, or ``auto`` (nonnegative when the head's output is, e.g. after a ReLU).
-    impression_objective: ``logit`` (Eq. 3) or ``log_softmax`` (the target's log-probability).
   """
-  impressions_per_class: int = 100
-  impression_steps: int = 1000
-  impression_lr: float = 0.1
   impression_space: Literal["activation", "pixel"] = "activation"
-  impression_beta: float = 0.0
   tail_layer: str | None = None
-  impression_range: Literal["auto", "free", "nonnegative"] = "auto"
-  impression_objective: Literal["logit", "log_softmax"] = "log_softmax"
 
-  def impression_config(self) -> ImpressionConfig:
-    """The :class:`ImpressionConfig` of this run (its ``layer`` is set by the split)."""
-    return _impression_config(self)
+  def impression_config(self, space: str | None = None, layer: str | None = None,
+                        head_nonnegative: bool = False) -> ImpressionConfig:
+    """The :class:`ImpressionConfig` of this run: in ``impression_space`` at ``tail_layer`` unless given.
+
+    Example:
+      >>> ZeroShotImpressionSettings(tail_layer="fc2").impression_config().layer
+      'fc2'
+    """
+    return super().impression_config(space or self.impression_space, self.tail_layer if layer is None else layer,
+                                     head_nonnegative)
 
 
 @functools.lru_cache(maxsize=64)   # one object per setting: compiled steps are reused
@@ -115,12 +113,12 @@ def _clipped_adamw(lr: float, weight_decay: float, clip_norm: float) -> optax.Gr
 
 
 @dataclasses.dataclass(frozen=True)
-class ZeroShotConfig(ImpressionSettings):
+class ZeroShotConfig(ZeroShotImpressionSettings):
   """Zero-shot unlearning from class impressions (method ``impressions``, Algorithm 1).
 
   The defaults are the setting measured to forget while keeping the
   retained classes (BUILD_NOTES.md, issue 3); :meth:`authors` gives the
-  authors' code's settings. The impression fields are :class:`ImpressionSettings`'.
+  authors' code's settings. The impression fields are :class:`ZeroShotImpressionSettings`'.
 
   Attributes:
     forget_objective: ``masked_kl`` (match, on every impression, the original
@@ -138,7 +136,7 @@ class ZeroShotConfig(ImpressionSettings):
     label_smoothing: cross_entropy only: label smoothing of the loss.
     margin: margin only: the logit margin each hinge asks for.
     clip_norm: global gradient-norm clipping of each step (0 = none).
-    weight_decay: AdamW's decoupled weight decay.
+    weight_decay: AdamW decoupled weight decay.
     separate_steps: one optimizer step per forget batch and per retain batch
       (the authors'); otherwise one step on paired batches of both.
     scale_min: each step multiplies every impression by a random factor t,
@@ -196,20 +194,20 @@ class ZeroShotConfig(ImpressionSettings):
 
 
 @dataclasses.dataclass(frozen=True)
-class ZeroShotFAMRConfig(ImpressionSettings):
+class ZeroShotFAMRConfig(ZeroShotImpressionSettings):
   """Zero-shot FAMR (method ``famr-zeroshot``): FAMR's objective on forget-class impressions.
 
   Minimizes ``mean_{x in X_f} KL(u || p(x)) + lam/2 ||theta_tail - theta0_tail||^2
   + retain_weight * mean_{x in X_r} KL(p0(x) || p(x))`` over the tail's
   params, where ``p0`` is the original model. The impression fields are
-  :class:`ImpressionSettings`'.
+  :class:`ZeroShotImpressionSettings`'.
 
   Attributes:
     epochs: passes over the forget impressions.
     lr: step size.
-    lam: FAMR's anchor strength lambda (on the tail's params).
+    lam: anchor strength lambda (Eq. 1's; the ``lam I`` of every parameter anchor, ``>= 0``).
     batch_size: forget impressions per step.
-    retain_weight: weight of the retain term KL(p0 || p) on retain impressions (0 = FAMR's objective alone).
+    retain_weight: weight of the function-space anchor ``KL(p0 || p)`` on retained samples or impressions (0 = none).
     optimizer: ``sgd`` (FAMR's Algorithm 1), ``momentum`` or ``adam``.
     scale_min: every impression is also used at 8 scales geometrically spaced in
       [scale_min, 1] (1 = only as made).
@@ -233,23 +231,20 @@ class ZeroShotFAMRConfig(ImpressionSettings):
       raise FamrError(f"retain_weight must be non-negative, got {self.retain_weight}")
     return self
 
+  def terms(self) -> FAMRTerms:
+    """The objective's terms: the ``famr-zeroshot`` preset with this ``lam`` and ``retain_weight``.
+
+    Example:
+      >>> ZeroShotFAMRConfig(lam=0.3).terms().lam
+      0.3
+    """
+    return FAMRTerms.preset("famr-zeroshot", lam=float(self.lam), retain_weight=float(self.retain_weight))
+
   def famr_config(self):
     """The equivalent :class:`famr_jax.methods.famr.FAMRConfig` (for its optimizer)."""
     from famr_jax.methods.famr import FAMRConfig
     return FAMRConfig(epochs=self.epochs, lr=self.lr, lam=self.lam, batch_size=self.batch_size,
                       optimizer=self.optimizer)
-
-
-def _impression_config(config) -> ImpressionConfig:
-  if config.impression_range not in ("auto", "free", "nonnegative"):
-    raise FamrError(f"unknown impression range {config.impression_range!r}: choose auto, free or nonnegative")
-  if config.impression_space not in SPACES:
-    raise FamrError(f"unknown impression space {config.impression_space!r}: choose one of {', '.join(SPACES)}")
-  return ImpressionConfig(num_per_class=config.impressions_per_class, steps=config.impression_steps,
-                          lr=config.impression_lr, space=config.impression_space,
-                          layer=config.tail_layer, beta=config.impression_beta,
-                          nonnegative=config.impression_range == "nonnegative",
-                          objective=config.impression_objective)
 
 
 # ----------------------------------------------------------------------------- results and history
@@ -375,21 +370,18 @@ def zero_shot_unlearn(model: Any, params: Params, forget_classes: Sequence[int],
 # ----------------------------------------------------------------------------- zero-shot FAMR
 
 
-def famr_zero_shot_loss(tail_fn: ApplyFn, lam: float, retain_weight: float, mask: StaticMask, params: Params,
+def famr_zero_shot_loss(tail_fn: ApplyFn, terms: FAMRTerms, mask: StaticMask, params: Params,
                         batch: tuple, weights: jax.Array, ctx: ImpressionContext) -> jax.Array:
   """Zero-shot FAMR's minibatch loss, the engine's ``loss_fn`` once bound with ``bind_static``.
 
   ``batch = (forget impressions, paired retain impressions, their original
-  logits)``: FAMR's anchored uniform-KL objective on the first, plus
-  ``retain_weight * KL(p0 || p)`` on the second.
+  logits)``: FAMR's objective (:func:`famr_jax.methods.objective.famr_loss`:
+  uniform KL + L2 anchor on the tail) on the first, plus the function-space
+  anchor ``retain_weight * KL(p0 || p)`` on the second.
   """
   h_f, h_r, logits0_r = batch
-  famr = losses.famr_objective(tail_fn, params, ctx.params0, h_f, lam=lam, anchor_mask=mask.tree,
-                                   weights=weights, reduction="mean")
-  if retain_weight == 0:
-    return famr
-  kl = losses.kl_divergence(logits0_r, tail_fn(params, h_r))
-  return famr + retain_weight * losses.weighted_mean(kl, weights)
+  retained = RetainedBatch(h_r, None, logits0_r, weights) if terms.retain_weight else None
+  return famr_loss(tail_fn, terms, params, ctx.params0, h_f, weights, retained=retained, anchor_mask=mask.tree)
 
 
 def _at_scales(setup: ZeroShotSetup, scale_min: float) -> ZeroShotSetup:
@@ -407,7 +399,7 @@ def famr_zero_shot_unlearn(model: Any, params: Params, forget_classes: Sequence[
 
   Minimizes, over the tail's params only,
   ``mean_{x in X_f} KL(u || p(x)) + lam/2 ||theta_tail - theta0_tail||^2``
-  (:func:`famr_jax.losses.famr_objective`, FAMR Eq. 1) plus, when
+  (:func:`famr_jax.methods.objective.famr_loss`, FAMR Eq. 1) plus, when
   ``retain_weight > 0``, ``retain_weight * mean_{x in X_r} KL(p0(x) || p(x))``
   on retain impressions paired with each forget batch. With
   ``retain_weight == 0`` this is the objective and update of
@@ -451,8 +443,7 @@ def famr_zero_shot_unlearn(model: Any, params: Params, forget_classes: Sequence[
   n_f, n_r = setup.h_forget.shape[0], setup.h_retain.shape[0]
   pick = np.asarray(jax.random.choice(jax.random.fold_in(key, 2), n_r, (n_f,), replace=n_f > n_r))
   h_r, logits0_r = setup.h_retain[pick], np.asarray(ctx.logits0_retain)[pick]
-  loss_fn = bind_static(famr_zero_shot_loss, tail_fn, float(config.lam), float(config.retain_weight),
-                        StaticMask.of(mask))
+  loss_fn = bind_static(famr_zero_shot_loss, tail_fn, config.terms(), StaticMask.of(mask))
   r = minibatch_descent(loss_fn, params, (setup.h_forget, h_r, logits0_r), optimizer,
                         epochs=config.epochs, batch_size=config.batch_size, key=jax.random.fold_in(key, 1),
                         context=ctx, metrics_fn=bind_static(impression_history, tail_fn),

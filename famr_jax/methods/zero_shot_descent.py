@@ -27,7 +27,6 @@ compiles nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -83,15 +82,15 @@ def prepare_zero_shot(model: Any, params: Params, forget_classes: Sequence[int],
   forget = validate_classes(forget_classes, int(num_classes))
   retain = tuple(c for c in range(num_classes) if c not in forget)
   split = split_model(model, params, config.tail_layer)
-  imp_config = dataclasses.replace(config.impression_config(), layer=split.layer)
   has_head = split.head_fn is not identity_head
-  if imp_config.space == "activation" and not has_head:
+  activation = config.impression_space == "activation"
+  if activation and not has_head:
     raise FamrError("activation-space impressions need a model with named layers or ModelParts "
                     "(famr_jax.models.parts), or use the pixel space")
-  if imp_config.space == "activation" and config.impression_range == "auto":
-    # Data-free: a stage whose input comes out of a ReLU only ever sees h >= 0.
-    nonneg = head_output_is_nonnegative(split.head_fn, params, input_shape, jax.random.fold_in(key, 1))
-    imp_config = dataclasses.replace(imp_config, nonnegative=nonneg)
+  # Data-free: a stage whose input comes out of a ReLU only ever sees h >= 0 (what impression_range="auto" follows).
+  nonneg = (activation and config.impression_range == "auto"
+            and head_output_is_nonnegative(split.head_fn, params, input_shape, jax.random.fold_in(key, 1)))
+  imp_config = config.impression_config(layer=split.layer, head_nonnegative=nonneg)
   impressions = class_impressions(model, params, range(num_classes), num_classes, input_shape, imp_config, key)
   if show_progress:
     print(impressions.summary(), file=sys.stderr)
