@@ -120,3 +120,50 @@ def test_committed_results_hold_no_absolute_paths():
   here = Path.cwd()
   assert portable_path(here / "runs" / "x") == "runs/x"
   assert portable_command(["python", str(here / "a"), "--out=" + str(here / "b"), "-v"]) == "python a --out=b -v"
+
+
+def _api_board():
+  parts, params, x, y = _toy()
+  data = fj.Dataset("toy", x, y, x, y, 3, (2, 2, 1), ("a", "b", "c"))
+  ga = dataclasses.replace(fj.get_method("ga").default_config(), epochs=1)
+  return fj.compare(["ga"], parts.apply_fn, params, data, fj.forget_classes(y, [1], 3),
+                    retrain=lambda xr, yr, key: params, configs={"ga": ga})
+
+
+def test_format_leaderboard_of_an_api_board():
+  table = fj.format_leaderboard(_api_board())
+  first = table.splitlines()[0]
+  assert first.startswith("model on toy, forgetting classes [1]; 1 seed(s)"), first
+  assert "| ga |" in table and "| original |" in table
+
+
+def test_leaderboard_plot_labels_do_not_overlap(tmp_path, monkeypatch):
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib.figure import Figure
+  from matplotlib.text import Text
+  from famr_jax.evaluation.leaderboard import plot_leaderboard
+  stat = lambda m: {"mean": m, "std": 0.0, "n": 1}
+  # Eight methods at almost the same cost and gap: the old fixed offset stacked their labels on each other.
+  summary = {name: {"avg_gap": stat(5.0 + 0.05 * i), "time_percent": stat(1.0 + 0.01 * i)}
+             for i, name in enumerate(["famr", "famr-plus", "famr-fisher", "famr-function", "ga", "rl",
+                                       "neggrad+", "salun"])}
+  summary.update(original={"avg_gap": stat(30.0), "time_percent": stat(0.0)},
+                 scrub={"avg_gap": stat(2.0), "time_percent": stat(40.0)})   # the axes span these
+  board = {"model": "lenet5", "dataset": "digits", "summary": summary}
+  captured = []
+  real = Figure.savefig
+
+  def save(fig, *args, **kwargs):   # the labels' boxes as the figure draws them
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    captured.append((fig.bbox.frozen(), {t.get_text(): Text.get_window_extent(t, renderer)
+                                         for ax in fig.axes for t in ax.texts}))
+    return real(fig, *args, **kwargs)
+  monkeypatch.setattr(Figure, "savefig", save)
+  plot_leaderboard(board, tmp_path / "board.png")
+  (frame, boxes), = captured
+  assert set(boxes) == set(summary) and (tmp_path / "board.png").stat().st_size > 0
+  clash = [(a, b) for i, a in enumerate(boxes) for b in list(boxes)[i + 1:] if boxes[a].overlaps(boxes[b])]
+  assert not clash, clash
+  assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes.values())

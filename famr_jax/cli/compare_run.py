@@ -268,5 +268,6 @@ def _run_board(run: CompareRun, methods, configs, train_config, metadata, show_p
       "model": metadata.get("model"),
       "forget": ({"kind": "classes", "classes": list(run.forget_classes)} if run.forget_classes
                  else {"kind": "random", "fraction": float(run.forget_random)}),
-      **board, "train_config": dataclasses.asdict(train_config)}
+      **{k: v for k, v in board.items() if k not in ("model", "dataset", "forget")},
+      "train_config": dataclasses.asdict(train_config)}
   return board
