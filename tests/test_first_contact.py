@@ -167,3 +167,19 @@ def test_leaderboard_plot_labels_do_not_overlap(tmp_path, monkeypatch):
   clash = [(a, b) for i, a in enumerate(boxes) for b in list(boxes)[i + 1:] if boxes[a].overlaps(boxes[b])]
   assert not clash, clash
   assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes.values())
+
+
+def test_save_checkpoint_then_load_model_needs_no_num_classes(tmp_path):
+  from famr_jax.io.checkpoints import METADATA_FILE
+  model = fj.models.create_model("lenet5", 7, (12, 12, 1))
+  params = fj.models.init_params(model, jax.random.key(0), (12, 12, 1))
+  fj.save_checkpoint(tmp_path / "c", params, {"model": "lenet5", "image_shape": [12, 12, 1]})
+  stored = json.loads((tmp_path / "c" / METADATA_FILE).read_text())
+  assert stored["num_classes"] == 7   # stored, not only guessed on loading
+  saved = fj.load_model(tmp_path / "c")
+  x = np.random.default_rng(0).random((2, 12, 12, 1), np.float32)
+  assert saved.metadata["num_classes"] == 7
+  np.testing.assert_allclose(saved.apply_fn(saved.params, x), fj.models.make_apply_fn(model)(params, x), rtol=1e-6)
+  del stored["num_classes"]   # a checkpoint written before it was stored: read back from the params
+  (tmp_path / "c" / METADATA_FILE).write_text(json.dumps(stored))
+  assert fj.load_model(tmp_path / "c").metadata["num_classes"] == 7

@@ -102,11 +102,13 @@ def load_model(checkpoint: str | os.PathLike) -> SavedModel:
     >>> m = models.create_model("logistic", 3, (2, 2, 1))
     >>> p = models.init_params(m, jax.random.key(0), (2, 2, 1))
     >>> d = os.path.join(tempfile.mkdtemp(), "ckpt")
-    >>> _ = checkpoints.save_checkpoint(d, p, {"model": "logistic", "num_classes": 3, "image_shape": [2, 2, 1]})
+    >>> _ = checkpoints.save_checkpoint(d, p, {"model": "logistic", "image_shape": [2, 2, 1]})
     >>> load_model(d)
     SavedModel(model='logistic', classes=3, image_shape=(2, 2, 1), params=15)
   """
   metadata = checkpoints.read_metadata(checkpoint)
+  if "num_classes" not in metadata:   # a checkpoint saved before save_checkpoint stored it
+    metadata = checkpoints.complete_model_metadata(metadata, metadata["param_shapes"])
   validate_model_metadata(metadata, checkpoint)
   image_shape = tuple(int(d) for d in metadata["image_shape"])
   model = models.create_model(metadata["model"], int(metadata["num_classes"]), image_shape,
