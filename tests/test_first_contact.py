@@ -183,3 +183,65 @@ def test_save_checkpoint_then_load_model_needs_no_num_classes(tmp_path):
   del stored["num_classes"]   # a checkpoint written before it was stored: read back from the params
   (tmp_path / "c" / METADATA_FILE).write_text(json.dumps(stored))
   assert fj.load_model(tmp_path / "c").metadata["num_classes"] == 7
+
+
+@pytest.fixture(scope="module")
+def folder_checkpoint(tmp_path_factory):
+  """A logistic model trained on a small image folder with named classes, through a *relative* data path.
+
+  Returns ``(base, checkpoint)``: the folder ``imgs/`` and checkpoint ``ckpt/`` lie in ``base``.
+  """
+  import os
+  from famr_jax.cli.main import main
+  from famr_jax.data.image_folder import write_example_folder
+  base = tmp_path_factory.mktemp("named")
+  write_example_folder(base / "imgs", num_classes=3, train_per_class=4, val_per_class=2, size=(10, 10))
+  for split in ("train", "val"):
+    for k, name in enumerate(["Bag", "Shirt", "Sneaker"]):
+      os.rename(base / "imgs" / split / f"class_{k}", base / "imgs" / split / name)
+  here = os.getcwd()
+  os.chdir(base)
+  try:
+    assert main(["train", "--out", "ckpt", "--dataset", "folder:imgs", "--image-size", "8", "--model", "logistic",
+                 "--epochs", "1"]) == 0
+  finally:
+    os.chdir(here)
+  return base, base / "ckpt"
+
+
+def test_forget_classes_take_the_class_names(folder_checkpoint, capsys):
+  from famr_jax.cli.main import main
+  from famr_jax.cli.runs import UnlearnRun, load_model, make_forget_set
+  _, ckpt = folder_checkpoint
+  assert main(["evaluate", "--checkpoint", str(ckpt), "--forget-classes", "Sneaker,Bag", "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)["forget_classes"] == [0, 2]   # sorted ids of Bag, Sneaker
+  data = load_model(ckpt).data
+  forget = make_forget_set(UnlearnRun(str(ckpt), "out", forget_classes=("Shirt", 0)), data)
+  assert forget.classes == (0, 1) and set(data.y_train[forget.indices]) == {0, 1}
+  assert main(["evaluate", "--checkpoint", str(ckpt), "--forget-classes", "Snaker"]) == 2
+  err = capsys.readouterr().err
+  assert err == ("famr-jax: error: unknown class 'Snaker' (did you mean 'Sneaker'?); "
+                 "the classes are Bag, Shirt, Sneaker\n")
+
+
+def test_relative_data_paths_work_from_another_directory(folder_checkpoint, tmp_path, monkeypatch, capsys):
+  from famr_jax.cli.main import main
+  from famr_jax.io.checkpoints import METADATA_FILE
+  base, ckpt = folder_checkpoint
+  stored = json.loads((ckpt / METADATA_FILE).read_text())
+  assert stored["data"]["dataset"] == f"folder:{base / 'imgs'}"   # trained with folder:imgs, stored absolute
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  monkeypatch.chdir(elsewhere)
+  assert main(["evaluate", "--checkpoint", str(ckpt), "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)["dataset"] == f"folder:{base / 'imgs'}"
+  # A checkpoint written before: its relative entry is resolved against the checkpoint's folder / parent.
+  old = tmp_path / "old"
+  import shutil
+  shutil.copytree(ckpt, old / "ckpt")
+  shutil.copytree(base / "imgs", old / "imgs")
+  meta = json.loads((old / "ckpt" / METADATA_FILE).read_text())
+  meta["data"]["dataset"] = "folder:imgs"
+  (old / "ckpt" / METADATA_FILE).write_text(json.dumps(meta))
+  assert main(["evaluate", "--checkpoint", str(old / "ckpt"), "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)["dataset"] == f"folder:{old / 'imgs'}"
