@@ -110,7 +110,7 @@ BAD_UNLEARN = [
     (["--forget-classes", "3", "--method", "magic"], "unknown method"),
     (["--forget-classes", "3", "--method", "ga", "--lr", "1000", "--epochs", "30"], "ga diverged"),
     (["--forget-classes", "3", "--method", "ga", "--lr", "1e9"], "at most 1000"),
-    (["--forget-classes", "x"], "comma-separated"),
+    (["--forget-classes", "x"], "unknown class 'x'; the classes are 0, 1, 2"),
     (["--forget-random", "1.5"], "between 0 and 1"),
     (["--forget-classes", "3", "--beta", "1"], "--style-layer"),
     (["--forget-classes", "3", "--beta", "1", "--style-layer", "conv9"], "unknown layer"),

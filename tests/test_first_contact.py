@@ -120,3 +120,128 @@ def test_committed_results_hold_no_absolute_paths():
   here = Path.cwd()
   assert portable_path(here / "runs" / "x") == "runs/x"
   assert portable_command(["python", str(here / "a"), "--out=" + str(here / "b"), "-v"]) == "python a --out=b -v"
+
+
+def _api_board():
+  parts, params, x, y = _toy()
+  data = fj.Dataset("toy", x, y, x, y, 3, (2, 2, 1), ("a", "b", "c"))
+  ga = dataclasses.replace(fj.get_method("ga").default_config(), epochs=1)
+  return fj.compare(["ga"], parts.apply_fn, params, data, fj.forget_classes(y, [1], 3),
+                    retrain=lambda xr, yr, key: params, configs={"ga": ga})
+
+
+def test_format_leaderboard_of_an_api_board():
+  table = fj.format_leaderboard(_api_board())
+  first = table.splitlines()[0]
+  assert first.startswith("model on toy, forgetting classes [1]; 1 seed(s)"), first
+  assert "| ga |" in table and "| original |" in table
+
+
+def test_leaderboard_plot_labels_do_not_overlap(tmp_path, monkeypatch):
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib.figure import Figure
+  from matplotlib.text import Text
+  from famr_jax.evaluation.leaderboard import plot_leaderboard
+  stat = lambda m: {"mean": m, "std": 0.0, "n": 1}
+  # Eight methods at almost the same cost and gap: the old fixed offset stacked their labels on each other.
+  summary = {name: {"avg_gap": stat(5.0 + 0.05 * i), "time_percent": stat(1.0 + 0.01 * i)}
+             for i, name in enumerate(["famr", "famr-plus", "famr-fisher", "famr-function", "ga", "rl",
+                                       "neggrad+", "salun"])}
+  summary.update(original={"avg_gap": stat(30.0), "time_percent": stat(0.0)},
+                 scrub={"avg_gap": stat(2.0), "time_percent": stat(40.0)})   # the axes span these
+  board = {"model": "lenet5", "dataset": "digits", "summary": summary}
+  captured = []
+  real = Figure.savefig
+
+  def save(fig, *args, **kwargs):   # the labels' boxes as the figure draws them
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    captured.append((fig.bbox.frozen(), {t.get_text(): Text.get_window_extent(t, renderer)
+                                         for ax in fig.axes for t in ax.texts}))
+    return real(fig, *args, **kwargs)
+  monkeypatch.setattr(Figure, "savefig", save)
+  plot_leaderboard(board, tmp_path / "board.png")
+  (frame, boxes), = captured
+  assert set(boxes) == set(summary) and (tmp_path / "board.png").stat().st_size > 0
+  clash = [(a, b) for i, a in enumerate(boxes) for b in list(boxes)[i + 1:] if boxes[a].overlaps(boxes[b])]
+  assert not clash, clash
+  assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes.values())
+
+
+def test_save_checkpoint_then_load_model_needs_no_num_classes(tmp_path):
+  from famr_jax.io.checkpoints import METADATA_FILE
+  model = fj.models.create_model("lenet5", 7, (12, 12, 1))
+  params = fj.models.init_params(model, jax.random.key(0), (12, 12, 1))
+  fj.save_checkpoint(tmp_path / "c", params, {"model": "lenet5", "image_shape": [12, 12, 1]})
+  stored = json.loads((tmp_path / "c" / METADATA_FILE).read_text())
+  assert stored["num_classes"] == 7   # stored, not only guessed on loading
+  saved = fj.load_model(tmp_path / "c")
+  x = np.random.default_rng(0).random((2, 12, 12, 1), np.float32)
+  assert saved.metadata["num_classes"] == 7
+  np.testing.assert_allclose(saved.apply_fn(saved.params, x), fj.models.make_apply_fn(model)(params, x), rtol=1e-6)
+  del stored["num_classes"]   # a checkpoint written before it was stored: read back from the params
+  (tmp_path / "c" / METADATA_FILE).write_text(json.dumps(stored))
+  assert fj.load_model(tmp_path / "c").metadata["num_classes"] == 7
+
+
+@pytest.fixture(scope="module")
+def folder_checkpoint(tmp_path_factory):
+  """A logistic model trained on a small image folder with named classes, through a *relative* data path.
+
+  Returns ``(base, checkpoint)``: the folder ``imgs/`` and checkpoint ``ckpt/`` lie in ``base``.
+  """
+  import os
+  from famr_jax.cli.main import main
+  from famr_jax.data.image_folder import write_example_folder
+  base = tmp_path_factory.mktemp("named")
+  write_example_folder(base / "imgs", num_classes=3, train_per_class=4, val_per_class=2, size=(10, 10))
+  for split in ("train", "val"):
+    for k, name in enumerate(["Bag", "Shirt", "Sneaker"]):
+      os.rename(base / "imgs" / split / f"class_{k}", base / "imgs" / split / name)
+  here = os.getcwd()
+  os.chdir(base)
+  try:
+    assert main(["train", "--out", "ckpt", "--dataset", "folder:imgs", "--image-size", "8", "--model", "logistic",
+                 "--epochs", "1"]) == 0
+  finally:
+    os.chdir(here)
+  return base, base / "ckpt"
+
+
+def test_forget_classes_take_the_class_names(folder_checkpoint, capsys):
+  from famr_jax.cli.main import main
+  from famr_jax.cli.runs import UnlearnRun, load_model, make_forget_set
+  _, ckpt = folder_checkpoint
+  assert main(["evaluate", "--checkpoint", str(ckpt), "--forget-classes", "Sneaker,Bag", "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)["forget_classes"] == [0, 2]   # sorted ids of Bag, Sneaker
+  data = load_model(ckpt).data
+  forget = make_forget_set(UnlearnRun(str(ckpt), "out", forget_classes=("Shirt", 0)), data)
+  assert forget.classes == (0, 1) and set(data.y_train[forget.indices]) == {0, 1}
+  assert main(["evaluate", "--checkpoint", str(ckpt), "--forget-classes", "Snaker"]) == 2
+  err = capsys.readouterr().err
+  assert err == ("famr-jax: error: unknown class 'Snaker' (did you mean 'Sneaker'?); "
+                 "the classes are Bag, Shirt, Sneaker\n")
+
+
+def test_relative_data_paths_work_from_another_directory(folder_checkpoint, tmp_path, monkeypatch, capsys):
+  from famr_jax.cli.main import main
+  from famr_jax.io.checkpoints import METADATA_FILE
+  base, ckpt = folder_checkpoint
+  stored = json.loads((ckpt / METADATA_FILE).read_text())
+  assert stored["data"]["dataset"] == f"folder:{base / 'imgs'}"   # trained with folder:imgs, stored absolute
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  monkeypatch.chdir(elsewhere)
+  assert main(["evaluate", "--checkpoint", str(ckpt), "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)["dataset"] == f"folder:{base / 'imgs'}"
+  # A checkpoint written before: its relative entry is resolved against the checkpoint's folder / parent.
+  old = tmp_path / "old"
+  import shutil
+  shutil.copytree(ckpt, old / "ckpt")
+  shutil.copytree(base / "imgs", old / "imgs")
+  meta = json.loads((old / "ckpt" / METADATA_FILE).read_text())
+  meta["data"]["dataset"] = "folder:imgs"
+  (old / "ckpt" / METADATA_FILE).write_text(json.dumps(meta))
+  assert main(["evaluate", "--checkpoint", str(old / "ckpt"), "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)["dataset"] == f"folder:{old / 'imgs'}"

@@ -22,7 +22,7 @@ import numpy as np
 from famr_jax.audit.audit import EvidenceConfig, write_audit_files
 from famr_jax.audit.shadows import AuditConfig
 from famr_jax.evaluation.audit_plot import plot_audit
-from famr_jax.data.forget import ForgetSet, forget_classes, forget_random
+from famr_jax.data.forget import ForgetSet, class_indices, forget_classes, forget_random
 from famr_jax.errors import FamrError
 from famr_jax.validation import CheckedFields
 from famr_jax.evaluation.compare import (DEFAULT_METHODS, Gold, class_only_reason, compare, read_method_config,
@@ -48,7 +48,7 @@ class CompareRun(CheckedFields):
     checkpoint: the trained model (its metadata names data set, model and training recipe).
     out: output directory (leaderboard.json, leaderboard.md, leaderboard.png).
     methods: registered method names to compare (default: every FAMR variant and baseline but retrain).
-    forget_classes: classes to forget.
+    forget_classes: classes to forget: ids or the data set's class names (``3,Bag``).
     forget_random: fraction of the training set to forget at random (drawn per seed).
     seeds: number of seeds (0, 1, ...): each retrains the gold standard and reruns every method.
     method_config: JSON file {method: {option: value}} of per-method hyperparameters.
@@ -66,7 +66,7 @@ class CompareRun(CheckedFields):
   checkpoint: str
   out: str
   methods: tuple[str, ...] = ()
-  forget_classes: tuple[int, ...] = ()
+  forget_classes: tuple[int | str, ...] = ()
   forget_random: float | None = None
   seeds: int = 3
   method_config: str | None = None
@@ -154,7 +154,7 @@ def check_forget_request(run: CompareRun) -> None:
 def seed_forget_set(run: CompareRun, data, seed: int) -> ForgetSet:
   """The forget set of one seed: the classes, or a random draw (as ``famr-jax unlearn --seed``)."""
   if run.forget_classes:
-    return forget_classes(data.y_train, run.forget_classes, data.num_classes)
+    return forget_classes(data.y_train, run.forget_classes, data.num_classes, class_names=data.class_names)
   return forget_random(jax.random.fold_in(jax.random.key(seed), 1), run.forget_random,
                        len(data.y_train), data.num_classes)
 
@@ -250,6 +250,8 @@ def _run_board(run: CompareRun, methods, configs, train_config, metadata, show_p
                fixed_steps=frozenset()) -> dict:
   """Every method and seed against the retrained gold standard: the leaderboard's contents."""
   loaded = load_model(run.checkpoint)
+  if run.forget_classes:   # names (--forget-classes Bag) become the data set's ids
+    run = dataclasses.replace(run, forget_classes=class_indices(run.forget_classes, loaded.data.class_names))
   content = content_digest(loaded) if run.gold_cache else None
   if run.forget_random is not None:   # default step budgets scale with the request's size
     size = max(1, int(round(float(run.forget_random) * len(loaded.data.y_train))))
@@ -268,5 +270,6 @@ def _run_board(run: CompareRun, methods, configs, train_config, metadata, show_p
       "model": metadata.get("model"),
       "forget": ({"kind": "classes", "classes": list(run.forget_classes)} if run.forget_classes
                  else {"kind": "random", "fraction": float(run.forget_random)}),
-      **board, "train_config": dataclasses.asdict(train_config)}
+      **{k: v for k, v in board.items() if k not in ("model", "dataset", "forget")},
+      "train_config": dataclasses.asdict(train_config)}
   return board

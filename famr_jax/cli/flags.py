@@ -55,6 +55,10 @@ def _converter_for(tp, flag: str):
     return parse_choice
   if origin is tuple:
     inner = typing.get_args(tp)[0]
+    if set(typing.get_args(inner)) == {int, str}:   # ids or names (--forget-classes 3,Bag)
+      def parse_ids_or_names(text):
+        return tuple(int(t) if t.lstrip("-").isdigit() else t for t in (t.strip() for t in text.split(",")) if t)
+      return parse_ids_or_names
 
     def parse_tuple(text):
       items = [t.strip() for t in text.split(",") if t.strip()]

@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on its data set")
   evaluate.add_argument("--checkpoint", required=True)
-  evaluate.add_argument("--forget-classes", type=cf.flag_type(tuple[int, ...], "--forget-classes"),
-                        default=())
+  evaluate.add_argument("--forget-classes", type=cf.flag_type(tuple[int | str, ...], "--forget-classes"),
+                        default=(), help="class ids or the data set's class names (3,Bag)")
   evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
   _add_leaderboard_commands(sub, cf)

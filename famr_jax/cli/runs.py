@@ -29,7 +29,7 @@ from famr_jax.errors import FamrError
 from famr_jax.validation import CheckedFields, nonfinite_leaf
 from famr_jax.io.outputs import (check_disjoint, check_output_target, is_famr_output, remove_resume_steps,
                                  staged_directory)
-from famr_jax.io.saved_model import load_model as load_saved_model
+from famr_jax.io.saved_model import absolute_data, checkpoint_data, load_model as load_saved_model
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
 from famr_jax.methods.registry import UnlearnTask, get_method
 from famr_jax.evaluation.metrics import evaluate_unlearning
@@ -100,7 +100,7 @@ class UnlearnRun(CheckedFields):
     out: output directory (report.json, plots, the unlearned checkpoint).
     method: a registered method name (``famr``, ...); None: the recommended one for the
       request (``famr-plus`` for classes, ``famr`` for samples; ``famr_jax.methods.defaults.RECOMMENDED``).
-    forget_classes: classes to forget.
+    forget_classes: classes to forget: ids or the data set's class names (``3,Bag``).
     forget_samples: training-set indices to forget (instead of classes).
     forget_random: fraction of the training set to forget at random.
     seed: seed of the method's randomness (and the forget draw).
@@ -113,7 +113,7 @@ class UnlearnRun(CheckedFields):
   checkpoint: str
   out: str
   method: str | None = None
-  forget_classes: tuple[int, ...] = ()
+  forget_classes: tuple[int | str, ...] = ()
   forget_samples: tuple[int, ...] = ()
   forget_random: float | None = None
   seed: int = 0
@@ -129,7 +129,7 @@ class DemoRun(CheckedFields):
   """``famr-jax demo``: train, unlearn one class with FAMR, retrain, compare."""
   out: str = "famr-demo"
   model: str = "mlp"
-  forget_classes: tuple[int, ...] = (3,)
+  forget_classes: tuple[int | str, ...] = (3,)
   seed: int = 0
   overwrite: bool = False
   data: DataConfig = DataConfig()
@@ -160,7 +160,7 @@ def _model_metadata(model_name: str, data_config: DataConfig, data: Dataset, tra
       "model_overrides": {},
       "num_classes": data.num_classes,
       "image_shape": list(data.image_shape),
-      "data": config_dict(data_config),
+      "data": absolute_data(config_dict(data_config)),   # usable from any working directory
       "train_config": config_dict(train),
       "seed": seed,
       "timings_s": {"train": train_s, "compile": compile_s},
@@ -188,6 +188,7 @@ def load_model(checkpoint: str | os.PathLike) -> LoadedModel:
   metadata = saved.metadata
   if "data" not in metadata:
     raise FamrError(f"{checkpoint} records no data set (its metadata has no 'data')")
+  metadata = {**metadata, "data": checkpoint_data(metadata, checkpoint)}   # relative paths resolved
   data_config = DataConfig(**metadata["data"])
   data = data_config.load(seed=int(metadata.get("seed", 0)), preprocessing=metadata.get("preprocessing"))
   if data.num_classes != metadata["num_classes"] or list(data.image_shape) != list(metadata["image_shape"]):
@@ -227,7 +228,7 @@ def make_forget_set(run: UnlearnRun | DemoRun, data: Dataset) -> ForgetSet:
   if sum(given) != 1:
     raise FamrError("name exactly one forget set: --forget-classes, --forget-samples or --forget-random")
   if run.forget_classes:
-    return forget_classes(data.y_train, run.forget_classes, data.num_classes)
+    return forget_classes(data.y_train, run.forget_classes, data.num_classes, class_names=data.class_names)
   if run.forget_samples:
     return forget_samples(run.forget_samples, len(data.y_train), data.num_classes)
   return forget_random(jax.random.fold_in(jax.random.key(run.seed), 1), run.forget_random,
@@ -523,13 +524,14 @@ def run_demo(run: DemoRun, *, show_progress: bool = True) -> dict:
   return rep
 
 
-def evaluate_checkpoint(checkpoint: str, forget_classes_: tuple[int, ...] = ()) -> dict:
+def evaluate_checkpoint(checkpoint: str, forget_classes_: tuple[int | str, ...] = ()) -> dict:
   """Test accuracy and per-class accuracy of a checkpoint; with forget classes, every report metric."""
   loaded = load_model(checkpoint)
   data = loaded.data
   classes = forget_classes_ or tuple(loaded.metadata.get("unlearned", {}).get("forget", {}).get("classes", ()))
   if classes:
-    forget = forget_classes(data.y_train, classes, data.num_classes)
+    forget = forget_classes(data.y_train, classes, data.num_classes, class_names=data.class_names)
+    classes = forget.classes
     metrics = evaluate_unlearning(loaded.apply_fn, loaded.params, data, forget)
   else:
     from famr_jax.evaluation.metrics import per_class_accuracy

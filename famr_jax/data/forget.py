@@ -87,15 +87,61 @@ def validate_classes(classes: Sequence[int], num_classes: int) -> tuple[int, ...
   return tuple(sorted(classes))
 
 
-def forget_classes(y_train: np.ndarray, classes: Sequence[int], num_classes: int) -> ForgetSet:
-  """Forget every training example of the given classes.
+MAX_NAMES_SHOWN = 20   # an unknown class name lists at most this many known ones
+
+
+def class_indices(classes: Sequence[int | str], class_names: Sequence[str]) -> tuple[int, ...]:
+  """Class ids from ids or class names (``class_names``: a data set's, in id order).
+
+  A name matches exactly, else case-insensitively when that is unique; a string of digits is an id.
+  An unknown name is a one-line :class:`FamrError` naming the closest known one and listing them.
+
+  Example:
+    >>> class_indices(["Bag", 0, "sneaker"], ("T-shirt", "Bag", "Sneaker"))
+    (1, 0, 2)
+    >>> class_indices(["Snaker"], ("T-shirt", "Bag", "Sneaker"))
+    Traceback (most recent call last):
+    ...
+    famr_jax.errors.FamrError: unknown class 'Snaker' (did you mean 'Sneaker'?); the classes are T-shirt, Bag, Sneaker
+  """
+  import difflib
+  names = [str(n) for n in class_names]
+  out = []
+  for c in classes:
+    if not isinstance(c, str):
+      out.append(c)
+      continue
+    text = c.strip()
+    folded = [i for i, n in enumerate(names) if n.casefold() == text.casefold()]
+    if text in names:
+      out.append(names.index(text))
+    elif len(folded) == 1:
+      out.append(folded[0])
+    elif text.isdigit():
+      out.append(int(text))
+    else:
+      close = difflib.get_close_matches(text, names, n=1)
+      shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (f", ... ({len(names)} classes)" if len(names) > MAX_NAMES_SHOWN
+                                                    else "")
+      raise FamrError(f"unknown class {text!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                      + f"; the classes are {shown}")
+  return tuple(out)
+
+
+def forget_classes(y_train: np.ndarray, classes: Sequence[int | str], num_classes: int, *,
+                   class_names: Sequence[str] | None = None) -> ForgetSet:
+  """Forget every training example of the given classes (ids, or names of ``class_names``).
 
   Example:
     >>> import numpy as np
     >>> fs = forget_classes(np.array([0, 1, 2, 1]), [1], 3)
     >>> fs.indices.tolist(), fs.describe()["num_forget_train"]
     ([1, 3], 2)
+    >>> forget_classes(np.array([0, 1, 2, 1]), ["b"], 3, class_names=("a", "b", "c")).classes
+    (1,)
   """
+  if class_names is not None and not isinstance(classes, (str, bytes)):
+    classes = class_indices(classes, class_names)
   classes = validate_classes(classes, num_classes)
   y_train = check_labels(y_train, num_classes, "training labels y_train")
   indices = np.flatnonzero(np.isin(y_train, classes)).astype(np.int64)

@@ -173,10 +173,9 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
 
   Returns:
     The leaderboard (a method that fails is scored as diverged, its row records ``"error"``, the board
-    goes on): ``{"methods", "seeds", "configs", "retrained", "runs", "summary"}`` (and ``"audit"``,
-    ``"audit_pooled"``, ``"pick"`` and, not JSON, ``"audit_arrays"``: per farm seed its confidences)
-    (:func:`famr_jax.evaluation.leaderboard.format_leaderboard` prints it once ``model``,
-    ``dataset`` and ``forget`` are added, as the CLI does).
+    goes on): ``{"model", "dataset", "forget", "methods", "seeds", "configs", "retrained", "runs",
+    "summary"}`` (``forget``: the request's ``describe()``, with ``"per_seed"`` when drawn per seed; and
+    ``"audit"``, ``"audit_pooled"``, ``"pick"``; not JSON, ``"audit_arrays"``: per farm seed its confidences).
   """
   log = log or (lambda line: None)
   specs = {}
@@ -216,7 +215,8 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
       rows.append(_method_row(seed, name, specs[name], configs[name], apply_fn, params, model, data, request,
                               reference, gold, checkpoint, shape, show_progress, log))
       _add_extra(rows[-1], rows[-1].pop("_params"), extra_metrics, gold_extra)
-  board = {"methods": [ORIGINAL, *methods], "seeds": list(range(int(seeds))),
+  board = {**_board_header(model_name, data, forget_of(0), callable(forget)),
+           "methods": [ORIGINAL, *methods], "seeds": list(range(int(seeds))),
            "configs": {name: dataclasses.asdict(c) for name, c in configs.items() if dataclasses.is_dataclass(c)},
            "retrained": gold_rows, "runs": rows, "summary": summarize(rows)}
   if audit_config is not None:
@@ -226,6 +226,12 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   return board
 
 
+
+
+def _board_header(model_name: str, data, first: ForgetSet, per_seed: bool) -> dict:
+  """What a board is about, for :func:`famr_jax.evaluation.leaderboard.format_leaderboard`."""
+  return {"model": model_name or "model", "dataset": getattr(data, "name", "data"),
+          "forget": {**first.describe(), **({"per_seed": True} if per_seed else {})}}
 
 
 def _check_count(name: str, value: Any) -> None:

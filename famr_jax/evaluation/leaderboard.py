@@ -27,7 +27,7 @@ import numpy as np
 from famr_jax import losses
 from famr_jax.data.forget import ForgetSet
 from famr_jax.evaluation.metrics import batched_apply, evaluate_unlearning
-from famr_jax.evaluation.report import pyplot
+from famr_jax.evaluation.report import place_labels, pyplot
 
 GAP_METRICS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy")
 ORIGINAL = "original"
@@ -155,13 +155,30 @@ def _pm(stat: Mapping[str, float], digits: int = 1) -> str:
   return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def forget_text(forget: Mapping[str, Any] | None) -> str:
+  """What a board forgot, in words: its ``forget`` entry (the CLI's, or ``compare``'s ``ForgetSet.describe()``).
+
+  Example:
+    >>> forget_text({"kind": "classes", "classes": [3]}), forget_text({"kind": "random", "fraction": 0.02})
+    ('classes [3]', 'a random 2% of the training set')
+    >>> forget_text({"kind": "samples", "classes": [], "num_forget_train": 40, "per_seed": True})
+    '40 training samples (drawn per seed)'
+  """
+  if not forget:
+    return "an unrecorded forget set"
+  if forget.get("kind") == "classes":
+    return f"classes {list(forget.get('classes', []))}"
+  if "fraction" in forget:
+    return f"a random {100 * float(forget['fraction']):.0f}% of the training set"
+  n = forget.get("num_forget_train")
+  return f"{n if n is not None else 'some'} training samples" + (" (drawn per seed)" if forget.get("per_seed") else "")
+
+
 def format_leaderboard(board: Mapping[str, Any]) -> str:
   """The markdown tables of a leaderboard: metrics and gaps, mean ± std over seeds, sorted by average gap."""
   summary = board["summary"]
   gold = board["retrained"]
-  forget = board["forget"]
-  what = (f"classes {forget['classes']}" if forget["kind"] == "classes"
-          else f"a random {100 * forget['fraction']:.0f}% of the training set")
+  what = forget_text(board.get("forget"))
   def rank(m):
     gap = summary[m]["avg_gap"]["mean"]
     return (summary[m]["diverged"]["mean"] > 0, gap if math.isfinite(gap) else math.inf)
@@ -173,7 +190,8 @@ def format_leaderboard(board: Mapping[str, Any]) -> str:
   gold_stat = lambda k: {"mean": float(np.mean([100 * g["metrics"][k] for g in gold])),
                          "std": float(np.std([100 * g["metrics"][k] for g in gold]))}
   retrain_s = {"mean": float(np.mean([g["run_s"] for g in gold])), "std": float(np.std([g["run_s"] for g in gold]))}
-  lines = [f"{board['model']} on {board['dataset']}, forgetting {what}; {len(board['seeds'])} seed(s); "
+  lines = [f"{board.get('model') or 'model'} on {board.get('dataset') or 'data'}, forgetting {what}; "
+           f"{len(board['seeds'])} seed(s); "
            f"retraining took {_pm(retrain_s)} s (compile excluded).", "",
            "| method | forget acc % | retain acc % | test acc % | MIA-efficacy % | avg gap (pts) | "
            "KL to retrained | time % of retrain | compile s |",
@@ -263,42 +281,51 @@ def format_audit(board: Mapping[str, Any], order: Sequence[str] = ()) -> list[st
 
 def plot_leaderboard(board: Mapping[str, Any], path) -> None:
   """Average gap vs wall time (percent of retraining, log scale), one point per method, std as error bars;
-  with an audit, a second panel: U-LiRA AUC vs the same cost."""
+  with an audit, a second panel: U-LiRA AUC vs the same cost. Labels never overlap (``report.place_labels``)."""
   plt = pyplot()
   summary = board["summary"]
   audited = bool(board.get("audit"))
   fig, axes = plt.subplots(1, 2 if audited else 1, figsize=(13 if audited else 7, 4.5))
   ax = axes[0] if audited else axes
-  if audited:
-    _plot_audit(board, axes[1])
+  labels = [(axes[1], _plot_audit(board, axes[1]))] if audited else []
+  points = []
   for name, s in summary.items():
     if not math.isfinite(s["avg_gap"]["mean"]):
       continue   # diverged on every seed
     x = max(s["time_percent"]["mean"], 1e-3)
     ax.errorbar(x, s["avg_gap"]["mean"], xerr=s["time_percent"]["std"], yerr=s["avg_gap"]["std"], fmt="o",
                 capsize=3)
-    ax.annotate(name, (x, s["avg_gap"]["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    points.append((name, (x, s["avg_gap"]["mean"])))
+  labels.append((ax, points))
   ax.set_xscale("log")
   ax.set_xlabel("wall time, % of retraining (compile excluded; original at 0.001)")
   ax.set_ylabel("average gap to retrained (pts)")
-  ax.set_title(f"{board['model']} / {board['dataset']}: distance to the gold standard vs cost")
+  ax.set_title(f"{board.get('model', 'model')} / {board.get('dataset', 'data')}: distance to the gold standard "
+               "vs cost")
   ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()
+  for panel, named in labels:   # after the layout: the labels are placed in the final pixel positions
+    place_labels(panel, [p for _, p in named], [n for n, _ in named])
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-def _plot_audit(board: Mapping[str, Any], ax) -> None:
-  """U-LiRA AUC (0.5 = indistinguishable from retraining) vs cost, one point per audited method."""
+def _plot_audit(board: Mapping[str, Any], ax) -> list:
+  """U-LiRA AUC (0.5 = indistinguishable from retraining) vs cost, one point per audited method.
+
+  Returns the ``(name, (x, y))`` points to label once the figure is laid out.
+  """
+  points = []
   for name, s in board["summary"].items():
     if "audit_ulira_auc" not in s or not math.isfinite(s["time_percent"]["mean"]):
       continue
     x = max(s["time_percent"]["mean"], 1e-3)
     ax.errorbar(x, s["audit_ulira_auc"]["mean"], yerr=s["audit_ulira_auc"]["std"], fmt="o", capsize=3)
-    ax.annotate(name, (x, s["audit_ulira_auc"]["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    points.append((name, (x, s["audit_ulira_auc"]["mean"])))
   ax.axhline(0.5, color="gray", linestyle="--", linewidth=1)
   ax.set_xscale("log")
   ax.set_xlabel("wall time, % of retraining (original at 0.001)")
   ax.set_ylabel("U-LiRA AUC (0.5 = retrained)")
   ax.set_title(f"audit: {board['audit'][0]['shadows']} shadow models per group")
   ax.grid(True, which="both", alpha=0.3)
+  return points

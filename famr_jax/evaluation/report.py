@@ -96,6 +96,71 @@ def pyplot():
   return plt
 
 
+# Label positions tried around a point, nearest first: offsets (points) of growing radius in 8 directions.
+_LABEL_RADII = (4, 10, 18, 28, 40, 54, 70, 90)
+_LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def place_labels(ax, points: Sequence[tuple[float, float]], labels: Sequence[str], *, fontsize: float = 8,
+                 marker_pts: float = 4.0) -> list:
+  """Labels each data point where its text overlaps no other label and no marker (call after the layout).
+
+  Each label takes the nearest free spot of :data:`_LABEL_RADII` x :data:`_LABEL_DIRECTIONS` inside the
+  figure (the least-overlapping one when none is free), measured with the figure's renderer; a label
+  moved away from its point gets a thin leader line to it.
+
+  Returns:
+    The annotations (matplotlib ``Annotation`` objects), in the order of ``labels``.
+
+  Example:
+    >>> plt = pyplot()
+    >>> fig, ax = plt.subplots()
+    >>> _ = ax.plot([1, 1.001], [1, 1.001], "o")
+    >>> a, b = place_labels(ax, [(1, 1), (1, 1.001)], ["first", "second"])
+    >>> r = fig.canvas.get_renderer()
+    >>> from matplotlib.text import Text
+    >>> bool(Text.get_window_extent(a, r).overlaps(Text.get_window_extent(b, r)))
+    False
+    >>> plt.close(fig)
+  """
+  from matplotlib.text import Text
+  from matplotlib.transforms import Bbox
+  fig = ax.figure
+  renderer = fig.canvas.get_renderer()
+  ax.autoscale_view()
+  centres = [ax.transData.transform((float(x), float(y))) for x, y in points]
+  r = marker_pts * fig.dpi / 72.0
+  taken = [Bbox.from_extents(cx - r, cy - r, cx + r, cy + r) for cx, cy in centres]
+  frame = fig.bbox
+  out = []
+  for (x, y), label in zip(points, labels):
+    ann = ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=fontsize,
+                      arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5", "shrinkA": 0, "shrinkB": 3})
+    best = None
+    for radius in _LABEL_RADII:
+      for dx, dy in _LABEL_DIRECTIONS:
+        ann.xyann = (radius * dx, radius * dy)
+        ann.set_horizontalalignment({1: "left", -1: "right", 0: "center"}[dx])
+        ann.set_verticalalignment({1: "bottom", -1: "top", 0: "center"}[dy])
+        ann.update_positions(renderer)   # the text's place follows xyann only once updated
+        box = Text.get_window_extent(ann, renderer).padded(2)
+        outside = not (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1)
+        cost = sum(box.overlaps(t) for t in taken) + 100 * outside
+        if best is None or cost < best[0]:
+          best = (cost, ann.xyann, ann.get_horizontalalignment(), ann.get_verticalalignment(), box)
+        if cost == 0:
+          break
+      if best[0] == 0:
+        break
+    _, ann.xyann, ha, va, box = best
+    ann.set_horizontalalignment(ha)
+    ann.set_verticalalignment(va)
+    ann.update_positions(renderer)
+    taken.append(box)
+    out.append(ann)
+  return out
+
+
 def plot_forgetting(history: Sequence[Mapping[str, float]], path: str | os.PathLike, *,
                     title: str = "FAMR: forgetting over epochs") -> None:
   """Forget accuracy and KL(p_original || p) on the forget set vs epoch (FAMR Figure 1)."""

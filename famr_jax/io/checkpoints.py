@@ -117,10 +117,11 @@ def write_checkpoint(directory: str | os.PathLike, params: Params, metadata: dic
   _check_keys(params)
   for tree in extras.values():
     _check_keys(tree)
+  shapes = tree_shapes(params)
   description = {
       "format": FORMAT,
-      **(metadata or {}),
-      "param_shapes": tree_shapes(params),
+      **complete_model_metadata(metadata or {}, shapes),
+      "param_shapes": shapes,
       "extras": {name: tree_shapes(tree) for name, tree in extras.items()},
   }
   text = json.dumps(description, indent=2, default=_json_default)  # fail before writing anything
@@ -143,6 +144,55 @@ def write_checkpoint(directory: str | os.PathLike, params: Params, metadata: dic
   return target
 
 
+def infer_num_classes(model_name: str, image_shape, param_shapes: dict[str, list],
+                      overrides: dict | None = None) -> int | None:
+  """The class count of a famr-jax model's params (:func:`tree_shapes`), or None when it cannot tell.
+
+  The model is built abstractly with 2 and 3 classes; the first array axis that grows with the class
+  count (the head's) gives it: ``axis = base + step * num_classes``.
+
+  Example:
+    >>> from famr_jax import models
+    >>> m = models.create_model("mlp", 7, (8, 8, 1))
+    >>> p = models.init_params(m, jax.random.key(0), (8, 8, 1))
+    >>> infer_num_classes("mlp", [8, 8, 1], tree_shapes(p))
+    7
+  """
+  from famr_jax import models
+  if model_name not in models.MODEL_NAMES:
+    return None
+  shape = tuple(int(d) for d in image_shape)
+  try:
+    probes = [tree_shapes(jax.eval_shape(lambda n=n: models.init_params(
+        models.create_model(model_name, n, shape, **dict(overrides or {})), jax.random.key(0), shape)))
+        for n in (2, 3)]
+  except (FamrError, TypeError, ValueError):
+    return None
+  for name, (two, _) in probes[0].items():
+    three = probes[1][name][0]
+    stored = param_shapes.get(name, [None])[0]
+    if two == three or stored is None or len(stored) != len(two):
+      continue
+    axis = next(i for i, (a, b) in enumerate(zip(two, three)) if a != b)
+    step = three[axis] - two[axis]
+    n, rest = divmod(stored[axis] - (two[axis] - 2 * step), step)
+    return int(n) if rest == 0 and n >= 2 else None
+  return None
+
+
+def complete_model_metadata(metadata: dict[str, Any], param_shapes: dict[str, list]) -> dict[str, Any]:
+  """``metadata`` with ``num_classes`` filled in from the params when it names a famr-jax model and its
+  ``image_shape`` but not the class count (so :func:`famr_jax.load_model` needs nothing more)."""
+  if "num_classes" in metadata or "model" not in metadata or "image_shape" not in metadata:
+    return dict(metadata)
+  try:
+    n = infer_num_classes(str(metadata["model"]), metadata["image_shape"], param_shapes,
+                          metadata.get("model_overrides"))
+  except (TypeError, ValueError):   # a malformed image_shape: validate_model_metadata names it on loading
+    n = None
+  return dict(metadata) if n is None else {**metadata, "num_classes": n}
+
+
 def write_failure(error: BaseException) -> str:
   """The reason of a failed write in a few words (the OS's, when Orbax buries it in a long message)."""
   text = str(error)
@@ -163,7 +213,9 @@ def save_checkpoint(directory: str | os.PathLike, params: Params, metadata: dict
   Args:
     directory: checkpoint directory (made absolute: Orbax needs absolute paths).
     params: the params pytree (keys may not contain "/").
-    metadata: JSON-serializable description (model name, data set, config...).
+    metadata: JSON-serializable description (model name, data set, config...). For a famr-jax model,
+      ``{"model": NAME, "image_shape": [H, W, C]}`` is enough for :func:`famr_jax.load_model`:
+      ``num_classes`` is stored from the params when not given.
     extras: optional named pytrees stored beside the params.
     overwrite: replace an existing famr-jax directory (only once the new one is complete).
     inputs: paths the checkpoint must not overlap.

@@ -7,7 +7,8 @@ input shape, which is all a model needs. (The CLI adds the data set on top.)
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, NamedTuple
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 
@@ -21,6 +22,43 @@ MAX_SIDE = 8192                 # pixels per image side, channels
 MAX_WIDTH = 1 << 16             # any integer model setting (widths, heads, patch sizes)
 MAX_DEPTH = 256                 # `depth` and the length of any list of layer widths
 DATA_KEYS = ("dataset", "data_dir", "max_train", "max_test", "image_size")
+
+
+PATH_SOURCES = ("idx:", "folder:")   # data set specs that name a directory
+
+
+def absolute_data(data: Mapping[str, Any], bases: Sequence[Any] = (None,)) -> dict:
+  """A checkpoint's ``data`` entry with its relative ``idx:`` / ``folder:`` / ``data_dir`` paths made absolute.
+
+  Each relative path is joined to the first of ``bases`` (None: the working directory) where it exists,
+  else to the first one. Saving stores ``absolute_data(data)``; loading resolves an older relative entry
+  against the checkpoint's folder and its parent (where ``famr-jax train --out NAME`` ran), then the
+  working directory, so a checkpoint works from any directory.
+
+  Example:
+    >>> absolute_data({"dataset": "folder:imgs", "data_dir": None}, bases=["/data"])
+    {'dataset': 'folder:/data/imgs', 'data_dir': None}
+  """
+  def resolve(path: str) -> str:
+    path = os.path.expanduser(path)
+    if not path or os.path.isabs(path):
+      return path
+    joined = [os.path.abspath(os.path.join(os.fspath(b) if b is not None else os.getcwd(), path)) for b in bases]
+    return next((j for j in joined if os.path.exists(j)), joined[0])
+  out = dict(data)
+  spec = out.get("dataset")
+  if isinstance(spec, str) and spec.startswith(PATH_SOURCES):
+    prefix, path = spec.split(":", 1)
+    out["dataset"] = f"{prefix}:{resolve(path)}"
+  if isinstance(out.get("data_dir"), str):
+    out["data_dir"] = resolve(out["data_dir"])
+  return out
+
+
+def checkpoint_data(metadata: Mapping[str, Any], checkpoint: Any) -> dict:
+  """The ``data`` entry of a checkpoint's metadata, its paths resolved (:func:`absolute_data`)."""
+  folder = Path(checkpoint).expanduser().resolve()
+  return absolute_data(metadata["data"], bases=(folder, folder.parent, None))
 
 
 def _bad(where, what: str) -> FamrError:
@@ -102,11 +140,13 @@ def load_model(checkpoint: str | os.PathLike) -> SavedModel:
     >>> m = models.create_model("logistic", 3, (2, 2, 1))
     >>> p = models.init_params(m, jax.random.key(0), (2, 2, 1))
     >>> d = os.path.join(tempfile.mkdtemp(), "ckpt")
-    >>> _ = checkpoints.save_checkpoint(d, p, {"model": "logistic", "num_classes": 3, "image_shape": [2, 2, 1]})
+    >>> _ = checkpoints.save_checkpoint(d, p, {"model": "logistic", "image_shape": [2, 2, 1]})
     >>> load_model(d)
     SavedModel(model='logistic', classes=3, image_shape=(2, 2, 1), params=15)
   """
   metadata = checkpoints.read_metadata(checkpoint)
+  if "num_classes" not in metadata:   # a checkpoint saved before save_checkpoint stored it
+    metadata = checkpoints.complete_model_metadata(metadata, metadata["param_shapes"])
   validate_model_metadata(metadata, checkpoint)
   image_shape = tuple(int(d) for d in metadata["image_shape"])
   model = models.create_model(metadata["model"], int(metadata["num_classes"]), image_shape,

@@ -186,16 +186,17 @@ def _restore(checkpoint: Path):
   """
   from famr_jax.data.datasets import load_dataset
   from famr_jax.engine.training import check_finite
-  from famr_jax.io.saved_model import load_model
+  from famr_jax.io.saved_model import checkpoint_data, load_model
 
   saved = load_model(checkpoint)
   metadata = saved.metadata
   if "data" not in metadata:
     raise FamrError(f"{checkpoint} is not a famr-jax model checkpoint (its metadata has no 'data')")
-  spec = metadata["data"]
+  spec = checkpoint_data(metadata, checkpoint)
   data = load_dataset(spec.get("dataset", "digits"), data_dir=spec.get("data_dir"),
                       max_train=spec.get("max_train"), max_test=spec.get("max_test"),
-                      seed=int(metadata.get("seed", 0)))
+                      seed=int(metadata.get("seed", 0)), image_size=spec.get("image_size"),
+                      preprocessing=metadata.get("preprocessing"))
   check_finite(f"data set {spec.get('dataset')}", data.x_train)
   if data.num_classes != metadata["num_classes"] or list(data.image_shape) != list(metadata["image_shape"]):
     raise FamrError(f"data set {spec.get('dataset')} no longer matches the checkpoint "
