@@ -24,11 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from famr_jax.audit import attacks, challenge, evidence, rmia
-from famr_jax.audit.shadows import (AuditConfig, check_auditable, check_shadow_model, cost_entry, initial_params, train_shadow_farm,
-                                    unlearn_farm)
+from famr_jax.audit.shadows import (AuditConfig, check_auditable, check_shadow_model, check_train_fn, cost_entry,
+                                    evaluation_view, train_models, train_shadow_farm, unlearn_farm)
 from famr_jax.data.forget import ForgetSet
-from famr_jax.engine.farm import run_farm
-from famr_jax.engine.training import TrainConfig, train_classifier
+from famr_jax.engine.training import TrainConfig
 from famr_jax.errors import FamrError
 
 ORIGINAL_ROW = "original"
@@ -268,7 +267,8 @@ def write_audit_files(arrays: Sequence[Mapping[str, Any]], folder: str | os.Path
 def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, train_config: TrainConfig,
                   method_configs: Mapping[str, Any], config: AuditConfig, key: jax.Array, *,
                   seed: int = 0, evidence_config: EvidenceConfig = EvidenceConfig(),
-                  show_progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
+                  train_fn: Callable | None = None, show_progress: bool = False,
+                  log: Callable[[str], None] | None = None) -> dict:
   """Audits every method of ``method_configs`` on one forget request with a farm of ``config.shadows`` models.
 
   Args:
@@ -282,6 +282,8 @@ def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, 
     key: PRNG key of the farm.
     seed: the farm seed (seeds the evidence's bootstrap, :func:`score_seed`).
     evidence_config: how the intervals and verdicts are computed.
+    train_fn: the caller's own training, ``train_fn(x, y, key) -> params``, for every original, retrain and
+      independent retrain instead of ``train_config``'s (:func:`famr_jax.audit.shadows.train_models`).
     show_progress: progress bars.
     log: one line per group.
 
@@ -292,24 +294,28 @@ def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, 
   """
   log = log or (lambda line: None)
   config.validate()
-  check_shadow_model(model)
+  check_shadow_model(model, config.mode, tuple(method_configs))
   check_auditable(forget, tuple(method_configs), config.mode)
+  check_train_fn(train_fn)
   n = int(config.shadows)
   t0 = time.perf_counter()
   farm = train_shadow_farm(model, apply_fn, data, forget, train_config, config, jax.random.fold_in(key, 0),
-                           show_progress=show_progress)
+                           train_fn=train_fn, show_progress=show_progress)
   eval_key = jax.random.fold_in(key, 1)
-  groups = {REFERENCE_ROW: group_outputs(apply_fn, farm.retrains, data, forget, eval_key),
-            ORIGINAL_ROW: group_outputs(apply_fn, farm.originals, data, forget, eval_key),
-            INDEPENDENT_RETRAIN_ROW: group_outputs(apply_fn, farm.independent_retrains, data, forget, eval_key)}
+  stats = farm.stats or {}
+  outputs = lambda params, group: group_outputs(*evaluation_view(model, apply_fn, params, stats.get(group)), data,
+                                                forget, eval_key)
+  groups = {REFERENCE_ROW: outputs(farm.retrains, "retrains"), ORIGINAL_ROW: outputs(farm.originals, "originals"),
+            INDEPENDENT_RETRAIN_ROW: outputs(farm.independent_retrains, "independent_retrains")}
   costs = dict(farm.costs)
   log(f"audit seed {seed}: {3 * n} shadow models trained in {time.perf_counter() - t0:.1f} s "
       f"({costs['retrains']['per_model_s']:.3f} s per retrain, {costs['retrains']['mode']})")
   for i, (name, method_config) in enumerate(method_configs.items()):
     result = unlearn_farm(name, method_config, farm.originals, apply_fn, model, data, forget,
-                          jax.random.fold_in(key, 100 + i), mode=config.mode, show_progress=show_progress)
+                          jax.random.fold_in(key, 100 + i), mode=config.mode, stats=stats.get("originals"),
+                          show_progress=show_progress)
     costs[name] = cost_entry(result, n)
-    groups[name] = group_outputs(apply_fn, result.params, data, forget, eval_key)
+    groups[name] = outputs(result.params, "originals")   # an unlearned model keeps its original's statistics
   rows = {name: audit_pair(g, groups[REFERENCE_ROW], config) for name, g in groups.items() if name != REFERENCE_ROW}
   for name in method_configs:
     rows[name]["time_fraction"] = costs[name]["per_model_s"] / max(costs["retrains"]["per_model_s"], 1e-12)
@@ -331,7 +337,7 @@ def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, 
 
 
 def lira_check(apply_fn: Callable, model: Any, data: Any, train_config: TrainConfig, config: AuditConfig,
-               key: jax.Array, *, show_progress: bool = False) -> dict:
+               key: jax.Array, *, train_fn: Callable | None = None, show_progress: bool = False) -> dict:
   """LiRA (online, offline, fixed variance) on ``config.shadows`` models, each trained on a random half of the
   training set: AUC and TPR at low FPR of telling members from non-members, every model the target in turn.
 
@@ -345,22 +351,21 @@ def lira_check(apply_fn: Callable, model: Any, data: Any, train_config: TrainCon
     ['cost', 'offline', 'online', 'online_fixed_variance']
   """
   config.validate()
+  check_shadow_model(model)
+  check_train_fn(train_fn)
   n, total = int(config.shadows), len(data.y_train)
   if total < 4:
     raise FamrError("LiRA needs at least 4 training examples")
-  keys = jax.random.split(key, 2 * n + 1)
   member = np.zeros((n, total), bool)
-  perms = [np.asarray(jax.random.permutation(jax.random.fold_in(keys[2 * n], i), total))[:total // 2]
+  perms = [np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), i), total))[:total // 2]
            for i in range(n)]
   for i, rows in enumerate(perms):
     member[i, rows] = True
   x, y = np.asarray(data.x_train, np.float32), np.asarray(data.y_train, np.int32)
-  inits = initial_params(model, keys[:n], data.image_shape)
-  runs = [lambda i=i: train_classifier(apply_fn, inits[i], x[perms[i]], y[perms[i]], train_config, keys[n + i],
-                                       show_progress=False) for i in range(n)]
-  result = run_farm(runs, mode=config.mode, what="training",
-                    show_progress=show_progress, desc="shadows: LiRA halves")
-  logits = farm_logits(apply_fn, result.params, x)
+  group = train_models(model, apply_fn, x, y, train_config, key, n, data.image_shape, rows=perms, mode=config.mode,
+                       train_fn=train_fn, show_progress=show_progress, desc="shadows: LiRA halves")
+  result = group.result
+  logits = farm_logits(*evaluation_view(model, apply_fn, group.params, group.stats), x)
   phi = attacks.logit_confidence(logits, np.broadcast_to(y, logits.shape[:2]))
   return {"online": attacks.lira(phi, member).as_dict(),
           "offline": attacks.lira(phi, member, online=False).as_dict(),
