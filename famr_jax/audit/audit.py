@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax.audit import attacks, challenge, evidence, rmia
+from famr_jax.audit import attacks, challenge, evidence, paired as pairs, rmia
+from famr_jax.audit.queries import augmented_views
 from famr_jax.audit.shadows import (AuditConfig, check_auditable, check_shadow_model, check_train_fn, cost_entry,
                                     evaluation_view, train_models, train_shadow_farm, unlearn_farm)
 from famr_jax.data.forget import ForgetSet
@@ -71,11 +72,22 @@ def _sample_rows(n: int, key: jax.Array) -> np.ndarray:
   return np.sort(np.asarray(jax.random.permutation(key, n))[:MAX_ACCURACY_ROWS])
 
 
-def group_outputs(apply_fn: Callable, params: Any, data: Any, forget: ForgetSet, key: jax.Array) -> GroupOutputs:
+def group_outputs(apply_fn: Callable, params: Any, data: Any, forget: ForgetSet, key: jax.Array,
+                  queries: tuple[str, ...] = ()) -> GroupOutputs:
   """The :class:`GroupOutputs` of a farm group (``key`` draws the accuracy samples; the same for every group).
 
   The statistic is :func:`famr_jax.audit.challenge.challenge_confidence` (the array ``audit/seed_<k>.npz``
-  holds): every score of the audit is computed from it, so a third party re-scores the files exactly.
+  holds), with ``queries`` its mean over the augmented views (:mod:`famr_jax.audit.queries`): every score
+  of the audit is computed from it, so a third party re-scores the files exactly.
+
+  Example:
+    >>> from famr_jax import load_dataset, forget_samples
+    >>> d = load_dataset("digits", max_train=50, max_test=20)
+    >>> w = np.zeros((2, 64, 10), np.float32)
+    >>> g = group_outputs(lambda p, x: x.reshape(len(x), -1) @ p, w, d, forget_samples([0, 1], 50, 10),
+    ...                   jax.random.key(0), ("shift",))
+    >>> g.phi.shape, round(float(g.phi[0, 0]), 4)   # zero logits: confidence 1/10, log(0.1 / 0.9)
+    ((2, 2), -2.1972)
   """
   keep = np.nonzero(forget.retain_mask(len(data.y_train)))[0]
   keep = keep[_sample_rows(len(keep), jax.random.fold_in(key, 0))]
@@ -83,7 +95,10 @@ def group_outputs(apply_fn: Callable, params: Any, data: Any, forget: ForgetSet,
   acc = lambda x, y: np.mean(np.argmax(farm_logits(apply_fn, params, x), -1) == y[None], axis=1)
   xf, yf = data.x_train[forget.indices], data.y_train[forget.indices]
   logits_f = farm_logits(apply_fn, params, xf)
-  return GroupOutputs(challenge.challenge_confidence(logits_f, np.broadcast_to(yf, logits_f.shape[:2])),
+  phi = np.mean([challenge.challenge_confidence(logits, np.broadcast_to(yf, logits.shape[:2]))
+                 for logits in [logits_f] + [farm_logits(apply_fn, params, v)
+                                             for v in augmented_views(xf, queries)[1:]]], axis=0)
+  return GroupOutputs(phi,
                       np.mean(np.argmax(logits_f, -1) == yf[None], axis=1),
                       acc(data.x_train[keep], data.y_train[keep]), acc(data.x_test[test], data.y_test[test]))
 
@@ -119,7 +134,10 @@ class EvidenceConfig(NamedTuple):
     null_permutations: permutations of the reference vs independent retrains (the null's sd).
     example_permutations: permutations of each forget example's p-value.
     fdr: the Benjamini-Hochberg false-discovery rate of the per-example list.
-    paired: model ``i`` of every group shares its initialisation and data order (common random numbers).
+    paired: model ``i`` of every group shares its initialisation and data order (common random numbers;
+      :func:`audit_request` sets it from :class:`famr_jax.audit.shadows.AuditConfig`'s ``paired``): the
+      verdicts, the power gate and ``delta_vs_chance`` then test the paired AUC
+      (:mod:`famr_jax.audit.paired`), whose null is the original row's pairs swapped at random.
   """
   margin: float = evidence.DEFAULT_MARGIN
   replicates: int = 1000
@@ -166,9 +184,12 @@ def score_seed(confidences: Mapping[str, np.ndarray], forget_index: np.ndarray, 
   if ORIGINAL_ROW not in names or INDEPENDENT_RETRAIN_ROW not in names:
     raise FamrError(f"an audit's confidences need the rows {ORIGINAL_ROW!r} and {INDEPENDENT_RETRAIN_ROW!r}")
   order = {name: i for i, name in enumerate(confidences)}
-  null = evidence.permutation_null(ref, confidences[INDEPENDENT_RETRAIN_ROW], _rng(seed, 0, 0),
-                                   permutations=config.null_permutations, paired=config.paired)
-  rows, ev, pvalues = {}, {}, {}
+  if config.paired:   # the sign-flip null of the original's pairs (the independent farm shares no pairs)
+    null = pairs.paired_null(confidences[ORIGINAL_ROW], ref, _rng(seed, 0, 0), permutations=config.null_permutations)
+  else:
+    null = evidence.permutation_null(ref, confidences[INDEPENDENT_RETRAIN_ROW], _rng(seed, 0, 0),
+                                     permutations=config.null_permutations)
+  rows, ev, tested, pvalues = {}, {}, {}, {}
   for name in names:
     phi = np.asarray(confidences[name], np.float64)
     i = order[name]
@@ -178,12 +199,25 @@ def score_seed(confidences: Mapping[str, np.ndarray], forget_index: np.ndarray, 
                                     paired=config.paired, scorer=rmia.rmia_scores)
     pvalues[name] = evidence.per_example_pvalues(phi, ref, _rng(seed, i, 3),
                                                  permutations=config.example_permutations, paired=config.paired)
-    rows[name] = {**ev[name].as_row(), "forgetting_quality": challenge.forgetting_quality(phi, ref, delta),
+    tested[name] = (pairs.paired_auc_evidence(phi, ref, _rng(seed, i, 4), replicates=config.replicates)
+                    if config.paired else ev[name])
+    rows[name] = {**_row_fields(ev[name], tested[name], config.paired),
+                  "forgetting_quality": challenge.forgetting_quality(phi, ref, delta),
                   "rmia_auc": rmia_ev.auc, "rmia_auc_ci": list(rmia_ev.ci),
                   "identified": _identified(pvalues[name], forget_index, config.fdr)}
-  pw = evidence.power(ev[ORIGINAL_ROW], null, margin=config.margin)
-  _add_verdicts(rows, ev, pw, config)
-  return {"rows": rows, "power": pw, "evidence": ev, "null": null, "pvalues": pvalues}
+  pw = evidence.power(tested[ORIGINAL_ROW], null, margin=config.margin)
+  _add_verdicts(rows, tested, pw, config)
+  return {"rows": rows, "power": pw, "evidence": ev, "tested": tested, "null": null, "pvalues": pvalues}
+
+
+def _row_fields(ulira_ev: evidence.AucEvidence, tested: evidence.AucEvidence, paired: bool) -> dict:
+  """U-LiRA's fields; in a paired audit ``delta_vs_chance`` is the paired AUC's (what the verdict tests)."""
+  row = ulira_ev.as_row()
+  if paired:
+    lo, hi = tested.ci
+    row.update({"paired_auc": tested.auc, "paired_auc_ci": [lo, hi],
+                "delta_vs_chance": {"mean": tested.delta, "ci": [lo - evidence.CHANCE, hi - evidence.CHANCE]}})
+  return row
 
 
 def _identified(pvalues: np.ndarray, forget_index: np.ndarray, fdr: float) -> dict:
@@ -217,10 +251,11 @@ def pool_audits(seeds: Sequence[Mapping[str, Any]], config: EvidenceConfig = Evi
   null = np.mean([s["null"] for s in seeds], axis=0)
   rows, ev = {}, {}
   for name in names:
-    ev[name] = evidence.pool_seeds([s["evidence"][name] for s in seeds])
+    ulira_ev = evidence.pool_seeds([s["evidence"][name] for s in seeds])
+    ev[name] = evidence.pool_seeds([s.get("tested", s["evidence"])[name] for s in seeds])
     p = np.concatenate([s["pvalues"][name] for s in seeds])
     index = np.concatenate([s["forget_index"] for s in seeds])
-    rows[name] = {**ev[name].as_row(),
+    rows[name] = {**_row_fields(ulira_ev, ev[name], config.paired),
                   "forgetting_quality": float(np.mean([s["rows"][name]["forgetting_quality"] for s in seeds])),
                   "rmia_auc": float(np.mean([s["rows"][name]["rmia_auc"] for s in seeds])),
                   "identified": _identified(p, index, config.fdr)}
@@ -234,7 +269,7 @@ def json_part(scored: Mapping[str, Any]) -> dict:
   return {k: v for k, v in scored.items() if k not in _ARRAYS}
 
 
-_ARRAYS = ("evidence", "null", "pvalues", "confidences", "forget_index")
+_ARRAYS = ("evidence", "tested", "null", "pvalues", "confidences", "forget_index")
 
 
 def write_audit_files(arrays: Sequence[Mapping[str, Any]], folder: str | os.PathLike) -> list[Path]:
@@ -297,6 +332,9 @@ def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, 
   check_shadow_model(model, config.mode, tuple(method_configs))
   check_auditable(forget, tuple(method_configs), config.mode)
   check_train_fn(train_fn)
+  if config.queries and np.ndim(data.x_train) != 4:
+    raise FamrError(f"augmented queries need NHWC images, got training inputs of shape {np.shape(data.x_train)}")
+  evidence_config = evidence_config._replace(paired=bool(config.paired))   # a fact of the farm
   n = int(config.shadows)
   t0 = time.perf_counter()
   farm = train_shadow_farm(model, apply_fn, data, forget, train_config, config, jax.random.fold_in(key, 0),
@@ -304,7 +342,7 @@ def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, 
   eval_key = jax.random.fold_in(key, 1)
   stats = farm.stats or {}
   outputs = lambda params, group: group_outputs(*evaluation_view(model, apply_fn, params, stats.get(group)), data,
-                                                forget, eval_key)
+                                                forget, eval_key, tuple(config.queries))
   groups = {REFERENCE_ROW: outputs(farm.retrains, "retrains"), ORIGINAL_ROW: outputs(farm.originals, "originals"),
             INDEPENDENT_RETRAIN_ROW: outputs(farm.independent_retrains, "independent_retrains")}
   costs = dict(farm.costs)

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from famr_jax import models
+from famr_jax.audit.queries import check_queries
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.farm import FARM_MODES, FarmResult, run_farm, stack_trees, unstack_tree
 from famr_jax.engine.training import TrainConfig, train_classifier
@@ -70,12 +71,20 @@ class AuditConfig:
       favours it: :func:`famr_jax.engine.farm.auto_mode`).
     fixed_variance: U-LiRA with one global variance instead of one per example.
     delta: the challenge's delta in its epsilon.
+    paired: common random numbers: retrain ``i`` shares original ``i``'s initialisation and minibatch order
+      (it trains on the whole training set in the original's order with the forget rows weighted 0; the
+      independent retrains follow the same recipe with their own keys), and the verdicts test the paired AUC
+      (:mod:`famr_jax.audit.paired`). With a ``train_fn``, retrain ``i`` gets original ``i``'s key.
+    queries: augmented queries (:mod:`famr_jax.audit.queries`): ``"flip"`` (a mirror, only where it keeps
+      the label) and / or ``"shift"`` (one-pixel translations); the statistic is the mean over the views.
   """
   attack: str = "ulira"
   shadows: int = 16
   mode: str = "auto"
   fixed_variance: bool = False
   delta: float = 1e-5
+  paired: bool = False
+  queries: tuple[str, ...] = ()
 
   def validate(self) -> "AuditConfig":
     """Raises :class:`FamrError` on an invalid setting."""
@@ -87,6 +96,9 @@ class AuditConfig:
       raise FamrError(f"farm mode must be one of {', '.join(FARM_MODES)}, got {self.mode!r}")
     if not 0.0 <= float(self.delta) < 1.0:
       raise FamrError(f"delta must lie in [0, 1), got {self.delta}")
+    if not isinstance(self.paired, (bool, np.bool_)):
+      raise FamrError(f"paired must be True or False, got {self.paired!r}")
+    check_queries(self.queries)
     return self
 
 
@@ -212,8 +224,8 @@ def _trained_by_user(out: Any, template: Any, batch_norm: bool, i: int) -> tuple
 
 def train_models(model: Any, apply_fn: Callable, x: np.ndarray, y: np.ndarray, train_config: TrainConfig,
                  key: jax.Array, n: int, image_shape: Sequence[int], *, rows: Sequence[np.ndarray] | None = None,
-                 mode: str = "auto", train_fn: Callable | None = None, show_progress: bool = False,
-                 desc: str = "shadows") -> ShadowGroup:
+                 mode: str = "auto", train_fn: Callable | None = None, example_weights: np.ndarray | None = None,
+                 show_progress: bool = False, desc: str = "shadows") -> ShadowGroup:
   """Trains a group of ``n`` models from scratch as the user's model is trained.
 
   Args:
@@ -228,6 +240,8 @@ def train_models(model: Any, apply_fn: Callable, x: np.ndarray, y: np.ndarray, t
     rows: per model, the rows of ``x`` it trains on (default: all).
     mode: the farm's mode (:func:`famr_jax.engine.farm.run_farm`); ``train_fn`` runs one by one.
     train_fn: the caller's ``train_fn(x, y, key) -> params`` (see the module doc), or None.
+    example_weights: ``[len(x)]`` weights of the library's loss (0: the row keeps its place in the order and
+      adds nothing; a paired retrain); a ``train_fn`` gets the rows of positive weight instead.
     show_progress: a progress bar.
     desc: its label.
 
@@ -245,9 +259,16 @@ def train_models(model: Any, apply_fn: Callable, x: np.ndarray, y: np.ndarray, t
   """
   check_train_fn(train_fn)
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+  batch_norm = models.has_batch_norm(model)
+  if example_weights is not None and train_fn is not None:   # the user's recipe sees the kept rows only
+    x, y, example_weights = x[example_weights > 0], y[example_weights > 0], None
+  if example_weights is not None and rows is not None:
+    raise FamrError("train_models takes rows or example_weights, not both")
+  if example_weights is not None and batch_norm:
+    raise FamrError("rows of weight 0 would still enter a BatchNorm model's batch statistics: a paired farm of "
+                    "a BatchNorm model needs train_fn (or paired=False)")
   data_of = (lambda i: (x, y)) if rows is None else (lambda i: (x[rows[i]], y[rows[i]]))
   init_keys, order_keys = model_keys(key, n)
-  batch_norm = models.has_batch_norm(model)
   stats = None
   if train_fn is not None:
     template = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), tuple(image_shape)))
@@ -261,8 +282,9 @@ def train_models(model: Any, apply_fn: Callable, x: np.ndarray, y: np.ndarray, t
   else:
     inits = initial_params(model, init_keys, image_shape)
     train_apply = models.make_train_apply_fn(model) if batch_norm else apply_fn
-    runs = [lambda i=i: train_classifier(train_apply, inits[i], *data_of(i), train_config, order_keys[i],
-                                         show_progress=False) for i in range(n)]
+    runs = [lambda plan_only=False, i=i: train_classifier(train_apply, inits[i], *data_of(i), train_config,
+                                                          order_keys[i], show_progress=False, plan_only=plan_only,
+                                                          example_weights=example_weights) for i in range(n)]
     result = run_farm(runs, mode=mode, what="training", show_progress=show_progress, desc=desc)
     params = None
   if batch_norm and stats is None:   # each shadow's own running statistics, as `train` recomputes them
@@ -315,20 +337,31 @@ def train_shadow_farm(model: Any, apply_fn: Callable, data: Any, forget: ForgetS
   n = int(config.shadows)
   keep = forget.retain_mask(len(data.y_train))
   x, y = np.asarray(data.x_train, np.float32), np.asarray(data.y_train, np.int32)
-  xr, yr = x[keep], y[keep]
   mode = config.mode   # training is one engine descent: "auto" picks vmap or loop by the model (auto_mode)
+  if config.paired:   # common random numbers: retrain i is original i's run without the forget rows' terms
+    w = keep.astype(np.float32)
+    recipe = {"originals": (0, None), "retrains": (0, w), "independent_retrains": (2, w)}
+    if models.has_batch_norm(model) and train_fn is None:
+      raise FamrError("rows of weight 0 would still enter a BatchNorm model's batch statistics: a paired farm "
+                      "of a BatchNorm model needs train_fn (or paired=False)")
+  else:
+    recipe = {"originals": (0, None), "retrains": (1, keep), "independent_retrains": (2, keep)}
   groups = {}
-  for i, (name, xs, ys) in enumerate((("originals", x, y), ("retrains", xr, yr), ("independent_retrains", xr, yr))):
-    groups[name] = train_models(model, apply_fn, xs, ys, train_config, jax.random.fold_in(key, i), n,
-                                data.image_shape, mode=mode, train_fn=train_fn, show_progress=show_progress,
-                                desc=f"shadows: {name}")
+  for name, (k, rows) in recipe.items():   # (the group's key, its retained rows or weights)
+    if config.paired or rows is None:
+      xs, ys, weights = x, y, rows
+    else:
+      xs, ys, weights = x[rows], y[rows], None
+    groups[name] = train_models(model, apply_fn, xs, ys, train_config, jax.random.fold_in(key, k), n,
+                                data.image_shape, mode=mode, train_fn=train_fn, example_weights=weights,
+                                show_progress=show_progress, desc=f"shadows: {name}")
   stats = None if groups["originals"].stats is None else {k: g.stats for k, g in groups.items()}
   return ShadowFarm(groups["originals"].params, groups["retrains"].params, groups["independent_retrains"].params,
                     {k: cost_entry(g.result, n) for k, g in groups.items()}, stats)
 
 
 def unlearn_farm(method: str, method_config: Any, originals: Any, apply_fn: Callable, model: Any, data: Any,
-                 forget: ForgetSet, key: jax.Array, *, mode: str = "auto", stats: Any = None,
+                 forget: ForgetSet | Sequence[ForgetSet], key: jax.Array, *, mode: str = "auto", stats: Any = None,
                  show_progress: bool = False) -> FarmResult:
   """Applies ``method`` to every original of a farm (one program where the method allows).
 
@@ -339,7 +372,7 @@ def unlearn_farm(method: str, method_config: Any, originals: Any, apply_fn: Call
     apply_fn: ``apply_fn(params, x) -> logits``.
     model: the Flax module (methods that split the model, ``retrain``'s init).
     data: the :class:`famr_jax.Dataset`.
-    forget: the request.
+    forget: the request, or one per original (a randomized-membership farm, :mod:`famr_jax.audit.membership`).
     key: the method's key; original ``i`` gets ``fold_in(key, i)``.
     mode: ``"vmap"``, ``"loop"`` or ``"auto"`` (loop for methods outside :data:`VMAPPABLE`, else
       :func:`famr_jax.engine.farm.auto_mode`).
@@ -351,17 +384,21 @@ def unlearn_farm(method: str, method_config: Any, originals: Any, apply_fn: Call
   Returns:
     A :class:`famr_jax.engine.farm.FarmResult` of the unlearned models.
   """
-  check_auditable(forget, (method,), mode)
-  spec = get_method(method)
   n = int(jax.tree.leaves(originals)[0].shape[0])
+  forgets = [forget] * n if isinstance(forget, ForgetSet) else list(forget)
+  if len(forgets) != n:
+    raise FamrError(f"one forget set per original is needed: got {len(forgets)} for {n} originals")
+  check_auditable(forgets[0], (method,), mode)
+  spec = get_method(method)
   if stats is not None and mode == "vmap":
     raise FamrError("a BatchNorm model's shadows each carry their own statistics, so a method runs on them one "
                     "by one: use farm mode 'loop' or 'auto'")
   bound = [model] * n if stats is None else [models.with_batch_stats(model, unstack_tree(stats, i)) for i in range(n)]
   tasks = [UnlearnTask(apply_fn if stats is None else models.make_apply_fn(bound[i]), unstack_tree(originals, i),
-                       bound[i], data, forget, jax.random.fold_in(key, i), False, input_shape=tuple(data.image_shape))
+                       bound[i], data, forgets[i], jax.random.fold_in(key, i), False,
+                       input_shape=tuple(data.image_shape))
            for i in range(n)]
   if (mode == "auto" and method not in VMAPPABLE) or stats is not None:
     mode = "loop"   # else run_farm's auto_mode: vmap or loop by the model, per measurement
-  runs = [lambda t=t: spec.run(t, method_config) for t in tasks]
+  runs = [lambda plan_only=False, t=t: spec.run(t._replace(plan_only=plan_only), method_config) for t in tasks]
   return run_farm(runs, mode=mode, what=f"method {method!r}", show_progress=show_progress, desc=f"shadows: {method}")

@@ -169,9 +169,7 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
       indices for a fixed request) and models; each is shown and the verdicts are made on them pooled
       (:func:`famr_jax.audit.audit.pool_audits`): ``"audit_pooled"`` and the board's ``"pick"``.
     audit_evidence: a :class:`famr_jax.audit.audit.EvidenceConfig` (the equivalence margin, bootstrap sizes).
-    audit_train_fn: the audit's shadow recipe as ``train_fn(x, y, key) -> params`` (``retrain``'s contract; e.g.
-      ``retrain`` itself): every original, retrain and independent retrain of the farm is trained by it, one
-      call per model, instead of by ``train_config`` (default None: the library's training, vmapped).
+    audit_train_fn: ``train_fn(x, y, key) -> params`` (``retrain``'s contract) training every shadow model.
     input_shape: ``(H, W, C)`` of one input, for data-free methods on model parts (default: the data's).
 
   Returns:
@@ -197,9 +195,8 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   forget_of = forget if callable(forget) else (lambda seed: forget)
   configs = dict(configs or {})
   _check_inputs(apply_fn, params, data, configs, specs)
-  audit_config = _audit_config(audit, shadows, methods, forget_of(0), model, train_config, audit_train_fn)
-  if audit_config is not None:
-    _check_count("audit_seeds", audit_seeds)
+  audit_config = _audit_config(audit, shadows, methods, forget_of(0), model, train_config, audit_train_fn,
+                               audit_seeds)
   rows, gold_rows = [], []
   shape = tuple(int(d) for d in (input_shape if input_shape is not None else data.x_train.shape[1:]))
   for seed in range(int(seeds)):
@@ -276,10 +273,11 @@ def _check_inputs(apply_fn, params, data, configs: Mapping[str, Any], specs: Map
 
 
 def _audit_config(audit, shadows, methods, first_request: ForgetSet, model, train_config,
-                  train_fn) -> AuditConfig | None:
+                  train_fn, audit_seeds) -> AuditConfig | None:
   """The validated audit settings (None: no audit); every refusal before any work."""
   if audit is None:
     return None
+  _check_count("audit_seeds", audit_seeds)
   config = audit if isinstance(audit, AuditConfig) else AuditConfig(attack=str(audit), shadows=shadows)
   config.validate()
   if model is None or (train_config is None and train_fn is None):
