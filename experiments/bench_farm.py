@@ -40,8 +40,9 @@ def main() -> None:
     apply_fn = models.make_apply_fn(model)
     keys = jax.random.split(jax.random.key(0), 2 * args.shadows)
     inits = initial_params(model, keys[:args.shadows], data.image_shape)
-    runs = [lambda i=i: train_classifier(apply_fn, inits[i], data.x_train, data.y_train, config,
-                                         keys[args.shadows + i], show_progress=False) for i in range(args.shadows)]
+    runs = [lambda plan_only=False, i=i: train_classifier(apply_fn, inits[i], data.x_train, data.y_train, config,
+                                                          keys[args.shadows + i], show_progress=False,
+                                                          plan_only=plan_only) for i in range(args.shadows)]
     seconds = {}
     for mode in ("vmap", "loop"):
       run_farm(runs, mode=mode)   # compile (a vmapped program is compiled per number of models)

@@ -14,7 +14,7 @@ from famr_jax.audit import attacks
 from famr_jax.audit.shadows import AuditConfig, check_auditable, unlearn_farm
 from famr_jax.data.datasets import load_dataset
 from famr_jax.data.forget import ForgetSet, forget_samples
-from famr_jax.engine.farm import capture_call, run_farm, vmapped_descent
+from famr_jax.engine.farm import run_farm, vmapped_descent
 from famr_jax.engine.training import TrainConfig, train_classifier
 from famr_jax.errors import FamrError
 from famr_jax.methods.registry import get_method
@@ -40,8 +40,7 @@ def test_vmapped_farm_equals_training_one_by_one(small):
   keys = [jax.random.key(10), jax.random.key(11)]
   one_by_one = [train_classifier(apply_fn, p, d.x_train, d.y_train, config, k, show_progress=False).params
                 for p, k in zip(inits, keys)]
-  farm = vmapped_descent([capture_call(lambda p=p, k=k: train_classifier(apply_fn, p, d.x_train, d.y_train, config,
-                                                                          k, show_progress=False))
+  farm = vmapped_descent([train_classifier(apply_fn, p, d.x_train, d.y_train, config, k, plan_only=True)
                           for p, k in zip(inits, keys)])
   assert farm.mode == "vmap"
   for i in range(2):
@@ -55,8 +54,10 @@ def test_a_method_farm_vmapped_equals_one_by_one(small):
   apply_fn = models.make_apply_fn(model)
   config = TrainConfig(epochs=1)
   inits = [models.init_params(model, jax.random.key(s), d.image_shape) for s in (5, 6)]
-  originals = run_farm([lambda p=p: train_classifier(apply_fn, p, d.x_train, d.y_train, config, jax.random.key(0),
-                                                     show_progress=False) for p in inits], mode="loop").params
+  originals = run_farm([lambda plan_only=False, p=p: train_classifier(apply_fn, p, d.x_train, d.y_train, config,
+                                                                     jax.random.key(0), show_progress=False,
+                                                                     plan_only=plan_only) for p in inits],
+                       mode="loop").params
   forget = forget_samples(list(range(0, 40, 2)), len(d.y_train), 10)
   for name in ("famr-function",):   # a loss with a context (anchor, retained pool) per model
     method_config = get_method(name).default_config("logistic", "samples")
@@ -250,3 +251,22 @@ def test_bad_audit_input_is_one_line():
   with pytest.raises(FamrError, match="'famr-fisher' cannot be audited"):
     check_auditable(forget, ("famr-fisher",))
   check_auditable(forget, ("scrub", "ga"), "auto")   # scrub runs one by one
+
+
+def test_a_vmapped_farm_of_three_plans_equals_the_three_plans_run_one_by_one(small):
+  from famr_jax.engine.farm import run_plan
+  from famr_jax.engine.plan import DescentPlan
+  d, model, apply_fn = small
+  forget = forget_samples(list(range(0, 60, 3)), len(d.y_train), 10)
+  config = get_method("ft").default_config("mlp", "samples")
+  inits = [models.init_params(model, jax.random.key(s), d.image_shape) for s in (7, 8, 9)]
+  from famr_jax.methods.registry import UnlearnTask
+  plans = [get_method("ft").run(UnlearnTask(apply_fn, p, model, d, forget, jax.random.key(20 + i), False,
+                                            plan_only=True), config) for i, p in enumerate(inits)]
+  assert all(isinstance(p, DescentPlan) for p in plans)   # a value: nothing ran, no exception was raised
+  assert plans[0].loss_fn is plans[1].loss_fn and plans[0].optimizer is plans[2].optimizer
+  farm = vmapped_descent(plans)
+  for i, plan in enumerate(plans):
+    one = run_plan(plan).params
+    assert _max_diff(jax.tree.map(lambda a: a[i], farm.params), one) < 1e-5
+    assert _max_diff(one, inits[i]) > 1e-4   # the plan did descend

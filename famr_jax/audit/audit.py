@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from famr_jax.audit import attacks, challenge, evidence, rmia
-from famr_jax.audit.shadows import (AuditConfig, check_auditable, check_shadow_model, cost_entry, initial_params, train_shadow_farm,
-                                    unlearn_farm)
+from famr_jax.audit import attacks, challenge, evidence, paired as pairs, rmia
+from famr_jax.audit.queries import augmented_views
+from famr_jax.audit.shadows import (AuditConfig, check_auditable, check_shadow_model, check_train_fn, cost_entry,
+                                    evaluation_view, train_models, train_shadow_farm, unlearn_farm)
 from famr_jax.data.forget import ForgetSet
-from famr_jax.engine.farm import run_farm
-from famr_jax.engine.training import TrainConfig, train_classifier
+from famr_jax.engine.training import TrainConfig
 from famr_jax.errors import FamrError
 
 ORIGINAL_ROW = "original"
@@ -72,11 +72,22 @@ def _sample_rows(n: int, key: jax.Array) -> np.ndarray:
   return np.sort(np.asarray(jax.random.permutation(key, n))[:MAX_ACCURACY_ROWS])
 
 
-def group_outputs(apply_fn: Callable, params: Any, data: Any, forget: ForgetSet, key: jax.Array) -> GroupOutputs:
+def group_outputs(apply_fn: Callable, params: Any, data: Any, forget: ForgetSet, key: jax.Array,
+                  queries: tuple[str, ...] = ()) -> GroupOutputs:
   """The :class:`GroupOutputs` of a farm group (``key`` draws the accuracy samples; the same for every group).
 
   The statistic is :func:`famr_jax.audit.challenge.challenge_confidence` (the array ``audit/seed_<k>.npz``
-  holds): every score of the audit is computed from it, so a third party re-scores the files exactly.
+  holds), with ``queries`` its mean over the augmented views (:mod:`famr_jax.audit.queries`): every score
+  of the audit is computed from it, so a third party re-scores the files exactly.
+
+  Example:
+    >>> from famr_jax import load_dataset, forget_samples
+    >>> d = load_dataset("digits", max_train=50, max_test=20)
+    >>> w = np.zeros((2, 64, 10), np.float32)
+    >>> g = group_outputs(lambda p, x: x.reshape(len(x), -1) @ p, w, d, forget_samples([0, 1], 50, 10),
+    ...                   jax.random.key(0), ("shift",))
+    >>> g.phi.shape, round(float(g.phi[0, 0]), 4)   # zero logits: confidence 1/10, log(0.1 / 0.9)
+    ((2, 2), -2.1972)
   """
   keep = np.nonzero(forget.retain_mask(len(data.y_train)))[0]
   keep = keep[_sample_rows(len(keep), jax.random.fold_in(key, 0))]
@@ -84,7 +95,10 @@ def group_outputs(apply_fn: Callable, params: Any, data: Any, forget: ForgetSet,
   acc = lambda x, y: np.mean(np.argmax(farm_logits(apply_fn, params, x), -1) == y[None], axis=1)
   xf, yf = data.x_train[forget.indices], data.y_train[forget.indices]
   logits_f = farm_logits(apply_fn, params, xf)
-  return GroupOutputs(challenge.challenge_confidence(logits_f, np.broadcast_to(yf, logits_f.shape[:2])),
+  phi = np.mean([challenge.challenge_confidence(logits, np.broadcast_to(yf, logits.shape[:2]))
+                 for logits in [logits_f] + [farm_logits(apply_fn, params, v)
+                                             for v in augmented_views(xf, queries)[1:]]], axis=0)
+  return GroupOutputs(phi,
                       np.mean(np.argmax(logits_f, -1) == yf[None], axis=1),
                       acc(data.x_train[keep], data.y_train[keep]), acc(data.x_test[test], data.y_test[test]))
 
@@ -120,7 +134,10 @@ class EvidenceConfig(NamedTuple):
     null_permutations: permutations of the reference vs independent retrains (the null's sd).
     example_permutations: permutations of each forget example's p-value.
     fdr: the Benjamini-Hochberg false-discovery rate of the per-example list.
-    paired: model ``i`` of every group shares its initialisation and data order (common random numbers).
+    paired: model ``i`` of every group shares its initialisation and data order (common random numbers;
+      :func:`audit_request` sets it from :class:`famr_jax.audit.shadows.AuditConfig`'s ``paired``): the
+      verdicts, the power gate and ``delta_vs_chance`` then test the paired AUC
+      (:mod:`famr_jax.audit.paired`), whose null is the original row's pairs swapped at random.
   """
   margin: float = evidence.DEFAULT_MARGIN
   replicates: int = 1000
@@ -167,9 +184,12 @@ def score_seed(confidences: Mapping[str, np.ndarray], forget_index: np.ndarray, 
   if ORIGINAL_ROW not in names or INDEPENDENT_RETRAIN_ROW not in names:
     raise FamrError(f"an audit's confidences need the rows {ORIGINAL_ROW!r} and {INDEPENDENT_RETRAIN_ROW!r}")
   order = {name: i for i, name in enumerate(confidences)}
-  null = evidence.permutation_null(ref, confidences[INDEPENDENT_RETRAIN_ROW], _rng(seed, 0, 0),
-                                   permutations=config.null_permutations, paired=config.paired)
-  rows, ev, pvalues = {}, {}, {}
+  if config.paired:   # the sign-flip null of the original's pairs (the independent farm shares no pairs)
+    null = pairs.paired_null(confidences[ORIGINAL_ROW], ref, _rng(seed, 0, 0), permutations=config.null_permutations)
+  else:
+    null = evidence.permutation_null(ref, confidences[INDEPENDENT_RETRAIN_ROW], _rng(seed, 0, 0),
+                                     permutations=config.null_permutations)
+  rows, ev, tested, pvalues = {}, {}, {}, {}
   for name in names:
     phi = np.asarray(confidences[name], np.float64)
     i = order[name]
@@ -179,12 +199,25 @@ def score_seed(confidences: Mapping[str, np.ndarray], forget_index: np.ndarray, 
                                     paired=config.paired, scorer=rmia.rmia_scores)
     pvalues[name] = evidence.per_example_pvalues(phi, ref, _rng(seed, i, 3),
                                                  permutations=config.example_permutations, paired=config.paired)
-    rows[name] = {**ev[name].as_row(), "forgetting_quality": challenge.forgetting_quality(phi, ref, delta),
+    tested[name] = (pairs.paired_auc_evidence(phi, ref, _rng(seed, i, 4), replicates=config.replicates)
+                    if config.paired else ev[name])
+    rows[name] = {**_row_fields(ev[name], tested[name], config.paired),
+                  "forgetting_quality": challenge.forgetting_quality(phi, ref, delta),
                   "rmia_auc": rmia_ev.auc, "rmia_auc_ci": list(rmia_ev.ci),
                   "identified": _identified(pvalues[name], forget_index, config.fdr)}
-  pw = evidence.power(ev[ORIGINAL_ROW], null, margin=config.margin)
-  _add_verdicts(rows, ev, pw, config)
-  return {"rows": rows, "power": pw, "evidence": ev, "null": null, "pvalues": pvalues}
+  pw = evidence.power(tested[ORIGINAL_ROW], null, margin=config.margin)
+  _add_verdicts(rows, tested, pw, config)
+  return {"rows": rows, "power": pw, "evidence": ev, "tested": tested, "null": null, "pvalues": pvalues}
+
+
+def _row_fields(ulira_ev: evidence.AucEvidence, tested: evidence.AucEvidence, paired: bool) -> dict:
+  """U-LiRA's fields; in a paired audit ``delta_vs_chance`` is the paired AUC's (what the verdict tests)."""
+  row = ulira_ev.as_row()
+  if paired:
+    lo, hi = tested.ci
+    row.update({"paired_auc": tested.auc, "paired_auc_ci": [lo, hi],
+                "delta_vs_chance": {"mean": tested.delta, "ci": [lo - evidence.CHANCE, hi - evidence.CHANCE]}})
+  return row
 
 
 def _identified(pvalues: np.ndarray, forget_index: np.ndarray, fdr: float) -> dict:
@@ -218,10 +251,11 @@ def pool_audits(seeds: Sequence[Mapping[str, Any]], config: EvidenceConfig = Evi
   null = np.mean([s["null"] for s in seeds], axis=0)
   rows, ev = {}, {}
   for name in names:
-    ev[name] = evidence.pool_seeds([s["evidence"][name] for s in seeds])
+    ulira_ev = evidence.pool_seeds([s["evidence"][name] for s in seeds])
+    ev[name] = evidence.pool_seeds([s.get("tested", s["evidence"])[name] for s in seeds])
     p = np.concatenate([s["pvalues"][name] for s in seeds])
     index = np.concatenate([s["forget_index"] for s in seeds])
-    rows[name] = {**ev[name].as_row(),
+    rows[name] = {**_row_fields(ulira_ev, ev[name], config.paired),
                   "forgetting_quality": float(np.mean([s["rows"][name]["forgetting_quality"] for s in seeds])),
                   "rmia_auc": float(np.mean([s["rows"][name]["rmia_auc"] for s in seeds])),
                   "identified": _identified(p, index, config.fdr)}
@@ -235,7 +269,7 @@ def json_part(scored: Mapping[str, Any]) -> dict:
   return {k: v for k, v in scored.items() if k not in _ARRAYS}
 
 
-_ARRAYS = ("evidence", "null", "pvalues", "confidences", "forget_index")
+_ARRAYS = ("evidence", "tested", "null", "pvalues", "confidences", "forget_index")
 
 
 def write_audit_files(arrays: Sequence[Mapping[str, Any]], folder: str | os.PathLike) -> list[Path]:
@@ -268,7 +302,8 @@ def write_audit_files(arrays: Sequence[Mapping[str, Any]], folder: str | os.Path
 def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, train_config: TrainConfig,
                   method_configs: Mapping[str, Any], config: AuditConfig, key: jax.Array, *,
                   seed: int = 0, evidence_config: EvidenceConfig = EvidenceConfig(),
-                  show_progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
+                  train_fn: Callable | None = None, show_progress: bool = False,
+                  log: Callable[[str], None] | None = None) -> dict:
   """Audits every method of ``method_configs`` on one forget request with a farm of ``config.shadows`` models.
 
   Args:
@@ -282,6 +317,8 @@ def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, 
     key: PRNG key of the farm.
     seed: the farm seed (seeds the evidence's bootstrap, :func:`score_seed`).
     evidence_config: how the intervals and verdicts are computed.
+    train_fn: the caller's own training, ``train_fn(x, y, key) -> params``, for every original, retrain and
+      independent retrain instead of ``train_config``'s (:func:`famr_jax.audit.shadows.train_models`).
     show_progress: progress bars.
     log: one line per group.
 
@@ -292,24 +329,31 @@ def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, 
   """
   log = log or (lambda line: None)
   config.validate()
-  check_shadow_model(model)
+  check_shadow_model(model, config.mode, tuple(method_configs))
   check_auditable(forget, tuple(method_configs), config.mode)
+  check_train_fn(train_fn)
+  if config.queries and np.ndim(data.x_train) != 4:
+    raise FamrError(f"augmented queries need NHWC images, got training inputs of shape {np.shape(data.x_train)}")
+  evidence_config = evidence_config._replace(paired=bool(config.paired))   # a fact of the farm
   n = int(config.shadows)
   t0 = time.perf_counter()
   farm = train_shadow_farm(model, apply_fn, data, forget, train_config, config, jax.random.fold_in(key, 0),
-                           show_progress=show_progress)
+                           train_fn=train_fn, show_progress=show_progress)
   eval_key = jax.random.fold_in(key, 1)
-  groups = {REFERENCE_ROW: group_outputs(apply_fn, farm.retrains, data, forget, eval_key),
-            ORIGINAL_ROW: group_outputs(apply_fn, farm.originals, data, forget, eval_key),
-            INDEPENDENT_RETRAIN_ROW: group_outputs(apply_fn, farm.independent_retrains, data, forget, eval_key)}
+  stats = farm.stats or {}
+  outputs = lambda params, group: group_outputs(*evaluation_view(model, apply_fn, params, stats.get(group)), data,
+                                                forget, eval_key, tuple(config.queries))
+  groups = {REFERENCE_ROW: outputs(farm.retrains, "retrains"), ORIGINAL_ROW: outputs(farm.originals, "originals"),
+            INDEPENDENT_RETRAIN_ROW: outputs(farm.independent_retrains, "independent_retrains")}
   costs = dict(farm.costs)
   log(f"audit seed {seed}: {3 * n} shadow models trained in {time.perf_counter() - t0:.1f} s "
       f"({costs['retrains']['per_model_s']:.3f} s per retrain, {costs['retrains']['mode']})")
   for i, (name, method_config) in enumerate(method_configs.items()):
     result = unlearn_farm(name, method_config, farm.originals, apply_fn, model, data, forget,
-                          jax.random.fold_in(key, 100 + i), mode=config.mode, show_progress=show_progress)
+                          jax.random.fold_in(key, 100 + i), mode=config.mode, stats=stats.get("originals"),
+                          show_progress=show_progress)
     costs[name] = cost_entry(result, n)
-    groups[name] = group_outputs(apply_fn, result.params, data, forget, eval_key)
+    groups[name] = outputs(result.params, "originals")   # an unlearned model keeps its original's statistics
   rows = {name: audit_pair(g, groups[REFERENCE_ROW], config) for name, g in groups.items() if name != REFERENCE_ROW}
   for name in method_configs:
     rows[name]["time_fraction"] = costs[name]["per_model_s"] / max(costs["retrains"]["per_model_s"], 1e-12)
@@ -331,7 +375,7 @@ def audit_request(apply_fn: Callable, model: Any, data: Any, forget: ForgetSet, 
 
 
 def lira_check(apply_fn: Callable, model: Any, data: Any, train_config: TrainConfig, config: AuditConfig,
-               key: jax.Array, *, show_progress: bool = False) -> dict:
+               key: jax.Array, *, train_fn: Callable | None = None, show_progress: bool = False) -> dict:
   """LiRA (online, offline, fixed variance) on ``config.shadows`` models, each trained on a random half of the
   training set: AUC and TPR at low FPR of telling members from non-members, every model the target in turn.
 
@@ -345,22 +389,21 @@ def lira_check(apply_fn: Callable, model: Any, data: Any, train_config: TrainCon
     ['cost', 'offline', 'online', 'online_fixed_variance']
   """
   config.validate()
+  check_shadow_model(model)
+  check_train_fn(train_fn)
   n, total = int(config.shadows), len(data.y_train)
   if total < 4:
     raise FamrError("LiRA needs at least 4 training examples")
-  keys = jax.random.split(key, 2 * n + 1)
   member = np.zeros((n, total), bool)
-  perms = [np.asarray(jax.random.permutation(jax.random.fold_in(keys[2 * n], i), total))[:total // 2]
+  perms = [np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), i), total))[:total // 2]
            for i in range(n)]
   for i, rows in enumerate(perms):
     member[i, rows] = True
   x, y = np.asarray(data.x_train, np.float32), np.asarray(data.y_train, np.int32)
-  inits = initial_params(model, keys[:n], data.image_shape)
-  runs = [lambda i=i: train_classifier(apply_fn, inits[i], x[perms[i]], y[perms[i]], train_config, keys[n + i],
-                                       show_progress=False) for i in range(n)]
-  result = run_farm(runs, mode=config.mode, what="training",
-                    show_progress=show_progress, desc="shadows: LiRA halves")
-  logits = farm_logits(apply_fn, result.params, x)
+  group = train_models(model, apply_fn, x, y, train_config, key, n, data.image_shape, rows=perms, mode=config.mode,
+                       train_fn=train_fn, show_progress=show_progress, desc="shadows: LiRA halves")
+  result = group.result
+  logits = farm_logits(*evaluation_view(model, apply_fn, group.params, group.stats), x)
   phi = attacks.logit_confidence(logits, np.broadcast_to(y, logits.shape[:2]))
   return {"online": attacks.lira(phi, member).as_dict(),
           "offline": attacks.lira(phi, member, online=False).as_dict(),

@@ -135,8 +135,13 @@ def _bincount_rows(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
   return np.bincount(flat, values.ravel(), minlength=len(values) * size).reshape(len(values), size)
 
 
-def _draw_counts(rng: np.random.Generator, replicates: int, n: int) -> np.ndarray:
-  """``[B, n]`` multiplicities of a with-replacement draw of ``n`` out of ``n``."""
+def draw_counts(rng: np.random.Generator, replicates: int, n: int) -> np.ndarray:
+  """``[B, n]`` multiplicities of a with-replacement draw of ``n`` out of ``n`` (each row sums to ``n``).
+
+  Example:
+    >>> draw_counts(np.random.default_rng(0), 2, 5).sum(axis=1).tolist()
+    [5.0, 5.0]
+  """
   return rng.multinomial(n, np.full(n, 1.0 / n), size=replicates).astype(np.float64)
 
 
@@ -176,9 +181,9 @@ def auc_evidence(phi_unlearned: np.ndarray, phi_retrained: np.ndarray, seed, *, 
   chunk = max(1, int(2e6 // scores.size))
   for start in range(0, replicates, chunk):
     b = min(chunk, replicates - start)
-    wu = _draw_counts(rng, b, nu)
-    wr = wu if paired else _draw_counts(rng, b, nr)
-    ws = _draw_counts(rng, b, s)
+    wu = draw_counts(rng, b, nu)
+    wr = wu if paired else draw_counts(rng, b, nr)
+    ws = draw_counts(rng, b, s)
     w = np.concatenate([wu, wr], axis=1)[:, :, None] * ws[:, None, :]
     out[start:start + b] = weighted_auc(scores, member, w.reshape(b, -1))
   auc = float(attacks.roc_auc(scores, member))

@@ -41,11 +41,11 @@ import optax
 from jax.sharding import AxisType, Mesh
 
 from famr_jax.engine import parallel
-from famr_jax.engine import capture
 from famr_jax.engine.batching import (EpochBatches, SegmentPlan, epoch_batches, padded_epoch, plan_segments,
                                       step_schedule, steps_per_epoch)
 from famr_jax.engine.optimizers import OPTIMIZERS, check_descent_settings, freeze_outside, make_optimizer
 from famr_jax.engine.parallel import ScaleConfig, ShardedData
+from famr_jax.engine.plan import DescentPlan
 from famr_jax.engine.progress import progress
 from famr_jax.engine.resume import ResumeConfig, data_digest, open_resumer
 from famr_jax.engine.loop_forms import LOOPS, loop_form, resolve_loop, set_loop_form
@@ -465,6 +465,16 @@ def _run_epochs(prep: PreparedDescent, *, clock: parallel.CompileCounter, epochs
   return params, opt_state, history, compile_s, run_s
 
 
+def _plan(loss_fn, optimizer, params, data, context, key, epochs, batch_size, max_steps, scale, resume,
+          opt_state) -> DescentPlan:
+  """:func:`minibatch_descent`'s ``plan_only`` value, refused for what a plan cannot describe."""
+  if scale.sharded or scale.grad_accum != 1 or resume is not None or isinstance(data, ShardedData) \
+      or any_streamed(data) or opt_state is not None:
+    raise FamrError("a descent plan runs on one device from a fresh optimizer state, without gradient "
+                    "accumulation, resumable checkpoints or streamed data")
+  return DescentPlan(loss_fn, optimizer, params, tuple(data), context, key, int(epochs), int(batch_size), max_steps)
+
+
 def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | ShardedData,
                       optimizer: optax.GradientTransformation, *, epochs: int,
                       batch_size: int, key: jax.Array, context: Any = None,
@@ -472,7 +482,8 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
                       desc: str = "epochs", show_progress: bool = True,
                       scale: ScaleConfig | None = None, resume: ResumeConfig | None = None,
                       resume_meta: Mapping[str, Any] | None = None, max_steps: int | None = None,
-                      loop: str = "auto", opt_state: Any = None) -> DescentResult:
+                      loop: str = "auto", opt_state: Any = None,
+                      plan_only: bool = False) -> DescentResult | DescentPlan:
   """Minimizes ``loss_fn`` over ``data`` by minibatch steps of ``optimizer``.
 
   Args:
@@ -506,9 +517,11 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
     loop: ``"auto"``, ``"steps"`` or ``"scan"`` (see the module doc); the
       results are the same up to float reordering.
     opt_state: continue from this optimizer state instead of ``optimizer.init(params)``.
+    plan_only: validate, then return the run as a :class:`famr_jax.engine.plan.DescentPlan` instead of
+      running it (one device, a fresh optimizer state; metrics and progress are not part of a plan).
 
   Returns:
-    A :class:`DescentResult`.
+    A :class:`DescentResult` (a :class:`famr_jax.engine.plan.DescentPlan` with ``plan_only``).
 
   Raises:
     famr_jax.engine.resume.RunStopped: ``resume.stop_after_steps`` was reached.
@@ -536,11 +549,8 @@ def minibatch_descent(loss_fn: LossFn, params: Params, data: Sequence[Any] | Sha
   else:
     segment_steps = resume.checkpoint_every if resume is not None else None
   key = typed_key(key)
-  if capture.capturing():   # a farm records the run (famr_jax.engine.farm) instead of running it
-    raise capture.DescentCaptured(capture.DescentCall(
-        loss_fn, params, tuple(data) if not isinstance(data, ShardedData) else data, optimizer, int(epochs),
-        int(batch_size), key, context, max_steps, opt_state,
-        scale.sharded or scale.grad_accum != 1 or resume is not None))
+  if plan_only:
+    return _plan(loss_fn, optimizer, params, data, context, key, epochs, batch_size, max_steps, scale, resume, opt_state)
   prep = prepare_descent(loss_fn, params, data, optimizer, batch_size=batch_size, key=key, context=context,
                          metrics_fn=metrics_fn, scale=scale, segment_steps=segment_steps,
                          masked=max_steps is not None, digest=resume is not None, opt_state=opt_state)

@@ -2,9 +2,10 @@
 
 Shadow models for membership inference (:mod:`famr_jax.audit`) are many runs of
 the same recipe that differ only in their seeds, initial params and data. Built
-through the usual code paths under :func:`famr_jax.engine.capture.capture_descents`,
-each run becomes a :class:`famr_jax.engine.capture.DescentCall`;
-:func:`vmapped_descent` then runs all of them through the engine's own step
+through the usual code paths with ``plan_only=True`` (``train_classifier``, a
+method through ``UnlearnTask.plan_only``), each run is a value, a
+:class:`famr_jax.engine.plan.DescentPlan`; :func:`vmapped_descent` then runs all
+of them through the engine's own step
 (:func:`famr_jax.engine.descent.make_segment_fn`), ``jax.vmap``-ed over the
 model axis, one compiled call per step for the whole farm. Per-model inputs
 (params, PRNG keys, data and context leaves that differ between runs) are
@@ -27,8 +28,8 @@ import numpy as np
 
 from famr_jax.engine import parallel
 from famr_jax.engine.batching import padded_epoch, plan_segments, step_schedule
-from famr_jax.engine.capture import DescentCall, DescentCaptured, capture_descents
-from famr_jax.engine.descent import DescentResult, make_segment_fn
+from famr_jax.engine.descent import DescentResult, make_segment_fn, minibatch_descent
+from famr_jax.engine.plan import DescentPlan
 from famr_jax.engine.progress import progress
 from famr_jax.errors import FamrError
 
@@ -67,14 +68,28 @@ def unstack_tree(tree: Any, i: int) -> Any:
   return jax.tree.map(lambda a: a[i], tree)
 
 
-def capture_call(thunk: Callable[[], Any], what: str = "the run") -> DescentCall:
-  """The engine run ``thunk()`` would make, recorded instead of run (one-line error if it makes none)."""
-  with capture_descents():
-    try:
-      thunk()
-    except DescentCaptured as e:
-      return e.call
-  raise FamrError(f"{what} makes no minibatch-engine run, so it cannot be vmapped")
+def run_plan(plan: DescentPlan, *, show_progress: bool = False, desc: str = "plan") -> DescentResult:
+  """Runs one plan as the engine would have run the call that built it (without its metrics).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> loss = lambda p, b, w, c: jnp.sum(w * (b[0] - p) ** 2) / jnp.sum(w)
+    >>> plan = minibatch_descent(loss, jnp.zeros(()), (jnp.arange(4.0),), optax.sgd(0.5), epochs=20,
+    ...                          batch_size=4, key=jax.random.key(0), plan_only=True)
+    >>> round(float(run_plan(plan).params), 3)
+    1.5
+  """
+  return minibatch_descent(plan.loss_fn, plan.params, plan.data, plan.optimizer, epochs=plan.epochs,
+                           batch_size=plan.batch_size, key=plan.key, context=plan.context,
+                           max_steps=plan.max_steps, show_progress=show_progress, desc=desc)
+
+
+def plan_of(run: Callable[..., Any], what: str = "the run") -> DescentPlan:
+  """The plan ``run(plan_only=True)`` returns (one-line error if it returns none: it is no single descent)."""
+  plan = run(plan_only=True)
+  if not isinstance(plan, DescentPlan):
+    raise FamrError(f"{what} makes no single minibatch-engine descent plan, so it cannot be vmapped")
+  return plan
 
 
 def _same(a, b) -> bool:
@@ -104,16 +119,14 @@ def _stack_or_share(trees: Sequence[Any], what: str) -> tuple[Any, Any]:
   return jax.tree.unflatten(treedef, leaves), jax.tree.unflatten(treedef, axes)
 
 
-def check_calls(calls: Sequence[DescentCall]) -> None:
-  """Refuses runs that cannot be one vmapped program (one line naming what differs)."""
-  if not calls:
+def check_plans(plans: Sequence[DescentPlan]) -> None:
+  """Refuses plans that cannot be one vmapped program (one line naming what differs)."""
+  if not plans:
     raise FamrError("a farm needs at least one run")
-  c0 = calls[0]
-  for c in calls:
-    if c.scaled:
-      raise FamrError("a farm runs on one device without gradient accumulation or resumable checkpoints")
-    if c.opt_state is not None:
-      raise FamrError("a farm starts every run from a fresh optimizer state")
+  c0 = plans[0]
+  for c in plans:
+    if not isinstance(c, DescentPlan):
+      raise FamrError(f"a farm runs DescentPlan values, got {type(c).__name__}")
     if c.loss_fn is not c0.loss_fn or c.optimizer is not c0.optimizer:
       raise FamrError("the runs of a farm must share their loss and optimizer (the same method and config)")
     if (c.epochs, c.batch_size, c.max_steps) != (c0.epochs, c0.batch_size, c0.max_steps):
@@ -123,7 +136,7 @@ def check_calls(calls: Sequence[DescentCall]) -> None:
 _PROGRAMS: "collections.OrderedDict[Any, tuple]" = collections.OrderedDict()
 
 
-def _programs(c0: DescentCall, plan, data_axes, ctx_axes) -> tuple:
+def _programs(c0: DescentPlan, plan, data_axes, ctx_axes) -> tuple:
   impl = jax.random.key_impl(c0.key)
   cache_key = (c0.loss_fn, c0.optimizer, plan, str(jax.tree.structure(data_axes, is_leaf=lambda x: x is None)),
                tuple(jax.tree.leaves(data_axes, is_leaf=lambda x: x is None)),
@@ -146,12 +159,13 @@ def _programs(c0: DescentCall, plan, data_axes, ctx_axes) -> tuple:
   return programs
 
 
-def vmapped_descent(calls: Sequence[DescentCall], *, show_progress: bool = False,
+def vmapped_descent(plans: Sequence[DescentPlan], *, show_progress: bool = False,
                     desc: str = "farm") -> FarmResult:
-  """Runs the captured engine runs ``calls`` as one program over a leading model axis.
+  """Runs the descent ``plans`` as one program over a leading model axis (model ``i`` equals
+  ``run_plan(plans[i])`` up to float reordering).
 
   Args:
-    calls: runs from :func:`capture_call` sharing loss, optimizer and schedule.
+    plans: :class:`famr_jax.engine.plan.DescentPlan` values sharing loss, optimizer and schedule.
     show_progress: a progress bar over epochs.
     desc: its label.
 
@@ -164,23 +178,22 @@ def vmapped_descent(calls: Sequence[DescentCall], *, show_progress: bool = False
     >>> x = np.random.default_rng(0).normal(size=(32, 2)).astype(np.float32)
     >>> y = (x[:, 0] > 0).astype(np.int32)
     >>> apply_fn = lambda p, x: x @ p
-    >>> run = lambda s: lambda: train_classifier(apply_fn, jnp.zeros((2, 2)), x, y,
-    ...                                          TrainConfig(epochs=2, lr=0.1), jax.random.key(s),
-    ...                                          show_progress=False)
-    >>> vmapped_descent([capture_call(run(0)), capture_call(run(1))]).params.shape
+    >>> plan = lambda s: train_classifier(apply_fn, jnp.zeros((2, 2)), x, y, TrainConfig(epochs=2, lr=0.1),
+    ...                                   jax.random.key(s), plan_only=True)
+    >>> vmapped_descent([plan(0), plan(1)]).params.shape
     (2, 2, 2)
   """
-  check_calls(calls)
-  c0 = calls[0]
+  check_plans(plans)
+  c0 = plans[0]
   n = int(np.shape(c0.data[0])[0])
   epochs, last_steps = step_schedule(n, c0.batch_size, epochs=c0.epochs, max_steps=c0.max_steps)
   plan = plan_segments(n, c0.batch_size, segment_steps=1)
-  data, data_axes = _stack_or_share([c.data for c in calls], "data")
-  context, ctx_axes = _stack_or_share([c.context for c in calls], "contexts")
+  data, data_axes = _stack_or_share([c.data for c in plans], "data")
+  context, ctx_axes = _stack_or_share([c.context for c in plans], "contexts")
   init, epoch_fn, step = _programs(c0, plan, data_axes, ctx_axes)
-  params = stack_trees([c.params for c in calls])
-  key_data = jnp.stack([jax.random.key_data(c.key) for c in calls])
-  zero_acc = lambda: (jnp.zeros(len(calls), jnp.float32), jnp.zeros(len(calls), jnp.float32))
+  params = stack_trees([c.params for c in plans])
+  key_data = jnp.stack([jax.random.key_data(c.key) for c in plans])
+  zero_acc = lambda: (jnp.zeros(len(plans), jnp.float32), jnp.zeros(len(plans), jnp.float32))
   with parallel.CompileCounter() as clock:
     t0 = time.perf_counter()
     opt_state = init(params)
@@ -205,35 +218,37 @@ def auto_mode(params: Any) -> str:
   return _AUTO["cpu_conv"] if (conv and jax.default_backend() == "cpu") else _AUTO["default"]
 
 
-def run_farm(thunks: Sequence[Callable[[], DescentResult]], *, mode: str = "auto", what: str = "the runs",
+def run_farm(runs: Sequence[Callable[..., Any]], *, mode: str = "auto", what: str = "the runs",
              show_progress: bool = False, desc: str = "farm") -> FarmResult:
-  """Runs N engine runs (zero-argument callables, e.g. ``lambda: train_classifier(...)``) as a farm.
+  """Runs N engine runs as a farm; each run is ``run(plan_only=False)``, e.g.
+  ``lambda plan_only=False: train_classifier(..., plan_only=plan_only)``.
 
-  ``mode="vmap"`` captures each run and runs them as one vmapped program
-  (:func:`vmapped_descent`); ``"loop"`` calls them one by one (the engine's
-  program cache compiles once) and stacks their params; ``"auto"`` picks by
-  :func:`auto_mode` from the first run's params.
+  ``mode="vmap"`` asks each run for its :class:`famr_jax.engine.plan.DescentPlan`
+  (``run(plan_only=True)``) and runs them as one vmapped program
+  (:func:`vmapped_descent`); ``"loop"`` calls them one by one (``run()``; the
+  engine's program cache compiles once) and stacks their params; ``"auto"``
+  picks by :func:`auto_mode` from the first plan's params.
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np
     >>> from famr_jax.engine.training import TrainConfig, train_classifier
     >>> x = np.random.default_rng(0).normal(size=(32, 2)).astype(np.float32)
     >>> y = (x[:, 0] > 0).astype(np.int32)
-    >>> runs = [lambda s=s: train_classifier(lambda p, x: x @ p, jnp.zeros((2, 2)), x, y, TrainConfig(epochs=2),
-    ...                                      jax.random.key(s), show_progress=False) for s in range(3)]
+    >>> runs = [lambda plan_only=False, s=s: train_classifier(lambda p, x: x @ p, jnp.zeros((2, 2)), x, y,
+    ...           TrainConfig(epochs=2), jax.random.key(s), show_progress=False, plan_only=plan_only) for s in range(3)]
     >>> run_farm(runs, mode="loop").params.shape
     (3, 2, 2)
   """
   if mode not in FARM_MODES:
     raise FamrError(f"farm mode must be one of {', '.join(FARM_MODES)}, got {mode!r}")
-  if not thunks:
+  if not runs:
     raise FamrError("a farm needs at least one run")
   if mode != "loop":
-    calls = [capture_call(t, what) for t in thunks]
+    plans = [plan_of(r, what) for r in runs]
     if mode == "auto":
-      mode = auto_mode(calls[0].params)
+      mode = auto_mode(plans[0].params)
     if mode == "vmap":
-      return vmapped_descent(calls, show_progress=show_progress, desc=desc)
-  results = [t() for t in progress(thunks, desc=desc, enabled=show_progress, total=len(thunks))]
+      return vmapped_descent(plans, show_progress=show_progress, desc=desc)
+  results = [r() for r in progress(runs, desc=desc, enabled=show_progress, total=len(runs))]
   params = stack_trees([r.params for r in results])
   return FarmResult(params, float(sum(r.compile_s for r in results)), float(sum(r.run_s for r in results)), "loop")

@@ -63,7 +63,8 @@ def check_finite(name: str, array: np.ndarray) -> None:
 
 def cross_entropy_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax.Array,
                        context: Any = None) -> jax.Array:
-  """Weighted mean softmax cross-entropy of a minibatch ``(x, y)`` (the engine's ``loss_fn`` once bound).
+  """Weighted mean softmax cross-entropy of a minibatch ``(x, y)`` or ``(x, y, example_weights)`` (the engine's
+  ``loss_fn`` once bound).
 
   Example:
     >>> import jax.numpy as jnp
@@ -72,7 +73,9 @@ def cross_entropy_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights:
     0.6931
   """
   del context
-  xb, yb = batch
+  xb, yb = batch[0], batch[1]
+  if len(batch) > 2:   # per-example weights: a row of weight 0 keeps its place in the order, not its loss
+    weights = weights * batch[2]
   return jnp.sum(weights * losses.cross_entropy(apply_fn(params, xb), yb)) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
@@ -88,7 +91,8 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
                      eval_data: tuple[np.ndarray, np.ndarray] | None = None,
                      show_progress: bool = True, desc: str = "train",
                      scale: ScaleConfig | None = None,
-                     resume: ResumeConfig | None = None) -> DescentResult:
+                     resume: ResumeConfig | None = None, plan_only: bool = False,
+                     example_weights: np.ndarray | None = None) -> DescentResult:
   """Trains ``params`` by minibatch cross-entropy descent.
 
   Args:
@@ -110,6 +114,10 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
       (each process's own rows in a multi-process run) and ``y`` None.
     resume: optional :class:`famr_jax.engine.resume.ResumeConfig`: save resumable
       checkpoints; rerunning the same call continues where it stopped.
+    plan_only: return the training as a :class:`famr_jax.engine.plan.DescentPlan` instead of running it.
+    example_weights: optional ``[N]`` non-negative weights of the examples in each minibatch's mean loss;
+      a row of weight 0 keeps its place in the minibatch order and contributes nothing (a retrain that
+      shares its original's order: the audit's paired farm).
 
   Returns:
     A :class:`famr_jax.engine.descent.DescentResult` (params, per-epoch
@@ -158,10 +166,17 @@ def train_classifier(apply_fn: ApplyFn, params: Params, x: np.ndarray, y: np.nda
     metrics_fn = bind_static(eval_accuracy, apply_fn)
 
   data = x if sharded else (x if is_streamed(x) else np.asarray(x, np.float32), np.asarray(y, np.int32))
+  if example_weights is not None:
+    example_weights = np.asarray(example_weights, np.float32)
+    if sharded or example_weights.shape != (len(y),) or not np.all(np.isfinite(example_weights)) \
+        or np.any(example_weights < 0) or not np.any(example_weights > 0):
+      raise FamrError(f"example_weights must be {len(y) if not sharded else 'N'} finite non-negative numbers, "
+                      "not all zero, one per training example (and the data not sharded)")
+    data = data + (example_weights,)
   return minibatch_descent(loss_fn, params, data,
                            optimizer, epochs=config.epochs, batch_size=config.batch_size, key=key,
                            context=context, metrics_fn=metrics_fn, desc=desc, show_progress=show_progress,
-                           scale=scale, resume=resume,
+                           scale=scale, resume=resume, plan_only=plan_only,
                            resume_meta={"train": dataclasses.asdict(config),
                                         "eval_data": eval_data is not None,
                                         "frozen_leaves": trainable_mask is not None})

@@ -21,7 +21,7 @@ import numpy as np
 
 from famr_jax.audit import evidence
 from famr_jax.audit.audit import EvidenceConfig, audit_request, json_part, pool_audits
-from famr_jax.audit.shadows import AuditConfig, check_auditable, check_shadow_model
+from famr_jax.audit.shadows import AuditConfig, check_auditable, check_shadow_model, check_train_fn
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.progress import method_label
 from famr_jax.errors import Diverged, FamrError
@@ -133,7 +133,7 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
             extra_metrics: Callable[[Any], Mapping[str, float]] | None = None,
             audit: str | AuditConfig | None = None, shadows: int = 16, train_config: Any = None,
             audit_seeds: int = 3, audit_evidence: EvidenceConfig | None = None,
-            input_shape: Sequence[int] | None = None) -> dict:
+            audit_train_fn: Callable | None = None, input_shape: Sequence[int] | None = None) -> dict:
   """Runs ``methods`` on one trained model and scores each against a retrained model, per seed.
 
   Args:
@@ -169,6 +169,7 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
       indices for a fixed request) and models; each is shown and the verdicts are made on them pooled
       (:func:`famr_jax.audit.audit.pool_audits`): ``"audit_pooled"`` and the board's ``"pick"``.
     audit_evidence: a :class:`famr_jax.audit.audit.EvidenceConfig` (the equivalence margin, bootstrap sizes).
+    audit_train_fn: ``train_fn(x, y, key) -> params`` (``retrain``'s contract) training every shadow model.
     input_shape: ``(H, W, C)`` of one input, for data-free methods on model parts (default: the data's).
 
   Returns:
@@ -193,9 +194,8 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   forget_of = forget if callable(forget) else (lambda seed: forget)
   configs = dict(configs or {})
   _check_inputs(apply_fn, params, data, configs, specs)
-  audit_config = _audit_config(audit, shadows, methods, forget_of(0), model, train_config)
-  if audit_config is not None:
-    _check_count("audit_seeds", audit_seeds)
+  audit_config = _audit_config(audit, shadows, methods, forget_of(0), model, train_config, audit_train_fn,
+                               audit_seeds)
   rows, gold_rows = [], []
   shape = tuple(int(d) for d in (input_shape if input_shape is not None else data.x_train.shape[1:]))
   for seed in range(int(seeds)):
@@ -222,7 +222,7 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   if audit_config is not None:
     board.update(_audit_board(int(audit_seeds), forget_of, rows, apply_fn, model, data, train_config,
                               {name: configs[name] for name in methods}, audit_config,
-                              audit_evidence or EvidenceConfig(), show_progress, log))
+                              audit_evidence or EvidenceConfig(), show_progress, log, audit_train_fn))
   return board
 
 
@@ -278,27 +278,31 @@ def _check_inputs(apply_fn, params, data, configs: Mapping[str, Any], specs: Map
       check_config_class(config, name, specs[name].config_cls)
 
 
-def _audit_config(audit, shadows, methods, first_request: ForgetSet, model, train_config) -> AuditConfig | None:
+def _audit_config(audit, shadows, methods, first_request: ForgetSet, model, train_config,
+                  train_fn, audit_seeds) -> AuditConfig | None:
   """The validated audit settings (None: no audit); every refusal before any work."""
   if audit is None:
     return None
+  _check_count("audit_seeds", audit_seeds)
   config = audit if isinstance(audit, AuditConfig) else AuditConfig(attack=str(audit), shadows=shadows)
   config.validate()
-  if model is None or train_config is None:
-    raise FamrError("an audit trains shadow models: pass model and train_config (the original's recipe)")
-  check_shadow_model(model)
+  if model is None or (train_config is None and train_fn is None):
+    raise FamrError("an audit trains shadow models: pass model and train_config (the original's recipe) or "
+                    "audit_train_fn")
+  check_shadow_model(model, config.mode, tuple(methods))
+  check_train_fn(train_fn)
   check_auditable(first_request, tuple(methods), config.mode)
   return config
 
 
 def _audit_board(audit_seeds, forget_of, rows, apply_fn, model, data, train_config, method_configs, config,
-                 evidence_config, show_progress, log) -> dict:
+                 evidence_config, show_progress, log, train_fn=None) -> dict:
   """Audits every farm seed's request, pools them and picks; each method's scores go on its row of the same seed."""
   seeds = []
   for k in range(audit_seeds):
     result = audit_request(apply_fn, model, data, forget_of(k), train_config, method_configs, config,
                            jax.random.fold_in(jax.random.key(k), 14), seed=k, evidence_config=evidence_config,
-                           show_progress=show_progress, log=log)
+                           train_fn=train_fn, show_progress=show_progress, log=log)
     for row in rows:
       if row["seed"] == k and row["method"] in result["rows"]:
         row["audit"] = result["rows"][row["method"]]

@@ -222,7 +222,7 @@ def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: n
                      retain_data: tuple[np.ndarray, np.ndarray] | None = None,
                      forget_classes: tuple[int, ...] = (), num_classes: int | None = None,
                      show_progress: bool = True, scale: ScaleConfig | None = None,
-                     resume: ResumeConfig | None = None) -> DescentResult:
+                     resume: ResumeConfig | None = None, plan_only: bool = False) -> DescentResult:
   """Runs the descent baseline ``method`` (``ft``, ``ga``, ``neggrad+``, ``rl`` or ``salun``).
 
   Args:
@@ -241,6 +241,8 @@ def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: n
       FSDP, bfloat16 forward pass in the steps, gradient accumulation).
     resume: optional :class:`famr_jax.engine.resume.ResumeConfig`: save resumable
       checkpoints; rerunning the same call continues where it stopped.
+    plan_only: return the descent as a :class:`famr_jax.engine.plan.DescentPlan` instead of running it
+      (the one-off passes it needs run; a farm vmaps such plans).
 
   Returns:
     A :class:`famr_jax.engine.descent.DescentResult`.
@@ -282,7 +284,9 @@ def baseline_unlearn(method: str, apply_fn: ApplyFn, params: Params, x_forget: n
                              epochs=config.epochs, batch_size=config.batch_size, key=key, context=ctx,
                              metrics_fn=bind_static(baseline_history, apply_fn), initial_metrics=True, desc=method,
                              show_progress=show_progress, max_steps=config.steps, scale=scale, resume=resume,
-                             resume_meta=meta)
+                             resume_meta=meta, plan_only=plan_only)
+  if plan_only:
+    return result
   return result._replace(compile_s=result.compile_s + extra_compile, run_s=result.run_s + extra_run)
 
 
@@ -308,10 +312,11 @@ def _baseline_data(method, apply_fn, params, x_forget, y_forget, config, key, *,
 
 def retrain_unlearn(apply_fn: ApplyFn, init_params: Params, x_retain: np.ndarray, y_retain: np.ndarray,
                     config: TrainConfig, key: jax.Array, *, show_progress: bool = True,
-                    scale: ScaleConfig | None = None, resume: ResumeConfig | None = None) -> DescentResult:
+                    scale: ScaleConfig | None = None, resume: ResumeConfig | None = None,
+                    plan_only: bool = False) -> DescentResult:
   """The ``retrain`` method: the training recipe on the retained data from ``init_params``.
 
-  ``scale`` and ``resume`` are :func:`famr_jax.engine.training.train_classifier`'s.
+  ``scale``, ``resume`` and ``plan_only`` are :func:`famr_jax.engine.training.train_classifier`'s.
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np
@@ -322,7 +327,7 @@ def retrain_unlearn(apply_fn: ApplyFn, init_params: Params, x_retain: np.ndarray
     5
   """
   return train_classifier(apply_fn, init_params, x_retain, y_retain, config, key, show_progress=show_progress,
-                          desc="retrain", scale=scale, resume=resume)
+                          desc="retrain", scale=scale, resume=resume, plan_only=plan_only)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -369,7 +374,7 @@ def baseline_task_runner(name: str):
                             task.key, retain_data=(data.x_train[keep], data.y_train[keep]),
                             forget_classes=forget.classes, num_classes=forget.num_classes,
                             show_progress=task.show_progress, scale=getattr(task, "scale", None),
-                            resume=getattr(task, "resume", None))
+                            resume=getattr(task, "resume", None), plan_only=getattr(task, "plan_only", False))
   return run
 
 
@@ -384,4 +389,5 @@ def run_retrain_task(task, config: TrainConfig) -> DescentResult:
   init = models.init_params(task.model, jax.random.fold_in(task.key, 11), data.image_shape)
   return retrain_unlearn(task.apply_fn, init, data.x_train[keep], data.y_train[keep], config,
                          jax.random.fold_in(task.key, 12), show_progress=task.show_progress,
-                         scale=getattr(task, "scale", None), resume=getattr(task, "resume", None))
+                         scale=getattr(task, "scale", None), resume=getattr(task, "resume", None),
+                         plan_only=getattr(task, "plan_only", False))

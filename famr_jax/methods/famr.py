@@ -141,7 +141,7 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
                  eval_data: tuple[np.ndarray, np.ndarray] | None = None,
                  show_progress: bool = True,
                  scale: ScaleConfig | None = None,
-                 resume: ResumeConfig | None = None) -> DescentResult:
+                 resume: ResumeConfig | None = None, plan_only: bool = False) -> DescentResult:
   """Forgets ``x_forget`` by FAMR (Algorithm 1), anchored at ``params``.
 
   Args:
@@ -167,6 +167,8 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
       ``(x,)`` or ``(x, y)`` (each process's own rows in a multi-process run).
     resume: optional :class:`famr_jax.engine.resume.ResumeConfig`: save resumable
       checkpoints; rerunning the same call continues where it stopped.
+    plan_only: return the descent as a :class:`famr_jax.engine.plan.DescentPlan` instead of running it
+      (the one-off passes it needs run; a farm vmaps such plans).
 
   Returns:
     A :class:`famr_jax.engine.descent.DescentResult`: the unlearned params and a
@@ -212,7 +214,7 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
                            metrics_fn=bind_static(forget_history, apply_fn),
                            initial_metrics=True, desc="FAMR", show_progress=show_progress,
                            scale=scale, resume=resume, resume_meta=_famr_resume_meta(config, trainable_mask),
-                           max_steps=config.steps)
+                           max_steps=config.steps, plan_only=plan_only)
 
 
 def famr_minibatch_loss(forward: ApplyFn, config: FAMRConfig, feature_fn, mask: StaticMask | None,
@@ -335,4 +337,4 @@ def run_famr_task(task, config: FAMRConfig) -> DescentResult:
   return famr_unlearn(task.apply_fn, task.params, task.data.x_train[idx], config, task.key,
                       y_forget=task.data.y_train[idx], feature_fn=feature_fn, target_gram=target_gram,
                       show_progress=task.show_progress, scale=getattr(task, "scale", None),
-                      resume=getattr(task, "resume", None))
+                      resume=getattr(task, "resume", None), plan_only=getattr(task, "plan_only", False))

@@ -37,6 +37,7 @@ class UnlearnTask(NamedTuple):
   resume: Any = None       # a famr_jax.engine.resume.ResumeConfig (resumable checkpoints), likewise
   checkpoint: str | None = None   # the original checkpoint's directory (stored extras, e.g. a Fisher)
   input_shape: tuple[int, ...] | None = None   # (H, W, C) of one input, for data-free methods
+  plan_only: bool = False  # a method that is one engine descent returns its DescentPlan instead of running
 
 
 @dataclasses.dataclass(frozen=True)

@@ -307,7 +307,7 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
                          input_shape: Sequence[int] | None = None,
                          show_progress: bool = True,
                          scale: ScaleConfig | None = None,
-                         resume: ResumeConfig | None = None) -> DescentResult:
+                         resume: ResumeConfig | None = None, plan_only: bool = False) -> DescentResult:
   """Forgets ``x_forget`` with a FAMR variant, anchored at ``params``.
 
   Args:
@@ -330,6 +330,8 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
       FSDP, bfloat16 forward pass in the steps, gradient accumulation).
     resume: optional :class:`famr_jax.engine.resume.ResumeConfig`: save resumable
       checkpoints; rerunning the same call continues where it stopped.
+    plan_only: return the descent as a :class:`famr_jax.engine.plan.DescentPlan` instead of running it
+      (the one-off passes it needs run; a farm vmaps such plans).
 
   Returns:
     A :class:`famr_jax.engine.descent.DescentResult`. ``compile_s`` adds the
@@ -383,7 +385,10 @@ def famr_variant_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray
   result = minibatch_descent(loss_fn, params, data, optimizer, epochs=config.epochs,
                              batch_size=config.batch_size, key=key, context=ctx, metrics_fn=metrics_fn,
                              initial_metrics=True, desc="FAMR variant", show_progress=show_progress,
-                             max_steps=config.steps, scale=scale, resume=resume, resume_meta=meta)
+                             max_steps=config.steps, scale=scale, resume=resume, resume_meta=meta,
+                             plan_only=plan_only)
+  if plan_only:
+    return result
   return result._replace(compile_s=result.compile_s + timer.compile_s, run_s=result.run_s + timer.run_s)
 
 
@@ -521,4 +526,4 @@ def run_variant_task(task, config: FAMRVariantConfig) -> DescentResult:
                               num_classes=forget.num_classes, retain_data=retain, fisher=fisher,
                               model=task.model, input_shape=data.image_shape,
                               show_progress=task.show_progress, scale=getattr(task, "scale", None),
-                              resume=getattr(task, "resume", None))
+                              resume=getattr(task, "resume", None), plan_only=getattr(task, "plan_only", False))
