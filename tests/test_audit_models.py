@@ -117,3 +117,22 @@ def test_a_bad_train_fn_is_refused_before_any_work(digits):
   with pytest.raises(FamrError, match="not the model's"):
     train_models(model, models.make_apply_fn(model), digits.x_train, digits.y_train, None, jax.random.key(0), 2,
                  digits.image_shape, train_fn=lambda x, y, key: {"w": np.zeros(3)})
+
+
+def test_a_batchnorm_train_fn_may_return_its_own_running_statistics(digits, bn_model):
+  stats0 = models.init_batch_stats(bn_model, digits.image_shape)
+  mine = jax.tree.map(lambda a: np.full_like(a, 0.25), stats0)   # what the user's own training left
+
+  def train_fn(x, y, key):
+    return {"params": models.init_params(bn_model, key, digits.image_shape), "batch_stats": mine}
+
+  group = train_models(bn_model, models.make_apply_fn(bn_model), digits.x_train, digits.y_train, None,
+                       jax.random.key(0), 2, digits.image_shape, train_fn=train_fn)
+  for leaf in jax.tree.leaves(group.stats):
+    np.testing.assert_array_equal(np.asarray(leaf), 0.25)
+  # Params alone: the statistics are recomputed over the training data (precise BN), as `train` does.
+  group = train_models(bn_model, models.make_apply_fn(bn_model), digits.x_train, digits.y_train, None,
+                       jax.random.key(0), 2, digits.image_shape, train_fn=lambda x, y, key: train_fn(x, y, key)["params"])
+  p0 = models.init_params(bn_model, model_keys(jax.random.key(0), 2)[0][1], digits.image_shape)
+  _leaves_close(jax.tree.map(lambda a: a[1], group.stats), models.recompute_batch_stats(bn_model, p0, digits.x_train),
+                1e-5)
