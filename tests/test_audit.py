@@ -17,7 +17,7 @@ from famr_jax.data.forget import ForgetSet, forget_samples
 from famr_jax.engine.farm import capture_call, run_farm, vmapped_descent
 from famr_jax.engine.training import TrainConfig, train_classifier
 from famr_jax.errors import FamrError
-from famr_jax.methods.registry import get_method
+from famr_jax.methods.resolve import Request, resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_a_method_farm_vmapped_equals_one_by_one(small):
                                                      show_progress=False) for p in inits], mode="loop").params
   forget = forget_samples(list(range(0, 40, 2)), len(d.y_train), 10)
   for name in ("famr-function",):   # a loss with a context (anchor, retained pool) per model
-    method_config = get_method(name).default_config("logistic", "samples")
+    method_config = resolve_config(name, Request.of(forget), "logistic")
     a = unlearn_farm(name, method_config, originals, apply_fn, model, d, forget, jax.random.key(1), mode="vmap")
     b = unlearn_farm(name, method_config, originals, apply_fn, model, d, forget, jax.random.key(1), mode="loop")
     assert (a.mode, b.mode) == ("vmap", "loop")
