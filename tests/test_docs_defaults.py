@@ -21,6 +21,7 @@ import famr_jax as fj
 from famr_jax.cli import runs
 from famr_jax.cli.compare_run import CompareRun
 from famr_jax.cli.main import build_parser
+from famr_jax.methods import ssd
 from famr_jax.methods.defaults import SAMPLE_BUDGET_EPOCHS
 from famr_jax.methods.registry import get_method, method_names
 from famr_jax.methods.resolve import Request, recommended_method, resolve_config
@@ -65,6 +66,7 @@ def sources() -> dict[str, str]:
       "famr_jax.unlearn": fj.unlearn.__doc__,
       "UnlearnRun": runs.UnlearnRun.__doc__,
       "unlearn_model": runs.unlearn_model.__doc__,
+      "famr_jax.methods.ssd": ssd.__doc__,
   }.items()}
 
 
@@ -177,6 +179,8 @@ WORDS = [   # (source, pattern, the resolver's fact it states)
     ("BUILD_NOTES.md", r"Honest default: forget_objective=masked_kl",
      lambda: resolve_config("impressions", Request("zero-shot")).forget_objective == "masked_kl"),
     ("BUILD_NOTES.md", r"SSD .*? Default: the per-example diagonal Fisher",
+     lambda: resolve_config("ssd", Request("classes")).importance == "fisher"),
+    ("famr_jax.methods.ssd", r"what famr_jax.unlearn\(ssd, \.\.\.\) runs is fisher",
      lambda: resolve_config("ssd", Request("classes")).importance == "fisher"),
     ("README.md", r"a sample request runs ga \(a few Adam steps",
      lambda: resolve_config("ga", Request("samples")).optimizer == "adam"),

@@ -184,15 +184,16 @@ def _cmd_demo(args) -> int:
   from famr_jax.cli import flags as cf
   from famr_jax.cli.runs import DataConfig, DemoRun, run_demo
   from famr_jax.engine.training import TrainConfig
-  from famr_jax.methods.famr import FAMRConfig, famr_defaults
+  from famr_jax.methods.famr import FAMRConfig
+  from famr_jax.methods.resolve import Request, resolve_config
 
   base = cf.build_config(DemoRun, args, exclude=("data", "train", "famr", "scale", "resume"))
-  model = base.model
+  defaults = resolve_config("famr", Request("classes"), base.model)
   run = dataclasses.replace(
       base, **_scale_configs(args), data=cf.build_config(DataConfig, args, dest_prefix="data__"),
       train=cf.build_config(TrainConfig, args, dest_prefix="train__"),
-      famr=cf.build_config(FAMRConfig, args, base=famr_defaults(model), dest_prefix="famr__"))
-  if run.famr == famr_defaults(model):   # no FAMR option given: the demo runs unlearn's default method
+      famr=cf.build_config(FAMRConfig, args, base=defaults, dest_prefix="famr__"))
+  if run.famr == defaults:   # no FAMR option given (or each at its default): the demo runs unlearn's default method
     run = dataclasses.replace(run, famr=None)
   rep = run_demo(run)
   _print_summary(rep, run.out)
