@@ -42,6 +42,7 @@ from famr_jax.methods.registry import get_method, method_names
 from famr_jax.theory.fisher import missing_fisher_message
 from famr_jax.validation import check_config_class, check_finite_params
 
+
 class Request(NamedTuple):
   """What a resolution needs to know of a forget request: its kind and, when known, its size.
 
