@@ -23,7 +23,8 @@ from famr_jax.data.forget import forget_classes
 from famr_jax.evaluation.metrics import evaluate_unlearning
 from famr_jax.cli.runs import DataConfig, load_model, retrain_gold_standard
 from famr_jax.engine.training import TrainConfig, train_classifier
-from famr_jax.methods.famr import famr_defaults, famr_unlearn
+from famr_jax.methods.famr import famr_unlearn
+from famr_jax.methods.resolve import Request, resolve_config
 
 DEFAULT_EPOCHS = {"digits": 30, "fashion_mnist": 10}
 
@@ -44,7 +45,7 @@ def bench(dataset: str, model_name: str, forget_class: int, train_epochs: int, s
     params = train_classifier(apply_fn, init, data.x_train, data.y_train, train_cfg,
                               jax.random.fold_in(jax.random.key(seed), 1), desc=f"train {dataset}").params
   forget = forget_classes(data.y_train, [forget_class], data.num_classes)
-  cfg = famr_defaults(model_name)
+  cfg = resolve_config("famr", Request.of(forget), model_name)   # what fj.unlearn("famr", ...) runs
   famr = famr_unlearn(apply_fn, params, data.x_train[forget.indices], cfg, jax.random.key(seed),
                       y_forget=data.y_train[forget.indices])
   gold = retrain_gold_standard(model, apply_fn, data, forget, train_cfg, seed)

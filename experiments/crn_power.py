@@ -27,7 +27,7 @@ from famr_jax.audit.shadows import AuditConfig
 from famr_jax.data.datasets import load_dataset
 from famr_jax.data.forget import forget_random
 from famr_jax.engine.training import TrainConfig
-from famr_jax.methods.registry import get_method
+from famr_jax.methods.resolve import Request, resolve_config
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
   out = []
   for k in range(args.seeds):
     forget = forget_random(jax.random.fold_in(jax.random.key(k), 1), 0.1, len(data.y_train), data.num_classes)
-    methods = {"ga": get_method("ga").default_config("mlp", "samples", num_forget=len(forget.indices))}
+    methods = {"ga": resolve_config("ga", Request.of(forget), "mlp")}
     for design in ("independent", "paired"):
       t0 = time.perf_counter()
       r = audit_request(apply_fn, model, data, forget, TrainConfig(), methods,

@@ -76,7 +76,8 @@ from famr_jax.data.forget import forget_classes
 from famr_jax.engine.parallel import ScaleConfig, peak_memory, scale_description
 from famr_jax.engine.resume import ResumeConfig
 from famr_jax.engine.training import TrainConfig, train_classifier
-from famr_jax.methods.famr import FAMRConfig, famr_defaults, famr_unlearn
+from famr_jax.methods.famr import FAMRConfig, famr_unlearn
+from famr_jax.methods.resolve import Request, resolve_config
 from famr_jax.io.vit_weights import load_vit_npz
 
 IMAGENET100_CLASSES = tuple(range(0, 1000, 10))   # every tenth imagenet2012 label
@@ -90,7 +91,7 @@ def famr_setting(name: str, model: str, epochs: int) -> FAMRConfig:
   if name == "paper":
     return dataclasses.replace(FAMRConfig.paper(), epochs=epochs)
   if name == "forgets":
-    return dataclasses.replace(famr_defaults(model), epochs=epochs)
+    return resolve_config("famr", Request("classes"), model, {"epochs": epochs})
   if name.startswith("lr="):   # the paper's setting with another step size
     try:
       return dataclasses.replace(FAMRConfig.paper(), epochs=epochs, lr=float(name[3:])).validate()

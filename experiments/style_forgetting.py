@@ -102,10 +102,10 @@ def validate(args) -> tuple[tuple[str, ...], dict]:
 
 def grid(method: str, model_name: str) -> list[dict]:
   """The tuning grid of one method around its sample defaults (the style variants share famr's)."""
-  from famr_jax.methods.registry import get_method
   if method == "ssd":
     return [dict(selection_weight=a, dampening=l) for a in (5.0, 2.0, 1.0) for l in (1.0, 0.1)][:6]
-  base = get_method("famr" if method in STYLE_VARIANTS else method).default_config(model_name, "samples")
+  from famr_jax.methods.resolve import Request, resolve_config
+  base = resolve_config("famr" if method in STYLE_VARIANTS else method, Request("samples"), model_name)
   return [dict(lr=base.lr * f, steps=base.steps * k) for f in (1, 10, 100) for k in (1, 4)]
 
 

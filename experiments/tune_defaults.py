@@ -37,7 +37,7 @@ import numpy as np
 from famr_jax.cli.compare_run import CompareRun, seed_forget_set
 from famr_jax.evaluation.leaderboard import gold_reference, score_against_gold
 from famr_jax.errors import FamrError
-from famr_jax.methods.registry import UnlearnTask, get_method, with_overrides
+import famr_jax as fj
 from famr_jax.cli.runs import load_model, retrain_gold_standard
 from famr_jax.engine.training import TrainConfig
 
@@ -159,14 +159,15 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|" + "---|" * len(METRICS))
     rows = []
     for method, overrides in grid:
-      spec = get_method(method)
-      config = with_overrides(spec.default_config(loaded.metadata["model"], "samples" if samples else "classes"),
-                              overrides)
       gaps, kls, fractions, metrics = [], [], [], []
       for seed, forget, gold_s, reference in golds:
-        task = UnlearnTask(loaded.apply_fn, loaded.params, loaded.model, loaded.data, forget,
-                           jax.random.key(seed), False, checkpoint=args.checkpoint)
-        result = spec.run(task, config)
+        try:   # the method and its config resolved as famr_jax.unlearn resolves them (step budgets scaled)
+          result = fj.unlearn(method, loaded.apply_fn, loaded.params, forget, jax.random.key(seed),
+                              data=loaded.data, model=loaded.model, model_name=loaded.metadata["model"],
+                              checkpoint=args.checkpoint, **overrides)
+        except fj.Diverged:
+          gaps.append(float("nan"))
+          continue
         s = score_against_gold(loaded.apply_fn, result.params, loaded.data, forget, loaded.params, reference, seed)
         gaps.append(s.gaps["avg_gap"])
         if s.diverged:

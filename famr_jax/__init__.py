@@ -15,7 +15,7 @@ Subpackages: :mod:`famr_jax.engine` (the minibatch engine), :mod:`famr_jax.metho
 from famr_jax.version import __version__
 
 from famr_jax import models
-from famr_jax.api import UnlearnResult, unlearn
+from famr_jax.api import UnlearnResult, unlearn, unlearn_config
 from famr_jax.data.datasets import Dataset, load_dataset
 from famr_jax.audit.attacks import epsilons, forgetting_quality, lira, ulira
 from famr_jax.audit.audit import audit_request, lira_check
@@ -43,7 +43,7 @@ from famr_jax.theory.verification import TheoryConfig, run_theory_verification
 
 __all__ = [
     # the front door
-    "unlearn", "UnlearnResult", "compare", "format_leaderboard", "method_names", "get_method", "register_method",
+    "unlearn", "unlearn_config", "UnlearnResult", "compare", "format_leaderboard", "method_names", "get_method", "register_method",
     "MethodSpec", "load_model", "SavedModel", "import_weights", "convert_weights",
     # auditing (issue 14): shadow-model farms, U-LiRA, the unlearning challenge's epsilon score
     "AuditConfig", "audit_request", "lira_check", "train_shadow_farm", "unlearn_farm", "ulira", "lira", "epsilons",

@@ -6,14 +6,14 @@ key -- plus the training data for methods that read it, and returns an
 :class:`UnlearnResult`. Which method to use (measured, ``docs/results.md``):
 
 * a whole class, with the training data: ``"famr-plus"``;
-* samples (a random or given subset), with the data: ``"famr"`` (its sample defaults);
+* samples (a random or given subset), with the data: ``"ga"`` (its sample defaults: a step budget);
 * a whole class with no data at all: ``"impressions"``;
+* ``method=None`` runs the one above for the request; :func:`unlearn_config` shows the config it runs;
 * how close is that to a retrain: :func:`famr_jax.compare`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -22,11 +22,11 @@ import numpy as np
 from famr_jax.data.datasets import Dataset
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.descent import typed_key
-from famr_jax.engine.progress import method_label
 from famr_jax.errors import FamrError
-from famr_jax.methods.registry import UnlearnTask, get_method, method_names, with_overrides
-from famr_jax.validation import (PROBE_ROWS, check_config_class, check_finite_params, check_images, check_labels,
-                                 check_model)
+from famr_jax.methods.registry import UnlearnTask, get_method, method_names
+from famr_jax.methods.resolve import Request, resolve, run_task
+from famr_jax.theory.fisher import has_stored_fisher
+from famr_jax.validation import PROBE_ROWS, check_images, check_labels, check_model
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -89,7 +89,7 @@ def _check_request(forget: ForgetSet, data: Dataset | None) -> None:
                     f"holds {len(data.y_train)}")
 
 
-def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, key: jax.Array, *,
+def unlearn(method: str | None, apply_fn: ApplyFn, params: Params, forget: ForgetSet, key: jax.Array, *,
             data: Any = None, config: Any = None, model: Any = None, model_name: str = "",
             input_shape: Sequence[int] | None = None, checkpoint: str | None = None, scale: Any = None,
             resume: Any = None, show_progress: bool = False, **overrides: Any) -> UnlearnResult:
@@ -97,7 +97,8 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
 
   Args:
     method: a registered name (:func:`famr_jax.method_names`): ``"famr-plus"``, ``"famr"``,
-      ``"impressions"``, ``"ga"``, ...
+      ``"impressions"``, ``"ga"``, ...; None: the recommended one for the request (``famr-plus`` for
+      classes, ``ga`` for samples, ``impressions`` for classes without data).
     apply_fn: ``apply_fn(params, x) -> logits`` (Linen ``model.apply``, an NNX
       ``nnx.split`` pair wrapped in a function, or any plain function).
     params: the trained params (a pytree; never modified).
@@ -105,7 +106,8 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
     key: a PRNG key, ``jax.random.key(seed)`` or ``jax.random.PRNGKey(seed)``.
     data: the training data ``(x, y)`` (or a :class:`famr_jax.Dataset`); ``None`` for data-free
       methods (``impressions``, ``famr-zeroshot``).
-    config: the method's config (default: its defaults for ``model_name`` and the request's kind).
+    config: the method's config, used as given (default: its defaults for ``model_name`` and the request,
+      a sample request's step budget cut to 5 passes over the forget set: :func:`unlearn_config`).
     model: what a method needs beyond ``apply_fn`` to split the model into a frozen head and a
       trainable tail (``famr-plus``'s ``train_from``, activation-space impressions): a famr-jax
       model, or model parts (:mod:`famr_jax.models`).
@@ -117,15 +119,17 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
       methods that support it.
     resume: a :class:`famr_jax.ResumeConfig` (resumable checkpoints), likewise.
     show_progress: progress bars.
-    **overrides: config fields to change from the defaults (``lr=1e-3``, ``epochs=2``, ...).
+    **overrides: config fields to change from the defaults (``lr=1e-3``, ``epochs=2``, ...); one equal
+      to its resolved value changes nothing.
 
   Returns:
     An :class:`UnlearnResult`.
 
   Raises:
     FamrError: an unknown method or option, a missing or malformed input (one line), checked
-      before any work; :class:`famr_jax.errors.Diverged` (a FamrError) when the loss or the
-      params became NaN or inf.
+      before any work (also a request the method cannot serve: samples to a class-only method, no
+      data for a method that reads it, scale or resume settings it does not take);
+      :class:`famr_jax.errors.Diverged` (a FamrError) when the loss or the params became NaN or inf.
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np, famr_jax as fj
@@ -137,28 +141,9 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
     >>> int(jnp.argmax(apply_fn(r.params, x[10:11]))) != 1, int(jnp.argmax(apply_fn(r.params, x[:1])))
     (True, 0)
   """
-  spec = get_method(method)
-  if not isinstance(forget, ForgetSet):
-    raise FamrError("forget must be a ForgetSet: famr_jax.forget_classes, forget_samples or forget_random")
-  dataset = as_dataset(data, forget.num_classes) if data is not None else None
-  if spec.uses_data and dataset is None:
-    raise FamrError(f"method {method!r} reads the training data: pass data=(x_train, y_train)")
-  _check_request(forget, dataset)
+  spec, config, dataset = _resolve(method, forget, data, config, model, model_name, checkpoint, scale, resume,
+                                   overrides)
   key = typed_key(key)
-  defaulted = config is None
-  if config is None:
-    config = spec.default_config(model_name, forget.kind, num_forget=len(forget.indices))
-  else:
-    check_config_class(config, method, spec.config_cls)
-  if overrides:
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
-    if unknown:
-      raise FamrError(f"method {method!r} has no option {', '.join(unknown)}")
-    config = with_overrides(config, overrides)
-  if hasattr(config, "validate"):
-    config.validate()
-  if (scale is not None or resume is not None) and not spec.scales:
-    raise FamrError(f"method {method!r} does not take scale or resume settings")
   if input_shape is None and dataset is not None:
     input_shape = dataset.image_shape
   probe = (dataset.x_train if dataset is not None
@@ -166,15 +151,43 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
   check_model(apply_fn, params, forget.num_classes, probe)
   if model is None and not spec.uses_data:
     model = apply_fn   # data-free methods on a plain function: pixel-space impressions, the whole model tuned
-    if defaulted and getattr(config, "impression_space", None) == "activation":
-      config = dataclasses.replace(config, impression_space="pixel")   # no layers to take activations at
   task = UnlearnTask(apply_fn, params, model, dataset, forget, key, show_progress, scale=scale, resume=resume,
                      checkpoint=checkpoint, input_shape=None if input_shape is None else tuple(input_shape))
-  with method_label(spec.name):   # every bar names the method, not its family
-    result = spec.run(task, config)
-  check_finite_params(result.params, method)   # methods outside the engine (ssd, zero-shot) too
-  return UnlearnResult(result.params, list(result.history), method, config, float(result.run_s),
+  result = run_task(spec, task, config)
+  return UnlearnResult(result.params, list(result.history), spec.name, config, float(result.run_s),
                        float(result.compile_s))
 
 
-__all__ = ["UnlearnResult", "as_dataset", "method_names", "unlearn"]
+def unlearn_config(method: str | None, forget: ForgetSet, *, data: Any = None, config: Any = None,
+                   model: Any = None, model_name: str = "", checkpoint: str | None = None, scale: Any = None,
+                   resume: Any = None, **overrides: Any) -> Any:
+  """The config :func:`unlearn` would run with the same arguments, resolved and checked, without running it.
+
+  Every refusal :func:`unlearn` makes of the method, the request and the options is made here too.
+
+  Example:
+    >>> import numpy as np, famr_jax as fj
+    >>> y = np.arange(10).repeat(100)
+    >>> forget = fj.forget_samples(list(range(20)), 1000, 10)
+    >>> fj.unlearn_config("famr", forget, data=(np.zeros((1000, 2, 2, 1), np.float32), y), lr=1e-4).steps
+    5
+  """
+  return _resolve(method, forget, data, config, model, model_name, checkpoint, scale, resume, overrides)[1]
+
+
+def _resolve(method, forget, data, config, model, model_name, checkpoint, scale, resume, overrides):
+  """``(spec, config, dataset)`` of a call of :func:`unlearn`, every input checked before any work."""
+  if not isinstance(forget, ForgetSet):
+    raise FamrError("forget must be a ForgetSet: famr_jax.forget_classes, forget_samples or forget_random")
+  if method is not None:
+    get_method(method)   # an unknown name first
+  dataset = as_dataset(data, forget.num_classes) if data is not None else None
+  _check_request(forget, dataset)
+  has_fisher = has_stored_fisher(checkpoint)
+  spec, config = resolve(method, Request.of(forget, dataset is not None), model_name, overrides, config=config,
+                         data=dataset is not None, model=model is not None, scale=scale, resume=resume,
+                         has_fisher=has_fisher, checkpoint=checkpoint)
+  return spec, config, dataset
+
+
+__all__ = ["UnlearnResult", "as_dataset", "method_names", "unlearn", "unlearn_config"]

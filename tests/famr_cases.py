@@ -133,12 +133,17 @@ if __name__ == "__main__":
 
 
 def default_configs() -> dict:
-  """``{method: {model/kind: the registry's default config as a dict}}`` for every named FAMR method."""
+  """``{method: {model/kind: the resolved default config as a dict}}`` for every named FAMR method.
+
+  Only the request kinds a method serves: the resolver refuses the others (a sample request to a
+  class-only method).
+  """
   from famr_jax.methods.registry import get_method
+  from famr_jax.methods.resolve import Request, resolve_config
   out = {}
   for name in ("famr", "famr-retrain-target", "famr-fisher", "famr-curvature", "famr-function", "famr-plus",
                "famr-zeroshot"):
     spec = get_method(name)
-    out[name] = {f"{model}/{kind}": dataclasses.asdict(spec.default_config(model, kind))
-                 for model in ("mlp", "lenet5") for kind in ("classes", "samples")}
+    out[name] = {f"{model}/{kind}": dataclasses.asdict(resolve_config(name, Request(kind), model))
+                 for model in ("mlp", "lenet5") for kind in ("classes", "samples") if kind in spec.serves}
   return out

@@ -17,7 +17,7 @@ from famr_jax.data.forget import ForgetSet, forget_samples
 from famr_jax.engine.farm import run_farm, vmapped_descent
 from famr_jax.engine.training import TrainConfig, train_classifier
 from famr_jax.errors import FamrError
-from famr_jax.methods.registry import get_method
+from famr_jax.methods.resolve import Request, resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_a_method_farm_vmapped_equals_one_by_one(small):
                        mode="loop").params
   forget = forget_samples(list(range(0, 40, 2)), len(d.y_train), 10)
   for name in ("famr-function",):   # a loss with a context (anchor, retained pool) per model
-    method_config = get_method(name).default_config("logistic", "samples")
+    method_config = resolve_config(name, Request.of(forget), "logistic")
     a = unlearn_farm(name, method_config, originals, apply_fn, model, d, forget, jax.random.key(1), mode="vmap")
     b = unlearn_farm(name, method_config, originals, apply_fn, model, d, forget, jax.random.key(1), mode="loop")
     assert (a.mode, b.mode) == ("vmap", "loop")
@@ -258,9 +258,10 @@ def test_a_vmapped_farm_of_three_plans_equals_the_three_plans_run_one_by_one(sma
   from famr_jax.engine.plan import DescentPlan
   d, model, apply_fn = small
   forget = forget_samples(list(range(0, 60, 3)), len(d.y_train), 10)
-  config = get_method("ft").default_config("mlp", "samples")
+  config = resolve_config("ft", Request("samples"), "mlp")
   inits = [models.init_params(model, jax.random.key(s), d.image_shape) for s in (7, 8, 9)]
   from famr_jax.methods.registry import UnlearnTask
+  from famr_jax.methods.registry import get_method
   plans = [get_method("ft").run(UnlearnTask(apply_fn, p, model, d, forget, jax.random.key(20 + i), False,
                                             plan_only=True), config) for i, p in enumerate(inits)]
   assert all(isinstance(p, DescentPlan) for p in plans)   # a value: nothing ran, no exception was raised

@@ -16,6 +16,7 @@ from famr_jax.data.datasets import load_dataset
 from famr_jax.data.forget import forget_samples
 from famr_jax.engine.training import TrainConfig, train_classifier
 from famr_jax.errors import FamrError
+from famr_jax.methods.resolve import Request, resolve_config
 
 
 def test_pair_credits_and_the_paired_auc_by_hand():
@@ -154,8 +155,7 @@ def test_a_randomized_membership_farm_forgets_complementary_halves_and_retrains_
                             TrainConfig(epochs=2, batch_size=16), key, show_progress=False).params
 
   pool = np.arange(0, 20)
-  out = membership_audit(apply_fn, model, d, pool, None, {"ga": __import__("famr_jax").get_method("ga")
-                         .default_config("", "samples")}, AuditConfig(shadows=4), jax.random.key(0),
+  out = membership_audit(apply_fn, model, d, pool, None, {"ga": resolve_config("ga", Request("samples"))}, AuditConfig(shadows=4), jax.random.key(0),
                          train_fn=train_fn)
   flat = d.x_train.reshape(60, -1)
   assert [len(s) for s in seen] == [60] * 4 + [50] * 4

@@ -14,6 +14,7 @@ from famr_jax.data.datasets import load_dataset
 from famr_jax.data.forget import forget_samples
 from famr_jax.engine.training import TrainConfig, train_classifier
 from famr_jax.errors import FamrError
+from famr_jax.methods.resolve import Request, resolve_config
 
 _FAST = EvidenceConfig(replicates=50, null_permutations=10, example_permutations=99)
 
@@ -64,7 +65,7 @@ def test_a_batchnorm_audit_evaluates_each_shadow_with_its_own_statistics(digits,
   forget = forget_samples(list(range(0, 24, 2)), len(digits.y_train), 10)
   config = TrainConfig(epochs=1, batch_size=32, lr=1e-2)
   out = audit_request(models.make_apply_fn(bn_model), bn_model, digits, forget, config,
-                      {"ga": __import__("famr_jax").get_method("ga").default_config("", "samples")},
+                      {"ga": resolve_config("ga", Request("samples"))},
                       AuditConfig(shadows=2), jax.random.key(0), evidence_config=_FAST)
   assert out["costs"]["ga"]["mode"] == "loop"
   farm = train_shadow_farm(bn_model, models.make_apply_fn(bn_model), digits, forget, config, AuditConfig(shadows=2),

@@ -195,7 +195,9 @@ def test_default_list_runs_on_a_fresh_checkpoint(checkpoints, tmp_path, capsys):
 def test_the_default_list_skips_class_only_methods_for_a_sample_request():
   from famr_jax.cli.compare_run import drop_class_only
   from famr_jax.evaluation.compare import DEFAULT_METHODS, resolve_configs
-  configs = resolve_configs(DEFAULT_METHODS, "mlp", forget_kind="samples")
+  # The board resolves the kind's configs once class-only methods are dropped (board_plan): drop_class_only
+  # reads each method's spec and config, here the class request's.
+  configs = resolve_configs(DEFAULT_METHODS, "mlp", forget_kind="classes")
   lines = []
   kept, kept_configs = drop_class_only(DEFAULT_METHODS, configs, "samples", True, lines.append)
   assert "famr-retrain-target" not in kept and "famr-plus" not in kept and "famr" in kept and "ga" in kept

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -16,6 +15,7 @@ import pytest
 
 import famr_jax as fj
 from famr_jax.errors import FamrError
+from famr_jax.methods.resolve import Request, resolve_config
 from famr_jax.models.parts import ModelParts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_compare_input_shape_and_crashing_method():
   crash = fj.MethodSpec("crash", fj.FAMRConfig, boom, "always fails", defaults=lambda name: fj.FAMRConfig())
   board = fj.compare([crash, "ga"], parts.apply_fn, params, data, fj.forget_classes(y, [1], 3),
                      retrain=lambda xr, yr, key: params, input_shape=(2, 2, 1),
-                     configs={"ga": dataclasses.replace(fj.get_method("ga").default_config(), epochs=1)})
+                     configs={"ga": dataclasses.replace(fj.unlearn_config("ga", fj.forget_classes(y, [1], 3), data=data), epochs=1)})
   rows = {r["method"]: r for r in board["runs"]}
   assert rows["crash"]["error"] == "ZeroDivisionError: a bug in my method"
   assert rows["crash"]["diverged"] and "error" not in rows["ga"] and not rows["ga"]["diverged"]
@@ -65,7 +65,8 @@ def test_audit_with_own_model_parts_checked_before_work():
     return fj.get_method("ga").run(task, config)
 
   ga = fj.get_method("ga")
-  spec = fj.MethodSpec("counting", ga.config_cls, counting, "ga, counted", defaults=lambda n: ga.default_config())
+  spec = fj.MethodSpec("counting", ga.config_cls, counting, "ga, counted",
+                       defaults=lambda n: resolve_config("ga", Request("classes")))
   with pytest.raises(FamrError, match="Flax Linen module"):
     fj.compare([spec], parts.apply_fn, params, data, fj.forget_classes(y, [1], 3),
                retrain=lambda xr, yr, key: params, model=parts, audit="ulira", shadows=2,
@@ -125,9 +126,8 @@ def test_committed_results_hold_no_absolute_paths():
 def _api_board():
   parts, params, x, y = _toy()
   data = fj.Dataset("toy", x, y, x, y, 3, (2, 2, 1), ("a", "b", "c"))
-  ga = dataclasses.replace(fj.get_method("ga").default_config(), epochs=1)
   return fj.compare(["ga"], parts.apply_fn, params, data, fj.forget_classes(y, [1], 3),
-                    retrain=lambda xr, yr, key: params, configs={"ga": ga})
+                    retrain=lambda xr, yr, key: params, options={"ga": {"epochs": 1}})
 
 
 def test_format_leaderboard_of_an_api_board():

@@ -9,7 +9,6 @@ values, a NumPy diagonal Fisher, a float32 run against a float64 one.
 """
 
 import dataclasses
-import math
 import subprocess
 import sys
 

@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 import famr_jax
-from famr_jax import models
 from famr_jax.data.datasets import Dataset
 from famr_jax.data.forget import forget_classes
 from famr_jax.data.image_folder import (IMAGENET_MEAN, IMAGENET_STD, ImageRecipe, LazyImages, load_image_folder,

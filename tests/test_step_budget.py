@@ -10,6 +10,7 @@ from famr_jax.methods.baselines import GAConfig, NegGradPlusConfig
 from famr_jax.evaluation.compare import resolve_configs
 from famr_jax.errors import FamrError
 from famr_jax.methods.registry import get_method, with_overrides
+from famr_jax.methods.resolve import Request, resolve_config
 from famr_jax.engine.descent import minibatch_descent, step_schedule
 from famr_jax.engine.parallel import ScaleConfig
 from famr_jax.methods.famr import FAMRConfig
@@ -91,10 +92,10 @@ def test_explicit_epochs_clear_a_default_budget():
 
 def test_sample_requests_take_the_sample_defaults():
   spec = get_method("ga")
-  assert spec.default_config("lenet5", "classes") == GAConfig(epochs=1, lr=0.01)   # the defaults table
-  samples = spec.default_config("lenet5", "samples")
+  assert resolve_config(spec, Request("classes"), "lenet5") == GAConfig(epochs=1, lr=0.01)   # the defaults table
+  samples = resolve_config(spec, Request("samples"), "lenet5")
   assert samples.steps == 5 and samples.lr == 1e-4 and samples.optimizer == "adam"
-  configs = resolve_configs(["ga", "famr-plus"], "lenet5", forget_kind="samples", flags={"lr": 1e-4})
+  configs = resolve_configs(["ga", "famr"], "lenet5", forget_kind="samples", flags={"lr": 1e-4})
   assert configs["ga"].steps == samples.steps and configs["ga"].lr == 1e-4
   assert resolve_configs(["ga"], "lenet5", forget_kind="classes")["ga"].steps is None
   # A flag naming epochs means epochs, for sample requests too.

@@ -12,7 +12,9 @@ For one forget request of a data set D with forget set F:
 Every group runs through :func:`famr_jax.engine.farm.run_farm`: the runs are
 built by the same code as one training or one unlearning (``train_classifier``,
 the method's registry entry) and run as one program over a leading model axis
-where the method allows (:data:`VMAPPABLE`), else one by one.
+where the method allows (its spec's ``vmappable``), else one by one. The unlearned
+group runs the config :func:`famr_jax.methods.resolve.resolve` gives for the
+request, through :func:`famr_jax.methods.resolve.run_task`, as :func:`famr_jax.unlearn` does.
 
 **The user's model, trained as the user trains it.** A model with BatchNorm
 (:func:`famr_jax.models.has_batch_norm`) trains its shadows in train mode (batch
@@ -46,14 +48,8 @@ from famr_jax.engine.farm import FARM_MODES, FarmResult, run_farm, stack_trees, 
 from famr_jax.engine.training import TrainConfig, train_classifier
 from famr_jax.errors import FamrError
 from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.methods.resolve import Request, resolve, run_task
 
-# Built-in methods whose run is one minibatch-engine descent whose params are the result: a farm of them
-# is one vmapped program. SCRUB alternates several descents and SSD makes none; they run one by one.
-VMAPPABLE = frozenset({"famr", "famr-retrain-target", "famr-curvature", "famr-function", "famr-plus", "ft", "ga",
-                       "neggrad+", "rl", "salun", "retrain"})
-# Methods an audit cannot run on shadow models: their inputs exist for the checkpoint only.
-NOT_AUDITABLE = {"famr-fisher": "it reads the checkpoint's stored Fisher, which no shadow model has",
-                 "impressions": "it is a data-free class method", "famr-zeroshot": "it is a data-free class method"}
 MIN_SHADOWS = 2
 MIN_FORGET_EXAMPLES = 2
 AUDITS = ("ulira",)
@@ -111,12 +107,26 @@ def check_auditable(forget: ForgetSet, methods: tuple[str, ...] = (), mode: str 
                     f"example); {what} {n} in the training set")
   for name in methods:
     spec = get_method(name)
-    if name in NOT_AUDITABLE:
-      raise FamrError(f"method {name!r} cannot be audited: {NOT_AUDITABLE[name]}")
-    if mode == "vmap" and name not in VMAPPABLE and name in _builtin_names():
+    why = audit_refusal(spec)
+    if why:
+      raise FamrError(f"method {name!r} cannot be audited: {why}")
+    if mode == "vmap" and spec.vmappable is False:
       raise FamrError(f"method {name!r} cannot be vmapped over shadow models (it is not one engine descent); "
                       "use farm mode 'loop' or 'auto'")
-    del spec
+
+
+def audit_refusal(spec) -> str | None:
+  """Why an audit cannot run ``spec`` on shadow models (None when it can): its inputs exist for the checkpoint only.
+
+  Example:
+    >>> audit_refusal(get_method("famr-fisher")), audit_refusal(get_method("ga"))
+    ("it reads the checkpoint's stored Fisher, which no shadow model has", None)
+  """
+  if not spec.uses_data:
+    return "it is a data-free class method"
+  if "fisher" in spec.needs:
+    return "it reads the checkpoint's stored Fisher, which no shadow model has"
+  return None
 
 
 def check_shadow_model(model: Any, mode: str = "auto", methods: Sequence[str] = ()) -> None:
@@ -129,10 +139,6 @@ def check_shadow_model(model: Any, mode: str = "auto", methods: Sequence[str] = 
   if mode == "vmap" and methods and models.has_batch_norm(model):
     raise FamrError("a BatchNorm model's shadows each carry their own statistics, so a method runs on them one "
                     "by one: use farm mode 'loop' or 'auto'")
-
-
-def _builtin_names() -> frozenset:
-  return frozenset(VMAPPABLE) | {"scrub", "ssd", *NOT_AUDITABLE}
 
 
 class ShadowFarm(NamedTuple):
@@ -362,24 +368,26 @@ def train_shadow_farm(model: Any, apply_fn: Callable, data: Any, forget: ForgetS
 
 def unlearn_farm(method: str, method_config: Any, originals: Any, apply_fn: Callable, model: Any, data: Any,
                  forget: ForgetSet | Sequence[ForgetSet], key: jax.Array, *, mode: str = "auto", stats: Any = None,
-                 show_progress: bool = False) -> FarmResult:
+                 show_progress: bool = False, model_name: str = "") -> FarmResult:
   """Applies ``method`` to every original of a farm (one program where the method allows).
 
   Args:
     method: a registered method name.
-    method_config: its config.
+    method_config: its config, run as given; None: resolved for the request and ``model_name`` as
+      :func:`famr_jax.unlearn` resolves it (:func:`famr_jax.methods.resolve.resolve`).
     originals: stacked params of the originals (``ShadowFarm.originals``).
     apply_fn: ``apply_fn(params, x) -> logits``.
     model: the Flax module (methods that split the model, ``retrain``'s init).
     data: the :class:`famr_jax.Dataset`.
     forget: the request, or one per original (a randomized-membership farm, :mod:`famr_jax.audit.membership`).
     key: the method's key; original ``i`` gets ``fold_in(key, i)``.
-    mode: ``"vmap"``, ``"loop"`` or ``"auto"`` (loop for methods outside :data:`VMAPPABLE`, else
+    mode: ``"vmap"``, ``"loop"`` or ``"auto"`` (loop for a method whose spec is not ``vmappable``, else
       :func:`famr_jax.engine.farm.auto_mode`).
     stats: the originals' stacked BatchNorm statistics (``ShadowFarm.stats["originals"]``): each original is
       unlearned bound to its own (one by one: the methods' losses then differ per model); the unlearned
       models keep them (no method changes running statistics).
     show_progress: a progress bar.
+    model_name: a famr-jax model name, for its tuned defaults (with ``method_config`` None).
 
   Returns:
     A :class:`famr_jax.engine.farm.FarmResult` of the unlearned models.
@@ -389,7 +397,7 @@ def unlearn_farm(method: str, method_config: Any, originals: Any, apply_fn: Call
   if len(forgets) != n:
     raise FamrError(f"one forget set per original is needed: got {len(forgets)} for {n} originals")
   check_auditable(forgets[0], (method,), mode)
-  spec = get_method(method)
+  spec, method_config = resolve(method, Request.of(forgets[0]), model_name, config=method_config)
   if stats is not None and mode == "vmap":
     raise FamrError("a BatchNorm model's shadows each carry their own statistics, so a method runs on them one "
                     "by one: use farm mode 'loop' or 'auto'")
@@ -398,7 +406,8 @@ def unlearn_farm(method: str, method_config: Any, originals: Any, apply_fn: Call
                        bound[i], data, forgets[i], jax.random.fold_in(key, i), False,
                        input_shape=tuple(data.image_shape))
            for i in range(n)]
-  if (mode == "auto" and method not in VMAPPABLE) or stats is not None:
+  if (mode == "auto" and not spec.vmappable) or stats is not None:
     mode = "loop"   # else run_farm's auto_mode: vmap or loop by the model, per measurement
-  runs = [lambda plan_only=False, t=t: spec.run(t._replace(plan_only=plan_only), method_config) for t in tasks]
+  runs = [lambda plan_only=False, t=t: run_task(spec, t._replace(plan_only=plan_only), method_config)
+          for t in tasks]
   return run_farm(runs, mode=mode, what=f"method {method!r}", show_progress=show_progress, desc=f"shadows: {method}")

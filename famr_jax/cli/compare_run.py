@@ -25,18 +25,18 @@ from famr_jax.evaluation.audit_plot import plot_audit
 from famr_jax.data.forget import ForgetSet, class_indices, forget_classes, forget_random
 from famr_jax.errors import FamrError
 from famr_jax.validation import CheckedFields
-from famr_jax.evaluation.compare import (DEFAULT_METHODS, Gold, class_only_reason, compare, read_method_config,
+from famr_jax.evaluation.compare import (DEFAULT_METHODS, Gold, compare, method_options, read_method_config,
                                         resolve_configs)
+from famr_jax.methods.registry import get_method
+from famr_jax.methods.resolve import class_only_reason
 from famr_jax.evaluation.leaderboard import format_leaderboard, plot_leaderboard
 from famr_jax.evaluation.report import write_json
 from famr_jax.io import checkpoints
 from famr_jax.io.outputs import portable_path
 from famr_jax.engine.resume import data_digest
-from famr_jax.methods.defaults import scale_step_budget
 from famr_jax.io.outputs import check_disjoint, check_output_target, staged_directory
 from famr_jax import models
 from famr_jax.cli.runs import load_model, recorded_train_config, retrain_gold_standard, stats_extras
-from famr_jax.theory.fisher import missing_fisher_message
 from famr_jax.version import __version__
 
 
@@ -165,7 +165,7 @@ def drop_class_only(methods: tuple[str, ...], configs: dict, forget_kind: str, d
   which); a list the user gave that names one is refused. Checked before any work."""
   if forget_kind != "samples":
     return methods, configs
-  refused = {m: class_only_reason(m, configs[m]) for m in methods}
+  refused = {m: class_only_reason(get_method(m), configs[m]) for m in methods}
   refused = {m: why for m, why in refused.items() if why}
   if not refused:
     return methods, configs
@@ -175,6 +175,40 @@ def drop_class_only(methods: tuple[str, ...], configs: dict, forget_kind: str, d
   log(f"{', '.join(refused)} left out: they forget whole classes only")
   kept = tuple(m for m in methods if m not in refused)
   return kept, {m: configs[m] for m in kept}
+
+
+def board_plan(run: CompareRun, metadata: dict, train_config: Any, *, flags: Mapping[str, Any] | None = None,
+               per_method: Mapping[str, Mapping[str, Any]] | None = None,
+               log=print) -> tuple[tuple[str, ...], dict, dict]:
+  """``(methods, options, fixed)`` of a board, every refusal before any work.
+
+  ``options`` are each method's options (:func:`famr_jax.evaluation.compare.method_options`), which
+  :func:`famr_jax.compare` resolves for each drawn request as :func:`famr_jax.unlearn` does; ``fixed``
+  holds the configs run as given (``retrain``: the checkpoint's recipe with its JSON entry).
+  """
+  has_fisher = "fisher" in metadata.get("extras", {})
+  methods = tuple(run.methods)
+  default_list = not methods
+  if not methods:
+    methods = DEFAULT_METHODS
+    if not has_fisher:   # the default list runs on a fresh checkpoint: leave out what needs a stored Fisher
+      methods = tuple(m for m in methods if m != "famr-fisher")
+      log(f"famr-fisher left out: {run.checkpoint} has no stored Fisher "
+          f"(famr-jax fisher --checkpoint {run.checkpoint} adds it)")
+  if len(set(methods)) != len(methods):
+    raise FamrError("a method is listed more than once in --methods")
+  forget_kind = "classes" if run.forget_classes else "samples"
+  flag_name = lambda f: "--" + f.replace("_", "-")   # noqa: E731
+  # The kind's configs, checked before any work (the step budgets are resolved per drawn request, in compare);
+  # class-only methods are dropped before the capability check refuses them.
+  configs = resolve_configs(methods, metadata.get("model", ""), flags=flags, per_method=per_method,
+                            train_config=train_config, forget_kind="classes", option_name=flag_name)
+  methods, configs = drop_class_only(methods, configs, forget_kind, default_list, log)
+  configs = resolve_configs(methods, metadata.get("model", ""), flags=flags, per_method=per_method,
+                            train_config=train_config, forget_kind=forget_kind, has_fisher=has_fisher,
+                            checkpoint=run.checkpoint, option_name=flag_name)
+  options = method_options(methods, flags=flags, per_method=per_method, option_name=flag_name)
+  return methods, options, ({"retrain": configs["retrain"]} if "retrain" in configs else {})
 
 
 def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show_progress: bool = True,
@@ -203,22 +237,7 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
   if "train_config" not in metadata:
     raise FamrError(f"{run.checkpoint} records no training recipe, so the gold standard cannot be retrained")
   train_config = recorded_train_config(metadata, run.checkpoint)
-  has_fisher = "fisher" in metadata.get("extras", {})
-  methods = tuple(run.methods)
-  default_list = not methods
-  if not methods:
-    methods = DEFAULT_METHODS
-    if not has_fisher:   # the default list runs on a fresh checkpoint: leave out what needs a stored Fisher
-      methods = tuple(m for m in methods if m != "famr-fisher")
-      log(f"famr-fisher left out: {run.checkpoint} has no stored Fisher "
-          f"(famr-jax fisher --checkpoint {run.checkpoint} adds it)")
-  if len(set(methods)) != len(methods):
-    raise FamrError("a method is listed more than once in --methods")
-  forget_kind = "classes" if run.forget_classes else "samples"
-  configs = resolve_configs(methods, metadata.get("model", ""), flags=flags, per_method=per_method,
-                            train_config=train_config, forget_kind=forget_kind,
-                            option_name=lambda f: "--" + f.replace("_", "-"))
-  methods, configs = drop_class_only(methods, configs, forget_kind, default_list, log)
+  methods, options, fixed = board_plan(run, metadata, train_config, flags=flags, per_method=per_method, log=log)
   for name in ("shadows", "audit_seeds", "audit_margin"):
     if run.audit is None and getattr(run, name) != getattr(CompareRun, name):
       raise FamrError(f"--{name.replace('_', '-')} sizes an audit: add --audit ulira")
@@ -228,14 +247,9 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
       raise FamrError(f"--audit-seeds must be positive, got {run.audit_seeds}")
     if not 0.0 < run.audit_margin < 0.5:
       raise FamrError(f"--audit-margin must lie strictly between 0 and 0.5, got {run.audit_margin}")
-  needs_fisher = [m for m, c in configs.items() if getattr(c, "anchor", None) == "fisher"]
-  if needs_fisher and not has_fisher:
-    raise FamrError(f"{', '.join(needs_fisher)}: " + missing_fisher_message(run.checkpoint))
 
   with staged_directory(run.out, run.overwrite, command="compare", inputs=(run.checkpoint,)) as staging:
-    # a step budget the user set is kept; the defaults scale with the request's size (in _run_board)
-    fixed_steps = {m for m in configs if "steps" in (flags or {}) or "steps" in per_method.get(m, {}) or m == "retrain"}
-    board = _run_board(run, methods, configs, train_config, metadata, show_progress, log, fixed_steps)
+    board = _run_board(run, methods, options, fixed, train_config, metadata, show_progress, log)
     arrays = board.pop("audit_arrays", None)
     if arrays is not None:
       write_audit_files(arrays, staging / "audit")
@@ -246,20 +260,17 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
   return board
 
 
-def _run_board(run: CompareRun, methods, configs, train_config, metadata, show_progress: bool, log,
-               fixed_steps=frozenset()) -> dict:
-  """Every method and seed against the retrained gold standard: the leaderboard's contents."""
+def _run_board(run: CompareRun, methods, options, fixed, train_config, metadata, show_progress: bool, log) -> dict:
+  """Every method and seed against the retrained gold standard: the leaderboard's contents (each method's
+  config resolved by :func:`famr_jax.compare` for each drawn request, as :func:`famr_jax.unlearn` resolves it)."""
   loaded = load_model(run.checkpoint)
   if run.forget_classes:   # names (--forget-classes Bag) become the data set's ids
     run = dataclasses.replace(run, forget_classes=class_indices(run.forget_classes, loaded.data.class_names))
   content = content_digest(loaded) if run.gold_cache else None
-  if run.forget_random is not None:   # default step budgets scale with the request's size
-    size = max(1, int(round(float(run.forget_random) * len(loaded.data.y_train))))
-    configs = {m: c if m in fixed_steps else scale_step_budget(c, size) for m, c in configs.items()}
   checkpoint = str(Path(run.checkpoint).expanduser().resolve())
   board = compare(methods, loaded.apply_fn, loaded.params, loaded.data,
                   lambda seed: seed_forget_set(run, loaded.data, seed), retrain=None, seeds=run.seeds,
-                  configs=configs, model=loaded.model, model_name=metadata.get("model", ""),
+                  configs=fixed, options=options, model=loaded.model, model_name=metadata.get("model", ""),
                   checkpoint=checkpoint, show_progress=show_progress, log=log,
                   gold_fn=lambda seed, forget: gold_standard(run, loaded, forget, seed, train_config,
                                                              show_progress, log, content),

@@ -27,12 +27,13 @@ class _Parser(argparse.ArgumentParser):
 
 # Shown by `unlearn --help` and `compare --help`: why a method's defaults depend on the request.
 _DEFAULTS_NOTE = ("Without --method, a class request runs famr-plus (the FAMR variant measured closest to a "
-                  "retrained model) and a sample request runs famr; --beta/--style-layer (style forgetting) "
-                  "select famr. "
+                  "retrained model) and a sample request runs ga (the sample method the audit found least "
+                  "exposed); --beta/--style-layer (style forgetting) select famr. "
                   "Each method starts from its defaults for the request: a class request (--forget-classes) "
                   "runs epochs over the forget set; a sample request (--forget-random, --forget-samples) "
-                  "runs a step budget (--steps), the same number of steps on a forget set of any size. "
-                  "--epochs without --steps means epochs.")
+                  "runs a step budget (--steps), cut to 5 passes over a smaller forget set. "
+                  "A flag given at its default value changes nothing; --epochs at another value, without "
+                  "--steps, means epochs.")
 
 
 def _method_config_classes():
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   unlearn = sub.add_parser("unlearn", help="unlearn classes or samples from a checkpoint",
                            description=_DEFAULTS_NOTE)
-  cf.add_config_flags(unlearn, UnlearnRun, exclude=("method_config", "scale", "resume"))
+  cf.add_config_flags(unlearn, UnlearnRun, exclude=("method_config", "method_options", "scale", "resume"))
   seen: set[str] = set()
   add_scale_flags(unlearn, seen)
   for cls in _method_config_classes():
@@ -164,8 +165,7 @@ def _cmd_compare(args) -> int:
   if missing:
     raise FamrError(f"compare needs {' and '.join(missing)}")
   run = cf.build_config(CompareRun, args)
-  flags = {k[len("method__"):]: v for k, v in vars(args).items() if k.startswith("method__")}
-  board = run_compare(run, flags=flags)
+  board = run_compare(run, flags=method_flags(args))
   from famr_jax.evaluation.leaderboard import format_leaderboard
   print(format_leaderboard(board))
   print(f"wrote {os.path.abspath(run.out)}/leaderboard.json, leaderboard.md, leaderboard.png")
@@ -184,15 +184,16 @@ def _cmd_demo(args) -> int:
   from famr_jax.cli import flags as cf
   from famr_jax.cli.runs import DataConfig, DemoRun, run_demo
   from famr_jax.engine.training import TrainConfig
-  from famr_jax.methods.famr import FAMRConfig, famr_defaults
+  from famr_jax.methods.famr import FAMRConfig
+  from famr_jax.methods.resolve import Request, resolve_config
 
   base = cf.build_config(DemoRun, args, exclude=("data", "train", "famr", "scale", "resume"))
-  model = base.model
+  defaults = resolve_config("famr", Request("classes"), base.model)
   run = dataclasses.replace(
       base, **_scale_configs(args), data=cf.build_config(DataConfig, args, dest_prefix="data__"),
       train=cf.build_config(TrainConfig, args, dest_prefix="train__"),
-      famr=cf.build_config(FAMRConfig, args, base=famr_defaults(model), dest_prefix="famr__"))
-  if run.famr == famr_defaults(model):   # no FAMR option given: the demo runs unlearn's default method
+      famr=cf.build_config(FAMRConfig, args, base=defaults, dest_prefix="famr__"))
+  if run.famr == defaults:   # no FAMR option given (or each at its default): the demo runs unlearn's default method
     run = dataclasses.replace(run, famr=None)
   rep = run_demo(run)
   _print_summary(rep, run.out)
@@ -216,33 +217,32 @@ def _cmd_train(args) -> int:
   return 0
 
 
+def unlearn_run(args):
+  """The :class:`famr_jax.cli.runs.UnlearnRun` of parsed ``unlearn`` flags: the method's options are the flags
+  the user gave (:func:`famr_jax.cli.flags.given_values`), resolved by the run as :func:`famr_jax.unlearn` does."""
+  from famr_jax.cli import flags as cf
+  from famr_jax.cli.runs import UnlearnRun
+  run = dataclasses.replace(cf.build_config(UnlearnRun, args, exclude=("method_config", "method_options", "scale",
+                                                                       "resume")),
+                            **_scale_configs(args))
+  return dataclasses.replace(run, method_options=method_flags(args))
+
+
+def method_flags(args) -> dict:
+  """``{field: value}`` of the method flags (``--lr``, ``--steps``, ...) given on the command line."""
+  return {k[len("method__"):]: v for k, v in vars(args).items() if k.startswith("method__")}
+
+
 def _cmd_unlearn(args) -> int:
   from famr_jax.io import checkpoints
-  from famr_jax.cli import flags as cf
-  from famr_jax.methods.registry import get_method
-  from famr_jax.cli.runs import UnlearnRun, unlearn_model
+  from famr_jax.cli.runs import resolve_unlearn, unlearn_model, unlearn_request
 
-  from famr_jax.methods.defaults import RECOMMENDED
-  run = dataclasses.replace(cf.build_config(UnlearnRun, args, exclude=("method_config", "scale", "resume")),
-                            **_scale_configs(args))
-  kind = "classes" if run.forget_classes else "samples"
-  given = {k[len("method__"):]: v for k, v in vars(args).items() if k.startswith("method__")}
-  if run.method is None:
-    # The recommended method for the request; style options (--beta, --style-layer) are FAMR's own.
-    run = dataclasses.replace(run, method="famr" if {"beta", "style_layer"} & set(given) else RECOMMENDED[kind])
-  spec = get_method(run.method)
+  run = unlearn_run(args)
   meta = checkpoints.read_metadata(run.checkpoint)
-  fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-  foreign = sorted(set(given) - fields)
-  if foreign:
-    raise FamrError(f"method {run.method!r} has no option "
-                    + ", ".join("--" + f.replace("_", "-") for f in foreign))
-  from famr_jax.methods.registry import with_overrides
-  # No options given: the run builds the defaults once it knows the request's size (step budgets scale with it).
-  config = with_overrides(spec.default_config(meta.get("model", ""), kind), given) if given else None
-  if config is not None and getattr(config, "beta", 0) > 0 and getattr(config, "style_layer", "") is None:
+  _, config = resolve_unlearn(run, meta.get("model", ""), unlearn_request(run))   # refusals before any work
+  if getattr(config, "beta", 0) > 0 and getattr(config, "style_layer", "") is None:
     raise FamrError("style forgetting (--beta > 0) needs --style-layer naming a layer of the model")
-  rep = unlearn_model(dataclasses.replace(run, method_config=config))
+  rep = unlearn_model(run)
   _print_summary(rep, run.out)
   return 0
 

@@ -31,7 +31,8 @@ from famr_jax.io.outputs import (check_disjoint, check_output_target, is_famr_ou
                                  staged_directory)
 from famr_jax.io.saved_model import absolute_data, checkpoint_data, load_model as load_saved_model
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
-from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.methods.resolve import Request, resolve
+from famr_jax.theory.fisher import has_stored_fisher
 from famr_jax.evaluation.metrics import evaluate_unlearning
 from famr_jax.engine.parallel import ScaleConfig, peak_memory, scale_description
 from famr_jax.engine.resume import ResumeConfig
@@ -99,14 +100,18 @@ class UnlearnRun(CheckedFields):
     checkpoint: the trained model (its metadata names data set and model).
     out: output directory (report.json, plots, the unlearned checkpoint).
     method: a registered method name (``famr``, ...); None: the recommended one for the
-      request (``famr-plus`` for classes, ``famr`` for samples; ``famr_jax.methods.defaults.RECOMMENDED``).
+      request (``famr-plus`` for classes, ``ga`` for samples; ``famr_jax.methods.defaults.RECOMMENDED``).
     forget_classes: classes to forget: ids or the data set's class names (``3,Bag``).
     forget_samples: training-set indices to forget (instead of classes).
     forget_random: fraction of the training set to forget at random.
     seed: seed of the method's randomness (and the forget draw).
     retrain: also retrain the gold standard on the retained data and report it.
     overwrite: replace ``out`` if it exists.
-    method_config: the method's config; None takes its per-model defaults.
+    method_config: the method's full config, used as given; None: resolved from its defaults for the model
+      and the request (:func:`famr_jax.methods.resolve.resolve_config`, the same resolution as
+      :func:`famr_jax.unlearn`) with ``method_options`` applied.
+    method_options: ``{field: value}`` of the method's options the user set (an option equal to its
+      resolved value changes nothing).
     scale: devices, precision and gradient accumulation of the method and the retrain.
     resume: resumable checkpoints (default directory ``OUT.resume``).
   """
@@ -120,6 +125,7 @@ class UnlearnRun(CheckedFields):
   retrain: bool = False
   overwrite: bool = False
   method_config: Any = None
+  method_options: Any = None
   scale: ScaleConfig = ScaleConfig()
   resume: ResumeConfig = ResumeConfig()
 
@@ -396,16 +402,12 @@ def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, para
                         base_metadata: dict, scale: ScaleConfig | None = None,
                         resume: ResumeConfig | None = None, out: str | None = None,
                         checkpoint: str | None = None) -> dict:
-  """Shared tail of ``unlearn`` and ``demo``: unlearn, retrain, evaluate, write."""
-  spec = get_method(method)
+  """Shared tail of ``unlearn`` and ``demo``: unlearn (:func:`famr_jax.unlearn`), retrain, evaluate, write."""
   resume = resume or ResumeConfig()
-  task = UnlearnTask(apply_fn, params, model, data, forget, jax.random.key(seed), show_progress,
-                     scale=scale, resume=_stage_resume(resume, out, "unlearn") if out else None,
-                     checkpoint=checkpoint)
-  result = spec.run(task, method_config)
-  if not all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(result.params)):
-    raise FamrError(f"{method} diverged (non-finite params); nothing was written: try a smaller --lr or "
-                    "fewer --steps / --epochs")
+  result = famr_jax.unlearn(method, apply_fn, params, forget, jax.random.key(seed), data=data, config=method_config,
+                            model=model, model_name=model_name, checkpoint=checkpoint, scale=scale,
+                            resume=_stage_resume(resume, out, "unlearn") if out else None,
+                            show_progress=show_progress)
   timings["unlearn"] = result.run_s
   compile_times["unlearn"] = result.compile_s
   metrics = {"original": evaluate_unlearning(apply_fn, params, data, forget, mia_seed=seed),
@@ -445,23 +447,40 @@ def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, para
   return rep
 
 
+def unlearn_request(run: UnlearnRun, forget: ForgetSet | None = None) -> Request:
+  """The request of an unlearn run: its kind, and its size once the forget set is drawn."""
+  if forget is not None:
+    return Request.of(forget)
+  return Request("classes" if run.forget_classes else "samples")
+
+
+def resolve_unlearn(run: UnlearnRun, model_name: str, request: Request, has_fisher: bool | None = None):
+  """``(spec, config)`` an unlearn run resolves to: :func:`famr_jax.methods.resolve.resolve`, as the API's.
+
+  Example:
+    >>> run = UnlearnRun("ckpt", "out", method="famr", forget_random=0.02, method_options={"lr": 1e-4})
+    >>> resolve_unlearn(run, "lenet5", Request("samples", 27))[1].steps
+    5
+  """
+  return resolve(run.method, request, model_name, run.method_options, config=run.method_config,
+                 scale=run.scale, resume=run.resume, has_fisher=has_fisher, checkpoint=run.checkpoint,
+                 option_name=lambda f: "--" + f.replace("_", "-"))
+
+
 def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
   """Unlearns a forget set from a checkpoint; writes report.json, plots and checkpoints.
+
+  The method (``famr-plus`` for a class request and ``ga`` for a sample request when ``run.method`` is
+  None) and its config are resolved as :func:`famr_jax.unlearn` resolves them, before any work.
 
   Returns:
     The report (as written to ``run.out/report.json``).
   """
-  from famr_jax.methods.defaults import RECOMMENDED
-  if run.method is None:
-    run = dataclasses.replace(run, method=RECOMMENDED["classes" if run.forget_classes else "samples"])
-  spec = get_method(run.method)
+  metadata = checkpoints.read_metadata(run.checkpoint)
+  has_fisher = has_stored_fisher(run.checkpoint)
+  spec, _ = resolve_unlearn(run, metadata.get("model", ""), unlearn_request(run), has_fisher)   # refusals first
+  run = dataclasses.replace(run, method=spec.name)
   _check_scale(run)
-  if not spec.scales and (not run.scale.is_default or run.resume.enabled):
-    raise FamrError(f"method {run.method!r} runs on one device in float32 without resumable checkpoints; "
-                    "the scale and checkpoint flags apply to the methods that descend (famr, its variants, "
-                    "the baselines) and to training")
-  if run.method == "scrub" and run.resume.enabled:
-    raise FamrError("scrub runs several descents and cannot resume: drop --checkpoint-every")
   check_output_target(run.out, run.overwrite, inputs=(run.checkpoint,))
   check_resume_place(run.resume, run.out, inputs=(run.checkpoint,))
   with staged_directory(run.out, run.overwrite, command="unlearn", inputs=(run.checkpoint,)) as staging:
@@ -469,10 +488,7 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
     if "unlearned" in loaded.metadata:
       raise FamrError(f"{run.checkpoint} is already an unlearned model; unlearn from the original checkpoint")
     forget = make_forget_set(run, loaded.data)
-    config = run.method_config or spec.default_config(loaded.metadata["model"], forget.kind,
-                                                      num_forget=len(forget.indices))
-    if hasattr(config, "validate"):
-      config.validate()
+    _, config = resolve_unlearn(run, loaded.metadata["model"], unlearn_request(run, forget), has_fisher)
     train_config = recorded_train_config(loaded.metadata, run.checkpoint)
     timings = {"train": float(loaded.metadata["timings_s"]["train"])}
     compile_times = {"train": float(loaded.metadata["timings_s"].get("compile", 0.0))}
@@ -496,20 +512,18 @@ def run_demo(run: DemoRun, *, show_progress: bool = True) -> dict:
   Returns:
     The report (as written to ``run.out/report.json``).
   """
-  from famr_jax.methods.defaults import RECOMMENDED
-
   run.train.validate()
   _check_scale(run)
   # The demo runs what `unlearn` runs with no method (famr-plus); a FAMRConfig given runs the paper's FAMR.
-  method = "famr" if run.famr is not None else RECOMMENDED["classes"]
-  famr_config = run.famr.validate() if run.famr is not None else None
+  spec, famr_config = resolve("famr" if run.famr is not None else None, Request("classes"), run.model,
+                              config=run.famr, scale=run.scale, resume=run.resume)
+  method = spec.name
   check_output_target(run.out, run.overwrite)
   check_resume_place(run.resume, run.out)
   with staged_directory(run.out, run.overwrite, command="demo") as staging:
     data = run.data.load(run.seed)
     forget = make_forget_set(run, data)
-    if famr_config is None:
-      famr_config = get_method(method).default_config(run.model, forget.kind, num_forget=len(forget.indices))
+    famr_config = resolve(method, Request.of(forget), run.model, config=run.famr)[1]
     model, apply_fn, trained, metadata = _train_original(run, data, show_progress)
     checkpoints.write_checkpoint(staging / "original", trained.params, metadata,
                                  extras=stats_extras(model))

@@ -23,11 +23,12 @@ from famr_jax.audit import evidence
 from famr_jax.audit.audit import EvidenceConfig, audit_request, json_part, pool_audits
 from famr_jax.audit.shadows import AuditConfig, check_auditable, check_shadow_model, check_train_fn
 from famr_jax.data.forget import ForgetSet
-from famr_jax.engine.progress import method_label
 from famr_jax.errors import Diverged, FamrError
 from famr_jax.evaluation.leaderboard import (ORIGINAL, gold_reference, metrics_line, score_against_gold,
                                              summarize)
-from famr_jax.methods.registry import MethodSpec, UnlearnTask, get_method
+from famr_jax.methods.registry import MethodSpec, UnlearnTask, get_method, with_overrides
+from famr_jax.methods.resolve import Request, resolve, run_task
+from famr_jax.theory.fisher import has_stored_fisher
 from famr_jax.validation import check_config_class, check_images, check_labels, check_model
 
 DEFAULT_METHODS = ("famr", "famr-retrain-target", "famr-fisher", "famr-curvature", "famr-function", "famr-plus",
@@ -50,21 +51,6 @@ def _as_gold(out: Any, seconds: float) -> Gold:
   return Gold(out, seconds)
 
 
-def class_only_reason(name: str, config: Any) -> str | None:
-  """Why method ``name`` with ``config`` cannot forget arbitrary samples (None when it can).
-
-  Example:
-    >>> from famr_jax.methods.variants import FAMRVariantConfig
-    >>> class_only_reason("famr-plus", FAMRVariantConfig(target="retrain"))
-    "its target='retrain' removes the forgotten classes"
-  """
-  if not get_method(name).uses_data:
-    return "it is a data-free class method"
-  if getattr(config, "target", None) == "retrain":
-    return "its target='retrain' removes the forgotten classes"
-  return None
-
-
 def read_method_config(path: str | None) -> dict[str, dict[str, Any]]:
   """The per-method overrides of a ``--method-config`` JSON file (``{}`` for none)."""
   if path is None:
@@ -80,48 +66,73 @@ def read_method_config(path: str | None) -> dict[str, dict[str, Any]]:
   return raw
 
 
-def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[str, Any] | None = None,
-                    per_method: Mapping[str, Mapping[str, Any]] | None = None,
-                    train_config: Any = None, forget_kind: str = "classes",
-                    option_name: Callable[[str], str] = str) -> dict[str, Any]:
-  """Each method's config: its defaults, then the flags it has, then its JSON entry.
+def method_options(methods: Sequence[str], *, flags: Mapping[str, Any] | None = None,
+                   per_method: Mapping[str, Mapping[str, Any]] | None = None,
+                   option_name: Callable[[str], str] = str) -> dict[str, dict[str, Any]]:
+  """Each compared method's options: the shared flags it has, then its JSON entry.
 
-  The defaults are the method's for the model and the request's kind
-  (``classes`` or ``samples``: :meth:`famr_jax.methods.registry.MethodSpec.default_config`).
-  ``retrain`` takes the checkpoint's training recipe (``train_config``); the
-  shared flags do not apply to it, only its JSON entry.
-  Unknown methods (listed or in the JSON) and options a method does not
-  have are one-line :class:`FamrError`s (``option_name`` spells an option in
-  them: the CLI's flags); JSON entries of registered methods that are not
-  compared are ignored (one file can serve several runs).
+  ``retrain`` takes its JSON entry only (the shared flags never change the gold
+  standard's recipe). Unknown methods (listed or in the JSON), a JSON option a
+  method does not have and a flag no compared method has are one-line
+  :class:`FamrError`s (``option_name`` spells an option in them: the CLI's
+  flags); JSON entries of registered methods that are not compared are ignored
+  (one file can serve several runs).
+
+  Example:
+    >>> method_options(["ga", "ssd"], flags={"lr": 0.1})
+    {'ga': {'lr': 0.1}, 'ssd': {}}
   """
-  from famr_jax.methods.registry import get_method, with_overrides
-
   flags, per_method = dict(flags or {}), dict(per_method or {})
   for name in per_method:   # entries for registered methods not compared now are kept for other runs
     get_method(name)
   used_flags: set[str] = set()
-  configs = {}
+  options = {}
   for name in methods:
-    spec = get_method(name)
-    base = (train_config if (name == "retrain" and train_config is not None)
-            else spec.default_config(model_name, forget_kind))
-    fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
-    # The gold-standard recipe is the checkpoint's: shared flags (--epochs ...) never change it.
+    fields = {f.name for f in dataclasses.fields(get_method(name).config_cls)}
     given = {} if name == "retrain" else {k: v for k, v in flags.items() if k in fields}
     used_flags |= set(given)
     own = dict(per_method.get(name, {}))
-    foreign = sorted(set(own) - set(fields))
+    foreign = sorted(set(own) - fields)
     if foreign:
       raise FamrError(f"method {name!r} has no option {', '.join(foreign)} (method config file)")
-    config = with_overrides(base, {**given, **own})
-    if hasattr(config, "validate"):
-      config.validate()
-    configs[name] = config
+    options[name] = {**given, **own}
   unused = sorted(set(flags) - used_flags)
   if unused:
     raise FamrError("no compared method has option " + ", ".join(option_name(f) for f in unused))
-  return configs
+  return options
+
+
+def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[str, Any] | None = None,
+                    per_method: Mapping[str, Mapping[str, Any]] | None = None,
+                    train_config: Any = None, forget_kind: str = "classes", forget_size: int | None = None,
+                    has_fisher: bool | None = None, checkpoint: str | None = None,
+                    option_name: Callable[[str], str] = str) -> dict[str, Any]:
+  """Each method's config for a request: :func:`method_options` resolved by :func:`famr_jax.methods.resolve.resolve`.
+
+  ``retrain`` takes the checkpoint's training recipe (``train_config``) with its JSON entry.
+  ``forget_size`` None resolves the kind's defaults unscaled (a check before the request is drawn).
+
+  Example:
+    >>> resolve_configs(["ga"], "lenet5", forget_kind="samples", forget_size=600, flags={"lr": 1e-4})["ga"].steps
+    5
+  """
+  options = method_options(methods, flags=flags, per_method=per_method, option_name=option_name)
+  fixed = {"retrain": with_overrides(train_config, options["retrain"])} if (
+      "retrain" in options and train_config is not None) else {}
+  return configs_for_request({name: get_method(name) for name in methods}, Request(forget_kind, forget_size),
+                             model_name, options, fixed, has_fisher=has_fisher, checkpoint=checkpoint,
+                             option_name=option_name)
+
+
+def configs_for_request(specs: Mapping[str, MethodSpec], request: Request, model_name: str,
+                        options: Mapping[str, Mapping[str, Any]], fixed: Mapping[str, Any], *,
+                        model: bool = True, has_fisher: bool | None = None, checkpoint: str | None = None,
+                        option_name: Callable[[str], str] = str) -> dict[str, Any]:
+  """The config each method of a board runs on ``request``: ``fixed[name]`` as given, else resolved."""
+  return {name: fixed[name] if name in fixed else
+          resolve(spec, request, model_name, options.get(name), model=model, has_fisher=has_fisher,
+                  checkpoint=checkpoint, option_name=option_name)[1]
+          for name, spec in specs.items()}
 
 
 def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any, data: Any,
@@ -133,7 +144,8 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
             extra_metrics: Callable[[Any], Mapping[str, float]] | None = None,
             audit: str | AuditConfig | None = None, shadows: int = 16, train_config: Any = None,
             audit_seeds: int = 3, audit_evidence: EvidenceConfig | None = None,
-            audit_train_fn: Callable | None = None, input_shape: Sequence[int] | None = None) -> dict:
+            audit_train_fn: Callable | None = None, input_shape: Sequence[int] | None = None,
+            options: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
   """Runs ``methods`` on one trained model and scores each against a retrained model, per seed.
 
   Args:
@@ -148,7 +160,8 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
       training recipe from a fresh init, the gold standard. Timed around the call unless it returns
       a ``DescentResult`` (then its compile-excluded ``run_s``).
     seeds: seeds 0, 1, ...: each retrains the gold standard and reruns every method with key ``seed``.
-    configs: ``{method: config}`` (default: each method's defaults for ``model_name`` and the request).
+    configs: ``{method: config}``, each run as given (default: resolved per request as
+      :func:`famr_jax.unlearn` resolves it: :func:`famr_jax.methods.resolve.resolve`).
     model: the Flax module, for methods that split the model (``famr-plus``'s frozen head).
     model_name: a famr-jax model name, for its tuned defaults ("" for the generic ones).
     checkpoint: the checkpoint directory, for methods that read stored extras (a diagonal Fisher).
@@ -171,6 +184,8 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
     audit_evidence: a :class:`famr_jax.audit.audit.EvidenceConfig` (the equivalence margin, bootstrap sizes).
     audit_train_fn: ``train_fn(x, y, key) -> params`` (``retrain``'s contract) training every shadow model.
     input_shape: ``(H, W, C)`` of one input, for data-free methods on model parts (default: the data's).
+    options: ``{method: {field: value}}``, applied to the resolved defaults of methods without a config
+      (an option equal to its resolved value changes nothing).
 
   Returns:
     The leaderboard (a method that fails is scored as diverged, its row records ``"error"``, the board
@@ -179,12 +194,7 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
     ``"audit"``, ``"audit_pooled"``, ``"pick"``; not JSON, ``"audit_arrays"``: per farm seed its confidences).
   """
   log = log or (lambda line: None)
-  specs = {}
-  for m in methods:   # unknown names fail before any work
-    spec = m if isinstance(m, MethodSpec) else get_method(m)
-    if spec.name in specs:
-      raise FamrError("a method is listed more than once in methods")
-    specs[spec.name] = spec
+  specs = _specs(methods)
   methods = tuple(specs)
   _check_count("seeds", seeds)
   if retrain is None and gold_fn is None:
@@ -192,16 +202,19 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   if not isinstance(forget, ForgetSet) and not callable(forget):
     raise FamrError("forget must be a ForgetSet (famr_jax.forget_classes ...) or a function seed -> ForgetSet")
   forget_of = forget if callable(forget) else (lambda seed: forget)
-  configs = dict(configs or {})
-  _check_inputs(apply_fn, params, data, configs, specs)
+  _check_inputs(apply_fn, params, data, dict(configs or {}), specs)
+  fisher = has_stored_fisher(checkpoint)
+  configs_of = lambda request: configs_for_request(   # noqa: E731 -- the one resolution of every request
+      specs, Request.of(request), model_name, dict(options or {}), dict(configs or {}), model=model is not None,
+      has_fisher=fisher, checkpoint=checkpoint)
+  configs = configs_of(forget_of(0))   # every refusal before any work
   audit_config = _audit_config(audit, shadows, methods, forget_of(0), model, train_config, audit_train_fn,
                                audit_seeds)
   rows, gold_rows = [], []
   shape = tuple(int(d) for d in (input_shape if input_shape is not None else data.x_train.shape[1:]))
   for seed in range(int(seeds)):
     request = forget_of(seed)
-    configs.update({n: specs[n].default_config(model_name, request.kind, num_forget=len(request.indices))
-                    for n in methods if n not in configs})
+    seed_configs = configs_of(request)
     gold = _seed_gold(seed, request, data, retrain, gold_fn)
     reference = gold_reference(gold.apply_fn or apply_fn, gold.params, data, request, params, seed)
     gold_extra = dict(extra_metrics(gold.params)) if extra_metrics is not None else None
@@ -212,7 +225,7 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
     rows.append(_row(seed, ORIGINAL, apply_fn, params, data, request, params, reference, gold, 0.0, 0.0, 0.0, log))
     _add_extra(rows[-1], params, extra_metrics, gold_extra)
     for name in methods:
-      rows.append(_method_row(seed, name, specs[name], configs[name], apply_fn, params, model, data, request,
+      rows.append(_method_row(seed, name, specs[name], seed_configs[name], apply_fn, params, model, data, request,
                               reference, gold, checkpoint, shape, show_progress, log))
       _add_extra(rows[-1], rows[-1].pop("_params"), extra_metrics, gold_extra)
   board = {**_board_header(model_name, data, forget_of(0), callable(forget)),
@@ -221,8 +234,8 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
            "retrained": gold_rows, "runs": rows, "summary": summarize(rows)}
   if audit_config is not None:
     board.update(_audit_board(int(audit_seeds), forget_of, rows, apply_fn, model, data, train_config,
-                              {name: configs[name] for name in methods}, audit_config,
-                              audit_evidence or EvidenceConfig(), show_progress, log, audit_train_fn))
+                              configs_of, audit_config, audit_evidence or EvidenceConfig(), show_progress, log,
+                              audit_train_fn))
   return board
 
 
@@ -232,6 +245,17 @@ def _board_header(model_name: str, data, first: ForgetSet, per_seed: bool) -> di
   """What a board is about, for :func:`famr_jax.evaluation.leaderboard.format_leaderboard`."""
   return {"model": model_name or "model", "dataset": getattr(data, "name", "data"),
           "forget": {**first.describe(), **({"per_seed": True} if per_seed else {})}}
+
+
+def _specs(methods: Sequence[str | MethodSpec]) -> dict[str, MethodSpec]:
+  """``{name: spec}`` of the listed methods (unknown names and repeats fail before any work)."""
+  specs = {}
+  for m in methods:
+    spec = m if isinstance(m, MethodSpec) else get_method(m)
+    if spec.name in specs:
+      raise FamrError("a method is listed more than once in methods")
+    specs[spec.name] = spec
+  return specs
 
 
 def _check_count(name: str, value: Any) -> None:
@@ -249,8 +273,7 @@ def _method_row(seed, name, spec, config, apply_fn, params, model, data, request
                      checkpoint=checkpoint, input_shape=shape)
   t0, error = time.perf_counter(), None
   try:
-    with method_label(name):
-      result = spec.run(task, config)
+    result = run_task(spec, task, config)
     new_params, run_s, compile_s = jax.block_until_ready(result.params), result.run_s, result.compile_s
   except Exception as e:   # noqa: BLE001 -- one crashing method must not abort the whole board
     if not isinstance(e, Diverged):
@@ -295,11 +318,15 @@ def _audit_config(audit, shadows, methods, first_request: ForgetSet, model, trai
   return config
 
 
-def _audit_board(audit_seeds, forget_of, rows, apply_fn, model, data, train_config, method_configs, config,
+def _audit_board(audit_seeds, forget_of, rows, apply_fn, model, data, train_config, configs_of, config,
                  evidence_config, show_progress, log, train_fn=None) -> dict:
-  """Audits every farm seed's request, pools them and picks; each method's scores go on its row of the same seed."""
+  """Audits every farm seed's request, pools them and picks; each method's scores go on its row of the same seed.
+
+  The farm of seed ``k`` runs each method's config resolved for that seed's request (``configs_of``), the
+  config the board's row of the same request runs."""
   seeds = []
   for k in range(audit_seeds):
+    method_configs = configs_of(forget_of(k))
     result = audit_request(apply_fn, model, data, forget_of(k), train_config, method_configs, config,
                            jax.random.fold_in(jax.random.key(k), 14), seed=k, evidence_config=evidence_config,
                            train_fn=train_fn, show_progress=show_progress, log=log)

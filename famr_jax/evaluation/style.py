@@ -26,7 +26,6 @@ through ``compare``'s ``extra_metrics`` like the two accuracies here.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -175,11 +174,10 @@ def style_leaderboard(task: StyleTask, clean_x_train: np.ndarray, model, apply_f
   style_specs = style_method_specs(model_name, layer, beta, clean_x_train[forget.indices],
                                    overrides.get("famr-style*"))
   specs = [style_specs.get(name) or get_method(name) for name in methods]
-  configs = {s.name: dataclasses.replace(s.default_config(model_name, forget.kind), **overrides.get(s.name, {}))
-             for s in specs}
   board = compare(specs, apply_fn, params, data, forget, retrain=train_recipe(model, apply_fn, data.image_shape,
                                                                                train_config),
-                  seeds=seeds, configs=configs, model=model, model_name=model_name, log=log,
+                  seeds=seeds, options={s.name: overrides.get(s.name, {}) for s in specs}, model=model,
+                  model_name=model_name, log=log,
                   extra_metrics=style_accuracies(apply_fn, task, feature_fn, params))
   board["style"] = {"style": task.style, "fraction": task.fraction, "layer": layer, "beta": beta,
                     "num_forget_train": int(forget.indices.size), "num_train": int(len(data.y_train))}

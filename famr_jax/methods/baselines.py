@@ -40,7 +40,6 @@ from famr_jax.engine.resume import ResumeConfig
 from famr_jax.engine.training import TrainConfig, train_classifier
 # The pure loss lives in famr_jax.losses; it stays importable from here.
 from famr_jax.losses import baseline_loss
-from famr_jax.methods.defaults import default_overrides
 from famr_jax.methods.variants import pair_retained
 
 Params = Any
@@ -334,34 +333,6 @@ def retrain_unlearn(apply_fn: ApplyFn, init_params: Params, x_retain: np.ndarray
 
 BASELINE_CONFIGS = {"ft": FTConfig, "ga": GAConfig, "neggrad+": NegGradPlusConfig, "rl": RLConfig,
                     "salun": SalUnConfig}
-
-
-def baseline_defaults(name: str, model_name: str) -> Any:
-  """The default config of the baseline ``name`` (see :mod:`famr_jax.methods.defaults`).
-
-  Example:
-    >>> baseline_defaults("ga", "lenet5").epochs
-    1
-  """
-  if name == "retrain":
-    return TrainConfig()
-  if name not in BASELINE_CONFIGS:
-    raise FamrError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
-  return BASELINE_CONFIGS[name](**default_overrides(name, model_name, "classes"))
-
-
-def baseline_sample_defaults(name: str, model_name: str) -> Any:
-  """The default config of the baseline ``name`` for sample forgetting (a step budget).
-
-  Example:
-    >>> baseline_sample_defaults("ga", "lenet5").steps
-    5
-  """
-  if name == "retrain":
-    return TrainConfig()
-  if name not in BASELINE_CONFIGS:
-    raise FamrError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
-  return BASELINE_CONFIGS[name](**default_overrides(name, model_name, "samples"))
 
 
 def baseline_task_runner(name: str):

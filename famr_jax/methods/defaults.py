@@ -5,8 +5,10 @@ class's field defaults, overridden by (in order) :data:`CLASS_DEFAULTS`,
 :data:`MODEL_DEFAULTS` for that model, and, for sample requests (a random or
 given subset of the training set), :data:`SAMPLE_DEFAULTS`. Class and sample
 requests want different schedules: the retrained model still classifies most
-forgotten samples correctly, so a sample request calls for a small,
-size-independent step budget where a class request runs to convergence.
+forgotten samples correctly, so a sample request calls for a small step
+budget (cut to :data:`SAMPLE_BUDGET_EPOCHS` passes over a smaller request) where
+a class request runs to convergence. The tables are read by one resolver,
+:mod:`famr_jax.methods.resolve`, which also picks :data:`RECOMMENDED`.
 
 Where each number comes from (tables and commands in ``docs/results.md``):
 everything was tuned on digits / LeNet5 with ``experiments/tune_defaults.py``
@@ -110,7 +112,9 @@ def scale_step_budget(config: Any, num_forget: int) -> Any:
 # Samples: chosen by the audit (issue 14: U-LiRA nearest chance at a retain accuracy within the retrained
 # farm's spread). On digits' random 10% ga was the only method less exposed than the untouched model
 # (U-LiRA AUC 0.571 vs 0.586; famr 0.696: pushing forget samples to uniform makes them stand out).
-RECOMMENDED: dict[str, str] = {"classes": "famr-plus", "samples": "ga"}
+# Zero-shot (a class request with no data): class impressions, the authors' Algorithm 1.
+# Read through famr_jax.methods.resolve.recommended_method, the one place a method is chosen.
+RECOMMENDED: dict[str, str] = {"classes": "famr-plus", "samples": "ga", "zero-shot": "impressions"}
 
 
 def default_overrides(method: str, model_name: str = "", kind: str = "classes") -> Mapping[str, Any]:

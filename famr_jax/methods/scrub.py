@@ -44,7 +44,6 @@ from famr_jax.engine.forward import batched_apply
 from famr_jax.engine.parallel import ScaleConfig, compute_dtype_apply_fn
 # The pure losses live in famr_jax.losses; they stay importable from here.
 from famr_jax.losses import scrub_max_loss, scrub_min_loss
-from famr_jax.methods.defaults import default_overrides
 from famr_jax.methods.variants import pair_retained
 
 Params = Any
@@ -210,16 +209,6 @@ def scrub_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_for
       compile_s, run_s = compile_s + out.compile_s, run_s + out.run_s
       phases.append({"phase": phase, **out.history[-1], "epoch": r + 1})
   return DescentResult(params, phases, compile_s, run_s, opt_state)
-
-
-def scrub_defaults(model_name: str) -> SCRUBConfig:
-  """The default for class requests (see :mod:`famr_jax.methods.defaults`)."""
-  return SCRUBConfig(**default_overrides("scrub", model_name, "classes"))
-
-
-def scrub_sample_defaults(model_name: str) -> SCRUBConfig:
-  """The default for sample requests (see :mod:`famr_jax.methods.defaults`)."""
-  return SCRUBConfig(**default_overrides("scrub", model_name, "samples"))
 
 
 def run_scrub_task(task, config: SCRUBConfig) -> DescentResult:

@@ -18,7 +18,8 @@ training set.
 
 Two importances (``SSDConfig.importance``):
 
-* ``minibatch`` (the default, as the authors' code computes it): the squared
+* ``minibatch`` (the config class's default, as the authors' code computes it; what
+  ``famr_jax.unlearn("ssd", ...)`` runs is ``fisher``, :mod:`famr_jax.methods.defaults`): the squared
   gradient of the *minibatch* mean loss, averaged over minibatches of
   ``batch_size`` (consecutive chunks of a random permutation). A forget
   minibatch (e.g. one class) has coherent gradients where a mixed training
@@ -49,7 +50,6 @@ from famr_jax.errors import FamrError
 from famr_jax.validation import CheckedFields, apply_renamed
 from famr_jax.engine.descent import DescentResult, bind_static
 from famr_jax.engine.forward import timed_call
-from famr_jax.methods.defaults import default_overrides
 from famr_jax.theory.fisher import accumulator_dtype, chunked_fisher, padded_chunks
 
 Params = Any
@@ -251,16 +251,6 @@ def ssd_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray, y_forge
   dampen_fn = bind_static(_dampen_by, config.selection_weight, config.dampening)
   new_params = timed(dampen_fn, params, importance_full, importance_forget)
   return DescentResult(new_params, [], timer["compile"], timer["run"])
-
-
-def ssd_defaults(model_name: str) -> SSDConfig:
-  """The default for class requests (see :mod:`famr_jax.methods.defaults`)."""
-  return SSDConfig(**default_overrides("ssd", model_name, "classes"))
-
-
-def ssd_sample_defaults(model_name: str) -> SSDConfig:
-  """The default for sample requests (see :mod:`famr_jax.methods.defaults`)."""
-  return SSDConfig(**default_overrides("ssd", model_name, "samples"))
 
 
 def run_ssd_task(task, config: SSDConfig) -> DescentResult:

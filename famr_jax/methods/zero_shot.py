@@ -50,7 +50,6 @@ from famr_jax.engine.descent import (DescentResult, bind_static, check_descent_s
                                      minibatch_descent)
 from famr_jax.engine.optimizers import StaticMask
 from famr_jax.errors import FamrError
-from famr_jax.validation import CheckedFields
 from famr_jax.engine.forward import batched_apply
 from famr_jax.losses import accuracy, param_distance
 from famr_jax.methods.head_tail import (HeadTailSplit, ResponsiveLayers, first_responsive_layer,

@@ -46,6 +46,7 @@ from famr_jax.models.zoo import MODEL_NAMES, RESNET_OVERRIDES, create_model, ini
 
 __all__ = [
     'MODEL_NAMES',
+    'RESNET_OVERRIDES',
     'AlexNet',
     'BatchNorm',
     'BatchStats',

@@ -222,6 +222,19 @@ def load_fisher(checkpoint: str | os.PathLike, like: Params | None = None) -> Pa
   return fisher
 
 
+def has_stored_fisher(checkpoint: str | os.PathLike | None) -> bool:
+  """Whether ``checkpoint`` stores a diagonal Fisher (False for None; its metadata only is read).
+
+  Example:
+    >>> has_stored_fisher(None)
+    False
+  """
+  if checkpoint is None:
+    return False
+  from famr_jax.io import checkpoints
+  return FISHER_EXTRA in checkpoints.read_metadata(checkpoint).get("extras", {})
+
+
 def missing_fisher_message(checkpoint: str | os.PathLike | None) -> str:
   """The one-line error for a Fisher anchor asked of a checkpoint without a stored Fisher."""
   where = str(Path(checkpoint).expanduser().resolve()) if checkpoint is not None else "DIR"
