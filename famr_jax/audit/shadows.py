@@ -34,7 +34,7 @@ from famr_jax.methods.registry import UnlearnTask, get_method
 # Built-in methods whose run is one minibatch-engine descent whose params are the result: a farm of them
 # is one vmapped program. SCRUB alternates several descents and SSD makes none; they run one by one.
 VMAPPABLE = frozenset({"famr", "famr-retrain-target", "famr-curvature", "famr-function", "famr-plus", "ft", "ga",
-                       "neggrad+", "rl", "salun", "retrain"})
+                       "neggrad+", "neggrad+du", "rl", "salun", "retrain"})
 # Methods an audit cannot run on shadow models: their inputs exist for the checkpoint only.
 NOT_AUDITABLE = {"famr-fisher": "it reads the checkpoint's stored Fisher, which no shadow model has",
                  "impressions": "it is a data-free class method", "famr-zeroshot": "it is a data-free class method"}
@@ -101,7 +101,7 @@ def check_shadow_model(model: Any) -> None:
 
 
 def _builtin_names() -> frozenset:
-  return frozenset(VMAPPABLE) | {"scrub", "ssd", *NOT_AUDITABLE}
+  return frozenset(VMAPPABLE) | {"scrub", "ssd", "msg", "ct", *NOT_AUDITABLE}
 
 
 class ShadowFarm(NamedTuple):

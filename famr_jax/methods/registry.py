@@ -18,7 +18,7 @@ from famr_jax.errors import FamrError
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.descent import DescentResult
 from famr_jax.engine.training import TrainConfig
-from famr_jax.methods import baselines, famr, scrub, ssd, variants, zero_shot
+from famr_jax.methods import baselines, deep_unlearn, famr, scrub, ssd, variants, zero_shot
 from famr_jax.methods.defaults import default_overrides, scale_step_budget
 
 Params = Any
@@ -120,6 +120,12 @@ def _builtin_methods() -> tuple[MethodSpec, ...]:
       baseline("ft", "fine-tune on retained data (cross-entropy)"),
       baseline("ga", "gradient ascent on the forget set's cross-entropy"),
       baseline("neggrad+", "NegGrad+: w_r CE(retain) - w_f CE(forget)"),
+      MethodSpec("neggrad+du", baselines.NegGradPlusConfig, baselines.baseline_task_runner("neggrad+"),
+                 "NegGrad+ with Deep Unlearn's recipe (alpha 0.95, SGD momentum lr 0.01, 10 epochs)", scales=True),
+      MethodSpec("msg", deep_unlearn.MSGConfig, deep_unlearn.run_msg_task,
+                 "Masked Small Gradients (Deep Unlearn): re-init the smallest-gradient weights, fine-tune on retain"),
+      MethodSpec("ct", deep_unlearn.RetainFinetuneConfig, deep_unlearn.run_ct_task,
+                 "Convolution Transpose (Deep Unlearn): transpose conv kernels, fine-tune on retain"),
       baseline("rl", "random labels on the forget set + CE on retained data"),
       baseline("salun", "SalUn: weight-saliency mask from the forget gradient, then RL on the salient weights"),
       MethodSpec("scrub", scrub.SCRUBConfig, scrub.run_scrub_task,

