@@ -128,3 +128,65 @@ def test_deep_unlearn_methods_are_registered_with_their_recipes():
   assert (RetainFinetuneConfig().epochs, RetainFinetuneConfig().momentum) == (3, 0.9)
   ng = get_method("neggrad+du").default_config("mlp", "samples")
   assert (ng.w_r, ng.w_f, ng.lr, ng.optimizer, ng.epochs) == (0.95, 0.05, 0.01, "momentum", 10)
+
+
+# ----------------------------------------------------------------------------- famr-calibrated
+
+from famr_jax.methods import calibrated  # noqa: E402
+from famr_jax.methods.calibrated import CalibratedFAMRConfig  # noqa: E402
+
+
+def _np_ce(probs, y):
+  return float(-np.mean(np.log(probs[np.arange(len(y)), y])))
+
+
+def test_temperature_target_matches_the_held_out_mean_loss():
+  rng = np.random.default_rng(4)
+  y_f, y_h = rng.integers(0, 4, 50), rng.integers(0, 4, 80)
+  z_f = rng.normal(size=(50, 4)) + 6.0 * np.eye(4)[y_f]      # members: confident
+  z_h = rng.normal(size=(80, 4)) + 2.0 * np.eye(4)[y_h]      # non-members: less so
+  q, t = calibrated.temperature_target(z_f, y_f, z_h, y_h)
+  # NumPy: the held-out mean cross-entropy, and the forget set's at T by an independent softmax.
+  goal = _np_ce(_np_softmax(z_h), y_h)
+  assert t > 1.0
+  np.testing.assert_allclose(_np_ce(_np_softmax(z_f / t), y_f), goal, rtol=1e-6)
+  np.testing.assert_allclose(q, _np_softmax(z_f / t), rtol=1e-9)
+
+
+def test_quantile_target_takes_the_held_out_quantiles_per_class_and_keeps_the_other_ratios():
+  rng = np.random.default_rng(5)
+  y_f, y_h = np.repeat([0, 1, 2], 10), np.repeat([0, 1, 2], 30)
+  z_f = rng.normal(size=(30, 3)) + 5.0 * np.eye(3)[y_f]
+  z_h = rng.normal(size=(90, 3)) + 1.5 * np.eye(3)[y_h]
+  q = calibrated.quantile_target(z_f, y_f, z_h, y_h)
+  p_f, p_h = _np_softmax(z_f), _np_softmax(z_h)
+  np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-9)
+  for c in range(3):
+    rows = np.flatnonzero(y_f == c)
+    conf_f, conf_h = p_f[rows, c], p_h[y_h == c, c]
+    order = np.argsort(conf_f)
+    want = np.quantile(conf_h, (np.arange(10) + 0.5) / 10)   # rank r gets quantile (r + 1/2) / n
+    np.testing.assert_allclose(q[rows[order], c], want, rtol=1e-9)
+    other = [k for k in range(3) if k != c]
+    np.testing.assert_allclose(q[rows][:, other[0]] / q[rows][:, other[1]],
+                               p_f[rows][:, other[0]] / p_f[rows][:, other[1]], rtol=1e-6)
+
+
+def test_famr_calibrated_moves_forget_confidence_to_the_held_out_level_and_keeps_the_rest():
+  rng = np.random.default_rng(6)
+  centers = 3.0 * rng.normal(size=(3, 5))
+  y = np.repeat([0, 1, 2], 40).astype(np.int32)
+  x = (centers[y] + rng.normal(size=(120, 5))).astype(np.float32)
+  w = jnp.asarray(np.linalg.lstsq(x, 8.0 * np.eye(3)[y] - 4.0, rcond=None)[0], jnp.float32)
+  f = lambda p, x: x @ p
+  xh = (centers[y] + 6.0 * rng.normal(size=(120, 5))).astype(np.float32)   # held out: noisier, less confident
+  idx = np.arange(0, 120, 10)
+  cfg = CalibratedFAMRConfig(epochs=300, lr=0.02, lam=0.01, optimizer="adam")
+  r = calibrated.calibrated_famr_unlearn(f, w, x[idx], y[idx], xh, y, cfg, jax.random.key(0), show_progress=False)
+  conf = lambda p, xs, ys: _np_softmax(np.asarray(f(p, xs), np.float64))[np.arange(len(ys)), ys]
+  target = r.history[0]["target_conf"]
+  assert abs(target - np.mean(conf(w, xh, y))) < 0.05          # the target's level is the held-out one
+  assert abs(np.mean(conf(r.params, x[idx], y[idx])) - target) < 0.05
+  assert np.mean(conf(w, x[idx], y[idx])) - target > 0.1       # and it is not where the original was
+  with pytest.raises(FamrError, match="calibration must be one of"):
+    CalibratedFAMRConfig(calibration="uniform").validate()

@@ -36,6 +36,8 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     "famr-curvature": dict(_VARIANT, anchor="gauss-newton", curvature_weight=100.0, lr=1e-3, optimizer="adam"),
     "famr-function": dict(_VARIANT, retain_weight=3.0),
     "famr-plus": dict(_VARIANT, target="retrain", retain_weight=1.0),
+    # FAMR's objective and anchor, its target calibrated on held-out data (methods/calibrated.py).
+    "famr-calibrated": {},
     "retrain": {},
     "ft": dict(epochs=5, lr=0.03),
     "ga": dict(epochs=1, lr=0.01),
@@ -76,6 +78,7 @@ SAMPLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "famr-fisher": _ADAM_BUDGET,
     "famr-curvature": dict(steps=10),
     "famr-function": _ADAM_BUDGET,
+    "famr-calibrated": _ADAM_BUDGET,
     "ft": dict(steps=5, lr=1e-3, optimizer="adam"),
     "ga": dict(steps=5, lr=1e-4, optimizer="adam"),
     "neggrad+": dict(steps=25, lr=1e-3),

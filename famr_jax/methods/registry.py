@@ -18,7 +18,7 @@ from famr_jax.errors import FamrError
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.descent import DescentResult
 from famr_jax.engine.training import TrainConfig
-from famr_jax.methods import baselines, deep_unlearn, famr, scrub, ssd, variants, zero_shot
+from famr_jax.methods import baselines, calibrated, deep_unlearn, famr, scrub, ssd, variants, zero_shot
 from famr_jax.methods.defaults import default_overrides, scale_step_budget
 
 Params = Any
@@ -115,6 +115,8 @@ def _builtin_methods() -> tuple[MethodSpec, ...]:
       variant("famr-curvature", "FAMR with the exact Gauss-Newton anchor of the retained loss (one HVP per step)"),
       variant("famr-function", "FAMR with a function-space anchor KL(p0 || p) on retained samples"),
       variant("famr-plus", "retrain-like target + function-space anchor (+ frozen head where tuned)"),
+      MethodSpec("famr-calibrated", calibrated.CalibratedFAMRConfig, calibrated.run_calibrated_task,
+                 "FAMR towards a held-out-calibrated target (a non-member's confidence) + L2 anchor"),
       MethodSpec("retrain", TrainConfig, baselines.run_retrain_task,
                  "the gold standard: the training recipe on the retained data, from a fresh init", scales=True),
       baseline("ft", "fine-tune on retained data (cross-entropy)"),
