@@ -190,3 +190,74 @@ def test_famr_calibrated_moves_forget_confidence_to_the_held_out_level_and_keeps
   assert np.mean(conf(w, x[idx], y[idx])) - target > 0.1       # and it is not where the original was
   with pytest.raises(FamrError, match="calibration must be one of"):
     CalibratedFAMRConfig(calibration="uniform").validate()
+
+
+# ----------------------------------------------------------------------------- Langevin
+
+from famr_jax.methods import langevin  # noqa: E402
+from famr_jax.methods.langevin import LangevinConfig  # noqa: E402
+
+
+def test_langevin_epsilon_equals_the_hand_formula_and_the_best_renyi_order():
+  # By hand: c = max(|1 - 0.5 * 0.1|, |1 - 0.5 * 1.0|) = 0.95; a = c^(2K) R^2 / (lr sigma^2), K = 40, R = 2.
+  c = langevin.contraction_factor(0.5, 0.1, 1.0)
+  assert c == pytest.approx(0.95)
+  a = 0.95 ** 80 * 2.0 ** 2 / (0.5 * 0.5 ** 2)
+  want = a + 2.0 * math.sqrt(a * math.log(1e5))
+  eps, alpha = langevin.langevin_epsilon(c, 40, 2.0, 0.5, 0.5, 1e-5)
+  assert eps == pytest.approx(want, rel=1e-12)
+  # It is the minimum over Rényi orders of alpha a + log(1/delta) / (alpha - 1) (a fine grid, independently).
+  grid = np.geomspace(1.0001, 1e6, 200001)
+  assert np.min(grid * a + math.log(1e5) / (grid - 1)) == pytest.approx(eps, rel=1e-6)
+  assert alpha == pytest.approx(grid[np.argmin(grid * a + math.log(1e5) / (grid - 1))], rel=1e-3)
+
+
+def test_langevin_smoothness_of_a_logistic_model_is_half_the_largest_squared_input_norm_plus_one():
+  rng = np.random.default_rng(7)
+  x = rng.normal(size=(30, 4)).astype(np.float32)
+  params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+  f = lambda p, x: x @ p["w"] + p["b"]
+  want = 0.5 * (np.max(np.sum(x.astype(np.float64) ** 2, 1)) + 1.0) + 0.01   # J_i = I (x) [x_i; 1]
+  assert langevin.smoothness_bound(f, params, x, 0.01) == pytest.approx(want, rel=1e-5)
+
+
+def test_langevin_noise_has_the_stated_scale_and_comes_from_the_key():
+  # A model whose loss has zero gradient (and l2 = 0): one step moves the params by the noise alone.
+  f = lambda p, x: x @ (0.0 * p)
+  x, y = np.ones((8, 2), np.float32), np.zeros(8, np.int32)
+  cfg = LangevinConfig(steps=1, batch_size=8, lr=0.02, sigma=0.3, l2=0.0, radius=None)
+  run = lambda key: np.asarray(langevin.langevin_unlearn(f, jnp.zeros((2, 50000)), x, y, cfg, key,
+                                                         show_progress=False).params)
+  a, b = run(jax.random.key(0)), run(jax.random.key(1))
+  std = math.sqrt(2 * 0.02) * 0.3
+  # The sample sd of 100,000 normals is within 1% of sigma with overwhelming probability (its sd is 0.22%).
+  assert abs(a.std() / std - 1.0) < 0.01 and abs(a.mean()) < 5 * std / math.sqrt(a.size)
+  assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.02
+  np.testing.assert_array_equal(a, run(jax.random.key(0)))
+
+
+def test_langevin_certifies_a_convex_projected_model_and_says_why_not_otherwise():
+  rng = np.random.default_rng(8)
+  x = rng.normal(size=(64, 3)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int32)
+  f = lambda p, x: x @ p["w"] + p["b"]
+  params = {"w": 5.0 * jnp.ones((3, 2)), "b": jnp.zeros(2)}
+  cfg = LangevinConfig(epochs=3, lr=0.1, batch_size=16, l2=0.1, radius=2.0, sigma=0.05)
+  r = langevin.langevin_unlearn(f, params, x, y, cfg, jax.random.key(0), show_progress=False)
+  cert = r.history[-1]
+  assert cert["certified"] and cert["steps"] == 12
+  assert float(optax_norm(r.params)) <= 2.0 + 1e-5
+  smooth = 0.5 * (np.max(np.sum(x.astype(np.float64) ** 2, 1)) + 1.0) + 0.1
+  c = max(1 - 0.1 * 0.1, abs(1 - 0.1 * smooth))
+  a = c ** 24 * 4.0 / (0.1 * 0.05 ** 2)
+  assert cert["epsilon"] == pytest.approx(a + 2 * math.sqrt(a * math.log(1e5)), rel=1e-5)
+  mlp = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
+  not_convex = langevin.langevin_unlearn(mlp, {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}, x, y, cfg,
+                                         jax.random.key(0), show_progress=False).history[-1]
+  assert not not_convex["certified"] and "not affine" in not_convex["reason"] and not_convex["epsilon"] is None
+  too_big = langevin.langevin_certificate(f, params, x, LangevinConfig(lr=10.0), 10, jax.random.key(0))
+  assert not too_big.certified and "too large" in too_big.reason
+
+
+def optax_norm(tree):
+  return math.sqrt(sum(float(jnp.sum(jnp.square(l))) for l in jax.tree.leaves(tree)))

@@ -101,7 +101,7 @@ def check_shadow_model(model: Any) -> None:
 
 
 def _builtin_names() -> frozenset:
-  return frozenset(VMAPPABLE) | {"scrub", "ssd", "msg", "ct", "famr-calibrated", *NOT_AUDITABLE}
+  return frozenset(VMAPPABLE) | {"scrub", "ssd", "msg", "ct", "famr-calibrated", "langevin", *NOT_AUDITABLE}
 
 
 class ShadowFarm(NamedTuple):

@@ -211,8 +211,8 @@ def calibrated_famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget, y_forge
     show_progress: progress bar.
 
   Returns:
-    A :class:`famr_jax.engine.descent.DescentResult`; its history's first entry
-    records the calibration (``temperature`` where used, the target's mean
+    A :class:`famr_jax.engine.descent.DescentResult`; its history's first epoch
+    also records the calibration (``temperature`` where used, the target's mean
     true-class confidence ``target_conf``).
 
   Example:
@@ -247,7 +247,8 @@ def calibrated_famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget, y_forge
                              batch_size=config.batch_size, key=key, context=params, desc="famr-calibrated",
                              show_progress=show_progress, max_steps=config.steps,
                              resume_meta={"famr_calibrated": dataclasses.asdict(config)})
-  history = [dict(info)] + list(result.history)
+  history = [dict(h) for h in result.history]
+  history[0].update(info)
   return result._replace(history=history, compile_s=result.compile_s + c1 + c2, run_s=result.run_s + r1 + r2)
 
 

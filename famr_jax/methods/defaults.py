@@ -49,6 +49,8 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     # Deep Unlearn's MSG and CT recipes are their config classes' defaults.
     "msg": {},
     "ct": {},
+    # Langevin unlearning: its config's defaults (a step under 2 / L for digits' logistic model).
+    "langevin": {},
     "rl": dict(epochs=5, lr=3e-4),
     "salun": dict(epochs=5, lr=1e-3, retain_ratio=4),
     # The authors' losses; a min phase 8x the max phase's steps repairs what the ascent breaks (their

@@ -18,7 +18,7 @@ from famr_jax.errors import FamrError
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.descent import DescentResult
 from famr_jax.engine.training import TrainConfig
-from famr_jax.methods import baselines, calibrated, deep_unlearn, famr, scrub, ssd, variants, zero_shot
+from famr_jax.methods import baselines, calibrated, deep_unlearn, famr, langevin, scrub, ssd, variants, zero_shot
 from famr_jax.methods.defaults import default_overrides, scale_step_budget
 
 Params = Any
@@ -128,6 +128,8 @@ def _builtin_methods() -> tuple[MethodSpec, ...]:
                  "Masked Small Gradients (Deep Unlearn): re-init the smallest-gradient weights, fine-tune on retain"),
       MethodSpec("ct", deep_unlearn.RetainFinetuneConfig, deep_unlearn.run_ct_task,
                  "Convolution Transpose (Deep Unlearn): transpose conv kernels, fine-tune on retain"),
+      MethodSpec("langevin", langevin.LangevinConfig, langevin.run_langevin_task,
+                 "Langevin unlearning: projected noisy SGD on retain, (epsilon, delta) where its assumptions hold"),
       baseline("rl", "random labels on the forget set + CE on retained data"),
       baseline("salun", "SalUn: weight-saliency mask from the forget gradient, then RL on the salient weights"),
       MethodSpec("scrub", scrub.SCRUBConfig, scrub.run_scrub_task,
