@@ -261,3 +261,59 @@ def test_langevin_certifies_a_convex_projected_model_and_says_why_not_otherwise(
 
 def optax_norm(tree):
   return math.sqrt(sum(float(jnp.sum(jnp.square(l))) for l in jax.tree.leaves(tree)))
+
+
+# ----------------------------------------------------------------------------- SISA
+
+from famr_jax.methods import sisa  # noqa: E402
+from famr_jax.methods.sisa import SISAConfig  # noqa: E402
+
+
+def test_sisa_retrains_only_touched_shards_leaves_the_rest_bit_identical_and_votes_like_numpy():
+  rng = np.random.default_rng(9)
+  x = rng.normal(size=(90, 4)).astype(np.float32)
+  y = (x[:, 0] + 0.3 * x[:, 1] > 0).astype(np.int32) + (x[:, 2] > 1).astype(np.int32)
+  f = lambda p, x: x @ p["w"] + p["b"]
+  init = lambda k: {"w": 0.1 * jax.random.normal(k, (4, 3)), "b": jnp.zeros(3)}
+  cfg = SISAConfig(shards=6, epochs=3, batch_size=16, lr=0.05)
+  ens, _ = sisa.sisa_train(f, init, x, y, cfg, jax.random.key(0))
+  forget = np.flatnonzero(ens.shard_of == 2)[:3].tolist() + np.flatnonzero(ens.shard_of == 4)[:1].tolist()
+  new, info = sisa.sisa_delete(ens, forget, f, init, x, y, cfg)
+  assert (info["shards"], info["shards_retrained"], info["retrained"]) == (6, 2, [2, 4])
+  for i in range(6):
+    old_i, new_i = (jax.tree.map(lambda a: np.asarray(a[i]), t.params) for t in (ens, new))
+    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(old_i), jax.tree.leaves(new_i)))
+    assert same == (i not in (2, 4)), i
+  # No kept shard trained on a forgotten example; each shard's members are what it was trained on.
+  assert np.all(new.shard_of[forget] == -1)
+  members = np.flatnonzero(new.shard_of == 2)
+  assert set(members).isdisjoint(forget) and len(members) == np.sum(ens.shard_of == 2) - 3
+  # The aggregate against NumPy: each shard's logits by hand, a majority vote (ties to the lowest class), a mean.
+  x_test = rng.normal(size=(25, 4)).astype(np.float32)
+  per_shard = np.stack([x_test @ np.asarray(new.params["w"][i]) + np.asarray(new.params["b"][i]) for i in range(6)])
+  votes = np.zeros((25, 3), int)
+  for s in range(6):
+    votes[np.arange(25), per_shard[s].argmax(1)] += 1
+  got_vote = np.asarray(sisa.sisa_apply_fn(f, "vote")(new.params, jnp.asarray(x_test)))
+  np.testing.assert_array_equal(got_vote.argmax(1), votes.argmax(1))
+  np.testing.assert_allclose(np.exp(got_vote).sum(1), 1.0, rtol=1e-5)
+  got_mean = np.asarray(sisa.sisa_apply_fn(f, "mean")(new.params, jnp.asarray(x_test)))
+  np.testing.assert_allclose(got_mean, per_shard.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_sisa_through_the_registry_reports_its_cost_and_its_own_apply_fn():
+  from famr_jax import forget_samples, load_dataset, models
+  from famr_jax.methods.registry import UnlearnTask
+  d = load_dataset("digits")
+  d = d._replace(x_train=d.x_train[:120], y_train=d.y_train[:120])
+  m = models.create_model("logistic", 10, d.image_shape)
+  apply_fn = models.make_apply_fn(m)
+  params = models.init_params(m, jax.random.key(0), d.image_shape)
+  task = UnlearnTask(apply_fn, params, m, d, forget_samples([0, 1], 120, 10), jax.random.key(1), False)
+  r = get_method("sisa").run(task, SISAConfig(shards=3, epochs=2))
+  h = r.history[0]
+  assert h["shards"] == 3 and 1 <= h["shards_retrained"] <= 2 and r.run_s == h["retrain_s"] > 0
+  scores = r.apply_fn(r.params, jnp.asarray(d.x_test[:5]))
+  assert scores.shape == (5, 10)
+  with pytest.raises(FamrError, match="shards must be"):
+    SISAConfig(shards=0).validate()

@@ -37,6 +37,7 @@ VMAPPABLE = frozenset({"famr", "famr-retrain-target", "famr-curvature", "famr-fu
                        "neggrad+", "neggrad+du", "rl", "salun", "retrain"})
 # Methods an audit cannot run on shadow models: their inputs exist for the checkpoint only.
 NOT_AUDITABLE = {"famr-fisher": "it reads the checkpoint's stored Fisher, which no shadow model has",
+                 "sisa": "its models are shard ensembles (exact by construction: no shard it keeps saw the forget set)",
                  "impressions": "it is a data-free class method", "famr-zeroshot": "it is a data-free class method"}
 MIN_SHADOWS = 2
 MIN_FORGET_EXAMPLES = 2

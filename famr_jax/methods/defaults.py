@@ -51,6 +51,8 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     "ct": {},
     # Langevin unlearning: its config's defaults (a step under 2 / L for digits' logistic model).
     "langevin": {},
+    # SISA: 5 shards, each trained with the training recipe's defaults (TrainConfig).
+    "sisa": {},
     "rl": dict(epochs=5, lr=3e-4),
     "salun": dict(epochs=5, lr=1e-3, retain_ratio=4),
     # The authors' losses; a min phase 8x the max phase's steps repairs what the ascent breaks (their

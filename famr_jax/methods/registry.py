@@ -18,7 +18,7 @@ from famr_jax.errors import FamrError
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.descent import DescentResult
 from famr_jax.engine.training import TrainConfig
-from famr_jax.methods import baselines, calibrated, deep_unlearn, famr, langevin, scrub, ssd, variants, zero_shot
+from famr_jax.methods import baselines, calibrated, deep_unlearn, famr, langevin, scrub, sisa, ssd, variants, zero_shot
 from famr_jax.methods.defaults import default_overrides, scale_step_budget
 
 Params = Any
@@ -130,6 +130,8 @@ def _builtin_methods() -> tuple[MethodSpec, ...]:
                  "Convolution Transpose (Deep Unlearn): transpose conv kernels, fine-tune on retain"),
       MethodSpec("langevin", langevin.LangevinConfig, langevin.run_langevin_task,
                  "Langevin unlearning: projected noisy SGD on retain, (epsilon, delta) where its assumptions hold"),
+      MethodSpec("sisa", sisa.SISAConfig, sisa.run_sisa_task,
+                 "SISA: exact deletion; shards trained in isolation, only touched shards retrained (an ensemble)"),
       baseline("rl", "random labels on the forget set + CE on retained data"),
       baseline("salun", "SalUn: weight-saliency mask from the forget gradient, then RL on the salient weights"),
       MethodSpec("scrub", scrub.SCRUBConfig, scrub.run_scrub_task,
