@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 from typing import Any, Callable, Literal
 
 import jax
@@ -40,6 +39,7 @@ import optax
 from famr_jax import losses
 from famr_jax.engine.batching import steps_per_epoch
 from famr_jax.engine.descent import DescentResult, bind_static, check_descent_settings, minibatch_descent
+from famr_jax.engine.forward import timed_call
 from famr_jax.errors import FamrError
 from famr_jax.validation import CheckedFields
 
@@ -212,16 +212,25 @@ def scaled_ce_loss(apply_fn: ApplyFn, params: Params, batch: tuple, weights: jax
   return losses.weighted_mean(losses.cross_entropy(apply_fn(params, batch[0]), batch[1]), weights)
 
 
+def mean_ce_grad(apply_fn: ApplyFn, params: Params, x: jax.Array, y: jax.Array) -> Params:
+  """Gradient of one batch's mean cross-entropy (jitted through :func:`famr_jax.engine.forward.timed_call`)."""
+  return jax.grad(lambda q: jnp.mean(losses.cross_entropy(apply_fn(q, x), y)))(params)
+
+
 def msg_gradient(apply_fn: ApplyFn, params: Params, x_forget, y_forget, x_retain, y_retain,
-                 batch_size: int = 64) -> Params:
-  """MSG's accumulated gradient: ``sum`` over batches of ``grad CE(retain)`` minus ``grad CE(forget)``."""
-  grad = jax.jit(jax.grad(lambda q, x, y: jnp.mean(losses.cross_entropy(apply_fn(q, x), y))))
-  total = jax.tree.map(jnp.zeros_like, params)
+                 batch_size: int = 64) -> tuple[Params, float, float]:
+  """MSG's accumulated gradient, ``sum`` over batches of ``grad CE(retain)`` minus ``grad CE(forget)``.
+
+  Returns ``(gradient, compile seconds, run seconds)``.
+  """
+  grad = bind_static(mean_ce_grad, apply_fn)
+  total, compile_s, run_s = jax.tree.map(jnp.zeros_like, params), 0.0, 0.0
   for sign, x, y in ((1.0, x_retain, y_retain), (-1.0, x_forget, y_forget)):
     for start in range(0, len(y), batch_size):
-      g = grad(params, jnp.asarray(x[start:start + batch_size]), jnp.asarray(y[start:start + batch_size]))
-      total = jax.tree.map(lambda t, gi: t + sign * gi, total, g)
-  return total
+      g, c, r = timed_call(grad, params, jnp.asarray(x[start:start + batch_size]),
+                           jnp.asarray(y[start:start + batch_size]))
+      total, compile_s, run_s = jax.tree.map(lambda t, gi: t + sign * gi, total, g), compile_s + c, run_s + r
+  return total, compile_s, run_s
 
 
 # ----------------------------------------------------------------------------- runs
@@ -258,25 +267,20 @@ def msg_unlearn(apply_fn: ApplyFn, params: Params, x_forget, y_forget, x_retain,
   x_forget, x_retain = np.asarray(x_forget, np.float32), np.asarray(x_retain, np.float32)
   if len(x_forget) == 0 or len(x_retain) == 0:
     raise FamrError("MSG needs a non-empty forget set and retained data")
-  t0 = time.perf_counter()
   selected = selected_kernels(params, config.layers)
   if not any(jax.tree.leaves(selected)):
     raise FamrError("MSG (layers='conv') masks convolution kernels and the model has none; "
                     "use layers='kernels' to mask every weight matrix")
   sub = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), len(x_retain)))[:len(x_forget)]
-  grads = msg_gradient(apply_fn, params, x_forget, y_forget, x_retain[sub], np.asarray(y_retain)[sub])
-  mask = small_gradient_mask(grads, config.init_rate, selected)
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.fold_in(key, 2), len(leaves))
-  fresh = jax.tree.unflatten(treedef, [kaiming_fan_out(k, l.shape) for k, l in zip(keys, leaves)])
-  start = jax.tree.map(lambda p, m, f: jnp.where(m, f, p), params, mask, fresh)
-  scales = jax.tree.map(lambda m, s: jnp.where(m, 1.0, config.small_grad_scale if s else 1.0).astype(jnp.float32),
-                        mask, selected)
-  prep_s = time.perf_counter() - t0
+  grads, compile_s, grad_s = msg_gradient(apply_fn, params, x_forget, y_forget, x_retain[sub],
+                                          np.asarray(y_retain)[sub])
+  prep = bind_static(msg_start, config.layers, float(config.init_rate), float(config.small_grad_scale))
+  (start, scales), prep_compile_s, prep_s = timed_call(prep, params, grads, jax.random.fold_in(key, 2))
+  compile_s, prep_s = compile_s + prep_compile_s, prep_s + grad_s
   result = retain_finetune(apply_fn, start, x_retain, y_retain, config, "warmup-decay", jax.random.fold_in(key, 3),
                            scales=scales, show_progress=show_progress, desc="MSG",
                            meta={"msg": dataclasses.asdict(config)})
-  return result._replace(run_s=result.run_s + prep_s)
+  return result._replace(run_s=result.run_s + prep_s, compile_s=result.compile_s + compile_s)
 
 
 def ct_unlearn(apply_fn: ApplyFn, params: Params, x_retain, y_retain, config: RetainFinetuneConfig,
@@ -297,6 +301,21 @@ def ct_unlearn(apply_fn: ApplyFn, params: Params, x_retain, y_retain, config: Re
   start = transpose_conv_kernels(params)
   return retain_finetune(apply_fn, start, x_retain, y_retain, config, "cosine", key, show_progress=show_progress,
                          desc="CT", meta={"ct": dataclasses.asdict(config)})
+
+
+def msg_start(layers: str, rate: float, small_scale: float, params: Params, grads: Params,
+              key: jax.Array) -> tuple[Params, Params]:
+  """MSG's start and gradient scales: the smallest-gradient weights re-initialized (scale 1), the rest of a
+  selected layer kept (scale ``small_scale``), other layers untouched (scale 1). One jitted program."""
+  selected = selected_kernels(params, layers)
+  mask = small_gradient_mask(grads, rate, selected)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  fresh = jax.tree.unflatten(treedef, [kaiming_fan_out(k, l.shape) for k, l in zip(keys, leaves)])
+  start = jax.tree.map(lambda p, m, f: jnp.where(m, f, p), params, mask, fresh)
+  scales = jax.tree.map(lambda m, s: jnp.where(m, 1.0, small_scale if s else 1.0).astype(jnp.float32),
+                        mask, selected)
+  return start, scales
 
 
 def run_msg_task(task, config: MSGConfig) -> DescentResult:
