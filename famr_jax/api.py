@@ -25,6 +25,7 @@ from famr_jax.engine.descent import typed_key
 from famr_jax.engine.progress import method_label
 from famr_jax.errors import FamrError
 from famr_jax.methods.registry import UnlearnTask, get_method, method_names, with_overrides
+from famr_jax.methods.sisa import refuse_ensemble
 from famr_jax.validation import (PROBE_ROWS, check_config_class, check_finite_params, check_images, check_labels,
                                  check_model)
 
@@ -157,6 +158,7 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
     config = with_overrides(config, overrides)
   if hasattr(config, "validate"):
     config.validate()
+  refuse_ensemble(method, config)
   if (scale is not None or resume is not None) and not spec.scales:
     raise FamrError(f"method {method!r} does not take scale or resume settings")
   if input_shape is None and dataset is not None:

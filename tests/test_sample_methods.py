@@ -317,3 +317,14 @@ def test_sisa_through_the_registry_reports_its_cost_and_its_own_apply_fn():
   assert scores.shape == (5, 10)
   with pytest.raises(FamrError, match="shards must be"):
     SISAConfig(shards=0).validate()
+
+
+def test_sisa_is_refused_where_one_models_params_are_needed():
+  import famr_jax as fj
+  x = np.eye(3, dtype=np.float32).repeat(4, 0)
+  y = np.arange(3).repeat(4)
+  with pytest.raises(FamrError, match="shard ensemble"):
+    fj.unlearn("sisa", lambda p, x: x @ p, jnp.eye(3), fj.forget_samples([0], 12, 3), jax.random.key(0), data=(x, y))
+  from famr_jax.audit.shadows import check_auditable
+  with pytest.raises(FamrError, match="shard ensembles"):
+    check_auditable(fj.forget_samples([0, 1], 12, 3), ("sisa",))

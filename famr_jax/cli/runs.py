@@ -32,6 +32,7 @@ from famr_jax.io.outputs import (check_disjoint, check_output_target, is_famr_ou
 from famr_jax.io.saved_model import load_model as load_saved_model
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
 from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.methods.sisa import refuse_ensemble
 from famr_jax.evaluation.metrics import evaluate_unlearning
 from famr_jax.engine.parallel import ScaleConfig, peak_memory, scale_description
 from famr_jax.engine.resume import ResumeConfig
@@ -472,6 +473,7 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
                                                       num_forget=len(forget.indices))
     if hasattr(config, "validate"):
       config.validate()
+    refuse_ensemble(run.method, config)
     train_config = recorded_train_config(loaded.metadata, run.checkpoint)
     timings = {"train": float(loaded.metadata["timings_s"]["train"])}
     compile_times = {"train": float(loaded.metadata["timings_s"].get("compile", 0.0))}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,8 @@ class SISAConfig(CheckedFields):
   batch_size: int = 64
   lr: float = 1e-3
   weight_decay: float = 1e-4
+  # The method's result is a shard ensemble (evaluated by its own apply_fn), not one model's params.
+  RETURNS_ENSEMBLE: ClassVar[bool] = True
 
   def validate(self) -> "SISAConfig":
     """Raises :class:`FamrError` on an invalid setting."""
@@ -77,6 +79,20 @@ class SisaEnsemble(NamedTuple):
   params: Params          # stacked over shards
   shard_of: np.ndarray    # [num_train] int: each training example's shard, -1 once deleted
   key: jax.Array          # the base key: shard i's init and minibatch keys derive from it
+
+
+def refuse_ensemble(method: str, config: Any) -> None:
+  """A one-line refusal where one model's params are needed and ``method`` returns a shard ensemble.
+
+  Example:
+    >>> refuse_ensemble("sisa", SISAConfig())
+    Traceback (most recent call last):
+    ...
+    famr_jax.errors.FamrError: method 'sisa' returns a shard ensemble, not one model's params: run it in compare, or use famr_jax.methods.sisa (sisa_train, sisa_delete, sisa_apply_fn)
+  """
+  if getattr(config, "RETURNS_ENSEMBLE", False):
+    raise FamrError(f"method {method!r} returns a shard ensemble, not one model's params: run it in compare, "
+                    "or use famr_jax.methods.sisa (sisa_train, sisa_delete, sisa_apply_fn)")
 
 
 def assign_shards(key: jax.Array, num_train: int, shards: int) -> np.ndarray:
