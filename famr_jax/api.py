@@ -23,6 +23,7 @@ from famr_jax.data.datasets import Dataset
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.descent import typed_key
 from famr_jax.errors import FamrError
+from famr_jax.methods.protocol import check_one_model
 from famr_jax.methods.registry import UnlearnTask, get_method, method_names
 from famr_jax.methods.resolve import Request, resolve, run_task
 from famr_jax.theory.fisher import has_stored_fisher
@@ -187,6 +188,7 @@ def _resolve(method, forget, data, config, model, model_name, checkpoint, scale,
   spec, config = resolve(method, Request.of(forget, dataset is not None), model_name, overrides, config=config,
                          data=dataset is not None, model=model is not None, scale=scale, resume=resume,
                          has_fisher=has_fisher, checkpoint=checkpoint)
+  check_one_model(spec)   # unlearn returns one model's params
   return spec, config, dataset
 
 

@@ -124,6 +124,8 @@ def audit_refusal(spec) -> str | None:
   """
   if not spec.uses_data:
     return "it is a data-free class method"
+  if spec.ensemble:
+    return "its models are shard ensembles (exact by construction: no shard it keeps saw the forget set)"
   if "fisher" in spec.needs:
     return "it reads the checkpoint's stored Fisher, which no shadow model has"
   return None

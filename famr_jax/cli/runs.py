@@ -31,6 +31,7 @@ from famr_jax.io.outputs import (check_disjoint, check_output_target, is_famr_ou
                                  staged_directory)
 from famr_jax.io.saved_model import absolute_data, checkpoint_data, load_model as load_saved_model
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
+from famr_jax.methods.protocol import check_one_model
 from famr_jax.methods.resolve import Request, resolve
 from famr_jax.theory.fisher import has_stored_fisher
 from famr_jax.evaluation.metrics import evaluate_unlearning
@@ -462,9 +463,11 @@ def resolve_unlearn(run: UnlearnRun, model_name: str, request: Request, has_fish
     >>> resolve_unlearn(run, "lenet5", Request("samples", 27))[1].steps
     5
   """
-  return resolve(run.method, request, model_name, run.method_options, config=run.method_config,
-                 scale=run.scale, resume=run.resume, has_fisher=has_fisher, checkpoint=run.checkpoint,
-                 option_name=lambda f: "--" + f.replace("_", "-"))
+  spec, config = resolve(run.method, request, model_name, run.method_options, config=run.method_config,
+                         scale=run.scale, resume=run.resume, has_fisher=has_fisher, checkpoint=run.checkpoint,
+                         option_name=lambda f: "--" + f.replace("_", "-"))
+  check_one_model(spec)   # the run saves one unlearned checkpoint
+  return spec, config
 
 
 def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:

@@ -76,6 +76,7 @@ class DescentResult(NamedTuple):
   compile_s: float                  # time to compile (0 when every program came from the cache)
   run_s: float                      # time of all epochs, compile excluded
   opt_state: Any = None             # the final optimizer state (to continue a run, e.g. SCRUB's phases)
+  apply_fn: Any = None              # how to evaluate ``params`` where it is not the caller's (an ensemble: SISA)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -271,17 +271,18 @@ def _method_row(seed, name, spec, config, apply_fn, params, model, data, request
   """
   task = UnlearnTask(apply_fn, params, model, data, request, jax.random.key(seed), show_progress,
                      checkpoint=checkpoint, input_shape=shape)
-  t0, error = time.perf_counter(), None
+  t0, error, row_fn = time.perf_counter(), None, apply_fn
   try:
     result = run_task(spec, task, config)
     new_params, run_s, compile_s = jax.block_until_ready(result.params), result.run_s, result.compile_s
+    row_fn = getattr(result, "apply_fn", None) or apply_fn   # an ensemble (SISA) has its own
   except Exception as e:   # noqa: BLE001 -- one crashing method must not abort the whole board
     if not isinstance(e, Diverged):
       error = str(e) if isinstance(e, FamrError) else f"{type(e).__name__}: {e}".splitlines()[0][:300]
       log(f"seed {seed}: {name} failed: {error}")
     new_params = jax.tree.map(lambda a: jnp.full(jnp.shape(a), jnp.nan, jnp.result_type(a)), params)
     run_s, compile_s = time.perf_counter() - t0, 0.0
-  row = _row(seed, name, apply_fn, new_params, data, request, params, reference, gold, run_s, compile_s,
+  row = _row(seed, name, row_fn, new_params, data, request, params, reference, gold, run_s, compile_s,
              time.perf_counter() - t0, log)
   if error is not None:
     row["error"] = error

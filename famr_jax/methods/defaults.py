@@ -40,10 +40,23 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     "famr-curvature": dict(_VARIANT, **PRESETS["famr-curvature"], lr=1e-3, optimizer="adam"),
     "famr-function": dict(_VARIANT, **PRESETS["famr-function"]),
     "famr-plus": dict(_VARIANT, **PRESETS["famr-plus"]),
+    # FAMR's objective and anchor, its target calibrated on held-out data (methods/calibrated.py).
+    "famr-calibrated": {},
     "retrain": {},
     "ft": dict(epochs=5, lr=0.03),
     "ga": dict(epochs=1, lr=0.01),
     "neggrad+": dict(epochs=5, lr=1e-3),
+    # Deep Unlearn's NegGrad+ (Cadet et al. 2024): alpha 0.95 (w_r = alpha, w_f = 1 - alpha), SGD momentum 0.9,
+    # lr 0.01, 10 epochs; each step there pairs 256 retained with 256 forget samples over a pass of the retained
+    # set; here 32 forget samples with 8 retained each, so an epoch sees about the retained set on a 10% request.
+    "neggrad+du": dict(w_r=0.95, w_f=0.05, lr=0.01, optimizer="momentum", epochs=10, batch_size=32, retain_ratio=8),
+    # Deep Unlearn's MSG and CT recipes are their config classes' defaults.
+    "msg": {},
+    "ct": {},
+    # Langevin unlearning: its config's defaults (a step under 2 / L for digits' logistic model).
+    "langevin": {},
+    # SISA: 5 shards, each trained with the training recipe's defaults (TrainConfig).
+    "sisa": {},
     "rl": dict(epochs=5, lr=3e-4),
     "salun": dict(epochs=5, lr=1e-3, retain_ratio=4),
     # The authors' losses; a min phase 8x the max phase's steps repairs what the ascent breaks (their
@@ -73,6 +86,7 @@ SAMPLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "famr-fisher": _ADAM_BUDGET,
     "famr-curvature": dict(steps=10),
     "famr-function": _ADAM_BUDGET,
+    "famr-calibrated": _ADAM_BUDGET,
     "ft": dict(steps=5, lr=1e-3, optimizer="adam"),
     "ga": dict(steps=5, lr=1e-4, optimizer="adam"),
     "neggrad+": dict(steps=25, lr=1e-3),

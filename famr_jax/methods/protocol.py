@@ -38,7 +38,8 @@ REQUEST_KINDS = ("classes", "samples", "zero-shot")
 #   head_tail    a model it splits into a frozen head and a trainable tail where its config asks (train_from,
 #                activation-space impressions): a famr-jax model or ModelParts; with apply_fn alone it tunes all;
 #   batch_stats  a model whose batch statistics it trains (a BatchNorm model in train mode).
-NEEDS = frozenset({"data", "retain_data", "fisher", "head_tail", "batch_stats"})
+#   held_out     held-out examples the model never trained on (the data set's test split);
+NEEDS = frozenset({"data", "retain_data", "fisher", "head_tail", "batch_stats", "held_out"})
 WITH_DATA = frozenset({"classes", "samples"})
 
 
@@ -73,6 +74,8 @@ class MethodSpec:
     resumes: it honours ``resume`` (resumable checkpoints).
     vmappable: its run is one engine descent whose params are the result, so a farm of it is one
       vmapped program; ``None`` (a method registered by a user): the farm tries.
+    ensemble: its result is a shard ensemble (``DescentResult.apply_fn``), not one model's params:
+      ``unlearn`` and the CLI's ``unlearn`` refuse it, ``compare`` scores the ensemble.
     defaults: ``model name -> config`` for a method outside the library's defaults table
       (:mod:`famr_jax.methods.defaults`); ``sample_defaults`` likewise for sample requests.
   """
@@ -85,6 +88,7 @@ class MethodSpec:
   scales: bool = False
   resumes: bool = False
   vmappable: bool | None = None
+  ensemble: bool = False
   defaults: Callable[[str], Any] | None = None
   sample_defaults: Callable[[str], Any] | None = None
 
@@ -103,6 +107,20 @@ class MethodSpec:
   def uses_data(self) -> bool:
     """Whether the method reads the training data (``"data" in needs``)."""
     return "data" in self.needs
+
+
+def check_one_model(spec: MethodSpec) -> None:
+  """A one-line refusal where one model's params are needed and ``spec``'s method returns a shard ensemble.
+
+  Example:
+    >>> check_one_model(MethodSpec("shards", dict, lambda task, config: None, "an ensemble", ensemble=True))
+    Traceback (most recent call last):
+    ...
+    famr_jax.errors.FamrError: method 'shards' returns a shard ensemble, not one model's params: run it in compare, or use famr_jax.methods.sisa (sisa_train, sisa_delete, sisa_apply_fn)
+  """
+  if spec.ensemble:
+    raise FamrError(f"method {spec.name!r} returns a shard ensemble, not one model's params: run it in compare, "
+                    "or use famr_jax.methods.sisa (sisa_train, sisa_delete, sisa_apply_fn)")
 
 
 def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:

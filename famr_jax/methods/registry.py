@@ -17,7 +17,7 @@ import dataclasses  # noqa: F401 -- register_method's example
 
 from famr_jax.errors import FamrError
 from famr_jax.engine.training import TrainConfig
-from famr_jax.methods import baselines, famr, scrub, ssd, variants, zero_shot
+from famr_jax.methods import baselines, calibrated, deep_unlearn, famr, langevin, scrub, sisa, ssd, variants, zero_shot
 from famr_jax.methods.protocol import MethodSpec, UnlearnTask, with_overrides  # noqa: F401 -- re-exported
 
 # Capabilities shared by several entries (MethodSpec fields).
@@ -48,12 +48,30 @@ def _builtin_methods() -> tuple[MethodSpec, ...]:
       variant("famr-function", "FAMR with a function-space anchor KL(p0 || p) on retained samples", needs=RETAIN),
       variant("famr-plus", "retrain-like target + function-space anchor (+ frozen head where tuned)",
               serves=CLASSES, needs=RETAIN | {"head_tail"}),
+      MethodSpec("famr-calibrated", calibrated.CalibratedFAMRConfig, calibrated.run_calibrated_task,
+                 "FAMR towards a held-out-calibrated target (a non-member's confidence) + L2 anchor",
+                 needs=DATA | {"held_out"}, vmappable=False),
       MethodSpec("retrain", TrainConfig, baselines.run_retrain_task,
                  "the gold standard: the training recipe on the retained data, from a fresh init", needs=RETAIN,
                  **ENGINE),
       baseline("ft", "fine-tune on retained data (cross-entropy)"),
       baseline("ga", "gradient ascent on the forget set's cross-entropy", needs=DATA),
       baseline("neggrad+", "NegGrad+: w_r CE(retain) - w_f CE(forget)"),
+      MethodSpec("neggrad+du", baselines.NegGradPlusConfig, baselines.baseline_task_runner("neggrad+"),
+                 "NegGrad+ with Deep Unlearn's recipe (alpha 0.95, SGD momentum lr 0.01, 10 epochs)", needs=RETAIN,
+                 **ENGINE),
+      MethodSpec("msg", deep_unlearn.MSGConfig, deep_unlearn.run_msg_task,
+                 "Masked Small Gradients (Deep Unlearn): re-init the smallest-gradient weights, fine-tune on retain",
+                 needs=RETAIN, vmappable=False),
+      MethodSpec("ct", deep_unlearn.RetainFinetuneConfig, deep_unlearn.run_ct_task,
+                 "Convolution Transpose (Deep Unlearn): transpose conv kernels, fine-tune on retain", needs=RETAIN,
+                 vmappable=False),
+      MethodSpec("langevin", langevin.LangevinConfig, langevin.run_langevin_task,
+                 "Langevin unlearning: projected noisy SGD on retain, (epsilon, delta) where its assumptions hold",
+                 needs=RETAIN, vmappable=False),
+      MethodSpec("sisa", sisa.SISAConfig, sisa.run_sisa_task,
+                 "SISA: exact deletion; shards trained in isolation, only touched shards retrained (an ensemble)",
+                 needs=RETAIN, vmappable=False, ensemble=True),
       baseline("rl", "random labels on the forget set + CE on retained data"),
       baseline("salun", "SalUn: weight-saliency mask from the forget gradient, then RL on the salient weights"),
       MethodSpec("scrub", scrub.SCRUBConfig, scrub.run_scrub_task,
