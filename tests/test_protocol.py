@@ -31,6 +31,9 @@ FORGET_FLAGS = {"classes": ["--forget-classes", "1"], "samples": ["--forget-rand
                 "zero-shot": ["--forget-classes", "1"]}
 CASES = [(m, k) for m in method_names() for k in sorted(get_method(m).serves)]
 BOARD_CASES = [(m, k) for m, k in CASES if k != "zero-shot" and m != "retrain"]   # compare's retrain: the recipe
+# unlearn returns one model's params: a method whose result is a shard ensemble is refused there (tested below).
+UNLEARN_CASES = [(m, k) for m, k in CASES if not get_method(m).ensemble]
+ENSEMBLES = [m for m in method_names() if get_method(m).ensemble]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,12 @@ def _field_flags(cls, config) -> dict[str, list[str]]:
 
 
 def _api(method, kind, data, fisher_checkpoint, forget, options):
+  """What the API resolves: ``unlearn_config``; for a shard ensemble (which unlearn refuses) the resolver
+  ``compare`` calls, with the same arguments."""
+  if get_method(method).ensemble:
+    from famr_jax.methods.resolve import Request, resolve_config
+    return resolve_config(method, Request.of(forget, kind != "zero-shot"), MODEL, options,
+                          data=kind != "zero-shot", has_fisher=True, checkpoint=str(fisher_checkpoint))
   return fj.unlearn_config(method, forget, data=None if kind == "zero-shot" else data, model=object(),
                            model_name=MODEL, checkpoint=str(fisher_checkpoint), **options)
 
@@ -131,7 +140,7 @@ def _word_cases(method, base):
   return cases
 
 
-@pytest.mark.parametrize("method,kind", CASES)
+@pytest.mark.parametrize("method,kind", UNLEARN_CASES)
 def test_cli_unlearn_and_the_api_resolve_to_equal_configs(parser, data, fisher_checkpoint, method, kind):
   forget, base = _cli_unlearn(parser, method, kind, data, fisher_checkpoint, [])
   assert base == _api(method, kind, data, fisher_checkpoint, forget, {})
@@ -152,6 +161,15 @@ def test_cli_compare_and_the_api_resolve_to_equal_configs(parser, data, fisher_c
     cli = _cli_board(parser, method, kind, data, words)[1]
     assert cli == _api(method, kind, data, fisher_checkpoint, forget, options), words
     assert (cli == base) == at_default, words
+
+
+@pytest.mark.parametrize("method", ENSEMBLES)
+def test_an_ensemble_method_is_refused_by_the_cli_and_the_api_alike(parser, data, fisher_checkpoint, method):
+  assert ENSEMBLES == ["sisa"]   # the library's one shard-ensemble method
+  forget = fj.forget_samples([0, 1], N, C)
+  api = _refused(lambda: fj.unlearn_config(method, forget, data=data, model_name=MODEL))
+  cli = _refused(lambda: _cli_unlearn(parser, method, "samples", data, fisher_checkpoint, []))
+  assert api == cli and "returns a shard ensemble, not one model's params" in api
 
 
 def test_the_budget_scales_with_the_request_by_hand(data, fisher_checkpoint):

@@ -197,11 +197,7 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   specs = _specs(methods)
   methods = tuple(specs)
   _check_count("seeds", seeds)
-  if retrain is None and gold_fn is None:
-    raise FamrError("compare needs retrain(x_retain, y_retain, key), the gold standard's training recipe")
-  if not isinstance(forget, ForgetSet) and not callable(forget):
-    raise FamrError("forget must be a ForgetSet (famr_jax.forget_classes ...) or a function seed -> ForgetSet")
-  forget_of = forget if callable(forget) else (lambda seed: forget)
+  forget_of = _request_of_seed(forget, retrain, gold_fn)
   _check_inputs(apply_fn, params, data, dict(configs or {}), specs)
   fisher = has_stored_fisher(checkpoint)
   configs_of = lambda request: configs_for_request(   # noqa: E731 -- the one resolution of every request
@@ -239,6 +235,15 @@ def compare(methods: Sequence[str | MethodSpec], apply_fn: Callable, params: Any
   return board
 
 
+
+
+def _request_of_seed(forget, retrain, gold_fn) -> Callable[[int], ForgetSet]:
+  """``seed -> ForgetSet`` of a compare call (a fixed request or a function of the seed), its inputs checked."""
+  if retrain is None and gold_fn is None:
+    raise FamrError("compare needs retrain(x_retain, y_retain, key), the gold standard's training recipe")
+  if not isinstance(forget, ForgetSet) and not callable(forget):
+    raise FamrError("forget must be a ForgetSet (famr_jax.forget_classes ...) or a function seed -> ForgetSet")
+  return forget if callable(forget) else (lambda seed: forget)
 
 
 def _board_header(model_name: str, data, first: ForgetSet, per_seed: bool) -> dict:

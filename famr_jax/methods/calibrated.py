@@ -52,7 +52,8 @@ class CalibratedFAMRConfig(CheckedFields):
     lam: L2 anchor strength lambda (FAMR Eq. 1).
     batch_size: forget-set minibatch size.
     optimizer: ``sgd``, ``momentum`` (SGD, 0.9) or ``adam``.
-    alpha: weight of the forget loss ``KL(t || p_theta)``.
+    alpha: weight of the forget term ``KL(t || p)`` on forget samples (Eq. 5's alpha; ``t`` the method's
+      target: uniform in the paper's FAMR).
     calibration: ``quantile`` (per-class quantile matching) or ``temperature`` (one matched temperature).
     steps: a step budget replacing ``epochs`` (none = ``epochs`` passes).
   """

@@ -53,8 +53,8 @@ class FAMRConfig(CheckedFields):
     lr: step size eta.
     lam: anchor strength lambda (Eq. 1's; the ``lam I`` of every parameter anchor, ``>= 0``).
     batch_size: forget-set minibatch size.
-    alpha: weight of the forget term ``KL(t || p)`` on forget samples (Eq. 5's alpha; ``t`` uniform unless ``target``
-      says otherwise).
+    alpha: weight of the forget term ``KL(t || p)`` on forget samples (Eq. 5's alpha; ``t`` the method's
+      target: uniform in the paper's FAMR).
     beta: weight of the Gram style loss (Eq. 5); needs a style layer.
     optimizer: ``"sgd"`` (exactly Algorithm 1), ``"momentum"`` (SGD, 0.9) or ``"adam"``.
     style_layer: model stage whose output feeds the Gram style loss (``beta > 0``);

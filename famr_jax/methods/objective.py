@@ -64,8 +64,8 @@ class FAMRTerms:
   """The weights and choices of the objective's terms (hashable: a static argument of the compiled step).
 
   Attributes:
-    alpha: weight of the forget term ``KL(t || p)`` on forget samples (Eq. 5's alpha; ``t`` uniform unless ``target``
-      says otherwise).
+    alpha: weight of the forget term ``KL(t || p)`` on forget samples (Eq. 5's alpha; ``t`` the method's
+      target: uniform in the paper's FAMR).
     target: ``uniform`` (uniform KL) or ``retrain`` (retrained-target KL; the runner gives the targets).
     beta: weight of the Gram style term (needs the style layer's features and a target Gram).
     retain_weight: weight of the function-space anchor ``KL(p0 || p)`` on retained samples or impressions (0 = none).

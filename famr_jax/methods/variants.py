@@ -88,8 +88,8 @@ class FAMRVariantConfig(ImpressionSettings):
       whatever the forget set's size (none = ``epochs`` passes).
     batch_size: forget-set minibatch size.
     optimizer: ``sgd`` (Algorithm 1), ``momentum`` (SGD, 0.9) or ``adam``.
-    alpha: weight of the forget term ``KL(t || p)`` on forget samples (Eq. 5's alpha; ``t`` uniform unless ``target``
-      says otherwise).
+    alpha: weight of the forget term ``KL(t || p)`` on forget samples (Eq. 5's alpha; ``t`` the method's
+      target: uniform in the paper's FAMR).
     target: forget-sample target t: ``uniform`` (the paper) or ``retrain``
       (the original prediction with the forgotten classes removed and
       renormalized; class forgetting only).

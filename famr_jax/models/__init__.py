@@ -29,8 +29,10 @@ Example:
 
 # This package only re-exports: the zoo (famr_jax.models.zoo), the functional interface
 # (famr_jax.models.functions) and the model classes, each in its own module.
-from famr_jax.models.alexnet import AlexNet
-from famr_jax.models.batchnorm import BatchNorm, BatchStats, batch_stats_of, has_batch_norm
+from famr_jax.models.alexnet import ALEXNET_MIN_SIZE, AlexNet
+from famr_jax.models.base import STAGE_OUTPUTS, stage_index
+from famr_jax.models.batchnorm import (BATCH_MOMENTS, BATCH_STATS, BatchNorm, BatchStats, accumulate_moments,
+                                       batch_stats_of, has_batch_norm, model_variables)
 from famr_jax.models.functions import (count_params, init_batch_stats, layer_names, make_apply_fn,
                                        make_apply_with_features_fn, make_feature_fn, make_layer_input_fn,
                                        make_tail_apply_fn, make_train_apply_fn, merge_params,
@@ -40,11 +42,23 @@ from famr_jax.models.layers import Conv, conv_formulation, set_conv_formulation
 from famr_jax.models.lenet5 import LeNet5
 from famr_jax.models.logistic import LogisticRegression
 from famr_jax.models.mlp import MLP
-from famr_jax.models.resnet import ResNet
-from famr_jax.models.vit import VIT_PRESETS, ViT, ViTConfig, auto_patch_size, vit_config
-from famr_jax.models.zoo import MODEL_NAMES, RESNET_OVERRIDES, create_model, init_params
+from famr_jax.models.resnet import RESNET_LAYOUTS, ResNet, resnet_from_layout
+from famr_jax.models.vit import VIT_PRESETS, ViT, ViTConfig, auto_patch_size, vit_config, vit_from_preset
+from famr_jax.models.zoo import MODEL_NAMES, RESNET_OVERRIDES, ApplyFn, Params, create_model, init_params
 
 __all__ = [
+    'ALEXNET_MIN_SIZE',
+    'ApplyFn',
+    'BATCH_MOMENTS',
+    'BATCH_STATS',
+    'Params',
+    'RESNET_LAYOUTS',
+    'STAGE_OUTPUTS',
+    'accumulate_moments',
+    'model_variables',
+    'resnet_from_layout',
+    'stage_index',
+    'vit_from_preset',
     'MODEL_NAMES',
     'RESNET_OVERRIDES',
     'AlexNet',
