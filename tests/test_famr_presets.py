@@ -245,7 +245,7 @@ def test_one_meaning_per_option_name():
   for flag in ("--alpha", "--lam", "--beta", "--target", "--anchor", "--retain-weight", "--curvature-weight",
                "--impressions-per-class", "--impression-steps", "--impression-lr", "--impression-beta",
                "--impression-range", "--impression-objective", "--selection-weight", "--dampening", "--kl-weight",
-               "--coupled-weight-decay", "--weight-decay"):
+               "--coupled-weight-decay", "--weight-decay", "--scale-min"):
     assert flag in helps and "Config:" not in helps[flag], (flag, helps.get(flag))
 
 
