@@ -38,7 +38,7 @@ MAX_FUNCTION_LINES = 100
 # Layers, low to high. A module may import modules of its own layer or lower.
 # ``root`` is the package's __init__ and the front door famr_jax/api.py.
 RANK = {
-    'errors': 0, 'version': 0, 'validation': 0,
+    'errors': 0, 'version': 0, 'validation': 0, 'trace_settings': 0,
     'data': 1, 'models': 1,
     'io': 2,
     'losses': 3,
@@ -52,8 +52,12 @@ RANK = {
 }
 # Foundation subpackages: besides their own modules they may import only these. io restores saved
 # models (it builds a model and reads a data set's description), so it may import data and models.
-ISOLATED = {'data': {'errors', 'validation'}, 'models': {'errors', 'validation'},
+ISOLATED = {'data': {'errors', 'validation'}, 'models': {'errors', 'validation', 'trace_settings'},
             'io': {'errors', 'validation', 'data', 'models'}}
+
+# The core takes ``apply_fn(params, x)`` and a params pytree: these layers import no model code at all,
+# so Linen, NNX and plain functions plug in alike.
+MODEL_FREE = frozenset({'losses', 'engine'})
 
 _FLAG = re.compile(r'(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*')
 
@@ -258,10 +262,12 @@ def check_layers(modules: dict[str, Module], package: str = PACKAGE) -> list[Vio
     if src is None or dst is None or src == dst:
       continue
     ok = dst in ISOLATED[src] if src in ISOLATED else RANK[dst] <= RANK[src]
+    ok = ok and not (src in MODEL_FREE and dst == 'models')
     key = f'{e.src} -> {e.dst}'
     if not ok and key not in seen:
       seen.add(key)
       why = (f'{src} may import only {sorted(ISOLATED[src])} and itself' if src in ISOLATED
+             else f'{src} imports model code' if src in MODEL_FREE and dst == 'models'
              else f'{src} (layer {RANK[src]}) imports {dst} (layer {RANK[dst]})')
       out.append(Violation(key, f'{modules[e.src].rel}:{e.line}: {e.src} imports {e.dst}: {why}'))
   return out
@@ -484,7 +490,9 @@ def test_checker_finds_violations_in_a_synthetic_tree(tmp_path):
       # engine.a -> engine.b at module level, engine.b -> engine.a inside a function.
       'pkg/engine/a.py': 'from pkg.engine import b\n',
       'pkg/engine/b.py': 'def f():\n  from pkg.engine.a import g\n',
+      'pkg/engine/c.py': 'from pkg.models import layers\n',   # engine may import no model code
       'pkg/models/__init__.py': '',
+      'pkg/models/layers.py': '',
       'pkg/models/m.py': ('from pkg.engine.b import _helper\nimport pkg.engine.a as ea\n'
                           'ea._hidden\n'
                           'from pkg.errors import FamrError\n'
@@ -502,7 +510,7 @@ def test_checker_finds_violations_in_a_synthetic_tree(tmp_path):
   assert {v.key for v in check_sizes(modules)} == {'pkg.models.m:long'}
   assert {v.key for v in check_sizes(modules, max_module=5)} == {'pkg.models.m', 'pkg.models.m:long'}
   assert {v.key for v in check_layers(modules, 'pkg')} == {
-      'pkg.models.m -> pkg.engine.b', 'pkg.models.m -> pkg.engine.a'}
+      'pkg.models.m -> pkg.engine.b', 'pkg.models.m -> pkg.engine.a', 'pkg.engine.c -> pkg.models.layers'}
   assert {v.key for v in check_cli_flags(modules, 'pkg')} == {'pkg.models.m:long: --epochs'}
 
 

@@ -200,6 +200,8 @@ def _unlearn(method="famr", apply_fn=linear, params=PARAMS, data=(X, Y3), **kw):
 
 API_CASES = [
     (lambda: _unlearn(data=((X * 255).astype(np.uint8), Y3)), "uint8 (integer pixels): pass floats, e.g. x.astype"),
+    (lambda: _unlearn(data=(np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X).astype(np.float32), Y3)),
+     "data x contain NaN or inf values"),
     (lambda: _unlearn(data=(X, np.eye(3)[Y3])), "look one-hot"),
     (lambda: _unlearn(data=(X, Y3.astype(np.float32))), "pass y.astype(np.int32)"),
     (lambda: _unlearn(data=(X, Y3 + 0.25)), "non-integer values"),

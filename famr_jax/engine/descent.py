@@ -52,7 +52,7 @@ from famr_jax.engine.loop_forms import LOOPS, loop_form, resolve_loop, set_loop_
 from famr_jax.engine.streaming import any_streamed, is_streamed, step_inputs
 from famr_jax.errors import Diverged, FamrError
 from famr_jax.validation import check_finite_params
-from famr_jax.models import layers
+from famr_jax import trace_settings
 
 __all__ = ["DescentResult", "EpochBatches", "LOOPS", "LossFn", "MetricsFn", "OPTIMIZERS", "SegmentPlan",
            "bind_static", "check_descent_settings", "epoch_batches", "freeze_outside", "loop_form", "make_optimizer",
@@ -231,7 +231,7 @@ def _program(loss_fn, optimizer, metrics_fn, plan: SegmentPlan, mesh, masked: bo
   def segment(*args):
     if plan.segment_steps == 1:
       return steps_fn(*args)
-    with layers.in_loop_body():   # a scan's body: XLA:CPU wants the im2col convolution there
+    with trace_settings.in_loop_body():   # a scan's body: XLA:CPU wants the im2col convolution there
       return steps_fn(*args)
 
   if shardings is None:

@@ -37,7 +37,7 @@ import optax
 
 from famr_jax.errors import FamrError
 from famr_jax.validation import CheckedFields, apply_renamed
-from famr_jax.models.layers import in_loop_body
+from famr_jax.trace_settings import in_loop_body
 from famr_jax.models.parts import ModelParts, as_parts, identity_head, is_layered_model
 
 Params = Any

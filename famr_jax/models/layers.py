@@ -41,10 +41,9 @@ formulation it was compiled with, so build (or re-jit) it inside
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-import contextlib
+from collections.abc import Sequence
 import math
-from typing import Any, Literal
+from typing import Any
 
 import flax.linen as nn
 from flax.linen.linear import default_kernel_init
@@ -54,117 +53,9 @@ import jax.numpy as jnp
 
 from famr_jax.errors import FamrError
 from famr_jax.models import conv_ops
-
-Formulation = Literal['auto', 'im2col', 'lax', 'measured']
-FORMULATIONS: tuple[str, ...] = ('auto', 'im2col', 'lax', 'measured')
-
-# What "auto" means when set (by conv_formulation / set_conv_formulation);
-# None: decided by the backend.
-_AUTO_OVERRIDE: str | None = None
-
-
-def _check_formulation(formulation: Any) -> str:
-  if formulation not in FORMULATIONS:
-    raise FamrError(
-        f'unknown conv formulation {formulation!r}; valid: {", ".join(FORMULATIONS)}'
-    )
-  return formulation
-
-
-def set_conv_formulation(formulation: Formulation) -> str | None:
-  """Sets what ``"auto"`` resolves to for every ``Conv`` traced from now on.
-
-  ``"auto"`` restores the per-backend choice. Modules built with an explicit
-  ``formulation`` are not affected.
-
-  Args:
-    formulation: ``"auto"``, ``"im2col"`` or ``"lax"``.
-
-  Returns:
-    The previous setting (``None`` for the per-backend choice), to restore it.
-
-  Raises:
-    FamrError: an unknown formulation.
-
-  Example:
-    >>> previous = set_conv_formulation('lax')
-    >>> resolve_formulation('auto')
-    'lax'
-    >>> _ = set_conv_formulation(previous or 'auto')
-  """
-  global _AUTO_OVERRIDE
-  _check_formulation(formulation)
-  previous = _AUTO_OVERRIDE
-  _AUTO_OVERRIDE = None if formulation == 'auto' else formulation
-  return previous
-
-
-@contextlib.contextmanager
-def conv_formulation(formulation: Formulation) -> Iterator[None]:
-  """Context manager: ``"auto"`` convolutions use ``formulation`` inside it.
-
-  Only tracing inside the block is affected (see the module docstring): jit
-  the function to compare inside the block.
-
-  Raises:
-    FamrError: an unknown formulation.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> conv = Conv(4, (3, 3), padding='SAME')
-    >>> x = jnp.ones((1, 6, 6, 2))
-    >>> params = conv.init(jax.random.key(0), x)
-    >>> with conv_formulation('lax'):
-    ...   y_lax = jax.jit(conv.apply)(params, x)
-    >>> with conv_formulation('im2col'):
-    ...   y_col = jax.jit(conv.apply)(params, x)
-    >>> bool(jnp.allclose(y_lax, y_col, atol=1e-5))
-    True
-  """
-  previous = set_conv_formulation(formulation)
-  try:
-    yield
-  finally:
-    set_conv_formulation(previous or 'auto')
-
-
-def resolve_formulation(formulation: Formulation = 'auto') -> str:
-  """The concrete formulation (``"im2col"`` or ``"lax"``) for ``formulation`` now.
-
-  Example:
-    >>> resolve_formulation('lax')
-    'lax'
-  """
-  _check_formulation(formulation)
-  if formulation != 'auto':
-    return formulation
-  if _AUTO_OVERRIDE is not None:
-    return _AUTO_OVERRIDE
-  # lax.conv (cuDNN on GPUs) everywhere by default; code that traces a convolution's backward pass
-  # inside a loop body on XLA:CPU, where it is slow, asks for im2col with `in_loop_body`.
-  return 'lax'
-
-
-@contextlib.contextmanager
-def in_loop_body() -> Iterator[None]:
-  """Within the block, ``"auto"`` convolutions traced on XLA:CPU use im2col (a no-op elsewhere).
-
-  For code that traces a convolution's backward pass inside a ``lax.scan`` or
-  loop body, which XLA:CPU runs several times slower than the same step
-  alone; the im2col matmul has no such penalty (``experiments/bench_engine.py``).
-  An explicit :func:`conv_formulation` setting wins.
-
-  Example:
-    >>> with in_loop_body():
-    ...   resolve_formulation('auto') == ('im2col' if jax.default_backend() == 'cpu' else 'lax')
-    True
-  """
-  if _AUTO_OVERRIDE is not None or jax.default_backend() != 'cpu':
-    yield
-    return
-  with conv_formulation('im2col'):
-    yield
-
+# The trace-time setting lives below models and engine both; re-exported here, where users look for it.
+from famr_jax.trace_settings import (FORMULATIONS, Formulation, conv_formulation, formulation_is_set, in_loop_body,  # noqa: F401
+                                     resolve_formulation, set_conv_formulation)
 
 def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
   if isinstance(value, int) and not isinstance(value, bool):
@@ -307,7 +198,7 @@ class Conv(nn.Module):
     kernel_size = _pair(self.kernel_size, 'kernel_size')
     strides = _pair(self.strides, 'strides')
     formulation = resolve_formulation(self.formulation)
-    measured = formulation == 'measured' or (self.formulation == 'auto' and _AUTO_OVERRIDE is None)
+    measured = formulation == 'measured' or (self.formulation == 'auto' and not formulation_is_set())
     if x.ndim < 3:
       raise FamrError(f'Conv: input must be [..., H, W, C], got shape {x.shape}')
     batch_shape = x.shape[:-3]
