@@ -257,3 +257,12 @@ def test_renamed_style_and_impression_fields_keep_their_old_keywords():
   with pytest.warns(DeprecationWarning, match="norm_penalty"):
     assert ImpressionConfig(beta=0.5).norm_penalty == 0.5
   assert "target" not in {f.name for f in dataclasses.fields(StyleFAMRConfig)}
+
+
+def test_variant_resume_fingerprint_keeps_its_old_keys():
+  # The impression fields the variants took from ImpressionSettings stay out of the resume fingerprint at
+  # their defaults, so a checkpoint written before resumes (its keys are the old config's fields).
+  from famr_jax.methods import variants
+  assert set(variants._resume_settings(variants.FAMRVariantConfig())) == set(OLD_DEFAULTS["famr-fisher"]["mlp/classes"])
+  changed = variants._resume_settings(variants.FAMRVariantConfig(impression_objective="log_softmax"))
+  assert changed["impression_objective"] == "log_softmax"
