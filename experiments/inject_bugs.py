@@ -39,10 +39,10 @@ class Mutation:
 
 MUTATIONS = (
     Mutation("famr-sign", "famr_jax/losses.py",
-             "per_example = per_example + alpha * uniform_kl(apply_fn(params, x))",
-             "per_example = per_example - alpha * uniform_kl(apply_fn(params, x))",
-             "the sign of FAMR's uniform-KL forget term flipped",
-             ("tests/test_objectives.py", "tests/test_unlearning.py")),
+             "per_example = per_example + alpha * kl",
+             "per_example = per_example - alpha * kl",
+             "the sign of FAMR's forget term (uniform or retrained-target KL) flipped",
+             ("tests/test_objectives.py", "tests/test_unlearning.py", "tests/test_famr_presets.py")),
     Mutation("uniform-kl-constant", "famr_jax/losses.py",
              "return -jnp.log(num_classes) - jnp.mean(log_p, axis=-1)",
              "return -jnp.mean(log_p, axis=-1)",

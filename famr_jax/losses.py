@@ -234,7 +234,8 @@ def forget_loss(apply_fn: ApplyFn, params: Params, x: jax.Array, *,
   per_example = jnp.zeros((x.shape[0],), jnp.float32)
   if alpha:
     logits = apply_fn(params, x)
-    per_example = per_example + alpha * (uniform_kl(logits) if target is None else target_kl(target, logits))
+    kl = uniform_kl(logits) if target is None else target_kl(target, logits)
+    per_example = per_example + alpha * kl
   if beta:
     if feature_fn is None or target_gram is None:
       raise ValueError("beta > 0 needs feature_fn and target_gram for the style loss")

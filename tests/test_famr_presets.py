@@ -249,7 +249,7 @@ def test_one_meaning_per_option_name():
   for flag in ("--alpha", "--lam", "--beta", "--target", "--anchor", "--retain-weight", "--curvature-weight",
                "--impressions-per-class", "--impression-steps", "--impression-lr", "--impression-beta",
                "--impression-range", "--impression-objective", "--selection-weight", "--dampening", "--kl-weight",
-               "--coupled-weight-decay", "--weight-decay"):
+               "--coupled-weight-decay", "--weight-decay", "--scale-min"):
     assert flag in helps and "Config:" not in helps[flag], (flag, helps.get(flag))
 
 
@@ -261,3 +261,12 @@ def test_renamed_style_and_impression_fields_keep_their_old_keywords():
   with pytest.warns(DeprecationWarning, match="norm_penalty"):
     assert ImpressionConfig(beta=0.5).norm_penalty == 0.5
   assert "target" not in {f.name for f in dataclasses.fields(StyleFAMRConfig)}
+
+
+def test_variant_resume_fingerprint_keeps_its_old_keys():
+  # The impression fields the variants took from ImpressionSettings stay out of the resume fingerprint at
+  # their defaults, so a checkpoint written before resumes (its keys are the old config's fields).
+  from famr_jax.methods import variants
+  assert set(variants._resume_settings(variants.FAMRVariantConfig())) == set(OLD_DEFAULTS["famr-fisher"]["mlp/classes"])
+  changed = variants._resume_settings(variants.FAMRVariantConfig(impression_objective="log_softmax"))
+  assert changed["impression_objective"] == "log_softmax"

@@ -154,7 +154,8 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
       forget accuracy (the objective itself needs no labels). The history is
       measured on a fixed random sample of forget examples (``monitor_rows``).
     feature_fn: style-layer features ``feature_fn(params, x)`` (for ``beta > 0``).
-    target_gram: target Gram matrix of the style loss (for ``beta > 0``).
+    target_gram: target Gram matrix of the style loss (for ``beta > 0``): ``[K, K]``
+      shared, or ``[N, K, K]`` one per forget example (e.g. ``methods.style``'s class-mean targets).
     trainable_mask: optional pytree of bools: only True leaves are updated and
       anchored (e.g. a tail-only variant).
     optimizer: any optax transformation, overriding ``config.optimizer``.
@@ -200,6 +201,12 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
     raise FamrError("the forget set is empty")
   if config.beta > 0 and (feature_fn is None or target_gram is None):
     raise FamrError("beta > 0 (style forgetting) needs a style layer and a target Gram matrix")
+  data = (x_forget,)
+  if target_gram is not None and np.ndim(target_gram) == 3:   # per-example targets travel with their rows
+    if len(target_gram) != len(x_forget):
+      raise FamrError(f"per-example Gram targets must have shape (N, K, K) with N = {len(x_forget)} forget "
+                      f"images, got {np.shape(target_gram)}")
+    data, target_gram = (x_forget, np.asarray(target_gram, np.float32)), None
   optimizer, loss_fn = _famr_loss(apply_fn, config, feature_fn, trainable_mask, optimizer, scale)
   monitor = monitor_rows(key, len(x_forget))
   xf = jnp.asarray(np.asarray(x_forget[monitor], np.float32))
@@ -209,7 +216,7 @@ def famr_unlearn(apply_fn: ApplyFn, params: Params, x_forget: np.ndarray,
                       None if eval_data is None else (jnp.asarray(eval_data[0], jnp.float32),
                                                       jnp.asarray(eval_data[1], jnp.int32)),
                       None if target_gram is None else jnp.asarray(target_gram, jnp.float32))
-  return minibatch_descent(loss_fn, params, (x_forget,), optimizer, epochs=config.epochs,
+  return minibatch_descent(loss_fn, params, data, optimizer, epochs=config.epochs,
                            batch_size=config.batch_size, key=key, context=ctx,
                            metrics_fn=bind_static(forget_history, apply_fn),
                            initial_metrics=True, desc="FAMR", show_progress=show_progress,
@@ -225,8 +232,9 @@ def famr_minibatch_loss(forward: ApplyFn, config: FAMRConfig, feature_fn, mask: 
   arguments (the forward pass, the config, the style layer, the anchored
   leaves), so the compiled step is found again on the next call.
   """
+  target_gram = batch[1] if len(batch) > 1 else ctx.target_gram   # per-example targets, or the shared one
   return famr_loss(forward, config.terms(), params, ctx.params0, batch[0], weights, feature_fn=feature_fn,
-                   target_gram=ctx.target_gram, anchor_mask=None if mask is None else mask.tree)
+                   target_gram=target_gram, anchor_mask=None if mask is None else mask.tree)
 
 
 def _famr_loss(apply_fn, config: FAMRConfig, feature_fn, trainable_mask, optimizer, scale):
@@ -264,6 +272,8 @@ def _famr_unlearn_sharded(apply_fn, params, x_forget: ShardedData, config: FAMRC
       raise FamrError("forget-set inputs contain NaN or inf values")
   if config.beta > 0 and (feature_fn is None or target_gram is None):
     raise FamrError("beta > 0 (style forgetting) needs a style layer and a target Gram matrix")
+  if target_gram is not None and np.ndim(target_gram) != 2:
+    raise FamrError("with ShardedData, the style loss takes one shared [K, K] Gram target")
   optimizer, loss_fn = _famr_loss(apply_fn, config, feature_fn, trainable_mask, optimizer, scale)
   # The history's forget set: the real rows of the global arrays (padding dropped).
   real_rows = jax.jit(lambda a: a[:n])

@@ -44,7 +44,7 @@ TARGETS = ("uniform", "retrain")
 ANCHORS = ("l2", "fisher", "gauss-newton", "hessian")
 
 # The terms each named method sets (the rest keep FAMRTerms' defaults: alpha 1, uniform target, no style,
-# no function anchor, the L2 anchor). The tuned weights are where they were tuned (experiments/tune_defaults.py,
+# no function anchor, the L2 anchor). The weights were tuned on digits / LeNet5 (experiments/tune_defaults.py,
 # docs/results.md); schedules (epochs, lr, optimizer) stay in famr_jax.methods.defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "famr": {},                                                          # the paper's Eq. 1

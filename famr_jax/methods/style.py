@@ -23,13 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from famr_jax import losses
-from famr_jax.engine.descent import DescentResult, bind_static, minibatch_descent
+from famr_jax.engine.descent import DescentResult, bind_static
 from famr_jax.engine.forward import batched_apply
-from famr_jax.engine.batching import monitor_rows
 from famr_jax.errors import FamrError
 from famr_jax.validation import apply_renamed
-from famr_jax.methods.famr import FAMRConfig, ForgetContext, famr_unlearn, forget_history, style_features
-from famr_jax.methods.objective import famr_loss
+from famr_jax.methods.famr import FAMRConfig, famr_unlearn, style_features
 
 Params = Any
 FeatureFn = Callable[[Params, jax.Array], jax.Array]
@@ -119,20 +117,13 @@ def gram_targets(feature_fn: FeatureFn, params: Params, kind: str, *, retain: tu
   return per_class[np.asarray(y_forget)].astype(np.float32)
 
 
-def style_minibatch_loss(forward, config: FAMRConfig, feature_fn, params: Params, batch: tuple,
-                         weights: jax.Array, ctx: ForgetContext) -> jax.Array:
-  """FAMR's minibatch loss (Eq. 1 with Eq. 5's forget loss) with per-example Gram targets ``batch[1]``."""
-  return famr_loss(forward, config.terms(), params, ctx.params0, batch[0], weights, feature_fn=feature_fn,
-                   target_gram=batch[1])
-
-
 def famr_style_unlearn(apply_fn, params: Params, x_forget: np.ndarray, target_grams: np.ndarray,
                        config: FAMRConfig, key: jax.Array, *, feature_fn: FeatureFn,
                        y_forget: np.ndarray | None = None, show_progress: bool = False) -> DescentResult:
   """FAMR with the style loss (Eq. 5) and a shared ``[K, K]`` or per-example ``[N, K, K]`` Gram target.
 
-  A shared target runs :func:`famr_jax.methods.famr.famr_unlearn` itself; per-example targets
-  travel with their images through the same engine and objective.
+  :func:`famr_jax.methods.famr.famr_unlearn` itself: per-example targets travel with their images
+  through the same engine and objective.
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np
@@ -145,23 +136,11 @@ def famr_style_unlearn(apply_fn, params: Params, x_forget: np.ndarray, target_gr
     True
   """
   config.validate()
-  x_forget = np.asarray(x_forget, np.float32)
   target_grams = np.asarray(target_grams, np.float32)
-  if target_grams.ndim == 2:
-    return famr_unlearn(apply_fn, params, x_forget, config, key, y_forget=y_forget, feature_fn=feature_fn,
-                        target_gram=target_grams, show_progress=show_progress)
-  if target_grams.ndim != 3 or len(target_grams) != len(x_forget):
-    raise FamrError(f"per-example Gram targets must have shape (N, K, K) with N = {len(x_forget)} forget images, "
-                    f"got {target_grams.shape}")
-  monitor = monitor_rows(key, len(x_forget))
-  xf = jnp.asarray(x_forget[monitor])
-  y_mon = None if y_forget is None else jnp.asarray(np.asarray(y_forget)[monitor], jnp.int32)
-  ctx = ForgetContext(params, xf, y_mon, batched_apply(apply_fn, params, xf))
-  loss_fn = bind_static(style_minibatch_loss, apply_fn, config, feature_fn)
-  return minibatch_descent(loss_fn, params, (x_forget, target_grams), config.make_optimizer(),
-                           epochs=config.epochs, batch_size=config.batch_size, key=key, context=ctx,
-                           metrics_fn=bind_static(forget_history, apply_fn), initial_metrics=True,
-                           desc="FAMR style", show_progress=show_progress, max_steps=config.steps)
+  if target_grams.ndim not in (2, 3):
+    raise FamrError(f"Gram targets must have shape (K, K) or (N, K, K), got {target_grams.shape}")
+  return famr_unlearn(apply_fn, params, np.asarray(x_forget, np.float32), config, key, y_forget=y_forget,
+                      feature_fn=feature_fn, target_gram=target_grams, show_progress=show_progress)
 
 
 def run_style_task(task, config: StyleFAMRConfig) -> DescentResult:

@@ -138,9 +138,11 @@ class ZeroShotConfig(ZeroShotImpressionSettings):
     weight_decay: AdamW decoupled weight decay.
     separate_steps: one optimizer step per forget batch and per retain batch
       (the authors'); otherwise one step on paired batches of both.
-    scale_min: each step multiplies every impression by a random factor t,
-      log t uniform in [log scale_min, 0] (1 = never): impressions are far
-      larger than real activations, and the unknown real scale must be covered.
+    scale_min: the smallest factor an impression is scaled by (factors in
+      [scale_min, 1]; 1 = only as made): impressions are far larger than real
+      activations, and the unknown real scale must be covered. ``impressions``
+      draws a factor per impression and step (log-uniform); ``famr-zeroshot``
+      uses 8 factors geometrically spaced.
   """
   forget_objective: Literal["masked_kl", "margin", "cross_entropy"] = "masked_kl"
   sign: Literal["intended", "as_published"] = "as_published"
@@ -208,8 +210,11 @@ class ZeroShotFAMRConfig(ZeroShotImpressionSettings):
     batch_size: forget impressions per step.
     retain_weight: weight of the function-space anchor ``KL(p0 || p)`` on retained samples or impressions (0 = none).
     optimizer: ``sgd`` (FAMR's Algorithm 1), ``momentum`` or ``adam``.
-    scale_min: every impression is also used at 8 scales geometrically spaced in
-      [scale_min, 1] (1 = only as made).
+    scale_min: the smallest factor an impression is scaled by (factors in
+      [scale_min, 1]; 1 = only as made): impressions are far larger than real
+      activations, and the unknown real scale must be covered. ``impressions``
+      draws a factor per impression and step (log-uniform); ``famr-zeroshot``
+      uses 8 factors geometrically spaced.
   """
   epochs: int = 10
   lr: float = 1e-3
