@@ -245,3 +245,18 @@ def test_relative_data_paths_work_from_another_directory(folder_checkpoint, tmp_
   (old / "ckpt" / METADATA_FILE).write_text(json.dumps(meta))
   assert main(["evaluate", "--checkpoint", str(old / "ckpt"), "--json"]) == 0
   assert json.loads(capsys.readouterr().out)["dataset"] == f"folder:{old / 'imgs'}"
+
+
+def test_a_non_image_file_in_a_class_folder_is_skipped_and_said(tmp_path, caplog):
+  import logging
+  from famr_jax.data.image_folder import write_example_folder
+  write_example_folder(tmp_path / "imgs", num_classes=2, train_per_class=3, val_per_class=2, size=(10, 10))
+  (tmp_path / "imgs" / "train" / "class_0" / "README.txt").write_text("where these came from")
+  (tmp_path / "imgs" / "val" / "class_1" / "labels.csv").write_text("a,b")
+  with caplog.at_level(logging.WARNING, logger="famr_jax"):
+    data = fj.load_dataset(f"folder:{tmp_path / 'imgs'}", image_size=8)
+  assert (len(data.y_train), len(data.y_test)) == (6, 4)   # the images only
+  assert all(p.endswith((".png", ".JPEG")) for p in data.x_train.paths + data.x_test.paths)
+  lines = [r.getMessage() for r in caplog.records if r.name == "famr_jax"]
+  assert len(lines) == 1 and "\n" not in lines[0], lines
+  assert "skipped 2 non-image files (e.g. " in lines[0] and "README.txt" in lines[0]
