@@ -260,3 +260,20 @@ def test_a_non_image_file_in_a_class_folder_is_skipped_and_said(tmp_path, caplog
   lines = [r.getMessage() for r in caplog.records if r.name == "famr_jax"]
   assert len(lines) == 1 and "\n" not in lines[0], lines
   assert "skipped 2 non-image files (e.g. " in lines[0] and "README.txt" in lines[0]
+
+
+def test_dataparallel_weights_import(tmp_path):
+  """A state dict saved from torch.nn.DataParallel / DDP (every key under ``module.``) gives PyTorch's logits."""
+  from safetensors.numpy import load_file, save_file
+  from safetensors import safe_open
+  fixtures = ROOT / "tests" / "fixtures"
+  with safe_open(str(fixtures / "torch_outputs.safetensors"), "np") as f:
+    meta = json.loads(f.metadata()["resnet18_cifar"])
+  outputs = load_file(str(fixtures / "torch_outputs.safetensors"))
+  wrapped = {f"module.{k}": v for k, v in load_file(str(fixtures / "weights_resnet18_cifar.safetensors")).items()}
+  save_file(wrapped, str(tmp_path / "ddp.safetensors"))
+  saved = fj.import_weights(meta["source"], tmp_path / "ddp.safetensors", tmp_path / "ckpt",
+                            image_size=meta["image_size"])
+  x = outputs["resnet18_cifar.x"].transpose(0, 2, 3, 1)   # PyTorch's NCHW inputs
+  np.testing.assert_allclose(np.asarray(saved.apply_fn(saved.params, x)), outputs["resnet18_cifar.logits"],
+                             atol=1e-4, rtol=1e-4)
