@@ -26,7 +26,7 @@ from famr_jax.engine.progress import method_label
 from famr_jax.errors import FamrError
 from famr_jax.methods.registry import UnlearnTask, get_method, method_names, with_overrides
 from famr_jax.validation import (PROBE_ROWS, check_config_class, check_finite_params, check_images, check_labels,
-                                 check_model)
+                                 check_model, check_options)
 
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
@@ -151,9 +151,7 @@ def unlearn(method: str, apply_fn: ApplyFn, params: Params, forget: ForgetSet, k
   else:
     check_config_class(config, method, spec.config_cls)
   if overrides:
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
-    if unknown:
-      raise FamrError(f"method {method!r} has no option {', '.join(unknown)}")
+    check_options(overrides, [f.name for f in dataclasses.fields(config)], f"method {method!r}")
     config = with_overrides(config, overrides)
   if hasattr(config, "validate"):
     config.validate()

@@ -277,3 +277,14 @@ def test_dataparallel_weights_import(tmp_path):
   x = outputs["resnet18_cifar.x"].transpose(0, 2, 3, 1)   # PyTorch's NCHW inputs
   np.testing.assert_allclose(np.asarray(saved.apply_fn(saved.params, x)), outputs["resnet18_cifar.logits"],
                              atol=1e-4, rtol=1e-4)
+
+
+def test_an_option_typo_suggests_the_nearest(capsys):
+  from famr_jax.cli.main import main
+  assert main(["unlearn", "--lrr", "0.1"]) == 2
+  assert capsys.readouterr().err == "famr-jax: error: unknown option --lrr; did you mean --lr?\n"
+  assert main(["compare", "--checkpoint", "c", "--out", "o", "--epohcs=3"]) == 2
+  assert capsys.readouterr().err == "famr-jax: error: unknown option --epohcs; did you mean --epochs?\n"
+  parts, params, x, y = _toy()
+  with pytest.raises(FamrError, match=r"^method 'ga' has no option lrr; did you mean lr\?$"):
+    fj.unlearn("ga", parts.apply_fn, params, fj.forget_classes(y, [1], 3), jax.random.key(0), data=(x, y), lrr=0.1)

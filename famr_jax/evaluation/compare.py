@@ -28,7 +28,7 @@ from famr_jax.errors import Diverged, FamrError
 from famr_jax.evaluation.leaderboard import (ORIGINAL, gold_reference, metrics_line, score_against_gold,
                                              summarize)
 from famr_jax.methods.registry import MethodSpec, UnlearnTask, get_method
-from famr_jax.validation import check_config_class, check_images, check_labels, check_model
+from famr_jax.validation import check_config_class, check_images, check_labels, check_model, check_options
 
 DEFAULT_METHODS = ("famr", "famr-retrain-target", "famr-fisher", "famr-curvature", "famr-function", "famr-plus",
                    "ft", "ga", "neggrad+", "rl", "salun", "scrub", "ssd")
@@ -111,9 +111,7 @@ def resolve_configs(methods: Sequence[str], model_name: str, *, flags: Mapping[s
     given = {} if name == "retrain" else {k: v for k, v in flags.items() if k in fields}
     used_flags |= set(given)
     own = dict(per_method.get(name, {}))
-    foreign = sorted(set(own) - set(fields))
-    if foreign:
-      raise FamrError(f"method {name!r} has no option {', '.join(foreign)} (method config file)")
+    check_options(own, fields, f"method {name!r} (method config file)")
     config = with_overrides(base, {**given, **own})
     if hasattr(config, "validate"):
       config.validate()
