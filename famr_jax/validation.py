@@ -387,6 +387,36 @@ def check_config_class(config: Any, method: str, config_cls: type) -> None:
   raise FamrError(f"config for {method!r} must be a {name} (famr_jax.methods), got {type(config).__name__}")
 
 
+def nearest_name(name: str, known: Any) -> str | None:
+  """The known name closest to a mistyped one (``difflib``), or None when none is close.
+
+  Example:
+    >>> nearest_name("lrr", ["lr", "lam", "epochs"])
+    'lr'
+  """
+  import difflib
+  found = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+  return found[0] if found else None
+
+
+def check_options(given: Any, known: Any, owner: str, spell: Callable[[str], str] = str) -> None:
+  """Refuses options ``given`` that are not ``known`` in one line, suggesting the nearest known one.
+
+  ``spell`` writes an option as the caller's user typed it (the CLI: ``--name``).
+
+  Example:
+    >>> check_options({"lrr": 0.1}, ["lr", "lam"], "method 'ga'")
+    Traceback (most recent call last):
+    famr_jax.errors.FamrError: method 'ga' has no option lrr; did you mean lr?
+  """
+  unknown = sorted(set(given) - set(known))
+  if not unknown:
+    return
+  near = nearest_name(unknown[0], known)
+  raise FamrError(f"{owner} has no option {', '.join(spell(u) for u in unknown)}"
+                  + (f"; did you mean {spell(near)}?" if near else ""))
+
+
 def check_model(apply_fn: Callable, params: Any, num_classes: int, probe: np.ndarray | None) -> None:
   """Finite params, and an ``apply_fn`` returning ``(batch, num_classes)`` logits on ``probe`` rows."""
   if not callable(apply_fn):

@@ -175,7 +175,7 @@ def _make(root, layout):
     ({}, "no class folders"),
     ({"a/x.png": 1}, "only one class"),
     ({"a/x.png": 1, "a/y.png": 2, "b": None}, "class folder .*b has no images"),
-    ({"a/x.png": 1, "a/y.png": 2, "b/z.png": 3, "b/notes.txt": b"hi"}, "notes.txt is not an image file"),
+    ({"a/x.png": 1, "a/y.png": 2, "b/notes.txt": b"hi"}, "class folder .*b has no images"),   # only a non-image
     ({"a/x.png": 1, "a/y.png": 2, "b/z.png": 3, "b/w.png": b"not a png"}, "cannot read image .*w.png"),
     ({"train/a/x.png": 1, "train/b/y.png": 2, "val/a/z.png": 3}, "val has no folder for class 'b'"),
     ({"train/a/x.png": 1, "train/b/y.png": 2, "val/a/z.png": 3, "val/b/w.png": 4, "val/c/v.png": 5},

@@ -57,7 +57,15 @@ def _converter_for(tp, flag: str):
     inner = typing.get_args(tp)[0]
     if set(typing.get_args(inner)) == {int, str}:   # ids or names (--forget-classes 3,Bag)
       def parse_ids_or_names(text):
-        return tuple(int(t) if t.lstrip("-").isdigit() else t for t in (t.strip() for t in text.split(",")) if t)
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        for t in items:
+          try:
+            float(t)
+          except ValueError:
+            continue
+          if not t.lstrip("-").isdigit():   # 3.7, 1e3, nan: neither an id nor a name
+            raise FamrError(f"{flag} takes comma-separated integer ids or names, got {t!r}")
+        return tuple(int(t) if t.lstrip("-").isdigit() else t for t in items)
       return parse_ids_or_names
 
     def parse_tuple(text):

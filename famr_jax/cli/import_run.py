@@ -58,8 +58,8 @@ def import_model(run: ImportRun):
     if tuple(data.image_shape[:2]) != (run.image_size, run.image_size):
       raise FamrError(f"data set {run.data.dataset} has {data.image_shape[0]}x{data.image_shape[1]} images, "
                       f"the import is for {run.image_size}x{run.image_size}")
-    metadata = {**metadata, "data": absolute_data(config_dict(run.data)), "train_config": config_dict(TrainConfig()), "seed": run.seed,
-                "timings_s": {"train": 0.0, "compile": 0.0}}
+    metadata = {**metadata, "data": absolute_data(config_dict(run.data)), "train_config": config_dict(TrainConfig()),
+                "seed": run.seed, "timings_s": {"train": 0.0, "compile": 0.0}}
     num_classes = run.num_classes or data.num_classes
   else:
     num_classes = run.num_classes

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="famr-jax", description="Machine unlearning for JAX image classifiers.")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
   sub.required = True
+  parser.commands = sub.choices   # command -> its parser (the "did you mean" of an unknown option)
 
   demo = sub.add_parser("demo", help="train on digits, unlearn a class with FAMR, retrain, compare")
   cf.add_config_flags(demo, DemoRun, exclude=("data", "train", "famr", "scale", "resume"))
@@ -398,9 +399,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 130
 
 
+def _unknown_arguments(parser: argparse.ArgumentParser, command: str, extra: Sequence[str]) -> str:
+  """One line for the arguments argparse did not recognise: the first unknown option and its nearest flag."""
+  from famr_jax.validation import nearest_name
+  first = extra[0]
+  if not first.startswith("-"):
+    return f"unexpected argument {first!r} (famr-jax {command} --help lists the options)"
+  name = first.split("=", 1)[0]
+  options = [o for a in parser.commands[command]._actions for o in a.option_strings if o.startswith("--")]
+  near = nearest_name(name, options)
+  return f"unknown option {name}" + (f"; did you mean {near}?" if near else f" (famr-jax {command} --help lists them)")
+
+
 def _main(argv: Sequence[str] | None) -> int:
   try:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+      raise FamrError(_unknown_arguments(parser, args.command, extra))
     return _COMMANDS[args.command](args)
   except FamrError as e:
     from famr_jax.io.outputs import OutputExists

@@ -319,8 +319,8 @@ def _class_dirs(directory: str) -> list[str]:
   return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
 
 
-def _class_files(directory: str, what: str) -> list[str]:
-  """The image files of one class folder (sorted); a non-image file is refused by name."""
+def _class_files(directory: str, what: str, skipped: list[str]) -> list[str]:
+  """The image files of one class folder (sorted); other files (by extension) go to ``skipped``."""
   files = []
   for root, dirs, names in os.walk(directory, followlinks=True):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -328,32 +328,43 @@ def _class_files(directory: str, what: str) -> list[str]:
       if name.startswith("."):
         continue   # .DS_Store and friends
       path = os.path.join(root, name)
-      if not name.lower().endswith(IMAGE_EXTENSIONS):
-        raise FamrError(f"{what}: {path} is not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
-      files.append(path)
+      (files if name.lower().endswith(IMAGE_EXTENSIONS) else skipped).append(path)
   if not files:
     raise FamrError(f"{what}: class folder {directory} has no images")
   return files
 
 
-def _scan_split(directory: str, classes: Sequence[str], what: str) -> tuple[list[str], list[int]]:
+def _scan_split(directory: str, classes: Sequence[str], what: str,
+                skipped: list[str]) -> tuple[list[str], list[int]]:
   paths, labels = [], []
   for label, name in enumerate(classes):
     sub = os.path.join(directory, name)
     if not os.path.isdir(sub):
       raise FamrError(f"{what}: {directory} has no folder for class {name!r}")
-    files = _class_files(sub, what)
+    files = _class_files(sub, what, skipped)
     paths += files
     labels += [label] * len(files)
   return paths, labels
 
 
+def _report_skipped(what: str, skipped: Sequence[str]) -> None:
+  """One warning line for the files of class folders that are not images (README.txt, labels.csv...)."""
+  if skipped:
+    import logging
+    logging.getLogger("famr_jax").warning(
+        "%s: skipped %d non-image file%s (e.g. %s); images are %s", what, len(skipped),
+        "" if len(skipped) == 1 else "s", skipped[0], " ".join(IMAGE_EXTENSIONS))
+
+
 def scan_image_folder(directory: str) -> FolderSplits:
   """Finds the classes and files of ``folder:DIR`` (see the module doc for the layouts).
 
+  Files of a class folder whose extension is not an image's (``IMAGE_EXTENSIONS``) are skipped, said in
+  one warning line of the ``famr_jax`` logger (their count and one of them).
+
   Raises:
     FamrError: no such folder, no class folders, one class, a class folder with no
-      images, a non-image file, or a test split whose classes differ from the training split's.
+      images, or a test split whose classes differ from the training split's.
   """
   what = f"folder:{directory}"
   if not os.path.isdir(directory):
@@ -369,14 +380,16 @@ def scan_image_folder(directory: str) -> FolderSplits:
     raise FamrError(f"{what}: no class folders in {root} (expected {root}/<class>/<image files>)")
   if len(classes) < 2:
     raise FamrError(f"{what}: only one class ({classes[0]!r}); a classifier needs at least 2")
-  train_paths, train_labels = _scan_split(root, classes, what)
+  skipped: list[str] = []
+  train_paths, train_labels = _scan_split(root, classes, what, skipped)
   if test_dir is not None:
     test_root = os.path.join(directory, test_dir)
     extra = sorted(set(_class_dirs(test_root)) - set(classes))
     if extra:
       raise FamrError(f"{what}: {test_dir}/ has class folder {extra[0]!r} that {train_dir}/ lacks")
-    test_paths, test_labels = _scan_split(test_root, classes, what)
-  else:
+    test_paths, test_labels = _scan_split(test_root, classes, what, skipped)
+  _report_skipped(what, skipped)
+  if test_dir is None:
     train_paths, train_labels, test_paths, test_labels = _split_by_fraction(train_paths, train_labels, what)
   return FolderSplits(tuple(train_paths), np.asarray(train_labels, np.int32), tuple(test_paths),
                       np.asarray(test_labels, np.int32), tuple(classes))
@@ -428,7 +441,7 @@ def load_image_folder(directory: str | os.PathLike, recipe: ImageRecipe | None =
   Args:
     directory: the folder (see the module doc for the layouts).
     recipe: resize / crop / normalize (default: ImageNet's at 224).
-    verify: open every file's header first, so a corrupt or non-image file is
+    verify: open every image file's header first, so a corrupt one is
       named before any work (one ``open`` per file; a truncated image body is
       still only found when decoded, and named then).
     workers: decoding threads.

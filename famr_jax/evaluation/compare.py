@@ -29,7 +29,7 @@ from famr_jax.evaluation.leaderboard import (ORIGINAL, gold_reference, metrics_l
 from famr_jax.methods.registry import MethodSpec, UnlearnTask, get_method, with_overrides
 from famr_jax.methods.resolve import Request, resolve, run_task
 from famr_jax.theory.fisher import has_stored_fisher
-from famr_jax.validation import check_config_class, check_images, check_labels, check_model
+from famr_jax.validation import check_config_class, check_images, check_labels, check_model, check_options
 
 DEFAULT_METHODS = ("famr", "famr-retrain-target", "famr-fisher", "famr-curvature", "famr-function", "famr-plus",
                    "ft", "ga", "neggrad+", "rl", "salun", "scrub", "ssd")
@@ -92,9 +92,7 @@ def method_options(methods: Sequence[str], *, flags: Mapping[str, Any] | None = 
     given = {} if name == "retrain" else {k: v for k, v in flags.items() if k in fields}
     used_flags |= set(given)
     own = dict(per_method.get(name, {}))
-    foreign = sorted(set(own) - fields)
-    if foreign:
-      raise FamrError(f"method {name!r} has no option {', '.join(foreign)} (method config file)")
+    check_options(own, fields, f"method {name!r} (method config file)")
     options[name] = {**given, **own}
   unused = sorted(set(flags) - used_flags)
   if unused:

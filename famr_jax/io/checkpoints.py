@@ -328,6 +328,65 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
   return metadata
 
 
+# What a failed Orbax restore leaves behind: the reads of the other arrays, closed when collected
+# (each raises Orbax's "Encountered error while reading array index" again, or "Event loop is closed").
+_RESTORE_LEFTOVERS = ("Encountered error while reading array index", "Event loop is closed")
+
+
+def _quiet_restore_leftovers() -> None:
+  """Drops (from then on) the unraisable exceptions of a failed restore's abandoned reads, then collects them.
+
+  They are raised while an abandoned coroutine is closed, at a garbage collection or at exit, where
+  Python prints them as "Exception ignored in" tracebacks after the one-line error; nothing can
+  retrieve them. Any other unraisable exception still goes to the previous hook.
+  """
+  import gc
+  import sys
+  leftover = lambda exc: any(text in str(exc) for text in _RESTORE_LEFTOVERS)
+  if not getattr(sys.unraisablehook, "famr_restore_leftovers", False):
+    unraisable_hook = sys.unraisablehook
+
+    def on_unraisable(unraisable):
+      if not leftover(unraisable.exc_value):
+        unraisable_hook(unraisable)
+    on_unraisable.famr_restore_leftovers = True
+    sys.unraisablehook = on_unraisable
+  if not getattr(sys.excepthook, "famr_restore_leftovers", False):
+    # TensorStore's reads that finish after Orbax closed its event loop print through sys.excepthook
+    except_hook = sys.excepthook
+
+    def on_exception(kind, value, traceback):
+      if not leftover(value):
+        except_hook(kind, value, traceback)
+    on_exception.famr_restore_leftovers = True
+    sys.excepthook = on_exception
+  gc.collect()
+
+
+def restore_failure(error: BaseException) -> str:
+  """The reason of a failed restore in one short line: TensorStore's own, without its spec dump.
+
+  Example:
+    >>> cause = ValueError('OUT_OF_RANGE: Error reading "fc.kernel/0.0" in OCDBT database at local file '
+    ...                    '"/c/params/": Requested byte range [0, 2421) is not valid for value of size 1000')
+    >>> wrapped = Exception("Encountered error while reading array index: (slice(0, 64, 1),). See full "
+    ...                     "TensorStore details: <bound method pybind11_detail_function_record_v1_...")
+    >>> wrapped.__cause__ = cause
+    >>> restore_failure(wrapped)
+    'fc.kernel: Requested byte range [0, 2421) is not valid for value of size 1000'
+  """
+  import re
+  root = error
+  while root.__cause__ is not None or root.__context__ is not None:
+    root = root.__cause__ or root.__context__
+  text = " ".join((str(root).strip().splitlines() or [type(root).__name__])[0].split())
+  text = text.split(" See full TensorStore details")[0].split("<bound method")[0].strip()
+  found = re.match(r'^[A-Z_]+: Error reading "([^"/]+)[^"]*" in .*?": (.+)$', text)
+  if found:
+    text = f"{found.group(1)}: {found.group(2)}"
+  return text[:160] or type(root).__name__
+
+
 def _restore(checkpointer, folder: Path, abstract) -> Params:
   """One Orbax restore; a truncated or corrupt file is one line naming the folder, not a traceback."""
   if not folder.is_dir():
@@ -335,8 +394,9 @@ def _restore(checkpointer, folder: Path, abstract) -> Params:
   try:
     return checkpointer.restore(folder, abstract)
   except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for damaged files
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    raise FamrError(f"cannot read the arrays in {folder}: corrupt or truncated ({first})") from None
+    reason = restore_failure(e)
+  _quiet_restore_leftovers()
+  raise FamrError(f"cannot read the arrays in {folder}: corrupt or truncated ({reason})")
 
 
 def check_compatible(stored: dict[str, list], template: Params, what: str = "checkpoint") -> None:

@@ -92,6 +92,29 @@ def _read_torch(path: Path) -> StateDict:
   return out
 
 
+# Wrappers that prefix every key of the state dict they save: DataParallel / DistributedDataParallel
+# (``module.``) and torch.compile (``_orig_mod.``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_wrapper_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """The state dict of the wrapped model: a :data:`WRAPPER_PREFIXES` prefix removed when *every* key has it.
+
+  Example:
+    >>> sorted(strip_wrapper_prefix({"module.fc.weight": 1, "module.fc.bias": 2}))
+    ['fc.bias', 'fc.weight']
+    >>> sorted(strip_wrapper_prefix({"module.fc.weight": 1, "fc.bias": 2}))   # not every key: kept as is
+    ['fc.bias', 'module.fc.weight']
+  """
+  out = dict(state_dict)
+  while out:
+    prefix = next((p for p in WRAPPER_PREFIXES if all(str(k).startswith(p) for k in out)), None)
+    if prefix is None:
+      break
+    out = {str(k)[len(prefix):]: v for k, v in out.items()}
+  return out
+
+
 def torch_key(path: tuple[str, ...]) -> str:
   """The torchvision state-dict key of a famr-jax param or statistic path.
 

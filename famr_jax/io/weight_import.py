@@ -49,7 +49,7 @@ from famr_jax import models
 from famr_jax.errors import FamrError
 from famr_jax.io import checkpoints, outputs
 from famr_jax.io.saved_model import SavedModel
-from famr_jax.io.torch_weights import head_classes, map_state_dict, read_state_dict
+from famr_jax.io.torch_weights import head_classes, map_state_dict, read_state_dict, strip_wrapper_prefix
 from famr_jax.io.vit_layouts import hf_to_bigvision, timm_to_bigvision, vit_shape
 from famr_jax.io.vit_weights import vit_params_from_npz
 
@@ -209,7 +209,8 @@ def convert_weights(source: str, state_dict: Mapping[str, np.ndarray], *, image_
 
   Args:
     source: ``torchvision:ARCH``, ``hf-vit[:PRESET]`` or ``timm:NAME`` (module doc).
-    state_dict: the named arrays (``read_state_dict``).
+    state_dict: the named arrays (``read_state_dict``); keys saved from a ``DataParallel`` / DDP
+      wrapper (every one prefixed ``module.``) are read without the prefix.
     image_size: the side ``S`` of the square images the model will see.
     num_classes: the model's class count (default: the file's); another count
       re-initialises the head (module doc).
@@ -224,7 +225,8 @@ def convert_weights(source: str, state_dict: Mapping[str, np.ndarray], *, image_
   """
   kind, name = _check_source(source)
   _check_size(image_size, num_classes)
-  state_dict = {str(k): np.asarray(v) for k, v in state_dict.items()}
+  # DataParallel / DDP / torch.compile save the wrapped model's keys under a prefix
+  state_dict = strip_wrapper_prefix({str(k): np.asarray(v) for k, v in state_dict.items()})
   if kind == "torchvision":
     return _convert_torchvision(name, state_dict, int(image_size), num_classes, int(seed))
   return _convert_vit(kind, name, state_dict, int(image_size), num_classes)

@@ -40,7 +40,7 @@ from famr_jax.methods.defaults import RECOMMENDED, default_overrides, scale_step
 from famr_jax.methods.protocol import REQUEST_KINDS, MethodSpec, UnlearnTask, with_overrides
 from famr_jax.methods.registry import get_method, method_names
 from famr_jax.theory.fisher import missing_fisher_message
-from famr_jax.validation import check_config_class, check_finite_params
+from famr_jax.validation import check_config_class, check_finite_params, check_options
 
 
 class Request(NamedTuple):
@@ -140,9 +140,7 @@ def resolve(method: str | MethodSpec | None, request: Request, model_name: str =
   data = data and request.kind != "zero-shot"
   overrides = dict(overrides or {})
   spec = resolve_method(method, request.kind, overrides)
-  unknown = sorted(set(overrides) - _field_names(spec.config_cls))
-  if unknown:
-    raise FamrError(f"method {spec.name!r} has no option {', '.join(map(option_name, unknown))}")
+  check_options(overrides, _field_names(spec.config_cls), f"method {spec.name!r}", spell=option_name)
   check_capabilities(spec, request.kind, config, data=data)   # what the config does not change, first
   if config is None:
     config = _defaults(spec, model_name, request)
