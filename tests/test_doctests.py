@@ -22,7 +22,7 @@ PACKAGES = {m.name for m in pkgutil.walk_packages(famr_jax.__path__, "famr_jax."
 WITHOUT_EXAMPLES = frozenset({
     "famr_jax.evaluation.audit_plot",   # draws a PNG: tests/test_audit_evidence.py checks what it drew
     "famr_jax.cli.compare_run", "famr_jax.cli.flags", "famr_jax.cli.import_run", "famr_jax.cli.main",
-    "famr_jax.cli.runs", "famr_jax.errors", "famr_jax.evaluation.style", "famr_jax.io.vit_layouts",
+    "famr_jax.errors", "famr_jax.evaluation.style", "famr_jax.io.vit_layouts",
     "famr_jax.theory.curvature", "famr_jax.theory.sections", "famr_jax.version",
 })
 
