@@ -7,12 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import famr_jax as fj
+
 from famr_jax.methods import baselines
 from famr_jax.methods.baselines import (FTConfig, GAConfig, NegGradPlusConfig, RLConfig, SalUnConfig, baseline_loss,
                                 random_wrong_labels, saliency_mask)
 from famr_jax.errors import FamrError
 from famr_jax.data.forget import forget_classes
-from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.methods.registry import get_method
 from famr_jax.methods.scrub import SCRUBConfig
 from famr_jax.methods.ssd import SSDConfig
 
@@ -76,9 +78,9 @@ TINY = {"ft": FTConfig(epochs=3, lr=0.1, retain_ratio=2), "ga": GAConfig(epochs=
 def test_every_baseline_runs_on_digits_and_reduces_forget_accuracy(trained_digits, method):
   d = trained_digits
   forget = forget_classes(d.data.y_train, [3], d.data.num_classes)
-  spec = get_method(method)
   config = TINY[method] or dataclasses.replace(d.train_config, epochs=10)
-  result = spec.run(UnlearnTask(d.apply_fn, d.params, d.model, d.data, forget, jax.random.key(0), False), config)
+  result = fj.unlearn(method, d.apply_fn, d.params, forget, jax.random.key(0), data=d.data, config=config,
+                      model=d.model)
   test3 = d.data.y_test == 3
 
   def forget_acc(params):

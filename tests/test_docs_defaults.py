@@ -21,7 +21,7 @@ import famr_jax as fj
 from famr_jax.cli import runs
 from famr_jax.cli.compare_run import CompareRun
 from famr_jax.cli.main import build_parser
-from famr_jax.methods import ssd
+from famr_jax.methods import scrub, ssd
 from famr_jax.methods.defaults import SAMPLE_BUDGET_EPOCHS
 from famr_jax.methods.registry import get_method, method_names
 from famr_jax.methods.resolve import Request, recommended_method, resolve_config
@@ -67,6 +67,7 @@ def sources() -> dict[str, str]:
       "UnlearnRun": runs.UnlearnRun.__doc__,
       "unlearn_model": runs.unlearn_model.__doc__,
       "famr_jax.methods.ssd": ssd.__doc__,
+      "famr_jax.methods.scrub": scrub.__doc__,
   }.items()}
 
 
@@ -151,6 +152,10 @@ def test_the_sample_budgets_optimizer_each_text_states(sources, source, pattern)
   assert len(budgets) >= 5 and {n for n, c in budgets.items() if c.optimizer != "adam"} == exceptions
 
 
+def _scrub():
+  return resolve_config("scrub", Request("classes"))
+
+
 NUMBERS = [   # (source, pattern with the stated value as group 1, the resolver's value)
     ("BUILD_NOTES.md", r"SCRUB .*? The class default is a step budget \(steps=(\d+)\)",
      lambda: resolve_config("scrub", Request("classes")).steps),
@@ -162,6 +167,10 @@ NUMBERS = [   # (source, pattern with the stated value as group 1, the resolver'
      lambda: resolve_config("famr", Request("classes"), "vit_nano").lr),
     ("BUILD_NOTES.md", r"TOST, m = ([0-9.]+)\)", lambda: CompareRun.audit_margin),
     ("README.md", r"--audit-seeds K farm seeds \(default (\d+)\)", lambda: CompareRun.audit_seeds),
+    ("famr_jax.methods.scrub", r"defaults \(gamma ([0-9.]+),", lambda: _scrub().gamma),
+    ("famr_jax.methods.scrub", r"defaults \(gamma [0-9.]+, alpha ([0-9.]+),", lambda: _scrub().alpha),
+    ("famr_jax.methods.scrub", r", T ([0-9.]+), \d+ max rounds\)", lambda: _scrub().temperature),
+    ("famr_jax.methods.scrub", r", (\d+) max rounds\)", lambda: _scrub().max_epochs),
     ("README.md", r"inside \+-\s?--audit-margin, default ([0-9.]+)\)", lambda: CompareRun.audit_margin),
 ]
 

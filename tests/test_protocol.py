@@ -184,6 +184,26 @@ def test_the_budget_scales_with_the_request_by_hand(data, fisher_checkpoint):
   assert _api("famr", "samples", data, fisher_checkpoint, forget, {"epochs": 2}).steps is None
 
 
+@pytest.mark.parametrize("method", method_names())
+def test_each_spec_documents_its_config_once_and_declares_its_capabilities(method):
+  from famr_jax.cli.flags import field_flags
+  from famr_jax.methods.protocol import NEEDS, REQUEST_KINDS
+  spec = get_method(method)
+  documented = {flag for flag, _, _ in field_flags(spec.config_cls)}
+  for f in dataclasses.fields(spec.config_cls):   # a field's one description: its class's Attributes (--help's)
+    assert any(f"    {f.name}:" in (k.__dict__.get("__doc__") or "") for k in spec.config_cls.__mro__), (method, f.name)
+  assert documented and spec.serves <= set(REQUEST_KINDS) and spec.needs <= NEEDS
+  assert ("zero-shot" in spec.serves) == (not spec.uses_data)
+
+
+def test_a_spec_with_contradictory_capabilities_is_refused():
+  from famr_jax.methods.baselines import GAConfig
+  with pytest.raises(FamrError, match="zero-shot requests exactly when it needs no data"):
+    fj.MethodSpec("x", GAConfig, lambda t, c: None, "x", serves=frozenset({"classes", "zero-shot"}))
+  with pytest.raises(FamrError, match="needs must be a subset"):
+    fj.MethodSpec("x", GAConfig, lambda t, c: None, "x", needs=frozenset({"data", "gpu"}))
+
+
 # ----------------------------------------------------------------------------- refusals, before any work
 
 def _exploding(params, x):

@@ -191,9 +191,10 @@ def board_plan(run: CompareRun, metadata: dict, train_config: Any, *, flags: Map
   default_list = not methods
   if not methods:
     methods = DEFAULT_METHODS
-    if not has_fisher:   # the default list runs on a fresh checkpoint: leave out what needs a stored Fisher
-      methods = tuple(m for m in methods if m != "famr-fisher")
-      log(f"famr-fisher left out: {run.checkpoint} has no stored Fisher "
+    needing = [m for m in methods if "fisher" in get_method(m).needs]
+    if not has_fisher and needing:   # the default list runs on a fresh checkpoint: leave out what needs a Fisher
+      methods = tuple(m for m in methods if m not in needing)
+      log(f"{', '.join(needing)} left out: {run.checkpoint} has no stored Fisher "
           f"(famr-jax fisher --checkpoint {run.checkpoint} adds it)")
   if len(set(methods)) != len(methods):
     raise FamrError("a method is listed more than once in --methods")
