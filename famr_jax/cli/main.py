@@ -1,4 +1,4 @@
-"""The ``famr-jax`` command line: demo, train, unlearn, evaluate, verify-theory, import.
+"""The ``famr-jax`` command line: demo, train, unlearn, evaluate, compare, tune, verify-theory, import.
 
 Every flag comes from a typed config (``famr_jax.cli.runs``, ``TrainConfig``,
 the methods' configs), so the CLI and the Python API share one set of
@@ -116,6 +116,11 @@ def _add_leaderboard_commands(sub, cf) -> None:
   seen: set[str] = set()
   for cls in _method_config_classes():
     cf.add_config_flags(compare, cls, dest_prefix="method__", seen=seen)
+
+  from famr_jax.cli.tune_run import TuneRun
+  tune = sub.add_parser("tune", help="tune methods on a calibration request (not the audited one), freeze them",
+                        description="Writes tuned.json (compare --method-config's format) and tuning.json.")
+  cf.add_config_flags(tune, TuneRun)
 
 
 def _add_import_command(sub, cf) -> None:
@@ -314,9 +319,24 @@ def _print_summary(rep: dict, out: str) -> None:
   _print_resources(rep.get("config"))
 
 
+def _cmd_tune(args) -> int:
+  from famr_jax.cli import flags as cf
+  from famr_jax.cli.tune_run import TuneRun, run_tune
+
+  missing = [f"--{name}" for name in ("checkpoint", "out") if not hasattr(args, name)]
+  if missing:
+    raise FamrError(f"tune needs {' and '.join(missing)}")
+  record = run_tune(cf.build_config(TuneRun, args))
+  b = record["budget"]
+  print(f"tuned {', '.join(record['frozen']) or 'nothing'} in {b['seconds_spent']:.1f} s "
+        f"({sum(b['trials_run'].values())} trials; reference retrain {b['retrain_s']:.2f} s)")
+  print(f"wrote {os.path.abspath(args.out)}/tuned.json, tuning.json")
+  return 0
+
+
 _COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "unlearn": _cmd_unlearn,
              "evaluate": _cmd_evaluate, "verify-theory": _cmd_verify_theory,
-             "fisher": _cmd_fisher, "compare": _cmd_compare, "import": _cmd_import}
+             "fisher": _cmd_fisher, "compare": _cmd_compare, "import": _cmd_import, "tune": _cmd_tune}
 
 
 def _log_to_stderr() -> None:
