@@ -12,7 +12,8 @@ from famr_jax import TrainConfig, forget_classes, forget_samples, load_dataset, 
 from famr_jax.engine.training import train_classifier
 from famr_jax.errors import FamrError
 from famr_jax.evaluation import tuning
-from famr_jax.methods.registry import MethodSpec, get_method, register_method
+from famr_jax.methods.registry import get_method, register_method
+from famr_jax.methods.resolve import Request, resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,8 @@ def test_the_tuner_never_sees_the_audited_forget_set_and_picks_its_best_eligible
     seen.append(np.asarray(task.forget.indices).copy())
     return ga.run(task, config)
   register_method(dataclasses.replace(ga, name="spy-ga", run=spy,
-                                      defaults=lambda model: ga.default_config(model, "classes"),
-                                      sample_defaults=lambda model: ga.default_config(model, "samples")))
+                                      defaults=lambda model: resolve_config("ga", Request("classes"), model),
+                                      sample_defaults=lambda model: resolve_config("ga", Request("samples"), model)))
 
   def gold_fn(forget):
     retrained_without.append(np.asarray(forget.indices).copy())
@@ -80,7 +81,7 @@ def test_the_tuner_never_sees_the_audited_forget_set_and_picks_its_best_eligible
   for t in rows:   # the score is the stated one
     assert t["score"] == pytest.approx(t["avg_gap"] + 100 * t["ks"])
   best = min((t for t in rows if t["eligible"]), key=lambda t: t["score"])
-  assert r.configs["spy-ga"] == dataclasses.replace(get_method("spy-ga").default_config("", "samples", 30),
+  assert r.configs["spy-ga"] == dataclasses.replace(resolve_config("spy-ga", Request("samples", 30)),
                                                     **best["overrides"])
   assert r.frozen["spy-ga"] == dataclasses.asdict(r.configs["spy-ga"])
   b = r.budget

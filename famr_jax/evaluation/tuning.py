@@ -38,7 +38,9 @@ from famr_jax.engine.forward import batched_apply
 from famr_jax.errors import FamrError
 from famr_jax.evaluation.compare import Gold
 from famr_jax.evaluation.leaderboard import gold_reference, score_against_gold
-from famr_jax.methods.registry import UnlearnTask, get_method, with_overrides
+from famr_jax.methods.registry import UnlearnTask, get_method
+from famr_jax.methods.resolve import Request, resolve_config, run_task
+from famr_jax.validation import check_options
 
 # Each method's search grid (data, not code). Step-budget methods search their budget and step size; the
 # Deep Unlearn methods their epochs and rates; Langevin its noise and step; SISA has nothing to tune.
@@ -53,7 +55,7 @@ DEFAULT_SEARCH: dict[str, dict[str, tuple]] = {
     "msg": dict(epochs=(1, 2, 5), lr=(1e-3, 3e-3, 1e-2), init_rate=(0.1, 0.3, 0.5)),
     "ct": dict(epochs=(1, 2, 3), lr=(1e-3, 3e-3, 1e-2)),
     "langevin": dict(epochs=(1, 2, 5), lr=(0.01, 0.05), sigma=(0.001, 0.01, 0.03)),
-    "ssd": dict(alpha=(1.0, 5.0, 10.0), lam=(0.1, 1.0)),
+    "ssd": dict(selection_weight=(1.0, 5.0, 10.0), dampening=(0.1, 1.0)),
     "sisa": {},
 }
 
@@ -162,12 +164,8 @@ def _check(methods, search, trials, seconds, max_cost_fraction, model_name, kind
   for name in methods:
     spec = get_method(name)
     grid = (search or {}).get(name, DEFAULT_SEARCH.get(name, {}))
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    unknown = sorted(set(grid) - fields)
-    if unknown:
-      raise FamrError(f"method {name!r} has no option {', '.join(unknown)} to tune")
-    base = spec.default_config(model_name, kind, num_forget=n)
-    out[name] = (base, grid)
+    check_options(grid, [f.name for f in dataclasses.fields(spec.config_cls)], f"method {name!r} (its search grid)")
+    out[name] = (resolve_config(spec, Request(kind, n), model_name), grid)   # the config unlearn would run
   return out
 
 
@@ -226,12 +224,12 @@ def tune_on_calibration(methods: Sequence[str], apply_fn: Callable, params: Any,
   conf_ref = challenge_confidence(np.asarray(batched_apply(gold.apply_fn or apply_fn, gold.params, xf)), yf)
   configs, frozen, records, runs = {}, {}, {}, {}
   for mi, name in enumerate(methods):
-    base, grid = plans[name]
+    _, grid = plans[name]
     spec, rows, best = get_method(name), [], None
     for ti, overrides in enumerate(trial_grid(grid, trials, jax.random.fold_in(jax.random.fold_in(key, 2), mi))):
       if ti > 0 and seconds is not None and time.perf_counter() - t_start > seconds:
         break
-      config = with_overrides(base, overrides)
+      config = resolve_config(spec, Request(calib.kind, len(calib.indices)), model_name, overrides)
       row = _trial(spec, config, overrides, apply_fn, params, model, data, calib, ref, conf_ref, gold,
                    jax.random.fold_in(jax.random.fold_in(key, 3), ti), xf, yf, max_cost_fraction)
       rows.append(row)
@@ -267,7 +265,7 @@ def _trial(spec, config, overrides, apply_fn, params, model, data, calib, ref, c
   task = UnlearnTask(apply_fn, params, model, data, calib, key, False, input_shape=tuple(data.image_shape))
   try:
     config.validate() if hasattr(config, "validate") else None
-    result = spec.run(task, config)
+    result = run_task(spec, task, config)
   except FamrError as e:
     return {**row, "error": str(e), "eligible": False, "score": float("inf")}
   row_fn = getattr(result, "apply_fn", None) or apply_fn
