@@ -168,7 +168,7 @@ NUMBERS = [   # (source, pattern with the stated value as group 1, the resolver'
     ("BUILD_NOTES.md", r"TOST, m = ([0-9.]+)\)", lambda: CompareRun.audit_margin),
     ("README.md", r"--audit-seeds K farm seeds \(default (\d+)\)", lambda: CompareRun.audit_seeds),
     ("famr_jax.methods.scrub", r"defaults \(gamma ([0-9.]+),", lambda: _scrub().gamma),
-    ("famr_jax.methods.scrub", r"defaults \(gamma [0-9.]+, alpha ([0-9.]+),", lambda: _scrub().alpha),
+    ("famr_jax.methods.scrub", r"defaults \(gamma [0-9.]+, alpha ([0-9.]+),", lambda: _scrub().kl_weight),
     ("famr_jax.methods.scrub", r", T ([0-9.]+), \d+ max rounds\)", lambda: _scrub().temperature),
     ("famr_jax.methods.scrub", r", (\d+) max rounds\)", lambda: _scrub().max_epochs),
     ("README.md", r"inside \+-\s?--audit-margin, default ([0-9.]+)\)", lambda: CompareRun.audit_margin),

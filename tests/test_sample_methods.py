@@ -66,7 +66,7 @@ def test_msg_reinitializes_exactly_the_numpy_smallest_gradients_and_keeps_the_re
   want[np.argsort(np.abs(g).ravel())[:k]] = True
   want = want.reshape(g.shape)
   # A negligible fine-tune (one step at lr 1e-12, no decay) leaves the re-initialized start in place.
-  cfg = MSGConfig(epochs=1, steps=1, lr=1e-12, weight_decay=0.0, init_rate=0.25, layers="kernels")
+  cfg = MSGConfig(epochs=1, steps=1, lr=1e-12, coupled_weight_decay=0.0, init_rate=0.25, layers="kernels")
   r = deep_unlearn.msg_unlearn(_linear, params, xf, yf, xr, yr, cfg, key, show_progress=False)
   new = np.asarray(r.params["fc"]["kernel"])
   np.testing.assert_allclose(new[~want], w[~want], atol=1e-6)
@@ -110,7 +110,7 @@ def test_ct_transposes_square_conv_kernels_then_fine_tunes_on_retained_data():
 
   x = rng.normal(size=(16, 5, 5, 1)).astype(np.float32)
   y = rng.integers(0, 3, 16).astype(np.int32)
-  r = deep_unlearn.ct_unlearn(apply_fn, params, x, y, RetainFinetuneConfig(steps=1, lr=1e-12, weight_decay=0.0),
+  r = deep_unlearn.ct_unlearn(apply_fn, params, x, y, RetainFinetuneConfig(steps=1, lr=1e-12, coupled_weight_decay=0.0),
                               jax.random.key(0), show_progress=False)
   np.testing.assert_allclose(np.asarray(r.params["conv"]["kernel"]), np.swapaxes(k, 0, 1), atol=1e-6)
   # A real fine-tune lowers the retained loss from the transposed start.
@@ -125,7 +125,7 @@ def test_ct_transposes_square_conv_kernels_then_fine_tunes_on_retained_data():
 
 def test_deep_unlearn_methods_are_registered_with_their_recipes():
   assert resolve_config("msg", Request("samples"), "mlp") == MSGConfig()
-  assert (MSGConfig().epochs, MSGConfig().lr, MSGConfig().init_rate, MSGConfig().weight_decay) == (5, 1e-3, 0.3, 5e-4)
+  assert (MSGConfig().epochs, MSGConfig().lr, MSGConfig().init_rate, MSGConfig().coupled_weight_decay) == (5, 1e-3, 0.3, 5e-4)
   assert (RetainFinetuneConfig().epochs, RetainFinetuneConfig().momentum) == (3, 0.9)
   ng = resolve_config("neggrad+du", Request("samples"), "mlp")
   assert (ng.w_r, ng.w_f, ng.lr, ng.optimizer, ng.epochs) == (0.95, 0.05, 0.01, "momentum", 10)

@@ -49,7 +49,7 @@ class CalibratedFAMRConfig(CheckedFields):
   Attributes:
     epochs: passes over the forget set.
     lr: step size.
-    lam: L2 anchor strength lambda (FAMR Eq. 1).
+    lam: anchor strength lambda (Eq. 1's; the ``lam I`` of every parameter anchor, ``>= 0``).
     batch_size: forget-set minibatch size.
     optimizer: ``sgd``, ``momentum`` (SGD, 0.9) or ``adam``.
     alpha: weight of the forget term ``KL(t || p)`` on forget samples (Eq. 5's alpha; ``t`` the method's

@@ -57,14 +57,14 @@ class RetainFinetuneConfig(CheckedFields):
     lr: base SGD learning rate (the schedule's peak).
     batch_size: retained samples per step.
     momentum: SGD momentum.
-    weight_decay: coupled L2 weight decay (added to the gradient, as torch's SGD does).
+    coupled_weight_decay: coupled L2 weight decay (added to the gradient, as torch's SGD does).
     steps: a step budget replacing ``epochs`` (the schedule still runs over ``epochs``).
   """
   epochs: int = 3
   lr: float = 1e-3
   batch_size: int = 64
   momentum: float = 0.9
-  weight_decay: float = 5e-4
+  coupled_weight_decay: float = 5e-4
   steps: int | None = None
 
   def validate(self):
@@ -72,8 +72,8 @@ class RetainFinetuneConfig(CheckedFields):
     check_descent_settings(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, steps=self.steps)
     if not 0.0 <= self.momentum < 1.0:
       raise FamrError(f"momentum must lie in [0, 1), got {self.momentum}")
-    if self.weight_decay < 0:
-      raise FamrError(f"weight_decay must be non-negative, got {self.weight_decay}")
+    if self.coupled_weight_decay < 0:
+      raise FamrError(f"coupled_weight_decay must be non-negative, got {self.coupled_weight_decay}")
     for name in ("init_rate",):
       if hasattr(self, name) and not 0.0 < getattr(self, name) < 1.0:
         raise FamrError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
@@ -93,7 +93,7 @@ class MSGConfig(RetainFinetuneConfig):
     lr: base SGD learning rate (the schedule's peak).
     batch_size: retained samples per step.
     momentum: SGD momentum.
-    weight_decay: coupled L2 weight decay.
+    coupled_weight_decay: coupled L2 weight decay (added to the gradient, as torch's SGD does).
     steps: a step budget replacing ``epochs``.
     init_rate: fraction of each selected layer's weights (smallest ``|gradient|``) re-initialized.
     small_grad_scale: gradient scale of the selected layers' other weights.
@@ -241,7 +241,7 @@ def retain_finetune(apply_fn: ApplyFn, params: Params, x_retain, y_retain, confi
                     desc: str = "fine-tune", meta: dict | None = None) -> DescentResult:
   """Deep Unlearn's fine-tuning: torch-style SGD on the retained cross-entropy, schedule ``kind``."""
   per_epoch = steps_per_epoch(len(y_retain), config.batch_size)
-  optimizer = finetune_optimizer(kind, float(config.lr), float(config.momentum), float(config.weight_decay),
+  optimizer = finetune_optimizer(kind, float(config.lr), float(config.momentum), float(config.coupled_weight_decay),
                                  int(config.epochs), per_epoch)
   data = (np.asarray(x_retain, np.float32), np.asarray(y_retain, np.int32))
   return minibatch_descent(bind_static(scaled_ce_loss, apply_fn), params, data, optimizer, epochs=config.epochs,

@@ -75,10 +75,11 @@ class SCRUBConfig(CheckedFields):
     steps: a per-round step budget: each max phase stops after this many
       steps, each min phase after ``retain_ratio`` times as many (none = one
       pass over the forget set / its retained draw).
-    coupled_weight_decay: L2 weight decay added to the gradient (as
-      PyTorch's ``weight_decay``; the authors' 5e-4). It matters: the student
-      starts *at* the teacher, where ``d`` and its gradient are zero, so the
-      first max steps move only by this decay (and by the min phase after it).
+    coupled_weight_decay: coupled L2 weight decay (added to the gradient, as torch's SGD does).
+
+  The coupled weight decay (the authors' 5e-4) matters: the student starts
+  *at* the teacher, where ``d`` and its gradient are zero, so the first max
+  steps move only by this decay (and by the min phase after it).
   """
   epochs: int = 3
   max_epochs: int = 2
