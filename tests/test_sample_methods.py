@@ -255,7 +255,7 @@ def test_langevin_certifies_a_convex_projected_model_and_says_why_not_otherwise(
   not_convex = langevin.langevin_unlearn(mlp, {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}, x, y, cfg,
                                          jax.random.key(0), show_progress=False).history[-1]
   assert not not_convex["certified"] and "not affine" in not_convex["reason"] and not_convex["epsilon"] is None
-  too_big = langevin.langevin_certificate(f, params, x, LangevinConfig(lr=10.0), 10, jax.random.key(0))
+  too_big = langevin.langevin_certificate(f, params, x, LangevinConfig(lr=10.0, radius=1.0), 10, jax.random.key(0))
   assert not too_big.certified and "too large" in too_big.reason
 
 
