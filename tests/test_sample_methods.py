@@ -256,7 +256,7 @@ def test_langevin_certifies_a_convex_projected_model_and_says_why_not_otherwise(
   not_convex = langevin.langevin_unlearn(mlp, {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}, x, y, cfg,
                                          jax.random.key(0), show_progress=False).history[-1]
   assert not not_convex["certified"] and "not affine" in not_convex["reason"] and not_convex["epsilon"] is None
-  too_big = langevin.langevin_certificate(f, params, x, LangevinConfig(lr=10.0), 10, jax.random.key(0))
+  too_big = langevin.langevin_certificate(f, params, x, LangevinConfig(lr=10.0, radius=1.0), 10, jax.random.key(0))
   assert not too_big.certified and "too large" in too_big.reason
 
 
@@ -329,3 +329,25 @@ def test_sisa_is_refused_where_one_models_params_are_needed():
   from famr_jax.audit.shadows import check_auditable
   with pytest.raises(FamrError, match="shard ensembles"):
     check_auditable(fj.forget_samples([0, 1], 12, 3), ("sisa",))
+
+
+def test_the_audit_farm_unlearns_shadows_with_the_new_methods():
+  import dataclasses as dc
+  from famr_jax import TrainConfig, forget_samples, load_dataset, models
+  from famr_jax.audit.shadows import AuditConfig, train_shadow_farm, unlearn_farm
+  d = load_dataset("digits")
+  d = d._replace(x_train=d.x_train[:160], y_train=d.y_train[:160])
+  m = models.create_model("logistic", 10, d.image_shape)
+  f = models.make_apply_fn(m)
+  req = forget_samples(list(range(8)), 160, 10)
+  farm = train_shadow_farm(m, f, d, req, TrainConfig(epochs=2), AuditConfig(shadows=2), jax.random.key(0))
+  ng = dc.replace(get_method("neggrad+du").default_config("logistic", "samples", 8), epochs=1)
+  vm = unlearn_farm("neggrad+du", ng, farm.originals, f, m, d, req, jax.random.key(1), mode="vmap")
+  lp = unlearn_farm("neggrad+du", ng, farm.originals, f, m, d, req, jax.random.key(1), mode="loop")
+  assert vm.mode == "vmap"
+  for a, b in zip(jax.tree.leaves(vm.params), jax.tree.leaves(lp.params)):   # one program = the runs one by one
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  for name, cfg in (("famr-calibrated", CalibratedFAMRConfig(steps=2)), ("langevin", LangevinConfig(steps=2)),
+                    ("msg", MSGConfig(steps=2, layers="kernels"))):
+    r = unlearn_farm(name, cfg, farm.originals, f, m, d, req, jax.random.key(1))
+    assert r.mode == "loop" and jax.tree.leaves(r.params)[0].shape[0] == 2

@@ -97,6 +97,10 @@ def test_budget_limits_are_honoured(small):
   none_cheap = tuning.tune_on_calibration(["ga"], f, params, d, audited, key=jax.random.key(0), retrain=fit,
                                           trials=2, max_cost_fraction=1e-12)
   assert not any(t["eligible"] for t in none_cheap.trials["ga"]) and "ga" not in none_cheap.frozen
+  # A grid point equal to the defaults (ga's sample defaults: 5 Adam steps at lr 1e-4) is not run twice.
+  same = tuning.tune_on_calibration(["ga"], f, params, d, audited, key=jax.random.key(0), retrain=fit, trials=3,
+                                    search={"ga": {"lr": [1e-4], "steps": [5]}})
+  assert same.budget["trials_run"] == {"ga": 1}
 
 
 def test_bad_tuning_input_is_refused_in_one_line_before_work(small):

@@ -126,12 +126,12 @@ def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.max(np.abs(fa - fb)))
 
 
-def trial_grid(search: Mapping[str, Sequence[Any]], trials: int, key: jax.Array) -> list[dict]:
-  """``trials`` override dicts: ``{}`` (the defaults) first, then distinct grid points in a random order.
+def trial_grid(search: Mapping[str, Sequence[Any]], key: jax.Array) -> list[dict]:
+  """Override dicts: ``{}`` (the defaults) first, then every grid point in a random order.
 
   Example:
     >>> import jax
-    >>> g = trial_grid({"lr": (0.1, 0.2), "steps": (5,)}, 3, jax.random.key(0))
+    >>> g = trial_grid({"lr": (0.1, 0.2), "steps": (5,)}, jax.random.key(0))
     >>> g[0], sorted(d["lr"] for d in g[1:])
     ({}, [0.1, 0.2])
   """
@@ -139,7 +139,7 @@ def trial_grid(search: Mapping[str, Sequence[Any]], trials: int, key: jax.Array)
   points = [dict(zip(names, values)) for values in itertools.product(*(tuple(search[n]) for n in names))]
   points = [p for p in points if p]
   order = np.asarray(jax.random.permutation(key, len(points))) if points else []
-  return [{}] + [points[int(i)] for i in order][:max(0, trials - 1)]
+  return [{}] + [points[int(i)] for i in order]
 
 
 def _as_gold(out: Any, seconds: float) -> Gold:
@@ -189,7 +189,7 @@ def tune_on_calibration(methods: Sequence[str], apply_fn: Callable, params: Any,
     model: the Flax module (methods that need it).
     model_name: a famr-jax model name, for the methods' defaults.
     search: method -> ``{option: values}`` grid (default :data:`DEFAULT_SEARCH`).
-    trials: trials per method, its defaults included.
+    trials: trials per method (distinct configs), its defaults included.
     seconds: wall-clock budget for all trials (None: no limit); each method runs at least one trial.
     max_cost_fraction: trials whose run time exceeds this fraction of the retrain's are not eligible.
     log: where one line per trial goes.
@@ -225,11 +225,15 @@ def tune_on_calibration(methods: Sequence[str], apply_fn: Callable, params: Any,
   configs, frozen, records, runs = {}, {}, {}, {}
   for mi, name in enumerate(methods):
     _, grid = plans[name]
-    spec, rows, best = get_method(name), [], None
-    for ti, overrides in enumerate(trial_grid(grid, trials, jax.random.fold_in(jax.random.fold_in(key, 2), mi))):
-      if ti > 0 and seconds is not None and time.perf_counter() - t_start > seconds:
+    spec, rows, best, tried = get_method(name), [], None, []
+    for overrides in trial_grid(grid, jax.random.fold_in(jax.random.fold_in(key, 2), mi)):
+      ti = len(rows)
+      if ti >= trials or (ti > 0 and seconds is not None and time.perf_counter() - t_start > seconds):
         break
       config = resolve_config(spec, Request(calib.kind, len(calib.indices)), model_name, overrides)
+      if config in tried:   # a grid point equal to the defaults (or to another point) runs once
+        continue
+      tried.append(config)
       row = _trial(spec, config, overrides, apply_fn, params, model, data, calib, ref, conf_ref, gold,
                    jax.random.fold_in(jax.random.fold_in(key, 3), ti), xf, yf, max_cost_fraction)
       rows.append(row)

@@ -53,7 +53,9 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     # Deep Unlearn's MSG and CT recipes are their config classes' defaults.
     "msg": {},
     "ct": {},
-    # Langevin unlearning: its config's defaults (a step under 2 / L for digits' logistic model).
+    # Langevin unlearning: its config's defaults; lr 0.05 is under 2 / L = 0.166 for digits' logistic model
+    # (L = 12.06 by langevin.smoothness_bound). No radius by default (projecting shrinks a larger model): set one
+    # to certify.
     "langevin": {},
     # SISA: 5 shards, each trained with the training recipe's defaults (TrainConfig).
     "sisa": {},

@@ -69,7 +69,9 @@ class LangevinConfig(CheckedFields):
     batch_size: retained samples per step.
     sigma: noise scale: each step adds ``N(0, 2 lr sigma^2)`` to every parameter.
     l2: weight ``m`` of ``m/2 ||theta||^2`` (the strong convexity).
-    radius: radius ``R`` of the ball the params are projected on (global L2 norm; none = no projection).
+    radius: radius ``R`` of the ball the params are projected on (global L2 norm; none = no projection, and
+      then no certificate). Choose it before training: a radius read off the trained params depends on
+      the forget set. Projecting a model whose params are larger shrinks all of them.
     delta: the ``delta`` of the reported ``(epsilon, delta)``.
     steps: a step budget replacing ``epochs``.
   """
@@ -78,7 +80,7 @@ class LangevinConfig(CheckedFields):
   batch_size: int = 64
   sigma: float = 0.01
   l2: float = 0.01
-  radius: float | None = 10.0
+  radius: float | None = None
   delta: float = 1e-5
   steps: int | None = None
 
@@ -312,8 +314,9 @@ def langevin_unlearn(apply_fn: ApplyFn, params: Params, x_retain, y_retain, conf
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np
     >>> x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int32)
-    >>> r = langevin_unlearn(lambda p, x: x @ p, jnp.zeros((3, 2)), x, y, LangevinConfig(epochs=20, lr=0.2, l2=0.1),
-    ...                      jax.random.key(0), show_progress=False)
+    >>> r = langevin_unlearn(lambda p, x: x @ p, jnp.zeros((3, 2)), x, y,
+    ...                      LangevinConfig(epochs=20, lr=0.2, l2=0.1, radius=5.0), jax.random.key(0),
+    ...                      show_progress=False)
     >>> r.history[-1]["certified"], r.history[-1]["epsilon"] > 0
     (True, True)
   """
