@@ -15,6 +15,7 @@ key -- plus the training data for methods that read it, and returns an
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Sequence
+import warnings
 
 import jax
 import numpy as np
@@ -25,7 +26,7 @@ from famr_jax.engine.descent import typed_key
 from famr_jax.errors import FamrError
 from famr_jax.methods.protocol import check_one_model
 from famr_jax.methods.registry import UnlearnTask, get_method, method_names
-from famr_jax.methods.resolve import Request, resolve, run_task
+from famr_jax.methods.resolve import Request, recommended_status, resolve, run_task
 from famr_jax.theory.fisher import has_stored_fisher
 from famr_jax.validation import PROBE_ROWS, check_images, check_labels, check_model
 
@@ -126,6 +127,10 @@ def unlearn(method: str | None, apply_fn: ApplyFn, params: Params, forget: Forge
   Returns:
     An :class:`UnlearnResult`.
 
+  Warns:
+    UserWarning: with no method named, where the audit does not show the recommended one equivalent to
+      retraining (sample requests: :func:`famr_jax.methods.resolve.recommended_status`).
+
   Raises:
     FamrError: an unknown method or option, a missing or malformed input (one line), checked
       before any work (also a request the method cannot serve: samples to a class-only method, no
@@ -144,6 +149,9 @@ def unlearn(method: str | None, apply_fn: ApplyFn, params: Params, forget: Forge
   """
   spec, config, dataset = _resolve(method, forget, data, config, model, model_name, checkpoint, scale, resume,
                                    overrides)
+  status = recommended_status(Request.of(forget, dataset is not None).kind) if method is None else None
+  if status:   # the honest default: a recommended method the audit does not back says so
+    warnings.warn(f"famr-jax: no method named, running {spec.name!r}: {status}", UserWarning, stacklevel=2)
   key = typed_key(key)
   if input_shape is None and dataset is not None:
     input_shape = dataset.image_shape

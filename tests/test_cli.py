@@ -61,13 +61,21 @@ def test_train_unlearn_retrain_evaluate(trained_checkpoint, tmp_path, capsys):
   assert evaluated["metrics"]["forget_acc"] == pytest.approx(report["metrics"]["unlearned"]["forget_acc"])
 
 
-def test_sample_forgetting(trained_checkpoint, tmp_path):
+def test_sample_forgetting(trained_checkpoint, tmp_path, capsys):
   out = tmp_path / "samples"
   assert main(["unlearn", "--checkpoint", str(trained_checkpoint), "--forget-samples", "0,5,9,100",
                "--epochs", "2", "--out", str(out)]) == 0
   report = json.loads((out / "report.json").read_text())
   assert report["forget"] == {"kind": "samples", "classes": [], "num_forget_train": 4}
   assert set(report["metrics"]) == {"original", "unlearned"}
+  # The honest default: no method named, and the audit backs none for samples: the run says so.
+  assert report["method"] == "ga"
+  assert report["audit_status"].startswith("no sample method is shown equivalent to retraining")
+  assert "audit status of ga (no method named): no sample method is shown equivalent" in capsys.readouterr().out
+  named = tmp_path / "named"
+  assert main(["unlearn", "--checkpoint", str(trained_checkpoint), "--forget-samples", "0,5", "--method", "ga",
+               "--out", str(named)]) == 0
+  assert "audit_status" not in json.loads((named / "report.json").read_text())
 
 
 def test_style_forgetting_through_the_cli(trained_checkpoint, tmp_path):

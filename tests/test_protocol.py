@@ -300,3 +300,22 @@ def test_the_report_records_the_resolved_config(small_checkpoint, tmp_path):
                                data=(np.zeros((200, 8, 8, 1), np.float32), np.arange(10).repeat(20)),
                                model=object(), model_name="logistic")
   assert report["method"] == "ga" and report["config"]["method"] == dataclasses.asdict(expected)
+
+
+def test_the_default_says_when_the_audit_does_not_back_it():
+  # The honest default: no method named on a sample request runs ga and warns that the audit shows no sample
+  # method equivalent to retraining; a named method, and the class default, say nothing.
+  x = np.eye(3, dtype=np.float32).repeat(10, 0).reshape(30, 3, 1, 1)
+  y = np.arange(3).repeat(10)
+  apply_fn = lambda p, x: x.reshape(len(x), -1) @ p["w"]   # noqa: E731
+  params = {"w": 4.0 * jnp.eye(3)}
+  samples = fj.forget_samples([0, 11], 30, 3)
+  with pytest.warns(UserWarning, match="no method named, running 'ga': no sample method is shown equivalent"):
+    r = fj.unlearn(None, apply_fn, params, samples, jax.random.key(0), data=(x, y))
+  assert r.method == "ga"
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", UserWarning)
+    fj.unlearn("ga", apply_fn, params, samples, jax.random.key(0), data=(x, y))
+    assert fj.unlearn(None, apply_fn, params, fj.forget_classes(y, [1], 3), jax.random.key(0), data=(x, y),
+                      epochs=1).method == "famr-plus"

@@ -316,6 +316,8 @@ def _print_summary(rep: dict, out: str) -> None:
   if "retrain" in t and t.get("unlearn"):
     print(f"unlearning was {t['retrain'] / t['unlearn']:.1f}x faster than retraining")
   print(f"wrote {os.path.abspath(out)}/report.json, forgetting.png, class_accuracy.png")
+  if rep.get("audit_status"):
+    print(f"audit status of {rep['method']} (no method named): {rep['audit_status']}")
   _print_resources(rep.get("config"))
 
 

@@ -32,7 +32,7 @@ from famr_jax.io.outputs import (check_disjoint, check_output_target, is_famr_ou
 from famr_jax.io.saved_model import absolute_data, checkpoint_data, load_model as load_saved_model
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
 from famr_jax.methods.protocol import check_one_model
-from famr_jax.methods.resolve import Request, resolve
+from famr_jax.methods.resolve import Request, recommended_status, resolve
 from famr_jax.theory.fisher import has_stored_fisher
 from famr_jax.evaluation.metrics import evaluate_unlearning
 from famr_jax.engine.parallel import ScaleConfig, peak_memory, scale_description
@@ -402,7 +402,7 @@ def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, para
                         timings: dict, compile_times: dict, show_progress: bool,
                         base_metadata: dict, scale: ScaleConfig | None = None,
                         resume: ResumeConfig | None = None, out: str | None = None,
-                        checkpoint: str | None = None) -> dict:
+                        checkpoint: str | None = None, audit_status: str | None = None) -> dict:
   """Shared tail of ``unlearn`` and ``demo``: unlearn (:func:`famr_jax.unlearn`), retrain, evaluate, write."""
   resume = resume or ResumeConfig()
   result = famr_jax.unlearn(method, apply_fn, params, forget, jax.random.key(seed), data=data, config=method_config,
@@ -439,6 +439,8 @@ def _unlearn_and_report(*, staging: Path, model_name: str, model, apply_fn, para
               "train": config_dict(train_config), "data": config_dict(data_config),
               **resources_report(scale)},
       metrics=metrics, timings_s={**timings, "compile": compile_times}, history=result.history)
+  if audit_status:   # the recommended method ran and the audit does not back it: the report says so
+    rep["audit_status"] = audit_status
   report.write_json(staging / "report.json", rep)
   report.plot_forgetting(result.history, staging / "forgetting.png",
                          title=f"{method} on {data.name} / {model_name}: forgetting {list(forget.classes) or 'samples'}")
@@ -482,6 +484,7 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
   metadata = checkpoints.read_metadata(run.checkpoint)
   has_fisher = has_stored_fisher(run.checkpoint)
   spec, _ = resolve_unlearn(run, metadata.get("model", ""), unlearn_request(run), has_fisher)   # refusals first
+  status = recommended_status(unlearn_request(run).kind) if run.method is None else None
   run = dataclasses.replace(run, method=spec.name)
   _check_scale(run)
   check_output_target(run.out, run.overwrite, inputs=(run.checkpoint,))
@@ -504,7 +507,7 @@ def unlearn_model(run: UnlearnRun, *, show_progress: bool = True) -> dict:
         base_metadata={k: v for k, v in loaded.metadata.items()
                        if k not in ("param_shapes", "extras", "format", "history")},
         scale=run.scale, resume=run.resume, out=run.out,
-        checkpoint=str(Path(run.checkpoint).expanduser().resolve()))
+        checkpoint=str(Path(run.checkpoint).expanduser().resolve()), audit_status=status)
   _finish_resume(run.resume, run.out)
   return rep
 

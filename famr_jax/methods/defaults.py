@@ -132,6 +132,15 @@ def scale_step_budget(config: Any, num_forget: int) -> Any:
 # Read through famr_jax.methods.resolve.recommended_method, the one place a method is chosen.
 RECOMMENDED: dict[str, str] = {"classes": "famr-plus", "samples": "ga", "zero-shot": "impressions"}
 
+# What the audit says of a recommended method, said whenever it runs because no method was named (the
+# honest default: where no method is shown equivalent to retraining, the run says so). None: no claim.
+RECOMMENDED_STATUS: dict[str, str | None] = {
+    "classes": None, "zero-shot": None,
+    "samples": ("no sample method is shown equivalent to retraining by the audit (docs/results.md: digits MLP, "
+                "random 10%, 64 shadow models per group, 3 farm seeds); the default ga is as exposed as the "
+                "untouched model; for an exact deletion use method 'retrain'"),
+}
+
 
 def default_overrides(method: str, model_name: str = "", kind: str = "classes") -> Mapping[str, Any]:
   """The table's settings for ``method`` on model ``model_name`` and a request of ``kind``.

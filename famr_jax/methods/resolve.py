@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 from famr_jax.data.forget import ForgetSet
 from famr_jax.engine.progress import method_label
 from famr_jax.errors import FamrError
-from famr_jax.methods.defaults import RECOMMENDED, default_overrides, scale_step_budget
+from famr_jax.methods.defaults import RECOMMENDED, RECOMMENDED_STATUS, default_overrides, scale_step_budget
 from famr_jax.methods.protocol import REQUEST_KINDS, MethodSpec, UnlearnTask, with_overrides
 from famr_jax.methods.registry import get_method, method_names
 from famr_jax.theory.fisher import missing_fisher_message
@@ -85,6 +85,19 @@ def recommended_method(kind: str, options: Iterable[str] = ()) -> str:
     if kind in spec.serves and options <= _field_names(spec.config_cls):
       return name
   return first   # no method has them all: the recommended one names the options it lacks
+
+
+def recommended_status(kind: str) -> str | None:
+  """What the audit says of the method a request of ``kind`` runs when none is named (None: no claim).
+
+  Example:
+    >>> recommended_status("samples").startswith("no sample method is shown equivalent to retraining")
+    True
+    >>> recommended_status("classes") is None
+    True
+  """
+  _check_kind(kind)
+  return RECOMMENDED_STATUS[kind]
 
 
 def resolve_method(method: str | MethodSpec | None, kind: str, options: Iterable[str] = ()) -> MethodSpec:
