@@ -125,9 +125,8 @@ def test_committed_results_hold_no_absolute_paths():
 def _api_board():
   parts, params, x, y = _toy()
   data = fj.Dataset("toy", x, y, x, y, 3, (2, 2, 1), ("a", "b", "c"))
-  ga = dataclasses.replace(fj.get_method("ga").default_config(), epochs=1)
   return fj.compare(["ga"], parts.apply_fn, params, data, fj.forget_classes(y, [1], 3),
-                    retrain=lambda xr, yr, key: params, configs={"ga": ga})
+                    retrain=lambda xr, yr, key: params, configs={"ga": fj.get_method("ga").config_cls(epochs=1)})
 
 
 def test_format_leaderboard_of_an_api_board():
