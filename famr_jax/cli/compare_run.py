@@ -35,7 +35,7 @@ from famr_jax.engine.resume import data_digest
 from famr_jax.methods.defaults import scale_step_budget
 from famr_jax.io.outputs import check_disjoint, check_output_target, staged_directory
 from famr_jax import models
-from famr_jax.cli.runs import load_model, recorded_train_config, retrain_gold_standard, stats_extras
+from famr_jax.workflows import load_model, recorded_train_config, retrain_gold_standard, stats_extras
 from famr_jax.theory.fisher import missing_fisher_message
 from famr_jax.version import __version__
 
