@@ -78,7 +78,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   if args.checkpoint:
-    from famr_jax.cli.runs import load_model
+    from famr_jax.workflows import load_model
     loaded = load_model(args.checkpoint)
     model, params, shape, num_classes = (loaded.model, loaded.params, loaded.data.image_shape,
                                          loaded.data.num_classes)

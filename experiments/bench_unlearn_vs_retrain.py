@@ -21,7 +21,7 @@ from famr_jax import models
 from famr_jax.errors import FamrError
 from famr_jax.data.forget import forget_classes
 from famr_jax.evaluation.metrics import evaluate_unlearning
-from famr_jax.cli.runs import DataConfig, load_model, retrain_gold_standard
+from famr_jax.workflows import DataConfig, load_model, retrain_gold_standard
 from famr_jax.engine.training import TrainConfig, train_classifier
 from famr_jax.methods.famr import famr_unlearn
 from famr_jax.methods.resolve import Request, resolve_config

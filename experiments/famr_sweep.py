@@ -25,7 +25,7 @@ import numpy as np
 
 from famr_jax.errors import FamrError
 from famr_jax.data.forget import forget_classes
-from famr_jax.cli.runs import load_model
+from famr_jax.workflows import load_model
 from famr_jax.methods.famr import FAMRConfig, famr_unlearn
 
 

@@ -24,7 +24,7 @@ from famr_jax.theory.curvature import tree_norm
 from famr_jax.errors import FamrError
 from famr_jax.theory.influence import forget_gradient
 from famr_jax.evaluation.metrics import batched_apply
-from famr_jax.cli.runs import load_model
+from famr_jax.workflows import load_model
 
 
 def main(argv=None) -> int:

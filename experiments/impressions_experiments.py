@@ -42,7 +42,7 @@ from famr_jax.errors import FamrError
 from famr_jax.data.forget import forget_classes
 from famr_jax.methods.impressions import save_impression_grid
 from famr_jax.evaluation.metrics import evaluate_unlearning
-from famr_jax.cli.runs import DataConfig, load_model, retrain_gold_standard
+from famr_jax.workflows import DataConfig, load_model, retrain_gold_standard
 from famr_jax.engine.training import TrainConfig, train_classifier
 from famr_jax.methods.zero_shot import (ZeroShotConfig, ZeroShotFAMRConfig, famr_zero_shot_unlearn,
                                 first_responsive_layer, zero_shot_unlearn)

@@ -38,7 +38,7 @@ from famr_jax.cli.compare_run import CompareRun, seed_forget_set
 from famr_jax.evaluation.leaderboard import gold_reference, score_against_gold
 from famr_jax.errors import FamrError
 import famr_jax as fj
-from famr_jax.cli.runs import load_model, retrain_gold_standard
+from famr_jax.workflows import load_model, retrain_gold_standard
 from famr_jax.engine.training import TrainConfig
 
 # The papers' settings of SCRUB (Kurmanji et al.; the authors' code) and SSD (Foster et al.).

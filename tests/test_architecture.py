@@ -47,8 +47,9 @@ RANK = {
     'methods': 6,
     'audit': 7,
     'evaluation': 8,
-    'root': 9,
-    'cli': 10,
+    'workflows': 9,   # famr_jax/workflows.py: a checkpoint with its data, the gold retrain
+    'root': 10,
+    'cli': 11,
 }
 # Foundation subpackages: besides their own modules they may import only these. io restores saved
 # models (it builds a model and reads a data set's description), so it may import data and models.

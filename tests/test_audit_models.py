@@ -9,7 +9,7 @@ from famr_jax import models
 from famr_jax.audit import challenge
 from famr_jax.audit.audit import INDEPENDENT_RETRAIN_ROW, ORIGINAL_ROW, REFERENCE_ROW, EvidenceConfig, audit_request
 from famr_jax.audit.shadows import AuditConfig, model_keys, train_models, train_shadow_farm
-from famr_jax.cli.runs import train_and_recompute
+from famr_jax.workflows import train_and_recompute
 from famr_jax.data.datasets import load_dataset
 from famr_jax.data.forget import forget_samples
 from famr_jax.engine.training import TrainConfig, train_classifier

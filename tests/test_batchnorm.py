@@ -78,7 +78,7 @@ def test_recompute_batch_stats_is_the_population_mean_and_variance(tiny):
 
 
 def test_training_from_scratch_recomputes_the_statistics(tiny):
-  from famr_jax.cli.runs import train_and_recompute
+  from famr_jax.workflows import train_and_recompute
   from famr_jax.engine.training import TrainConfig
   x, y = tiny.data.x_train, tiny.data.y_train
   result, model, apply_fn = train_and_recompute(tiny.bound, models.make_apply_fn(tiny.bound), tiny.params, x, y,
@@ -95,7 +95,7 @@ def test_training_from_scratch_recomputes_the_statistics(tiny):
 def test_the_gold_standard_retrain_gets_its_own_statistics(tiny):
   """compare's retrained model: trained with batch statistics, evaluated with statistics recomputed on the
   retained data (NumPy), never with the original's."""
-  from famr_jax.cli.runs import retrain_gold_standard
+  from famr_jax.workflows import retrain_gold_standard
   from famr_jax.data.forget import forget_classes
   from famr_jax.engine.training import TrainConfig
   forget = forget_classes(tiny.data.y_train, [3], 10)

@@ -409,7 +409,7 @@ def test_damaged_resume_step_falls_back_to_an_older_one(trained, tmp_path, caplo
 
 def test_gold_cache_key_is_the_contents_not_the_path(trained, tmp_path):
   from famr_jax.cli.compare_run import _gold_key, content_digest
-  from famr_jax.cli.runs import load_model
+  from famr_jax.workflows import load_model
   from famr_jax.data.forget import forget_classes
   from famr_jax.engine.training import TrainConfig
 

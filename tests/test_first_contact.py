@@ -212,7 +212,8 @@ def folder_checkpoint(tmp_path_factory):
 
 def test_forget_classes_take_the_class_names(folder_checkpoint, capsys):
   from famr_jax.cli.main import main
-  from famr_jax.cli.runs import UnlearnRun, load_model, make_forget_set
+  from famr_jax.cli.runs import UnlearnRun, make_forget_set
+  from famr_jax.workflows import load_model
   _, ckpt = folder_checkpoint
   assert main(["evaluate", "--checkpoint", str(ckpt), "--forget-classes", "Sneaker,Bag", "--json"]) == 0
   assert json.loads(capsys.readouterr().out)["forget_classes"] == [0, 2]   # sorted ids of Bag, Sneaker

@@ -36,7 +36,7 @@ from famr_jax.io.outputs import portable_path
 from famr_jax.engine.resume import data_digest
 from famr_jax.io.outputs import check_disjoint, check_output_target, staged_directory
 from famr_jax import models
-from famr_jax.cli.runs import load_model, recorded_train_config, retrain_gold_standard, stats_extras
+from famr_jax.workflows import load_model, recorded_train_config, retrain_gold_standard, stats_extras
 from famr_jax.version import __version__
 
 

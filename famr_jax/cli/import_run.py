@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from famr_jax.cli.runs import DataConfig, config_dict
+from famr_jax.workflows import DataConfig, config_dict
 from famr_jax.engine.training import TrainConfig
 from famr_jax.errors import FamrError
 from famr_jax.io.saved_model import absolute_data

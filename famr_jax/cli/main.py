@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
   """The ``famr-jax`` argument parser."""
   from famr_jax.cli import flags as cf
   from famr_jax.methods.registry import method_names
-  from famr_jax.cli.runs import DataConfig, DemoRun, TrainRun, UnlearnRun
+  from famr_jax.cli.runs import DemoRun, TrainRun, UnlearnRun
+  from famr_jax.workflows import DataConfig
   from famr_jax.engine.parallel import ScaleConfig
   from famr_jax.engine.resume import ResumeConfig
   from famr_jax.engine.training import TrainConfig
@@ -143,7 +144,7 @@ def _add_import_command(sub, cf) -> None:
 
 def _cmd_import(args) -> int:
   from famr_jax.cli.import_run import ImportRun, import_model
-  from famr_jax.cli.runs import DataConfig
+  from famr_jax.workflows import DataConfig
   data = None if args.dataset is None else DataConfig(args.dataset, args.data_dir, args.max_train, args.max_test)
   run = ImportRun(args.source, args.weights, args.out, args.image_size, args.num_classes, args.seed,
                   args.overwrite, data)
@@ -188,7 +189,8 @@ def _theory_config():
 
 def _cmd_demo(args) -> int:
   from famr_jax.cli import flags as cf
-  from famr_jax.cli.runs import DataConfig, DemoRun, run_demo
+  from famr_jax.cli.runs import DemoRun, run_demo
+  from famr_jax.workflows import DataConfig
   from famr_jax.engine.training import TrainConfig
   from famr_jax.methods.famr import FAMRConfig
   from famr_jax.methods.resolve import Request, resolve_config
@@ -208,7 +210,8 @@ def _cmd_demo(args) -> int:
 
 def _cmd_train(args) -> int:
   from famr_jax.cli import flags as cf
-  from famr_jax.cli.runs import DataConfig, TrainRun, train_model
+  from famr_jax.cli.runs import TrainRun, train_model
+  from famr_jax.workflows import DataConfig
   from famr_jax.engine.training import TrainConfig
 
   run = dataclasses.replace(cf.build_config(TrainRun, args, exclude=("data", "train", "scale", "resume")),

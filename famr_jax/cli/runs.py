@@ -15,7 +15,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -24,12 +24,12 @@ import famr_jax
 from famr_jax import models
 from famr_jax.io import checkpoints
 from famr_jax.evaluation import report
-from famr_jax.data.datasets import Dataset, load_dataset
+from famr_jax.data.datasets import Dataset
 from famr_jax.errors import FamrError
-from famr_jax.validation import CheckedFields, nonfinite_leaf
+from famr_jax.validation import CheckedFields
 from famr_jax.io.outputs import (check_disjoint, check_output_target, is_famr_output, remove_resume_steps,
                                  staged_directory)
-from famr_jax.io.saved_model import absolute_data, checkpoint_data, load_model as load_saved_model
+from famr_jax.io.saved_model import absolute_data
 from famr_jax.data.forget import ForgetSet, forget_classes, forget_random, forget_samples
 from famr_jax.methods.protocol import check_one_model
 from famr_jax.methods.resolve import Request, recommended_status, resolve
@@ -37,38 +37,13 @@ from famr_jax.theory.fisher import has_stored_fisher
 from famr_jax.evaluation.metrics import evaluate_unlearning
 from famr_jax.engine.parallel import ScaleConfig, peak_memory, scale_description
 from famr_jax.engine.resume import ResumeConfig
-from famr_jax.engine.training import TrainConfig, check_finite, train_classifier
+from famr_jax.engine.training import TrainConfig
 from famr_jax.engine.forward import batched_apply
+from famr_jax.workflows import (DataConfig, build_model, config_dict, load_model, recorded_train_config, stats_extras,
+                                train_and_recompute)
 
 
 # ----------------------------------------------------------------------------- configs
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig(CheckedFields):
-  """Which data set a run uses.
-
-  Attributes:
-    dataset: ``digits``, ``fashion_mnist``, ``idx:DIR``, ``tfds:NAME`` or ``folder:DIR``.
-    data_dir: where to look for the data set's files.
-    max_train: optional stratified subsample of the training set (quick runs).
-    max_test: optional stratified subsample of the test set.
-    image_size: resize (tfds) or centre-crop (folder) every image to this square side.
-  """
-  dataset: str = "digits"
-  data_dir: str | None = None
-  max_train: int | None = None
-  max_test: int | None = None
-  image_size: int | None = None
-
-  def load(self, seed: int = 0, preprocessing: dict | None = None) -> Dataset:
-    """Loads the data set and refuses NaN/inf inputs (``preprocessing``: a checkpoint's image recipe)."""
-    data = load_dataset(self.dataset, data_dir=self.data_dir, max_train=self.max_train,
-                        max_test=self.max_test, seed=seed, image_size=self.image_size,
-                        preprocessing=preprocessing)
-    check_finite(f"data set {self.dataset}", data.x_train)
-    check_finite(f"data set {self.dataset}", data.x_test)
-    return data
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainRun(CheckedFields):
@@ -148,17 +123,6 @@ class DemoRun(CheckedFields):
 
 # ----------------------------------------------------------------------------- helpers
 
-def build_model(name: str, data: Dataset, overrides: dict | None = None):
-  """Model, apply_fn for a data set (one place that knows the models package)."""
-  model = models.create_model(name, data.num_classes, data.image_shape, **(overrides or {}))
-  return model, models.make_apply_fn(model)
-
-
-def config_dict(config: Any) -> dict:
-  """A dataclass config as a JSON-ready dict."""
-  return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {})
-
-
 def _model_metadata(model_name: str, data_config: DataConfig, data: Dataset, train: TrainConfig,
                     seed: int, train_s: float, compile_s: float, test_acc: float) -> dict:
   return {
@@ -175,59 +139,6 @@ def _model_metadata(model_name: str, data_config: DataConfig, data: Dataset, tra
   }
 
 
-@dataclasses.dataclass(frozen=True)
-class LoadedModel:
-  """A checkpoint restored with its model and data set."""
-  model: Any
-  apply_fn: Any
-  params: Any
-  metadata: dict
-  data: Dataset
-
-
-def load_model(checkpoint: str | os.PathLike) -> LoadedModel:
-  """Restores a ``famr-jax train`` checkpoint, its model and its data set.
-
-  A checkpoint whose params do not match the architecture its metadata
-  names is refused with a one-line :class:`FamrError`.
-  """
-  saved = load_saved_model(checkpoint)
-  metadata = saved.metadata
-  if "data" not in metadata:
-    raise FamrError(f"{checkpoint} records no data set (its metadata has no 'data')")
-  metadata = {**metadata, "data": checkpoint_data(metadata, checkpoint)}   # relative paths resolved
-  data_config = DataConfig(**metadata["data"])
-  data = data_config.load(seed=int(metadata.get("seed", 0)), preprocessing=metadata.get("preprocessing"))
-  if data.num_classes != metadata["num_classes"] or list(data.image_shape) != list(metadata["image_shape"]):
-    raise FamrError(f"data set {data_config.dataset} no longer matches the checkpoint "
-                    f"({data.num_classes} classes {data.image_shape} vs {metadata['num_classes']} "
-                    f"{tuple(metadata['image_shape'])})")
-  model, apply_fn, params = saved.model, saved.apply_fn, saved.params
-  bad = nonfinite_leaf(params)
-  if bad is not None:
-    raise FamrError(f"{checkpoint} holds non-finite params (NaN or inf in {bad}): it is a diverged model")
-  return LoadedModel(model, apply_fn, params, metadata, data)
-
-
-def recorded_train_config(metadata: dict, where: Any) -> TrainConfig:
-  """The training recipe a checkpoint records, checked (known keys, typed) like any untrusted input."""
-  recipe = metadata.get("train_config")
-  fields = {f.name for f in dataclasses.fields(TrainConfig)}
-  if not isinstance(recipe, dict) or not set(recipe) <= fields:
-    raise FamrError(f"{where}: the checkpoint metadata is invalid: train_config must be a table with keys "
-                    f"among {', '.join(sorted(fields))}")
-  timings = metadata.get("timings_s")
-  if not (isinstance(timings, dict) and isinstance(timings.get("train"), (int, float))
-          and isinstance(timings.get("compile", 0.0), (int, float))):
-    raise FamrError(f"{where}: the checkpoint metadata is invalid: timings_s must hold numbers")
-  try:
-    config = TrainConfig(**recipe)
-    config.validate()
-  except (TypeError, ValueError) as e:
-    raise FamrError(f"{where}: the checkpoint metadata is invalid: train_config: {str(e).splitlines()[0]}") from None
-  return config
-
-
 def make_forget_set(run: UnlearnRun | DemoRun, data: Dataset) -> ForgetSet:
   """The validated forget set of a run (exactly one of classes / samples / random)."""
   given = [bool(run.forget_classes), bool(getattr(run, "forget_samples", ())),
@@ -240,50 +151,6 @@ def make_forget_set(run: UnlearnRun | DemoRun, data: Dataset) -> ForgetSet:
     return forget_samples(run.forget_samples, len(data.y_train), data.num_classes)
   return forget_random(jax.random.fold_in(jax.random.key(run.seed), 1), run.forget_random,
                        len(data.y_train), data.num_classes)
-
-
-def stats_extras(model) -> dict:
-  """``{"batch_stats": ...}`` for a checkpoint of a BatchNorm model (its bound statistics), else ``{}``."""
-  stats = models.batch_stats_of(model)
-  return {} if stats is None else {models.BATCH_STATS: stats}
-
-
-def train_and_recompute(model, apply_fn, params, x, y, train: TrainConfig, key, **kwargs):
-  """Trains from scratch; a BatchNorm model trains with batch statistics, then gets recomputed running ones.
-
-  Returns:
-    ``(DescentResult, model, apply_fn)``: the model bound to its recomputed
-    statistics and its eval-mode ``apply_fn`` (unchanged without BatchNorm).
-  """
-  if not models.has_batch_norm(model):
-    return train_classifier(apply_fn, params, x, y, train, key, **kwargs), model, apply_fn
-  result = train_classifier(models.make_train_apply_fn(model), params, x, y, train, key, **kwargs)
-  model = models.with_batch_stats(model, models.recompute_batch_stats(model, result.params, x))
-  return result, model, models.make_apply_fn(model)
-
-
-class RetrainedModel(NamedTuple):
-  """A gold-standard retrain: its params, cost and the model / ``apply_fn`` it is evaluated with."""
-  params: Any
-  run_s: float
-  compile_s: float
-  history: list
-  model: Any      # a BatchNorm model is bound to its own recomputed statistics, not the original's
-  apply_fn: Any
-
-
-def retrain_gold_standard(model, apply_fn, data: Dataset, forget: ForgetSet, train: TrainConfig,
-                          seed: int, show_progress: bool = True, *, scale: ScaleConfig | None = None,
-                          resume: ResumeConfig | None = None) -> RetrainedModel:
-  """The gold standard: the original recipe on the retained data, from a fresh init (a BatchNorm model
-  trains with batch statistics and gets its own running statistics, see :func:`train_and_recompute`)."""
-  keep = forget.retain_mask(len(data.y_train))
-  init = models.init_params(model, jax.random.key(seed), data.image_shape)
-  result, gold_model, gold_apply_fn = train_and_recompute(
-      model, apply_fn, init, data.x_train[keep], data.y_train[keep], train,
-      jax.random.fold_in(jax.random.key(seed), 7), show_progress=show_progress,
-      desc="retrain (gold standard)", scale=scale, resume=resume)
-  return RetrainedModel(result.params, result.run_s, result.compile_s, result.history, gold_model, gold_apply_fn)
 
 
 def resume_directory(out: str | os.PathLike) -> Path:

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from famr_jax.cli.compare_run import check_forget_request, seed_forget_set
-from famr_jax.cli.runs import load_model, recorded_train_config, retrain_gold_standard
+from famr_jax.workflows import load_model, recorded_train_config, retrain_gold_standard
 from famr_jax.errors import FamrError
 from famr_jax.evaluation.report import write_json
 from famr_jax.evaluation.tuning import tune_on_calibration

@@ -334,13 +334,12 @@ _RESTORE_LEFTOVERS = ("Encountered error while reading array index", "Event loop
 
 
 def _quiet_restore_leftovers() -> None:
-  """Drops (from then on) the unraisable exceptions of a failed restore's abandoned reads, then collects them.
+  """Drops (from then on) the unraisable exceptions and tracebacks of a failed restore's abandoned reads.
 
   They are raised while an abandoned coroutine is closed, at a garbage collection or at exit, where
   Python prints them as "Exception ignored in" tracebacks after the one-line error; nothing can
   retrieve them. Any other unraisable exception still goes to the previous hook.
   """
-  import gc
   import sys
   leftover = lambda exc: any(text in str(exc) for text in _RESTORE_LEFTOVERS)
   if not getattr(sys.unraisablehook, "famr_restore_leftovers", False):
@@ -356,11 +355,14 @@ def _quiet_restore_leftovers() -> None:
     except_hook = sys.excepthook
 
     def on_exception(kind, value, traceback):
-      if not leftover(value):
+      import threading
+      import traceback as tb
+      late_read = (leftover(value) and threading.current_thread() is not threading.main_thread()
+                   and any(frame.name == "call_soon_threadsafe" for frame in tb.extract_tb(traceback)))
+      if not late_read:   # anything else, an uncaught error of the program above all, is printed as ever
         except_hook(kind, value, traceback)
     on_exception.famr_restore_leftovers = True
     sys.excepthook = on_exception
-  gc.collect()
 
 
 def restore_failure(error: BaseException) -> str:
@@ -389,13 +391,15 @@ def restore_failure(error: BaseException) -> str:
 
 def _restore(checkpointer, folder: Path, abstract) -> Params:
   """One Orbax restore; a truncated or corrupt file is one line naming the folder, not a traceback."""
+  import gc
   if not folder.is_dir():
     raise FamrError(f"{folder} is missing: the checkpoint is incomplete")
+  _quiet_restore_leftovers()   # before: the abandoned reads of a failure may report while it unwinds
   try:
     return checkpointer.restore(folder, abstract)
   except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for damaged files
     reason = restore_failure(e)
-  _quiet_restore_leftovers()
+  gc.collect()   # the abandoned reads are closed now, quietly
   raise FamrError(f"cannot read the arrays in {folder}: corrupt or truncated ({reason})")
 
 
