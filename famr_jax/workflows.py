@@ -121,6 +121,21 @@ def recorded_train_config(metadata: dict, where: Any) -> TrainConfig:
   return config
 
 
+def original_recipe(checkpoint: str | os.PathLike, command: str) -> tuple[dict, TrainConfig]:
+  """The metadata and training recipe of an original checkpoint, for a ``command`` that retrains it.
+
+  Raises:
+    FamrError: the checkpoint is an unlearned model, or records no training recipe (one line).
+  """
+  from famr_jax.io import checkpoints
+  metadata = checkpoints.read_metadata(checkpoint)
+  if "unlearned" in metadata:
+    raise FamrError(f"{checkpoint} is already an unlearned model; {command} from the original checkpoint")
+  if "train_config" not in metadata:
+    raise FamrError(f"{checkpoint} records no training recipe, so the retrained reference cannot be made")
+  return metadata, recorded_train_config(metadata, checkpoint)
+
+
 def stats_extras(model) -> dict:
   """``{"batch_stats": ...}`` for a checkpoint of a BatchNorm model (its bound statistics), else ``{}``."""
   stats = models.batch_stats_of(model)

@@ -36,7 +36,7 @@ from famr_jax.io.outputs import portable_path
 from famr_jax.engine.resume import data_digest
 from famr_jax.io.outputs import check_disjoint, check_output_target, staged_directory
 from famr_jax import models
-from famr_jax.workflows import load_model, recorded_train_config, retrain_gold_standard, stats_extras
+from famr_jax.workflows import load_model, original_recipe, retrain_gold_standard, stats_extras
 from famr_jax.version import __version__
 
 
@@ -232,12 +232,7 @@ def run_compare(run: CompareRun, *, flags: Mapping[str, Any] | None = None, show
   if run.gold_cache:
     check_disjoint(run.out, run.gold_cache, "the output", "the gold cache")
     check_disjoint(run.checkpoint, run.gold_cache, "the checkpoint", "the gold cache")
-  metadata = checkpoints.read_metadata(run.checkpoint)
-  if "unlearned" in metadata:
-    raise FamrError(f"{run.checkpoint} is already an unlearned model; compare from the original checkpoint")
-  if "train_config" not in metadata:
-    raise FamrError(f"{run.checkpoint} records no training recipe, so the gold standard cannot be retrained")
-  train_config = recorded_train_config(metadata, run.checkpoint)
+  metadata, train_config = original_recipe(run.checkpoint, "compare")
   methods, options, fixed = board_plan(run, metadata, train_config, flags=flags, per_method=per_method, log=log)
   for name in ("shadows", "audit_seeds", "audit_margin"):
     if run.audit is None and getattr(run, name) != getattr(CompareRun, name):

@@ -17,11 +17,10 @@ import jax
 import numpy as np
 
 from famr_jax.cli.compare_run import check_forget_request, seed_forget_set
-from famr_jax.workflows import load_model, recorded_train_config, retrain_gold_standard
+from famr_jax.workflows import load_model, original_recipe, retrain_gold_standard
 from famr_jax.errors import FamrError
 from famr_jax.evaluation.report import write_json
 from famr_jax.evaluation.tuning import tune_on_calibration
-from famr_jax.io import checkpoints
 from famr_jax.io.outputs import check_output_target, portable_path, staged_directory
 from famr_jax.methods.registry import get_method
 from famr_jax.validation import CheckedFields
@@ -101,12 +100,7 @@ def run_tune(run: TuneRun, *, show_progress: bool = False, log=print) -> dict:
     raise FamrError(f"--audit-seeds must be positive, got {run.audit_seeds}")
   search = read_search(run.search)
   check_output_target(run.out, run.overwrite, inputs=(run.checkpoint,))
-  metadata = checkpoints.read_metadata(run.checkpoint)
-  if "unlearned" in metadata:
-    raise FamrError(f"{run.checkpoint} is already an unlearned model; tune from the original checkpoint")
-  if "train_config" not in metadata:
-    raise FamrError(f"{run.checkpoint} records no training recipe, so the reference cannot be retrained")
-  train_config = recorded_train_config(metadata, run.checkpoint)
+  metadata, train_config = original_recipe(run.checkpoint, "tune")
   with staged_directory(run.out, run.overwrite, command="tune", inputs=(run.checkpoint,)) as staging:
     loaded = load_model(run.checkpoint)
     audited = [seed_forget_set(run, loaded.data, k) for k in range(max(run.seeds, run.audit_seeds))]
