@@ -15,6 +15,7 @@ import numpy as np
 
 from famr_jax.audit.audit import INDEPENDENT_RETRAIN_ROW, ORIGINAL_ROW
 from famr_jax.audit.evidence import CHANCE, POWER_SDS
+from famr_jax.evaluation.report import place_labels
 
 _FLOOR_PERCENT = 0.01   # where the untouched original (no cost) sits on the log cost axis
 
@@ -50,14 +51,14 @@ def plot_audit(board: Mapping[str, Any], path: str | os.PathLike) -> dict[str, d
   ax.axhline(CHANCE, color="0.4", lw=0.8)
   for m in (-margin, margin):
     ax.axhline(CHANCE + m, color="0.4", lw=0.8, ls="--", label=f"equivalence margin ± {margin:g}" if m > 0 else None)
-  drawn = {}
+  drawn, labels = {}, []
   for row, fields in pooled["rows"].items():
     auc, (lo, hi) = float(fields["ulira_auc"]), fields["ulira_auc_ci"]
     x = _cost_percent(board, row)
     style = ({"fmt": "*", "color": "tab:red", "markersize": 12} if row == ORIGINAL_ROW else
              {"fmt": "s", "color": "tab:green"} if row == INDEPENDENT_RETRAIN_ROW else {"fmt": "o", "color": "tab:blue"})
     bars = ax.errorbar([x], [auc], yerr=[[auc - lo], [hi - auc]], capsize=4, **style)
-    ax.annotate(f"{row}: {fields['verdict']}", (x, auc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    labels.append((f"{row}: {fields['verdict']}", (x, auc)))
     segment = bars.lines[2][0].get_segments()[0]
     drawn[row] = {"auc": float(bars.lines[0].get_ydata()[0]), "lo": float(segment[0][1]),
                   "hi": float(segment[1][1]), "cost_percent": float(bars.lines[0].get_xdata()[0])}
@@ -71,6 +72,7 @@ def plot_audit(board: Mapping[str, Any], path: str | os.PathLike) -> dict[str, d
                f"pick: {board.get('pick')}", fontsize=9)
   ax.legend(loc="best", fontsize=8)
   fig.tight_layout()
+  place_labels(ax, [p for _, p in labels], [t for t, _ in labels])   # in the final layout, never overlapping
   fig.savefig(path, dpi=120)
   plt.close(fig)
   # the band in data coordinates (a Rectangle in matplotlib >= 3.9, a Polygon before)
