@@ -341,7 +341,7 @@ def test_the_audit_farm_unlearns_shadows_with_the_new_methods():
   f = models.make_apply_fn(m)
   req = forget_samples(list(range(8)), 160, 10)
   farm = train_shadow_farm(m, f, d, req, TrainConfig(epochs=2), AuditConfig(shadows=2), jax.random.key(0))
-  ng = dc.replace(get_method("neggrad+du").default_config("logistic", "samples", 8), epochs=1)
+  ng = dc.replace(resolve_config("neggrad+du", Request("samples", 8), "logistic"), epochs=1)
   vm = unlearn_farm("neggrad+du", ng, farm.originals, f, m, d, req, jax.random.key(1), mode="vmap")
   lp = unlearn_farm("neggrad+du", ng, farm.originals, f, m, d, req, jax.random.key(1), mode="loop")
   assert vm.mode == "vmap"
