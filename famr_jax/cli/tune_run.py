@@ -10,7 +10,7 @@ trial, the calibration indices), through a staging directory.
 from __future__ import annotations
 
 import dataclasses
-import json
+import json  # noqa: F401 -- the docstring example writes a search file with it
 from pathlib import Path
 
 import jax
@@ -19,6 +19,7 @@ import numpy as np
 from famr_jax.cli.compare_run import check_forget_request, seed_forget_set
 from famr_jax.workflows import load_model, original_recipe, retrain_gold_standard
 from famr_jax.errors import FamrError
+from famr_jax.evaluation.compare import read_json_file
 from famr_jax.evaluation.report import write_json
 from famr_jax.evaluation.tuning import tune_on_calibration
 from famr_jax.io.outputs import check_output_target, portable_path, staged_directory
@@ -72,12 +73,7 @@ def read_search(path: str | None) -> dict | None:
   """
   if path is None:
     return None
-  try:
-    raw = json.loads(Path(path).expanduser().read_text())
-  except FileNotFoundError:
-    raise FamrError(f"search file {path} does not exist") from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise FamrError(f"search file {path} is not valid JSON: {e}") from None
+  raw = read_json_file(path, "search file")
   ok = isinstance(raw, dict) and all(isinstance(v, dict) and all(isinstance(x, list) and x for x in v.values())
                                      for v in raw.values())
   if not ok:

@@ -51,16 +51,21 @@ def _as_gold(out: Any, seconds: float) -> Gold:
   return Gold(out, seconds)
 
 
+def read_json_file(path: str, what: str) -> Any:
+  """The JSON value in the file ``path``; a missing or malformed file is one line naming ``what``."""
+  try:
+    return json.loads(Path(path).expanduser().read_text())
+  except FileNotFoundError:
+    raise FamrError(f"{what} {path} does not exist") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise FamrError(f"{what} {path} is not valid JSON: {e}") from None
+
+
 def read_method_config(path: str | None) -> dict[str, dict[str, Any]]:
   """The per-method overrides of a ``--method-config`` JSON file (``{}`` for none)."""
   if path is None:
     return {}
-  try:
-    raw = json.loads(Path(path).expanduser().read_text())
-  except FileNotFoundError:
-    raise FamrError(f"method config file {path} does not exist") from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise FamrError(f"method config file {path} is not valid JSON: {e}") from None
+  raw = read_json_file(path, "method config file")
   if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
     raise FamrError(f"method config file {path} must map method names to objects of options")
   return raw
