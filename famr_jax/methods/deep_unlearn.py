@@ -74,13 +74,6 @@ class RetainFinetuneConfig(CheckedFields):
       raise FamrError(f"momentum must lie in [0, 1), got {self.momentum}")
     if self.coupled_weight_decay < 0:
       raise FamrError(f"coupled_weight_decay must be non-negative, got {self.coupled_weight_decay}")
-    for name in ("init_rate",):
-      if hasattr(self, name) and not 0.0 < getattr(self, name) < 1.0:
-        raise FamrError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
-    if hasattr(self, "small_grad_scale") and not 0.0 <= self.small_grad_scale <= 1.0:
-      raise FamrError(f"small_grad_scale must lie in [0, 1], got {self.small_grad_scale}")
-    if getattr(self, "layers", "conv") not in LAYERS:
-      raise FamrError(f"layers must be one of {', '.join(LAYERS)}, got {self.layers!r}")
     return self
 
 
@@ -103,6 +96,17 @@ class MSGConfig(RetainFinetuneConfig):
   init_rate: float = 0.3
   small_grad_scale: float = 0.1
   layers: Literal["conv", "kernels"] = "conv"
+
+  def validate(self):
+    """Raises :class:`FamrError` on an invalid setting (the fine-tuning's, then the mask's)."""
+    super().validate()
+    if not 0.0 < self.init_rate < 1.0:
+      raise FamrError(f"init_rate must lie in (0, 1), got {self.init_rate}")
+    if not 0.0 <= self.small_grad_scale <= 1.0:
+      raise FamrError(f"small_grad_scale must lie in [0, 1], got {self.small_grad_scale}")
+    if self.layers not in LAYERS:
+      raise FamrError(f"layers must be one of {', '.join(LAYERS)}, got {self.layers!r}")
+    return self
 
 
 # ----------------------------------------------------------------------------- pure pieces
